@@ -1,0 +1,66 @@
+"""The FastAPI application: routers, auth, body limits, and the lifespan that opens the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api.deps import require_api_key
+from service.api.limits import BodySizeLimit
+from service.api.routes import backbones, datasets, health, jobs, models, predict
+from service.config import Settings, get_settings
+from service.ml.serving import ModelCache
+from service.storage.db import open_database
+
+DESCRIPTION = """
+Upload a zip of labelled images, pick a pretrained Keras backbone, a classifier head and
+which layers to freeze; a worker trains it and the model is served here.
+"""
+# JSON bodies (job specs) are small; uploads have their own settings.
+DEFAULT_BODY_LIMIT = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = open_database(settings.database_url, auto_migrate=settings.auto_migrate)
+        app.state.database = database
+        app.state.model_cache = ModelCache(settings.cache_dir / "models", settings.model_cache_size)
+        try:
+            yield
+        finally:
+            database.dispose()
+
+    app = FastAPI(
+        title="Transfer-learning service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    secured = [Depends(require_api_key)]
+    for module in (backbones, datasets, jobs, models, predict):
+        app.include_router(module.router, dependencies=secured)
+
+    def body_limit(path: str) -> int:
+        if path == "/datasets":
+            return settings.max_dataset_bytes + 64 * 1024  # room for the multipart framing
+        if path == "/predict":
+            return settings.max_predict_bytes
+        return DEFAULT_BODY_LIMIT
+
+    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    return app

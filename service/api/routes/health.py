@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.api.deps import DatabaseDep
+from service.schemas import Status
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Status, summary="The process is up")
+def healthz() -> Status:
+    return Status(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    summary="The database answers and its schema is current",
+    responses={503: {"model": Status, "description": "Not ready; `detail` says why."}},
+)
+def readyz(database: DatabaseDep) -> Status | JSONResponse:
+    try:
+        problem = database.schema_problem()
+    except Exception as error:
+        problem = f"database unreachable: {type(error).__name__}: {error}"
+    if problem:
+        return JSONResponse(Status(status="unavailable", detail=problem).model_dump(), 503)
+    return Status(status="ok")

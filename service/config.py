@@ -1,0 +1,67 @@
+"""The service's settings: one class, read from the environment (and a `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file and caches live.")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty means sqlite:///<data_dir>/service.db."
+    )
+    auto_migrate: bool = Field(
+        False, description="Apply pending migrations at start instead of refusing to start."
+    )
+
+    api_key: str | None = Field(None, description="When set, requests need 'Bearer <key>'.")
+    cors_origins: list[str] = Field(default_factory=list)
+
+    max_dataset_bytes: int = Field(1024 * MiB, gt=0, description="Largest dataset upload.")
+    max_image_bytes: int = Field(
+        32 * MiB, gt=0, description="Largest single image, in a zip or sent to /predict."
+    )
+    max_dataset_files: int = Field(200_000, gt=0, description="Most members in one zip.")
+    max_predict_bytes: int = Field(64 * MiB, gt=0, description="Largest /predict body.")
+    max_predict_files: int = Field(64, gt=0, description="Most images in one /predict.")
+
+    model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
+
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A worker's claim on a job lasts this long."
+    )
+    max_attempts: int = Field(3, ge=1, description="Claims of one job before it is failed.")
+    poll_seconds: float = Field(1.0, gt=0, description="Idle worker's wait between claims.")
+    progress_seconds: float = Field(
+        0.5, gt=0, description="How often a training worker writes progress and checks cancel."
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_strong_enough(cls, value: str | None) -> str | None:
+        if value is not None and value != "" and len(value) < 16:
+            raise ValueError("API_KEY must be at least 16 characters")
+        return value or None
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'service.db').resolve()}"
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

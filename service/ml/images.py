@@ -1,0 +1,55 @@
+"""Decoding and resizing, one way for training and serving alike (Pillow, no TensorFlow).
+
+The image type is decided by decoding the bytes, never by the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP"})
+MAX_IMAGE_PIXELS = 64_000_000
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class UndecodableImage(ValueError):
+    """The bytes are not an image we accept; the message says why."""
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode fully (so truncated files fail here) and return an RGB image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image_format = image.format
+            if image_format not in ACCEPTED_FORMATS:
+                raise UndecodableImage(
+                    f"unsupported image format {image_format}; "
+                    f"accepted: {', '.join(sorted(ACCEPTED_FORMATS))}"
+                )
+            image.load()
+    except UndecodableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UndecodableImage(f"image too large: more than {MAX_IMAGE_PIXELS} pixels") from None
+    except Exception as error:  # Pillow raises many kinds for corrupt data
+        raise UndecodableImage(f"not a decodable image ({type(error).__name__})") from None
+    return image.convert("RGB")
+
+
+def to_pixels(data: bytes, size: int) -> np.ndarray:
+    """Raw RGB pixels, uint8, shape (size, size, 3): the model's input before float cast.
+
+    Bilinear with antialiasing, no aspect-preserving crop — the behaviour of
+    `keras.utils.image_dataset_from_directory` with its defaults.
+    """
+    image = open_image(data)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)

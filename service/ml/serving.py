@@ -1,0 +1,110 @@
+"""Serving stored SavedModels: unpack once, load once, keep the most recent few in memory."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.ml.export import unpack_archive
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    classes: list[str]
+    input_size: int
+    serve: Callable[[Any], Any]
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of raw pixels, shape (n, size, size, 3)."""
+        return np.asarray(self.serve(pixels.astype(np.float32, copy=False)))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What is needed to load a model: read from the database by the caller."""
+
+    model_id: str
+    sha256: str
+    classes: list[str]
+    input_size: int
+    fetch_archive: Callable[[], bytes]
+
+
+class ModelCache:
+    """An LRU of loaded models. Loading is serialised per model: N concurrent first requests
+    load it once."""
+
+    def __init__(self, directory: Path, capacity: int) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.loads = 0
+
+    def get(self, source: ModelSource) -> LoadedModel:
+        with self._lock:
+            model = self._touch(source.model_id)
+            if model is not None:
+                return model
+            loading = self._loading.setdefault(source.model_id, threading.Lock())
+        with loading:
+            with self._lock:
+                model = self._touch(source.model_id)
+            if model is None:
+                model = self._load(source)
+                with self._lock:
+                    self._models[source.model_id] = model
+                    while len(self._models) > self.capacity:
+                        self._models.popitem(last=False)
+            with self._lock:
+                self._loading.pop(source.model_id, None)
+            return model
+
+    def _touch(self, model_id: str) -> LoadedModel | None:
+        model = self._models.get(model_id)
+        if model is not None:
+            self._models.move_to_end(model_id)
+        return model
+
+    def _load(self, source: ModelSource) -> LoadedModel:
+        import tensorflow as tf
+
+        directory = self.directory / f"{source.model_id}-{source.sha256[:16]}"
+        if not (directory / "saved_model.pb").exists():
+            scratch = directory.with_name(directory.name + ".partial")
+            shutil.rmtree(scratch, ignore_errors=True)
+            unpack_archive(source.fetch_archive(), scratch)
+            scratch.rename(directory)
+        loaded = tf.saved_model.load(str(directory))
+        self.loads += 1
+        return LoadedModel(
+            model_id=source.model_id,
+            classes=source.classes,
+            input_size=source.input_size,
+            serve=_keep_alive(loaded, loaded.serve),
+        )
+
+    def evict(self, model_id: str) -> None:
+        with self._lock:
+            self._models.pop(model_id, None)
+        for directory in self.directory.glob(f"{model_id}-*"):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _keep_alive(owner: Any, function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The restored function, holding a reference to the object that owns its variables."""
+
+    def call(pixels: Any) -> Any:
+        return function(pixels)
+
+    call.owner = owner  # type: ignore[attr-defined]
+    return call

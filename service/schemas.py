@@ -1,0 +1,228 @@
+"""Response models of the HTTP API (requests: `service.spec`). Each carries an example."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.spec import JobSpec
+
+
+def _example(example: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(from_attributes=True, json_schema_extra={"examples": [example]})
+
+
+class Status(BaseModel):
+    model_config = _example({"status": "ok"})
+    status: str
+    detail: str | None = None
+
+
+class BackboneRead(BaseModel):
+    model_config = _example(
+        {
+            "name": "MobileNetV2",
+            "default_input_size": 224,
+            "min_input_size": 32,
+            "weights": ["imagenet", None],
+        }
+    )
+    name: str
+    default_input_size: int
+    min_input_size: int
+    weights: list[str | None]
+
+
+class BackboneLayer(BaseModel):
+    index: int
+    name: str
+    class_name: str
+    params: int
+
+
+class BackboneLayers(BaseModel):
+    model_config = _example(
+        {
+            "backbone": "MobileNetV2",
+            "input_size": 96,
+            "layers": [
+                {"index": 0, "name": "input_layer", "class_name": "InputLayer", "params": 0}
+            ],
+        }
+    )
+    backbone: str
+    input_size: int
+    layers: list[BackboneLayer]
+
+
+class ClassCount(BaseModel):
+    name: str
+    count: int
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "d_0123456789abcdef",
+            "name": "pets",
+            "num_images": 80,
+            "classes": [{"name": "cats", "count": 40}, {"name": "dogs", "count": 40}],
+            "skipped": [{"path": "cats/bad.jpg", "reason": "not a decodable image"}],
+            "created_at": "2026-11-28T12:00:00Z",
+        }
+    )
+    id: str
+    name: str
+    num_images: int
+    classes: list[ClassCount]
+    skipped: list[SkippedFile]
+    created_at: datetime
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+
+class JobRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "j_0123456789abcdef",
+            "name": "flowers-mobilenet",
+            "status": "running",
+            "spec": JobSpec.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+            "progress": {"epoch": 3, "epochs": 5, "step": 10, "steps": 20},
+            "history": [
+                {"epoch": 1, "loss": 0.9, "accuracy": 0.6, "val_loss": 0.8, "val_accuracy": 0.7}
+            ],
+            "error": None,
+            "model_id": None,
+            "attempts": 1,
+            "created_at": "2026-11-28T12:00:00Z",
+            "started_at": "2026-11-28T12:00:01Z",
+            "finished_at": None,
+        }
+    )
+    id: str
+    name: str
+    status: JobStatus
+    spec: JobSpec
+    progress: Progress | None
+    history: list[dict[str, float]]
+    error: str | None
+    model_id: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ParamCounts(BaseModel):
+    trainable: int
+    non_trainable: int
+    total: int
+
+
+class ModelRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "m_0123456789abcdef",
+            "name": "flowers-mobilenet",
+            "job_id": "j_0123456789abcdef",
+            "dataset_id": "d_0123456789abcdef",
+            "backbone": "MobileNetV2",
+            "input_size": 224,
+            "classes": ["cats", "dogs"],
+            "metrics": {"val_accuracy": 0.93, "val_loss": 0.2},
+            "params": {"trainable": 1281, "non_trainable": 2257984, "total": 2259265},
+            "size_bytes": 9437184,
+            "created_at": "2026-11-28T12:05:00Z",
+        }
+    )
+    id: str
+    name: str
+    job_id: str | None
+    dataset_id: str | None
+    backbone: str
+    input_size: int
+    classes: list[str]
+    metrics: dict[str, float]
+    params: ParamCounts
+    size_bytes: int
+    created_at: datetime
+
+
+class LayerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    index: int
+    name: str
+    path: str
+    class_name: str
+    trainable: bool
+    trainable_params: int
+    non_trainable_params: int
+    output_shape: list[int | None] | None
+
+
+class LayersRead(BaseModel):
+    model_config = _example(
+        {
+            "model_id": "m_0123456789abcdef",
+            "trainable_params": 1281,
+            "non_trainable_params": 2257984,
+            "layers": [
+                {
+                    "index": 150,
+                    "name": "block_16_project",
+                    "path": "mobilenetv2_1.00_96/block_16_project",
+                    "class_name": "Conv2D",
+                    "trainable": False,
+                    "trainable_params": 0,
+                    "non_trainable_params": 307200,
+                    "output_shape": [None, 3, 3, 320],
+                }
+            ],
+        }
+    )
+    model_id: str | None = Field(None, description="null for a preview")
+    trainable_params: int
+    non_trainable_params: int
+    layers: list[LayerRead]
+
+
+class Score(BaseModel):
+    label: str
+    score: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str
+    top: list[Score]
+
+
+class PredictionRead(BaseModel):
+    model_config = _example(
+        {
+            "model_id": "m_0123456789abcdef",
+            "predictions": [
+                {
+                    "filename": "a.jpg",
+                    "top": [{"label": "cats", "score": 0.93}, {"label": "dogs", "score": 0.07}],
+                }
+            ],
+        }
+    )
+    model_id: str
+    predictions: list[ImagePrediction]

@@ -1,0 +1,289 @@
+"""The worker process: claim a job, train it, store the model; repeat. It never serves HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from service.config import Settings
+from service.spec import JobSpec
+from service.storage import queue
+from service.storage.db import Database
+from service.storage.tables import Dataset, DatasetImage, TrainedModel, new_id
+
+log = logging.getLogger("service.worker")
+
+
+def configure_devices() -> str:
+    """Memory growth on every GPU (so several processes can share one); say what we train on."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return f"{len(gpus)} GPU(s)" if gpus else "CPU"
+
+
+class JobMonitor:
+    """The trainer's observer: keeps the lease alive, writes progress, watches for cancel.
+
+    A background thread does the database work every `interval` seconds, so a training
+    step only updates memory; it also renews the lease while data loads or the model exports.
+    """
+
+    def __init__(self, db: Database, claim: queue.Claim, settings: Settings) -> None:
+        self.db = db
+        self.claim = claim
+        self.lease_seconds = settings.lease_seconds
+        self.interval = min(settings.progress_seconds, settings.lease_seconds / 3)
+        self.stop_reason: str | None = None
+        self.shutdown = threading.Event()
+        self._progress: dict[str, Any] | None = None
+        self._written: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+
+    def __enter__(self) -> JobMonitor:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    # -- TrainingObserver -----------------------------------------------------------------
+
+    def on_step(self, *, epoch: int, epochs: int, step: int, steps: int) -> None:
+        self._progress = {"epoch": epoch, "epochs": epochs, "step": step, "steps": steps}
+
+    def on_epoch(self, metrics: dict[str, float]) -> None:
+        self._beat(history_row=metrics)
+
+    def should_stop(self) -> bool:
+        return self.stop_reason is not None or self.shutdown.is_set()
+
+    # -- the heartbeat --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self._beat()
+            except Exception:  # a busy or briefly unreachable database: try again next beat
+                log.exception("heartbeat for job %s failed", self.claim.job_id)
+
+    def _beat(self, history_row: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            progress = self._progress
+            changed = progress is not None and progress != self._written
+            beat = queue.heartbeat(
+                self.db,
+                self.claim,
+                lease_seconds=self.lease_seconds,
+                progress=progress if changed else None,
+                history_row=history_row,
+            )
+            if changed:
+                self._written = progress
+        if not beat.lease_held:
+            self.stop_reason = "lease lost"
+        elif beat.cancel_requested:
+            self.stop_reason = "cancelled"
+
+
+@dataclass
+class Worker:
+    db: Database
+    settings: Settings
+    worker_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.worker_id:
+            self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:10]}"
+        self.shutdown = threading.Event()
+        self._monitor: JobMonitor | None = None
+
+    def request_shutdown(self) -> None:
+        """Stop after the current step; the job goes back to the queue."""
+        self.shutdown.set()
+        if self._monitor is not None:
+            self._monitor.shutdown.set()
+
+    def run_forever(self) -> None:
+        log.info("worker %s training on %s", self.worker_id, configure_devices())
+        while not self.shutdown.is_set():
+            if not self.run_once():
+                self.shutdown.wait(self.settings.poll_seconds)
+
+    def run_until_idle(self) -> int:
+        """Process jobs until none is waiting; the number processed."""
+        count = 0
+        while self.run_once():
+            count += 1
+        return count
+
+    def run_once(self) -> bool:
+        claim = queue.claim_next_job(
+            self.db,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+        )
+        if claim is None:
+            return False
+        log.info("job %s: attempt %d", claim.job_id, claim.attempt)
+        self.process(claim)
+        return True
+
+    def process(self, claim: queue.Claim) -> None:
+        from service.ml.build import WeightsUnavailable
+        from service.ml.train import TrainingStopped
+
+        with JobMonitor(self.db, claim, self.settings) as monitor:
+            self._monitor = monitor
+            if self.shutdown.is_set():
+                monitor.shutdown.set()
+            try:
+                model, layers = self._train(claim, monitor)
+            except TrainingStopped:
+                model = None
+            except (WeightsUnavailable, JobInputError) as error:
+                log.warning("job %s failed: %s", claim.job_id, error)
+                queue.end_job(self.db, claim, status=queue.FAILED, error=str(error))
+                return
+            except Exception as error:
+                log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
+                message = f"{type(error).__name__}: {error}"
+                queue.end_job(self.db, claim, status=queue.FAILED, error=message)
+                return
+            finally:
+                self._monitor = None
+        if model is None or monitor.should_stop():
+            self._stopped(claim, monitor)
+        elif not queue.complete_job(self.db, claim, model=model, layers=layers):
+            log.warning("job %s: lease lost before the model was stored", claim.job_id)
+        else:
+            log.info("job %s succeeded: model %s", claim.job_id, model.id)
+
+    def _stopped(self, claim: queue.Claim, monitor: JobMonitor) -> None:
+        if monitor.stop_reason == "cancelled":
+            queue.end_job(self.db, claim, status=queue.CANCELLED)
+            log.info("job %s cancelled", claim.job_id)
+        elif monitor.stop_reason == "lease lost":
+            log.warning("job %s: lease taken over; its new holder carries on", claim.job_id)
+        else:
+            queue.release_job(self.db, claim)
+            log.info("job %s released to the queue", claim.job_id)
+
+    def _train(
+        self, claim: queue.Claim, monitor: JobMonitor
+    ) -> tuple[TrainedModel, list[dict[str, Any]]]:
+        import keras
+
+        from service.ml import export
+        from service.ml.build import describe_layers, parameter_counts
+        from service.ml.train import train
+
+        spec = JobSpec.model_validate(claim.spec)
+        data = load_dataset(self.db, spec.dataset_id)
+        keras.backend.clear_session()
+        with backbone_weights(self.db, spec) as weights:
+            result = train(spec, data, monitor, backbone_weights=weights)
+        model = result.network.model
+        trainable, non_trainable = parameter_counts(model)
+        savedmodel = export.export_savedmodel(model)
+        stored = TrainedModel(
+            id=new_id("m"),
+            name=spec.name or claim.job_id,
+            job_id=claim.job_id,
+            dataset_id=spec.dataset_id,
+            backbone=spec.backbone.name,
+            input_size=spec.input_size,
+            classes=data.classes,
+            metrics=result.metrics,
+            trainable_params=trainable,
+            non_trainable_params=non_trainable,
+            size_bytes=len(savedmodel),
+            savedmodel_sha256=export.sha256(savedmodel),
+            savedmodel=savedmodel,
+            backbone_weights=export.weights_bytes(result.network.backbone),
+        )
+        return stored, describe_layers(model)
+
+
+class JobInputError(RuntimeError):
+    """The job refers to something that is gone or unusable; the message says what."""
+
+
+def load_dataset(db: Database, dataset_id: str) -> Any:
+    from service.ml.train import LabelledImages
+
+    with db.session() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise JobInputError(f"dataset {dataset_id} no longer exists")
+        classes = [entry["name"] for entry in dataset.classes]
+        rows = session.execute(
+            select(DatasetImage.label, DatasetImage.data)
+            .where(DatasetImage.dataset_id == dataset_id)
+            .order_by(DatasetImage.id)
+        ).all()
+    index = {name: number for number, name in enumerate(classes)}
+    return LabelledImages(
+        images=[row.data for row in rows],
+        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
+        classes=classes,
+    )
+
+
+@contextmanager
+def backbone_weights(db: Database, spec: JobSpec) -> Iterator[str | Path | None]:
+    """What `make_backbone` takes for the spec: "imagenet" or None as they are, and for
+    "model:<id>" a scratch file holding that model's backbone weights."""
+    model_id = spec.backbone.source_model_id
+    if model_id is None:
+        yield spec.backbone.weights
+        return
+    with db.session() as session:
+        source = session.get(TrainedModel, model_id)
+        if source is None:
+            raise JobInputError(f"backbone.weights: model {model_id} no longer exists")
+        if source.backbone != spec.backbone.name:
+            raise JobInputError(
+                f"backbone.weights: model {model_id} has a {source.backbone} backbone, "
+                f"not {spec.backbone.name}"
+            )
+        blob = source.backbone_weights
+    with tempfile.TemporaryDirectory(prefix="weights-") as scratch:
+        path = Path(scratch) / "backbone.weights.h5"
+        path.write_bytes(blob)
+        yield path
+
+
+def run_worker(db: Database, settings: Settings) -> None:
+    worker = Worker(db, settings)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the current step, then releasing the job", signum)
+        worker.request_shutdown()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
+    worker.run_forever()
+    log.info("worker %s stopped after %.0f s", worker.worker_id, time.monotonic() - started)
