@@ -185,7 +185,12 @@ def train(
     steps = math.ceil(len(train_index) / training.batch_size)
     callback = _ObserverCallback(observer, training.epochs, steps)
     fit = network.model.fit(
-        train_set, validation_data=val_set, epochs=training.epochs, callbacks=[callback], verbose=0
+        train_set,
+        validation_data=val_set,
+        epochs=training.epochs,
+        callbacks=[callback],
+        shuffle=False,  # the dataset shuffles itself, by the seed
+        verbose=0,
     )
     if callback.stopped:
         raise TrainingStopped()

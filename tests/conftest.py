@@ -1,0 +1,148 @@
+"""Fixtures: a real SQLite file migrated by Alembic, the real app, the real worker loop.
+
+Every test gets its own database; the one trained model that many tests read is trained
+once per session, by the worker, through the API.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.api.app import create_app
+from service.config import Settings
+from service.storage.db import Database
+from service.worker import Worker
+
+COLOURS = {"blue": 2, "green": 1, "red": 0}
+SIZE = 32
+
+
+def png_bytes(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def colour_image(channel: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """Noise with one dominant colour channel: learnable in an epoch or two."""
+    pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    pixels[..., channel] += 140
+    return pixels
+
+
+def colour_images(per_class: int, seed: int = 0) -> dict[str, list[bytes]]:
+    rng = np.random.default_rng(seed)
+    return {
+        name: [png_bytes(colour_image(channel, rng)) for _ in range(per_class)]
+        for name, channel in COLOURS.items()
+    }
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def class_zip(images: dict[str, list[bytes]], top: str = "") -> bytes:
+    return make_zip(
+        {
+            f"{top}{label}/{number:03d}.png": data
+            for label, items in images.items()
+            for number, data in enumerate(items)
+        }
+    )
+
+
+def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
+    """A tiny, fast job: MobileNetV2 at 32 px from random weights."""
+    body: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "backbone": {"name": "MobileNetV2", "weights": None, "input_size": SIZE},
+        "head": {"pooling": "avg", "dense": [], "dropout": 0.0},
+        "freeze": {"mode": "none"},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.001, "seed": 0},
+    }
+    for key, value in overrides.items():
+        body[key] = {**body[key], **value} if isinstance(value, dict) else value
+    return body
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database_url="",
+        api_key=None,
+        lease_seconds=30,
+        poll_seconds=0.1,
+        progress_seconds=0.1,
+        _env_file=None,
+        **overrides,
+    )
+
+
+class Service:
+    """The API (in-process) and a worker loop over one database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings.database_url)
+        self.database.upgrade()
+        self.client = TestClient(create_app(settings))
+        self.client.__enter__()
+        self.worker = Worker(self.database, settings)
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+        self.database.dispose()
+
+    def upload(self, images: dict[str, list[bytes]], name: str = "colours") -> dict[str, Any]:
+        response = self.client.post(
+            "/datasets",
+            files={"file": (f"{name}.zip", class_zip(images), "application/zip")},
+            data={"name": name},
+        )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def train(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue the job, let the worker run it, answer the finished job."""
+        response = self.client.post("/jobs", json=body)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        assert self.worker.run_until_idle() >= 1
+        job = self.client.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "succeeded", job
+        return job
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    running = Service(make_settings(tmp_path))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One model trained end to end: fine-tuned MobileNetV2, BN layers trained."""
+    running = Service(make_settings(tmp_path_factory.mktemp("trained")))
+    images = colour_images(per_class=16)
+    dataset = running.upload(images)
+    job = running.train(job_body(dataset["id"], training={"epochs": 3, "validation_split": 0.25}))
+    yield {"service": running, "dataset": dataset, "job": job, "images": images}
+    running.close()
