@@ -83,16 +83,15 @@ def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        database_url="",
-        api_key=None,
-        lease_seconds=30,
-        poll_seconds=0.1,
-        progress_seconds=0.1,
-        _env_file=None,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": "",
+        "api_key": None,
+        "lease_seconds": 30,
+        "poll_seconds": 0.1,
+        "progress_seconds": 0.1,
+    }
+    return Settings(_env_file=None, **{**values, **overrides})
 
 
 class Service:
@@ -141,8 +140,9 @@ def service(tmp_path: Path) -> Iterator[Service]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One model trained end to end: fine-tuned MobileNetV2, BN layers trained."""
     running = Service(make_settings(tmp_path_factory.mktemp("trained")))
-    images = colour_images(per_class=16)
+    images = colour_images(per_class=24)
     dataset = running.upload(images)
-    job = running.train(job_body(dataset["id"], training={"epochs": 3, "validation_split": 0.25}))
+    training = {"epochs": 5, "batch_size": 8, "validation_split": 0.25}
+    job = running.train(job_body(dataset["id"], training=training))
     yield {"service": running, "dataset": dataset, "job": job, "images": images}
     running.close()

@@ -109,7 +109,7 @@ def test_stored_layers_match_keras_counts(trained: dict[str, Any]) -> None:
     model_id = trained["job"]["model_id"]
     layers = client.get(f"/models/{model_id}/layers").json()
     model = client.get(f"/models/{model_id}").json()
-    reference, flags = keras_reference({"mode": "none"}, num_classes=3)
+    reference, _flags = keras_reference({"mode": "none"}, num_classes=3)
 
     assert layers["trainable_params"] == count(reference.trainable_weights)
     assert layers["non_trainable_params"] == count(reference.non_trainable_weights)

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def body_limit(path: str) -> int:
         if path == "/datasets":
-            return settings.max_dataset_bytes + 64 * 1024  # room for the multipart framing
+            return settings.max_dataset_bytes
         if path == "/predict":
             return settings.max_predict_bytes
         return DEFAULT_BODY_LIMIT

@@ -9,7 +9,9 @@ from service.schemas import Status
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Status, summary="The process is up")
+@router.get(
+    "/healthz", response_model=Status, response_model_exclude_none=True, summary="The process is up"
+)
 def healthz() -> Status:
     return Status(status="ok")
 
@@ -17,6 +19,7 @@ def healthz() -> Status:
 @router.get(
     "/readyz",
     response_model=Status,
+    response_model_exclude_none=True,
     summary="The database answers and its schema is current",
     responses={503: {"model": Status, "description": "Not ready; `detail` says why."}},
 )
