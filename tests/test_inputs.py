@@ -5,7 +5,14 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from service.storage.tables import Dataset, DatasetImage
-from tests.conftest import Service, class_zip, colour_images, job_body, make_zip
+from tests.conftest import (
+    Service,
+    class_zip,
+    colour_images,
+    job_body,
+    make_settings,
+    make_zip,
+)
 
 
 def stored_rows(service: Service) -> tuple[int, int]:
@@ -60,8 +67,6 @@ def test_undecodable_files_are_skipped_and_listed(service: Service) -> None:
 
 
 def test_upload_over_the_limit_is_413(tmp_path) -> None:
-    from tests.conftest import make_settings
-
     limited = Service(make_settings(tmp_path, max_dataset_bytes=2000))
     try:
         response = post_zip(limited, class_zip(colour_images(per_class=4)))
@@ -130,8 +135,6 @@ def test_state_conflicts(service: Service) -> None:
 
 
 def test_api_key(tmp_path) -> None:
-    from tests.conftest import make_settings
-
     secured = Service(make_settings(tmp_path, api_key="k" * 24))
     try:
         client = secured.client

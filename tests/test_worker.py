@@ -131,11 +131,10 @@ def test_new_job_from_a_stored_models_backbone(trained) -> None:
                 )
             ).all()
         )
-    assert weight_arrays(blobs[source_id]) and all(
+    source_arrays = weight_arrays(blobs[source_id])
+    assert source_arrays and all(
         np.array_equal(a, b)
-        for a, b in zip(
-            weight_arrays(blobs[source_id]), weight_arrays(blobs[job["model_id"]]), strict=True
-        )
+        for a, b in zip(source_arrays, weight_arrays(blobs[job["model_id"]]), strict=True)
     )
     frozen = service.client.get(f"/models/{job['model_id']}/layers", params={"trainable": "false"})
     assert all(row["path"].startswith("mobilenetv2_1.00_32/") for row in frozen.json()["layers"])
@@ -183,11 +182,7 @@ def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
-                statuses = [
-                    service.client.get(f"/jobs/{j['id']}").json()["status"]
-                    for j in (imagenet, plain)
-                ]
-                if statuses[1] in queue.FINISHED:
+                if service.client.get(f"/jobs/{plain['id']}").json()["status"] in queue.FINISHED:
                     break
                 time.sleep(0.5)
         finally:
@@ -196,9 +191,7 @@ def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
         assert worker.returncode == 0, output
         failed = service.client.get(f"/jobs/{imagenet['id']}").json()
         assert failed["status"] == "failed"
-        assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in failed[
-            "error"
-        ] or ("_no_top.h5" in failed["error"])
+        assert "_no_top.h5" in failed["error"]
         assert str(tmp_path / "keras" / "models") in failed["error"]
         succeeded = service.client.get(f"/jobs/{plain['id']}").json()
         assert succeeded["status"] == "succeeded", succeeded
