@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_dataset_files: int = Field(200_000, gt=0, description="Most members in one zip.")
     max_predict_bytes: int = Field(64 * MiB, gt=0, description="Largest /predict body.")
     max_predict_files: int = Field(64, gt=0, description="Most images in one /predict.")
+    max_weights_bytes: int = Field(
+        1024 * MiB, gt=0, description="Largest weights file sent to /weights."
+    )
 
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
 
@@ -42,6 +45,9 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(1.0, gt=0, description="Idle worker's wait between claims.")
     progress_seconds: float = Field(
         0.5, gt=0, description="How often a training worker writes progress and checks cancel."
+    )
+    events_poll_seconds: float = Field(
+        0.5, gt=0, description="How often /jobs/{id}/events reads the job for news."
     )
 
     @field_validator("api_key")

@@ -90,8 +90,10 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Progress(BaseModel):
-    epoch: int
-    epochs: int
+    stage: int = 1
+    stages: int = 1
+    epoch: int = Field(description="Counted across stages.")
+    epochs: int = Field(description="Planned over all stages; early stopping may end sooner.")
     step: int
     steps: int
 
@@ -103,9 +105,24 @@ class JobRead(BaseModel):
             "name": "flowers-mobilenet",
             "status": "running",
             "spec": JobSpec.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
-            "progress": {"epoch": 3, "epochs": 5, "step": 10, "steps": 20},
+            "progress": {
+                "stage": 1,
+                "stages": 1,
+                "epoch": 3,
+                "epochs": 5,
+                "step": 10,
+                "steps": 20,
+            },
             "history": [
-                {"epoch": 1, "loss": 0.9, "accuracy": 0.6, "val_loss": 0.8, "val_accuracy": 0.7}
+                {
+                    "epoch": 1,
+                    "stage": 1,
+                    "loss": 0.9,
+                    "accuracy": 0.6,
+                    "val_loss": 0.8,
+                    "val_accuracy": 0.7,
+                    "seconds": 12.5,
+                }
             ],
             "error": None,
             "model_id": None,
@@ -120,7 +137,9 @@ class JobRead(BaseModel):
     status: JobStatus
     spec: JobSpec
     progress: Progress | None
-    history: list[dict[str, float]]
+    history: list[dict[str, float]] = Field(
+        description="One row per epoch: epoch, stage, the Keras metrics, seconds."
+    )
     error: str | None
     model_id: str | None
     attempts: int
@@ -176,6 +195,13 @@ class LayerRead(BaseModel):
     output_shape: list[int | None] | None
 
 
+class StageLayers(BaseModel):
+    stage: int
+    trainable_params: int
+    non_trainable_params: int
+    layers: list[LayerRead]
+
+
 class LayersRead(BaseModel):
     model_config = _example(
         {
@@ -200,6 +226,11 @@ class LayersRead(BaseModel):
     trainable_params: int
     non_trainable_params: int
     layers: list[LayerRead]
+    stages: list[StageLayers] | None = Field(
+        None,
+        description="Preview only: every stage's layers (the top-level ones are the last "
+        "stage's, what the trained model will show).",
+    )
 
 
 class Score(BaseModel):
@@ -226,3 +257,55 @@ class PredictionRead(BaseModel):
     )
     model_id: str
     predictions: list[ImagePrediction]
+
+
+class ClassReport(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ConfusionMatrix(BaseModel):
+    labels: list[str]
+    matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class.")
+
+
+class EvaluationRead(BaseModel):
+    model_config = _example(
+        {
+            "model_id": "m_0123456789abcdef",
+            "split": "validation",
+            "accuracy": 0.9,
+            "per_class": [
+                {"label": "cats", "precision": 0.95, "recall": 0.9, "f1": 0.92, "support": 10},
+                {"label": "dogs", "precision": 0.86, "recall": 0.9, "f1": 0.88, "support": 10},
+            ],
+            "confusion_matrix": {"labels": ["cats", "dogs"], "matrix": [[9, 1], [1, 9]]},
+        }
+    )
+    model_id: str
+    split: Literal["validation"] = "validation"
+    accuracy: float
+    per_class: list[ClassReport]
+    confusion_matrix: ConfusionMatrix
+
+
+class WeightsRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "w_0123456789abcdef",
+            "backbone": "MobileNetV2",
+            "filename": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            "size_bytes": 9406464,
+            "sha256": "…",
+            "created_at": "2026-11-28T12:00:00Z",
+        }
+    )
+    id: str
+    backbone: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime

@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.ml.backbones import BACKBONES
 
 WEIGHTS_DESCRIPTION = (
-    '"imagenet", null (random initialisation) or "model:<model_id>" '
-    "(the backbone of a model this service trained)"
+    '"imagenet", null (random initialisation), "model:<model_id>" (the backbone of a model '
+    'this service trained) or "file:<weights_id>" (a weights file uploaded to /weights)'
 )
+WEIGHTS_PREFIXES = ("model:", "file:")
+MAX_STAGES = 10
 
 
 class _Strict(BaseModel):
@@ -41,8 +43,9 @@ class BackboneSpec(_Strict):
     def _weights_form(cls, weights: str | None) -> str | None:
         if weights is None or weights == "imagenet":
             return weights
-        if weights.startswith("model:") and len(weights) > len("model:"):
-            return weights
+        for prefix in WEIGHTS_PREFIXES:
+            if weights.startswith(prefix) and len(weights) > len(prefix):
+                return weights
         raise ValueError(f"weights must be {WEIGHTS_DESCRIPTION}, got {weights!r}")
 
     @model_validator(mode="after")
@@ -59,8 +62,19 @@ class BackboneSpec(_Strict):
 
     @property
     def source_model_id(self) -> str | None:
-        if self.weights and self.weights.startswith("model:"):
-            return self.weights.removeprefix("model:")
+        return self._reference("model:")
+
+    @property
+    def weights_file_id(self) -> str | None:
+        return self._reference("file:")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None
+
+    def _reference(self, prefix: str) -> str | None:
+        if self.weights and self.weights.startswith(prefix):
+            return self.weights.removeprefix(prefix)
         return None
 
 
@@ -107,13 +121,98 @@ class FreezeSpec(_Strict):
         return self
 
 
+Optimizer = Literal["adam", "sgd", "rmsprop", "adamw"]
+OPTIMIZER_DESCRIPTION = "adam, sgd (momentum 0.9, Nesterov), rmsprop or adamw (weight decay 0.004)."
+
+
+class AugmentSpec(_Strict):
+    """Keras preprocessing layers inside the model, active only while training."""
+
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] | None = Field(
+        None, description="RandomFlip mode."
+    )
+    rotation: float = Field(
+        0.0, ge=0.0, le=1.0, description="RandomRotation factor, a fraction of 2π."
+    )
+    zoom: float = Field(0.0, ge=0.0, lt=1.0, description="RandomZoom height/width factor.")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="RandomContrast factor.")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip or self.rotation or self.zoom or self.contrast)
+
+
+class EarlyStoppingSpec(_Strict):
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    patience: int = Field(3, ge=0, le=1000, description="Epochs without improvement to wait.")
+    min_delta: float = Field(0.0, ge=0.0, description="The least change that counts.")
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
+    optimizer: Optimizer = Field("adam", description=OPTIMIZER_DESCRIPTION)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    augment: AugmentSpec | None = Field(
+        None,
+        description="Random flip, rotation, zoom and contrast, inside the model, training only.",
+        examples=[{"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.1}],
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None,
+        description="Stop a stage when `monitor` stops improving; the best weights are kept.",
+        examples=[{"monitor": "val_loss", "patience": 3}],
+    )
+    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+        None,
+        description='"balanced" (n_samples / (n_classes × count), from the training split) or '
+        "a weight per class name (others 1.0).",
+        examples=["balanced", {"cats": 2.0}],
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("class_weight")
+    @classmethod
+    def _positive_weights(
+        cls, weights: Literal["balanced"] | dict[str, float] | None
+    ) -> Literal["balanced"] | dict[str, float] | None:
+        if isinstance(weights, dict) and any(value <= 0 for value in weights.values()):
+            raise ValueError("every class weight must be positive")
+        return weights
+
+    @model_validator(mode="after")
+    def _monitor_needs_validation(self) -> TrainingSpec:
+        stopping = self.early_stopping
+        if stopping and stopping.monitor.startswith("val_") and self.validation_split == 0:
+            raise ValueError(
+                f"early_stopping.monitor {stopping.monitor!r} needs validation_split > 0"
+            )
+        return self
+
+    @property
+    def augmenting(self) -> bool:
+        return self.augment is not None and self.augment.active
+
+
+class FineTuneStage(_Strict):
+    """A further stage: apply `freeze`, recompile with a fresh optimizer, train on."""
+
+    freeze: FreezeSpec
+    epochs: int = Field(5, ge=1, le=1000)
+    learning_rate: float = Field(1e-5, gt=0, le=10)
+    optimizer: Optimizer | None = Field(None, description="Default: training.optimizer.")
+
+
+class Stage(BaseModel):
+    """One training stage, the first from the job's own fields, the rest from `fine_tune`."""
+
+    number: int
+    freeze: FreezeSpec
+    epochs: int
+    learning_rate: float
+    optimizer: Optimizer
 
 
 class JobSpec(_Strict):
@@ -148,13 +247,51 @@ class JobSpec(_Strict):
     head: HeadSpec = Field(default_factory=HeadSpec)
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    fine_tune: list[FineTuneStage] = Field(
+        default_factory=list,
+        max_length=MAX_STAGES - 1,
+        description="Further stages after the first, e.g. unfreeze the top and train on at a "
+        "low learning rate.",
+        examples=[[{"freeze": {"mode": "partial", "trainable_from": -20}, "epochs": 5}]],
+    )
 
     @model_validator(mode="after")
     def _batchnorm_default(self) -> JobSpec:
-        if self.freeze.batchnorm is None:
-            # Random-init BN statistics are meaningless in inference mode: let them train.
-            self.freeze.batchnorm = "trainable" if self.backbone.weights is None else "frozen"
+        # Random-init BN statistics are meaningless in inference mode: let them train.
+        default = "frozen" if self.backbone.pretrained else "trainable"
+        for freeze in [self.freeze, *(stage.freeze for stage in self.fine_tune)]:
+            if freeze.batchnorm is None:
+                freeze.batchnorm = default
         return self
+
+    @property
+    def stages(self) -> list[Stage]:
+        training = self.training
+        first = Stage(
+            number=1,
+            freeze=self.freeze,
+            epochs=training.epochs,
+            learning_rate=training.learning_rate,
+            optimizer=training.optimizer,
+        )
+        return [first] + [
+            Stage(
+                number=number,
+                freeze=stage.freeze,
+                epochs=stage.epochs,
+                learning_rate=stage.learning_rate,
+                optimizer=stage.optimizer or training.optimizer,
+            )
+            for number, stage in enumerate(self.fine_tune, start=2)
+        ]
+
+    @property
+    def trains_batchnorm(self) -> bool:
+        """Whether any stage lets BatchNormalization layers train (and so leave inference mode)."""
+        return any(
+            stage.freeze.mode != "backbone" and stage.freeze.batchnorm == "trainable"
+            for stage in self.stages
+        )
 
     @property
     def input_size(self) -> int:

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 import traceback
@@ -18,12 +17,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import undefer
 
 from service.config import Settings
 from service.spec import JobSpec
 from service.storage import queue
 from service.storage.db import Database
-from service.storage.tables import Dataset, DatasetImage, TrainedModel, new_id
+from service.storage.tables import Dataset, DatasetImage, TrainedModel, WeightsFile, new_id
 
 log = logging.getLogger("service.worker")
 
@@ -69,11 +69,11 @@ class JobMonitor:
 
     # -- TrainingObserver -----------------------------------------------------------------
 
-    def on_step(self, *, epoch: int, epochs: int, step: int, steps: int) -> None:
-        self._progress = {"epoch": epoch, "epochs": epochs, "step": step, "steps": steps}
+    def on_progress(self, progress: dict[str, int]) -> None:
+        self._progress = progress
 
-    def on_epoch(self, metrics: dict[str, float]) -> None:
-        self._beat(history_row=metrics)
+    def on_epoch(self, row: dict[str, float]) -> None:
+        self._beat(history_row=row)
 
     def should_stop(self) -> bool:
         return self.stop_reason is not None or self.shutdown.is_set()
@@ -216,6 +216,7 @@ class Worker:
             input_size=spec.input_size,
             classes=data.classes,
             metrics=result.metrics,
+            evaluation=result.evaluation,
             trainable_params=trainable,
             non_trainable_params=non_trainable,
             size_bytes=len(savedmodel),
@@ -253,26 +254,31 @@ def load_dataset(db: Database, dataset_id: str) -> Any:
 
 @contextmanager
 def backbone_weights(db: Database, spec: JobSpec) -> Iterator[str | Path | None]:
-    """What `make_backbone` takes for the spec: "imagenet" or None as they are, and for
-    "model:<id>" a scratch file holding that model's backbone weights."""
-    model_id = spec.backbone.source_model_id
-    if model_id is None:
-        yield spec.backbone.weights
+    """What `make_backbone` takes for the spec: "imagenet" or None as they are; for
+    "model:<id>" and "file:<id>" a scratch file holding those weights."""
+    from service.ml.weights import weights_file
+
+    backbone = spec.backbone
+    for reference, table, kind, column in (
+        (backbone.source_model_id, TrainedModel, "model", TrainedModel.backbone_weights),
+        (backbone.weights_file_id, WeightsFile, "weights file", WeightsFile.data),
+    ):
+        if reference is None:
+            continue
+        with db.session() as session:
+            source = session.get(table, reference, options=[undefer(column)])
+            if source is None:
+                raise JobInputError(f"backbone.weights: {kind} {reference} no longer exists")
+            if source.backbone != backbone.name:
+                raise JobInputError(
+                    f"backbone.weights: {kind} {reference} is for {source.backbone}, "
+                    f"not {backbone.name}"
+                )
+            blob = getattr(source, column.key)
+        with weights_file(blob) as path:
+            yield path
         return
-    with db.session() as session:
-        source = session.get(TrainedModel, model_id)
-        if source is None:
-            raise JobInputError(f"backbone.weights: model {model_id} no longer exists")
-        if source.backbone != spec.backbone.name:
-            raise JobInputError(
-                f"backbone.weights: model {model_id} has a {source.backbone} backbone, "
-                f"not {spec.backbone.name}"
-            )
-        blob = source.backbone_weights
-    with tempfile.TemporaryDirectory(prefix="weights-") as scratch:
-        path = Path(scratch) / "backbone.weights.h5"
-        path.write_bytes(blob)
-        yield path
+    yield backbone.weights
 
 
 def run_worker(db: Database, settings: Settings) -> None:

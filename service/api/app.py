@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.deps import require_api_key
 from service.api.limits import BodySizeLimit
-from service.api.routes import backbones, datasets, health, jobs, models, predict
+from service.api.routes import backbones, datasets, health, jobs, models, predict, weights
 from service.config import Settings, get_settings
 from service.ml.serving import ModelCache
 from service.storage.db import open_database
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (backbones, datasets, jobs, models, predict):
+    for module in (backbones, datasets, jobs, models, predict, weights):
         app.include_router(module.router, dependencies=secured)
 
     def body_limit(path: str) -> int:
@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_dataset_bytes
         if path == "/predict":
             return settings.max_predict_bytes
+        if path == "/weights":
+            return settings.max_weights_bytes
         return DEFAULT_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)

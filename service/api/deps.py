@@ -58,6 +58,13 @@ def require_api_key(
         )
 
 
+def invalid(location: list[str | int], message: str) -> HTTPException:
+    """A 422 in FastAPI's own validation shape, for checks pydantic cannot make alone."""
+    return HTTPException(
+        422, [{"type": "value_error", "loc": ["body", *location], "msg": message, "input": None}]
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,11 +18,22 @@ from typing import Any
 import keras
 
 from service.ml.backbones import get_backbone
-from service.spec import FreezeSpec, HeadSpec, JobSpec
+from service.spec import AugmentSpec, FreezeSpec, HeadSpec, JobSpec
 
 # Keras names layers from process-wide counters; builds in the API are serialised so that
 # clear_session() keeps the names a client sees stable.
 _build_lock = threading.Lock()
+
+
+@contextmanager
+def isolated_build() -> Iterator[None]:
+    """For the API process: one build at a time, from a fresh Keras session, cleaned after."""
+    with _build_lock:
+        keras.backend.clear_session()
+        try:
+            yield
+        finally:
+            keras.backend.clear_session()
 
 
 class WeightsUnavailable(RuntimeError):
@@ -47,6 +60,8 @@ class PreprocessInput(keras.layers.Layer):
 class Network:
     model: keras.Model
     backbone: keras.Model
+    # Everything after the backbone, in order; the first is the (weightless) pooling layer.
+    head_layers: list[keras.layers.Layer]
 
 
 def keras_home() -> Path:
@@ -79,37 +94,70 @@ def make_backbone(name: str, input_size: int, weights: str | Path | None) -> ker
 
 
 def build_network(spec: JobSpec, num_classes: int, backbone_weights: str | Path | None) -> Network:
+    """The whole classifier, frozen as the first stage says (later stages re-freeze it)."""
     size = spec.input_size
     backbone = make_backbone(spec.backbone.name, size, backbone_weights)
     inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
-    x = PreprocessInput(spec.backbone.name, name="preprocess_input")(inputs)
-    frozen_batchnorm = spec.freeze.batchnorm == "frozen"
+    x = inputs
+    if spec.training.augmenting:
+        assert spec.training.augment is not None
+        x = augmentation(spec.training.augment, spec.training.seed)(x)
+    x = PreprocessInput(spec.backbone.name, name="preprocess_input")(x)
     # training=False keeps the backbone's BN layers in inference mode even where its other
-    # layers train (the Keras transfer-learning guide); with trainable BN they follow fit().
-    x = backbone(x, training=False) if frozen_batchnorm else backbone(x)
-    outputs = _head(x, spec.head, num_classes)
-    model = keras.Model(inputs, outputs, name="classifier")
+    # layers train (the Keras transfer-learning guide). When some stage trains BN layers the
+    # call follows fit(), and a frozen BN layer stays in inference mode by Keras 3's own rule.
+    x = backbone(x) if spec.trains_batchnorm else backbone(x, training=False)
+    head_layers = _head_layers(spec.head, num_classes)
+    for layer in head_layers:
+        x = layer(x)
+    model = keras.Model(inputs, x, name="classifier")
     apply_freeze(backbone, spec.freeze)
-    return Network(model=model, backbone=backbone)
+    return Network(model=model, backbone=backbone, head_layers=head_layers)
 
 
-def _head(x: Any, head: HeadSpec, num_classes: int) -> Any:
+def augmentation(augment: AugmentSpec, seed: int) -> keras.Sequential:
+    """Random transforms of raw pixels; Keras runs them in training only, so the exported
+    model is unchanged at inference."""
+    layers: list[keras.layers.Layer] = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip(augment.flip, seed=seed, name="random_flip"))
+    if augment.rotation:
+        layers.append(
+            keras.layers.RandomRotation(
+                augment.rotation, fill_mode="reflect", seed=seed, name="random_rotation"
+            )
+        )
+    if augment.zoom:
+        layers.append(
+            keras.layers.RandomZoom(
+                augment.zoom, fill_mode="reflect", seed=seed, name="random_zoom"
+            )
+        )
+    if augment.contrast:
+        layers.append(
+            keras.layers.RandomContrast(
+                augment.contrast, value_range=(0, 255), seed=seed, name="random_contrast"
+            )
+        )
+    return keras.Sequential(layers, name="augment")
+
+
+def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
     pooling = {
-        "avg": keras.layers.GlobalAveragePooling2D,
-        "max": keras.layers.GlobalMaxPooling2D,
-        "flatten": keras.layers.Flatten,
+        "avg": lambda: keras.layers.GlobalAveragePooling2D(name="head_avg_pool"),
+        "max": lambda: keras.layers.GlobalMaxPooling2D(name="head_max_pool"),
+        "flatten": lambda: keras.layers.Flatten(name="head_flatten"),
     }[head.pooling]
-    x = pooling(name=f"head_{head.pooling}_pool" if head.pooling != "flatten" else "head_flatten")(
-        x
-    )
+    layers = [pooling()]
     for number, width in enumerate(head.dense, start=1):
-        x = keras.layers.Dense(width, activation="relu", name=f"head_dense_{number}")(x)
+        layers.append(keras.layers.Dense(width, activation="relu", name=f"head_dense_{number}"))
     if head.dropout > 0:
-        x = keras.layers.Dropout(head.dropout, name="head_dropout")(x)
+        layers.append(keras.layers.Dropout(head.dropout, name="head_dropout"))
     # float32 output keeps softmax stable under mixed precision.
-    return keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    layers.append(
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
+    )
+    return layers
 
 
 def trainable_from_index(layer_names: list[str], trainable_from: str | int) -> int:
@@ -157,10 +205,9 @@ def backbone_layer_rows(name: str, input_size: int) -> list[dict[str, Any]]:
 
 @lru_cache(maxsize=8)
 def _backbone_layer_rows(name: str, input_size: int) -> tuple[dict[str, Any], ...]:
-    with _build_lock:
-        keras.backend.clear_session()
+    with isolated_build():
         backbone = make_backbone(name, input_size, None)
-        rows = tuple(
+        return tuple(
             {
                 "index": index,
                 "name": layer.name,
@@ -169,9 +216,6 @@ def _backbone_layer_rows(name: str, input_size: int) -> tuple[dict[str, Any], ..
             }
             for index, layer in enumerate(backbone.layers)
         )
-        del backbone
-        keras.backend.clear_session()
-        return rows
 
 
 def backbone_layer_names(name: str, input_size: int) -> list[str]:
@@ -236,12 +280,13 @@ def parameter_counts(model: keras.Model) -> tuple[int, int]:
     return int(trainable), int(non_trainable)
 
 
-def preview_layers(spec: JobSpec, num_classes: int) -> list[dict[str, Any]]:
-    """The layer table the trained model would have, built without weights or training."""
-    with _build_lock:
-        keras.backend.clear_session()
+def preview_layers(spec: JobSpec, num_classes: int) -> list[list[dict[str, Any]]]:
+    """The layer table of every stage, built without weights or training; the last one is
+    what the trained model will show."""
+    with isolated_build():
         network = build_network(spec, num_classes, None)
-        rows = describe_layers(network.model)
-        del network
-        keras.backend.clear_session()
-        return rows
+        tables = []
+        for stage in spec.stages:
+            apply_freeze(network.backbone, stage.freeze)
+            tables.append(describe_layers(network.model))
+        return tables

@@ -1,8 +1,10 @@
-"""Training: the tf.data pipeline, the fit loop with its observer, and the BN-statistics fix."""
+"""Training: the tf.data pipeline, staged fitting with its observer, feature caching for
+frozen backbones, the BN-statistics fix, and the evaluation on the validation split."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +14,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from service.ml.build import Network, build_network
+from service.ml.build import Network, apply_freeze, build_network
 from service.ml.images import to_pixels
-from service.spec import JobSpec
+from service.spec import JobSpec, Stage, TrainingSpec
 
 # Decoded training pixels are kept in memory across epochs up to this size, else re-decoded.
 DECODED_CACHE_BYTES = 2 * 1024**3
+# Backbone features are cached for frozen stages up to this size, else the stage runs whole.
+FEATURE_CACHE_BYTES = 2 * 1024**3
 # Enough batches for stable BatchNormalization statistics; more only costs time.
 BN_STATISTICS_MAX_BATCHES = 200
 
@@ -25,9 +29,9 @@ BN_STATISTICS_MAX_BATCHES = 200
 class TrainingObserver(Protocol):
     """What the trainer tells the outside world, and how it learns it should stop."""
 
-    def on_step(self, *, epoch: int, epochs: int, step: int, steps: int) -> None: ...
+    def on_progress(self, progress: dict[str, int]) -> None: ...
 
-    def on_epoch(self, metrics: dict[str, float]) -> None: ...
+    def on_epoch(self, row: dict[str, float]) -> None: ...
 
     def should_stop(self) -> bool: ...
 
@@ -48,7 +52,9 @@ class TrainingResult:
     network: Network
     history: list[dict[str, float]]
     metrics: dict[str, float]
+    evaluation: dict[str, Any] | None
     batchnorm_layers_recomputed: int = 0
+    cached_stages: list[int] = field(default_factory=list)
     split: dict[str, int] = field(default_factory=dict)
 
 
@@ -70,56 +76,106 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
 
 
+def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """One weight per class: "balanced" from the training split's counts, or as given."""
+    if training.class_weight == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(labels)
+        weights = np.ones(len(classes))
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+        return weights
+    weights = np.ones(len(classes))
+    for name, value in (training.class_weight or {}).items():
+        if name not in classes:
+            raise ValueError(f"training.class_weight names {name!r}, not a class of the dataset")
+        weights[classes.index(name)] = value
+    return weights
+
+
+def _targets(
+    labels: np.ndarray, num_classes: int, weights: np.ndarray | None
+) -> tuple[np.ndarray, ...]:
+    """One-hot targets (label smoothing needs them), with per-image weights when given."""
+    onehot = np.eye(num_classes, dtype=np.float32)[labels]
+    if weights is None:
+        return (onehot,)
+    return onehot, weights[labels].astype(np.float32)
+
+
+def _batched(
+    dataset: tf.data.Dataset, count: int, batch_size: int, shuffle_seed: int | None
+) -> tf.data.Dataset:
+    # The same seed and count give the same order whatever the elements are: the cached
+    # features meet the head in the order the pixels would have.
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size)
+
+
 def pixel_dataset(
     images: Sequence[bytes],
-    labels: np.ndarray,
+    targets: tuple[np.ndarray, ...],
     *,
     size: int,
     batch_size: int,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 raw pixels 0–255, int label): decoded and resized like /predict."""
+    """Batches of (float32 raw pixels 0–255, *targets): decoded and resized like /predict."""
 
     def decode(data: bytes) -> np.ndarray:
         return to_pixels(bytes(data), size)
 
-    def decode_tensor(data: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def decode_tensor(data: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
         pixels = tf.numpy_function(decode, [data], tf.uint8, stateful=False)
-        return tf.ensure_shape(pixels, (size, size, 3)), label
+        return (tf.ensure_shape(pixels, (size, size, 3)), *rest)
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(list(images), dtype=tf.string), tf.constant(labels, dtype=tf.int32))
-    )
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(images), tf.string), *targets))
     dataset = dataset.map(decode_tensor, num_parallel_calls=tf.data.AUTOTUNE)
     if len(images) * size * size * 3 <= DECODED_CACHE_BYTES:
         dataset = dataset.cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = _batched(dataset, len(images), batch_size, shuffle_seed)
     dataset = dataset.map(
-        lambda pixels, label: (tf.cast(pixels, tf.float32), label),
+        lambda pixels, *rest: (tf.cast(pixels, tf.float32), *rest),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-class _ObserverCallback(keras.callbacks.Callback):
-    def __init__(self, observer: TrainingObserver, epochs: int, steps: int) -> None:
+class _ProgressCallback(keras.callbacks.Callback):
+    """Reports steps and epochs (numbered across stages), and stops when the observer says."""
+
+    def __init__(self, observer: TrainingObserver, *, stages: int, epochs: int, steps: int):
         super().__init__()
         self.observer = observer
+        self.stages = stages
         self.epochs = epochs
         self.steps = steps
+        self.stage = 1
         self.epoch = 0
+        self.started = 0.0
         self.stopped = False
+        self.history: list[dict[str, float]] = []
+
+    def _report(self, step: int) -> None:
+        self.observer.on_progress(
+            {
+                "stage": self.stage,
+                "stages": self.stages,
+                "epoch": self.epoch,
+                "epochs": self.epochs,
+                "step": step,
+                "steps": self.steps,
+            }
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = epoch + 1
-        self.observer.on_step(epoch=self.epoch, epochs=self.epochs, step=0, steps=self.steps)
+        self.started = time.perf_counter()
+        self._report(0)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.observer.on_step(
-            epoch=self.epoch, epochs=self.epochs, step=batch + 1, steps=self.steps
-        )
+        self._report(batch + 1)
         if self.observer.should_stop():
             self.stopped = True
             self.model.stop_training = True
@@ -127,13 +183,19 @@ class _ObserverCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.stopped:
             return
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        self.observer.on_epoch({"epoch": epoch + 1, **metrics})
+        row = {
+            "epoch": epoch + 1,
+            "stage": self.stage,
+            **{key: float(value) for key, value in (logs or {}).items()},
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+        self.history.append(row)
+        self.observer.on_epoch(row)
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
     return {
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
@@ -141,12 +203,52 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     }[name](learning_rate=learning_rate)
 
 
-def compile_network(network: Network, spec: JobSpec) -> None:
-    network.model.compile(
-        optimizer=make_optimizer(spec.training.optimizer, spec.training.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
+def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) -> None:
+    """A fresh optimizer per stage, as the Keras guide recompiles after changing `trainable`."""
+    model.compile(
+        optimizer=make_optimizer(stage.optimizer, stage.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+
+
+@dataclass
+class _Split:
+    images: list[bytes]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _FeatureCache:
+    """The frozen backbone run once over the data; the head then trains on what it gave.
+
+    Valid while the backbone stays frozen and unchanged: a later stage that trains the
+    backbone makes it stale, so it is dropped then.
+    """
+
+    def __init__(self, network: Network) -> None:
+        pooled = network.head_layers[0].output
+        self.extractor = keras.Model(network.model.inputs, pooled, name="features")
+        inputs = keras.Input(tuple(pooled.shape[1:]), name="features")
+        x = inputs
+        for layer in network.head_layers[1:]:
+            x = layer(x)
+        self.head = keras.Model(inputs, x, name="head")
+        self.feature_bytes = 4 * math.prod(int(dim) for dim in pooled.shape[1:])
+        self.datasets: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = None
+
+    def fits(self, count: int) -> bool:
+        return count * self.feature_bytes <= FEATURE_CACHE_BYTES
+
+    def extract(self, pixels: tf.data.Dataset, observer: TrainingObserver) -> np.ndarray:
+        outputs = []
+        for batch in pixels:
+            if observer.should_stop():
+                raise TrainingStopped()
+            outputs.append(self.extractor.predict_on_batch(batch[0]))
+        return np.concatenate(outputs)
 
 
 def train(
@@ -155,63 +257,164 @@ def train(
     observer: TrainingObserver,
     *,
     backbone_weights: str | Path | None,
+    feature_cache: bool = True,
 ) -> TrainingResult:
-    """Build, freeze, compile and fit; raise TrainingStopped if the observer stopped it."""
+    """Build, then for each stage freeze, compile and fit; evaluate on the validation split.
+
+    Raises TrainingStopped if the observer stopped it.
+    """
     training = spec.training
     keras.utils.set_random_seed(training.seed)
     train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
-    images = data.images
-    size = spec.input_size
-    train_set = pixel_dataset(
-        [images[i] for i in train_index],
-        data.labels[train_index],
-        size=size,
-        batch_size=training.batch_size,
-        shuffle_seed=training.seed,
-    )
-    val_set = (
-        pixel_dataset(
-            [images[i] for i in val_index],
-            data.labels[val_index],
-            size=size,
-            batch_size=training.batch_size,
-        )
-        if len(val_index)
+    train_split = _Split([data.images[i] for i in train_index], data.labels[train_index])
+    val_split = _Split([data.images[i] for i in val_index], data.labels[val_index])
+    num_classes = len(data.classes)
+    weights = (
+        class_weights(training, train_split.labels, data.classes)
+        if training.class_weight is not None
         else None
     )
+    train_targets = _targets(train_split.labels, num_classes, weights)
+    val_targets = _targets(val_split.labels, num_classes, None)
 
-    network = build_network(spec, len(data.classes), backbone_weights)
-    compile_network(network, spec)
-    steps = math.ceil(len(train_index) / training.batch_size)
-    callback = _ObserverCallback(observer, training.epochs, steps)
-    fit = network.model.fit(
-        train_set,
-        validation_data=val_set,
-        epochs=training.epochs,
-        callbacks=[callback],
-        shuffle=False,  # the dataset shuffles itself, by the seed
-        verbose=0,
+    def pixels(split: _Split, targets: tuple[np.ndarray, ...], seed: int | None) -> Any:
+        return pixel_dataset(
+            split.images,
+            targets,
+            size=spec.input_size,
+            batch_size=training.batch_size,
+            shuffle_seed=seed,
+        )
+
+    train_set = pixels(train_split, train_targets, training.seed)
+    val_set = pixels(val_split, val_targets, None) if len(val_split) else None
+
+    network = build_network(spec, num_classes, backbone_weights)
+    stages = spec.stages
+    progress = _ProgressCallback(
+        observer,
+        stages=len(stages),
+        epochs=sum(stage.epochs for stage in stages),
+        steps=math.ceil(len(train_split) / training.batch_size),
     )
-    if callback.stopped:
-        raise TrainingStopped()
+    cache: _FeatureCache | None = None
+    cached_stages: list[int] = []
+    recomputed = 0
+    for stage in stages:
+        apply_freeze(network.backbone, stage.freeze)
+        model, stage_train, stage_val = network.model, train_set, val_set
+        if stage.freeze.mode != "backbone":
+            cache = None
+        elif feature_cache and not training.augmenting:
+            cache = cache or _FeatureCache(network)
+            if cache.fits(len(train_split) + len(val_split)):
+                if cache.datasets is None:
+                    cache.datasets = _feature_datasets(
+                        cache,
+                        pixels(train_split, train_targets, None),
+                        pixels(val_split, val_targets, None) if val_set is not None else None,
+                        train_targets,
+                        val_targets,
+                        training,
+                        observer,
+                    )
+                model, (stage_train, stage_val) = cache.head, cache.datasets
+                cached_stages.append(stage.number)
+        compile_for_stage(model, stage, training)
+        callbacks: list[keras.callbacks.Callback] = [progress]
+        if training.early_stopping is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=training.early_stopping.monitor,
+                    patience=training.early_stopping.patience,
+                    min_delta=training.early_stopping.min_delta,
+                    restore_best_weights=True,
+                )
+            )
+        progress.stage = stage.number
+        done = len(progress.history)
+        model.fit(
+            stage_train,
+            validation_data=stage_val,
+            initial_epoch=done,
+            epochs=done + stage.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself, by the seed
+            verbose=0,
+        )
+        if progress.stopped:
+            raise TrainingStopped()
+        # BN layers that trained this stage: their moving statistics lag far behind.
+        recomputed += recompute_batchnorm_statistics(network.model, train_set)
 
-    recomputed = recompute_batchnorm_statistics(network.model, train_set)
-    history = [
-        {"epoch": epoch + 1, **{key: float(values[epoch]) for key, values in fit.history.items()}}
-        for epoch in range(len(fit.history.get("loss", [])))
-    ]
-    metrics = {key: value for key, value in history[-1].items() if key != "epoch"}
-    if recomputed and val_set is not None:
-        # The epoch's validation figures came from the stale statistics; measure again.
-        loss, accuracy = network.model.evaluate(val_set, verbose=0)
-        metrics.update(val_loss=float(loss), val_accuracy=float(accuracy))
+    history = progress.history
+    metrics = {
+        key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
+    }
+    evaluation = None
+    if val_set is not None:
+        # Measured on the model as exported: after early stopping's restore and the BN fix.
+        probabilities = network.model.predict(val_set, verbose=0)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing)
+        metrics["val_loss"] = float(loss(val_targets[0], probabilities))
+        evaluation = evaluate(val_split.labels, probabilities, data.classes)
+        metrics["val_accuracy"] = evaluation["accuracy"]
     return TrainingResult(
         network=network,
         history=history,
         metrics=metrics,
+        evaluation=evaluation,
         batchnorm_layers_recomputed=recomputed,
-        split={"train": len(train_index), "validation": len(val_index)},
+        cached_stages=cached_stages,
+        split={"train": len(train_split), "validation": len(val_split)},
     )
+
+
+def _feature_datasets(
+    cache: _FeatureCache,
+    train_pixels: tf.data.Dataset,
+    val_pixels: tf.data.Dataset | None,
+    train_targets: tuple[np.ndarray, ...],
+    val_targets: tuple[np.ndarray, ...],
+    training: TrainingSpec,
+    observer: TrainingObserver,
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    def batches(features: np.ndarray, targets: tuple[np.ndarray, ...], seed: int | None) -> Any:
+        dataset = tf.data.Dataset.from_tensor_slices((features, *targets))
+        return _batched(dataset, len(features), training.batch_size, seed).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+    train_set = batches(cache.extract(train_pixels, observer), train_targets, training.seed)
+    if val_pixels is None:
+        return train_set, None
+    return train_set, batches(cache.extract(val_pixels, observer), val_targets, None)
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: true)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    predicted = np.argmax(probabilities, axis=1)
+    everyone = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=everyone, zero_division=0
+    )
+    matrix = confusion_matrix(labels, predicted, labels=everyone)
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "per_class": [
+            {
+                "label": label,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(classes)
+        ],
+        "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
+    }
 
 
 def trainable_batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -236,12 +439,10 @@ def recompute_batchnorm_statistics(model: keras.Model, dataset: tf.data.Dataset)
         return 0
     momenta = [layer.momentum for layer in layers]
     try:
-        for batch_number, (pixels, _) in enumerate(
-            dataset.take(BN_STATISTICS_MAX_BATCHES), start=1
-        ):
+        for batch_number, batch in enumerate(dataset.take(BN_STATISTICS_MAX_BATCHES), start=1):
             for layer in layers:
                 layer.momentum = (batch_number - 1) / batch_number
-            model(pixels, training=True)
+            model(batch[0], training=True)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

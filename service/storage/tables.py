@@ -124,6 +124,8 @@ class TrainedModel(Base):
     input_size: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[str]] = mapped_column(JSON)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    # Per-class report and confusion matrix on the validation split; null without one.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     trainable_params: Mapped[int] = mapped_column(BigInteger)
     non_trainable_params: Mapped[int] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -149,3 +151,17 @@ class ModelLayer(Base):
     trainable_params: Mapped[int] = mapped_column(BigInteger)
     non_trainable_params: Mapped[int] = mapped_column(BigInteger)
     output_shape: Mapped[list[int | None] | None] = mapped_column(JSON)
+
+
+class WeightsFile(Base):
+    """A Keras weights file for a backbone, uploaded for machines that cannot download them."""
+
+    __tablename__ = "weights_files"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

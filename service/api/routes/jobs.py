@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import SessionDep
+from service.api.deps import DatabaseDep, SessionDep, SettingsDep, invalid
 from service.schemas import JobRead, JobStatus, LayersRead
 from service.spec import JobSpec
+from service.storage.db import Database
 from service.storage.queue import FINISHED, QUEUED, RUNNING
-from service.storage.tables import Dataset, Job, TrainedModel, new_id, utcnow
+from service.storage.tables import Dataset, Job, TrainedModel, WeightsFile, new_id, utcnow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -21,37 +28,55 @@ SPEC_ERRORS = {
 }
 
 
-def invalid(location: list[str | int], message: str) -> HTTPException:
-    """A 422 in FastAPI's own validation shape, for checks pydantic cannot make alone."""
-    return HTTPException(
-        422, [{"type": "value_error", "loc": ["body", *location], "msg": message, "input": None}]
-    )
-
-
 async def check_spec(session: SessionDep, spec: JobSpec) -> Dataset:
     """What needs the database or the backbone's layers; the dataset the job trains on."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset_id: no dataset {spec.dataset_id!r}")
-    source_id = spec.backbone.source_model_id
-    if source_id is not None:
-        source = session.get(TrainedModel, source_id)
-        if source is None:
-            raise HTTPException(404, f"backbone.weights: no model {source_id!r}")
-        if source.backbone != spec.backbone.name:
-            raise invalid(
-                ["backbone", "weights"],
-                f"model {source_id} has a {source.backbone} backbone, not {spec.backbone.name}",
-            )
-    if spec.freeze.trainable_from is not None:
+    _check_weights_source(session, spec)
+    class_weight = spec.training.class_weight
+    if isinstance(class_weight, dict):
+        names = {entry["name"] for entry in dataset.classes}
+        for name in class_weight:
+            if name not in names:
+                raise invalid(
+                    ["training", "class_weight", name],
+                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
+                )
+    partial = [
+        (["freeze"] if stage.number == 1 else ["fine_tune", stage.number - 2, "freeze"], stage)
+        for stage in spec.stages
+        if stage.freeze.trainable_from is not None
+    ]
+    if partial:
         from service.ml.build import backbone_layer_names, trainable_from_index
 
         names = await run_in_threadpool(backbone_layer_names, spec.backbone.name, spec.input_size)
-        try:
-            trainable_from_index(names, spec.freeze.trainable_from)
-        except ValueError as error:
-            raise invalid(["freeze", "trainable_from"], str(error)) from None
+        for location, stage in partial:
+            assert stage.freeze.trainable_from is not None
+            try:
+                trainable_from_index(names, stage.freeze.trainable_from)
+            except ValueError as error:
+                raise invalid([*location, "trainable_from"], str(error)) from None
     return dataset
+
+
+def _check_weights_source(session: SessionDep, spec: JobSpec) -> None:
+    """`model:<id>` and `file:<id>` weights must exist and be for the spec's backbone."""
+    for reference, table, kind in (
+        (spec.backbone.source_model_id, TrainedModel, "model"),
+        (spec.backbone.weights_file_id, WeightsFile, "weights file"),
+    ):
+        if reference is None:
+            continue
+        source = session.get(table, reference)
+        if source is None:
+            raise HTTPException(404, f"backbone.weights: no {kind} {reference!r}")
+        if source.backbone != spec.backbone.name:
+            raise invalid(
+                ["backbone", "weights"],
+                f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
+            )
 
 
 def jobs_with_model_ids(session: SessionDep, query: Select[tuple[Job]]) -> list[JobRead]:
@@ -114,13 +139,17 @@ async def preview_job(session: SessionDep, spec: JobSpec) -> dict[str, Any]:
     dataset = await check_spec(session, spec)
     from service.ml.build import preview_layers
 
-    rows = await run_in_threadpool(preview_layers, spec, len(dataset.classes))
-    return {
-        "model_id": None,
-        "trainable_params": sum(row["trainable_params"] for row in rows),
-        "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
-        "layers": rows,
-    }
+    tables = await run_in_threadpool(preview_layers, spec, len(dataset.classes))
+    stages = [
+        {
+            "stage": number,
+            "trainable_params": sum(row["trainable_params"] for row in rows),
+            "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
+            "layers": rows,
+        }
+        for number, rows in enumerate(tables, start=1)
+    ]
+    return {"model_id": None, **stages[-1], "stages": stages}
 
 
 @router.get("", response_model=list[JobRead], summary="Jobs, newest first")
@@ -156,3 +185,120 @@ def cancel_job(session: SessionDep, job_id: str) -> JobRead:
         job.cancel_requested = True
     session.flush()
     return job_read(session, job)
+
+
+# A comment line this often keeps proxies from closing a quiet stream.
+KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class _JobState:
+    status: str
+    attempts: int
+    error: str | None
+    progress: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    model_id: str | None
+
+    @property
+    def status_event(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "model_id": self.model_id,
+        }
+
+
+def _read_state(database: Database, job_id: str) -> _JobState | None:
+    """What the worker has written so far; a short read of its own, not the request's."""
+    with database.session() as session:
+        row = session.execute(
+            select(Job, TrainedModel.id)
+            .outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
+            .where(Job.id == job_id)
+        ).first()
+        if row is None:
+            return None
+        job, model_id = row
+        return _JobState(
+            status=job.status,
+            attempts=job.attempts,
+            error=job.error,
+            progress=job.progress,
+            history=list(job.history or []),
+            model_id=model_id,
+        )
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def _news(previous: _JobState | None, state: _JobState) -> list[str]:
+    """Events that bring a client who saw `previous` up to `state`; the end status last."""
+    events = []
+    changed = previous is None or (previous.status, previous.attempts) != (
+        state.status,
+        state.attempts,
+    )
+    if changed and state.status not in FINISHED:
+        events.append(_event("status", state.status_event))
+    seen = 0
+    if previous is not None and previous.attempts == state.attempts:
+        seen = min(len(previous.history), len(state.history))
+    events += [_event("epoch", row) for row in state.history[seen:]]
+    moved = state.progress and (previous is None or state.progress != previous.progress)
+    if moved and state.status == RUNNING:
+        events.append(_event("progress", state.progress))
+    if state.status in FINISHED:
+        events.append(_event("status", state.status_event))
+    return events
+
+
+async def _stream(
+    request: Request, database: Database, job_id: str, first: _JobState, poll_seconds: float
+) -> AsyncIterator[str]:
+    previous: _JobState | None = None
+    state: _JobState | None = first
+    quiet_since = time.monotonic()
+    while state is not None:
+        news = _news(previous, state)
+        for event in news:
+            yield event
+        if state.status in FINISHED:
+            return
+        if news:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(poll_seconds)
+        if await request.is_disconnected():
+            return
+        previous, state = state, await run_in_threadpool(_read_state, database, job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    summary="Live progress as Server-Sent Events, ending with the job's final status",
+    description="Events: `status` (queued/running, and last the final one), `epoch` (that "
+    "epoch's metrics) and `progress` (stage, epoch, step). A client that connects late first "
+    "receives the current state: its status, every finished epoch, the latest progress.",
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream"},
+    },
+)
+async def job_events(
+    request: Request, database: DatabaseDep, settings: SettingsDep, job_id: str
+) -> StreamingResponse:
+    first = await run_in_threadpool(_read_state, database, job_id)
+    if first is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return StreamingResponse(
+        _stream(request, database, job_id, first, settings.events_poll_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -7,7 +7,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import undefer
 
 from service.api.deps import ModelCacheDep, SessionDep
-from service.schemas import LayersRead, ModelRead
+from service.schemas import EvaluationRead, LayersRead, ModelRead
 from service.storage.tables import ModelLayer, TrainedModel
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -67,6 +67,21 @@ def model_layers(
         "non_trainable_params": model.non_trainable_params,
         "layers": list(session.scalars(query)),
     }
+
+
+@router.get(
+    "/{model_id}/evaluation",
+    response_model=EvaluationRead,
+    summary="Per-class precision, recall, F1 and the confusion matrix on the validation split",
+    responses={404: {"description": "Unknown model, or one trained without a validation split"}},
+)
+def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
+    model = get_model(session, model_id)
+    if model.evaluation is None:
+        raise HTTPException(
+            404, f"model {model_id} has no evaluation: it was trained with validation_split 0"
+        )
+    return {"model_id": model.id, **model.evaluation}
 
 
 @router.get(
