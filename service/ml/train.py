@@ -56,6 +56,8 @@ class TrainingResult:
     batchnorm_layers_recomputed: int = 0
     cached_stages: list[int] = field(default_factory=list)
     split: dict[str, int] = field(default_factory=dict)
+    # Wall seconds per phase: build, features (the cached backbone pass), fit, evaluate.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def stratified_split(
@@ -289,7 +291,10 @@ def train(
     train_set = pixels(train_split, train_targets, training.seed)
     val_set = pixels(val_split, val_targets, None) if len(val_split) else None
 
+    seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
+    clock = time.perf_counter()
     network = build_network(spec, num_classes, backbone_weights)
+    seconds["build"] = time.perf_counter() - clock
     stages = spec.stages
     progress = _ProgressCallback(
         observer,
@@ -309,6 +314,7 @@ def train(
             cache = cache or _FeatureCache(network)
             if cache.fits(len(train_split) + len(val_split)):
                 if cache.datasets is None:
+                    clock = time.perf_counter()
                     cache.datasets = _feature_datasets(
                         cache,
                         pixels(train_split, train_targets, None),
@@ -318,6 +324,7 @@ def train(
                         training,
                         observer,
                     )
+                    seconds["features"] = time.perf_counter() - clock
                 model, (stage_train, stage_val) = cache.head, cache.datasets
                 cached_stages.append(stage.number)
         compile_for_stage(model, stage, training)
@@ -333,6 +340,7 @@ def train(
             )
         progress.stage = stage.number
         done = len(progress.history)
+        clock = time.perf_counter()
         model.fit(
             stage_train,
             validation_data=stage_val,
@@ -342,6 +350,7 @@ def train(
             shuffle=False,  # the dataset shuffles itself, by the seed
             verbose=0,
         )
+        seconds["fit"] += time.perf_counter() - clock
         if progress.stopped:
             raise TrainingStopped()
         # BN layers that trained this stage: their moving statistics lag far behind.
@@ -352,6 +361,7 @@ def train(
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
     evaluation = None
+    clock = time.perf_counter()
     if val_set is not None:
         # Measured on the model as exported: after early stopping's restore and the BN fix.
         probabilities = network.model.predict(val_set, verbose=0)
@@ -359,6 +369,7 @@ def train(
         metrics["val_loss"] = float(loss(val_targets[0], probabilities))
         evaluation = evaluate(val_split.labels, probabilities, data.classes)
         metrics["val_accuracy"] = evaluation["accuracy"]
+    seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(
         network=network,
         history=history,
@@ -367,6 +378,7 @@ def train(
         batchnorm_layers_recomputed=recomputed,
         cached_stages=cached_stages,
         split={"train": len(train_split), "validation": len(val_split)},
+        seconds=seconds,
     )
 
 
