@@ -7,6 +7,7 @@ download needed), lists its layers and classifies held-out digits over HTTP.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -55,17 +56,38 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def progress_bar(job: dict, width: int = 30) -> str:
-    progress = job.get("progress") or {}
+def progress_bar(progress: dict, last: dict, width: int = 30) -> str:
     epochs, steps = progress.get("epochs") or 1, progress.get("steps") or 1
     done = (max(progress.get("epoch", 1) - 1, 0) + progress.get("step", 0) / steps) / epochs
     filled = int(done * width)
-    last = job["history"][-1] if job["history"] else {}
     accuracy = f" accuracy {last['accuracy']:.3f}" if "accuracy" in last else ""
     return (
         f"\r[{'#' * filled}{'.' * (width - filled)}] epoch {progress.get('epoch', 0)}/{epochs}"
         f" step {progress.get('step', 0)}/{steps}{accuracy}   "
     )
+
+
+def follow_events(client: httpx.Client, job_id: str) -> None:
+    """Draw the progress bar from the job's Server-Sent Events until its final status."""
+    progress: dict = {}
+    last: dict = {}
+    event = ""
+    with client.stream("GET", f"/jobs/{job_id}/events", timeout=None) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+                continue
+            if not line.startswith("data: "):
+                continue
+            data = json.loads(line.removeprefix("data: "))
+            if event == "progress":
+                progress = data
+            elif event == "epoch":
+                last = data
+            print(progress_bar(progress, last), end="", flush=True)
+            if event == "status" and data["status"] not in ("queued", "running"):
+                break
+    print()
 
 
 def run_demo(*, data_dir: str, port: int, epochs: int) -> int:
@@ -140,11 +162,8 @@ def _drive(base: str, epochs: int, started: float) -> int:
     print(
         f"job {job['id']} queued: MobileNetV2 at {INPUT_SIZE} px, random weights, {epochs} epochs"
     )
-    while job["status"] in ("queued", "running"):
-        time.sleep(0.5)
-        job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
-        print(progress_bar(job), end="", flush=True)
-    print()
+    follow_events(client, job["id"])
+    job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
     if job["status"] != "succeeded":
         print(f"job {job['status']}: {job['error']}", file=sys.stderr)
         return 1
@@ -177,6 +196,12 @@ def _drive(base: str, epochs: int, started: float) -> int:
             for (label, _), prediction in zip(batch, response["predictions"], strict=True)
         )
     accuracy = correct / len(held_out)
+    report = client.get(f"/models/{model_id}/evaluation").raise_for_status().json()
+    worst = min(report["per_class"], key=lambda row: row["f1"])
+    print(
+        f"validation split: accuracy {report['accuracy']:.3f}, "
+        f"weakest class {worst['label']} (F1 {worst['f1']:.3f})"
+    )
     print(f"training history: {[round(row['accuracy'], 3) for row in job['history']]}")
     print(f"demo took {time.monotonic() - started:.0f} s")
     print(f"held-out accuracy: {accuracy:.3f} ({correct}/{len(held_out)} images over HTTP)")

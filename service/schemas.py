@@ -137,7 +137,7 @@ class JobRead(BaseModel):
     status: JobStatus
     spec: JobSpec
     progress: Progress | None
-    history: list[dict[str, float]] = Field(
+    history: list[dict[str, int | float]] = Field(
         description="One row per epoch: epoch, stage, the Keras metrics, seconds."
     )
     error: str | None
