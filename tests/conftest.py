@@ -1,6 +1,8 @@
-"""Fixtures: a real SQLite file migrated by Alembic, the real app, the real worker loop.
+"""Fixtures: a real database migrated by Alembic, the real app, the real worker loop.
 
-Every test gets its own database; the one trained model that many tests read is trained
+Every test gets its own database: a SQLite file, and where TEST_POSTGRES_URL names a
+PostgreSQL server (`.ci/run` starts one) also a fresh PostgreSQL database, so the
+database-facing tests run on both. The one trained model that many tests read is trained
 once per session, by the worker, through the API.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import create_engine, make_url
 
 from service.api.app import create_app
 from service.config import Settings
@@ -27,6 +30,14 @@ from service.worker import Worker
 
 COLOURS = {"blue": 2, "green": 1, "red": 0}
 SIZE = 32
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(not POSTGRES_URL, reason="TEST_POSTGRES_URL is not set"),
+    ),
+]
 
 
 def png_bytes(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
@@ -129,9 +140,28 @@ class Service:
         return job
 
 
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database of its own: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'service.db'}"
+        return
+    assert POSTGRES_URL is not None
+    name = f"test_{os.urandom(6).hex()}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    running = Service(make_settings(tmp_path))
+def service(tmp_path: Path, database_url: str) -> Iterator[Service]:
+    running = Service(make_settings(tmp_path, database_url=database_url))
     yield running
     running.close()
 

@@ -17,8 +17,8 @@ from tests.conftest import make_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_migrations_reach_head_and_match_the_tables(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+def test_migrations_reach_head_and_match_the_tables(database_url: str) -> None:
+    database = Database(database_url)
     config = database.alembic_config()
     command.upgrade(config, "head")
     command.check(config)  # raises if the tables and migrations differ
