@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from service.ml.export import unpack_archive
+from service.ml.export import sha256, unpack_archive
+
+
+class ModelCorrupt(RuntimeError):
+    """The stored SavedModel does not match the checksum written with it; nothing is loaded."""
 
 
 @dataclass
@@ -57,17 +61,19 @@ class ModelCache:
                 return model
             loading = self._loading.setdefault(source.model_id, threading.Lock())
         with loading:
-            with self._lock:
-                model = self._touch(source.model_id)
-            if model is None:
-                model = self._load(source)
+            try:
                 with self._lock:
-                    self._models[source.model_id] = model
-                    while len(self._models) > self.capacity:
-                        self._models.popitem(last=False)
-            with self._lock:
-                self._loading.pop(source.model_id, None)
-            return model
+                    model = self._touch(source.model_id)
+                if model is None:
+                    model = self._load(source)
+                    with self._lock:
+                        self._models[source.model_id] = model
+                        while len(self._models) > self.capacity:
+                            self._models.popitem(last=False)
+                return model
+            finally:
+                with self._lock:
+                    self._loading.pop(source.model_id, None)
 
     def _touch(self, model_id: str) -> LoadedModel | None:
         model = self._models.get(model_id)
@@ -82,7 +88,15 @@ class ModelCache:
         if not (directory / "saved_model.pb").exists():
             scratch = directory.with_name(directory.name + ".partial")
             shutil.rmtree(scratch, ignore_errors=True)
-            unpack_archive(source.fetch_archive(), scratch)
+            archive = source.fetch_archive()
+            actual = sha256(archive or b"")
+            if actual != source.sha256:
+                raise ModelCorrupt(
+                    f"model {source.model_id}: the stored SavedModel ({len(archive or b'')} "
+                    f"bytes) fails its sha256 check (stored {source.sha256[:12]}…, "
+                    f"read {actual[:12]}…); it will not be loaded"
+                )
+            unpack_archive(archive, scratch)
             scratch.rename(directory)
         loaded = tf.saved_model.load(str(directory))
         self.loads += 1

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, ModelCacheDep, SessionDep, SettingsDep
 from service.ml.images import UndecodableImage, to_pixels
-from service.ml.serving import LoadedModel, ModelSource
+from service.ml.serving import LoadedModel, ModelCorrupt, ModelSource
 from service.schemas import ImagePrediction, PredictionRead, Score
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
@@ -63,6 +63,7 @@ def top_scores(probabilities: np.ndarray, classes: list[str], top_k: int) -> lis
         400: {"description": "An image cannot be decoded; `detail` names the file"},
         404: {"description": "Unknown model"},
         413: {"description": "Over the size limit"},
+        503: {"description": "The stored model fails its integrity check; others still serve"},
     },
 )
 async def predict(
@@ -84,7 +85,10 @@ async def predict(
         for number, upload in enumerate(files)
     ]
     pixels = await run_in_threadpool(decode_all, images, source.input_size)
-    model: LoadedModel = await run_in_threadpool(cache.get, source)
+    try:
+        model: LoadedModel = await run_in_threadpool(cache.get, source)
+    except ModelCorrupt as error:
+        raise HTTPException(503, str(error)) from None
     probabilities = await run_in_threadpool(model.probabilities, pixels)
     scores = top_scores(probabilities, model.classes, top_k)
     return PredictionRead(
