@@ -15,6 +15,10 @@ from typing import IO
 from service.ml.images import UndecodableImage, open_image
 
 IGNORED_PARTS = ("__MACOSX",)
+# Past this many bytes, an entry that inflates to more than MAX_RATIO × its compressed size
+# is a zip bomb: real photos barely compress.
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
 
 
 class BadArchive(ValueError):
@@ -89,13 +93,34 @@ def _strip_top_folder(
     return files
 
 
-def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes | None:
+@dataclass
+class _Inflated:
+    """Every byte the zip has inflated to so far, kept or not, against the upload's limit."""
+
+    limit: int
+    total: int = 0
+
+    def add(self, count: int) -> None:
+        self.total += count
+        if self.total > self.limit:
+            raise BadArchive(f"zip unpacks to more than {self.limit} bytes")
+
+
+def _read_capped(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, inflated: _Inflated
+) -> bytes | None:
     """The member's bytes, or None past `cap` — counted while reading, not from the header."""
     chunks = []
     total = 0
     with archive.open(info) as member:
         while chunk := member.read(1 << 20):
             total += len(chunk)
+            inflated.add(len(chunk))
+            if total > RATIO_FLOOR and total > MAX_RATIO * max(info.compress_size, 1):
+                raise BadArchive(
+                    f"{info.filename!r} inflates to over {MAX_RATIO}× its compressed size "
+                    "(a zip bomb?)"
+                )
             if total > cap:
                 return None
             chunks.append(chunk)
@@ -110,7 +135,7 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
     with archive:
         files = _strip_top_folder(_files(archive, limits))
         result = Archive()
-        total = 0
+        inflated = _Inflated(limits.max_total_bytes)
         for info, parts in _images_in_order(files):
             if len(parts) < 2:
                 result.skipped.append(
@@ -118,7 +143,7 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
                 )
                 continue
             try:
-                data = _read_capped(archive, info, limits.max_image_bytes)
+                data = _read_capped(archive, info, limits.max_image_bytes, inflated)
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
                 result.skipped.append({"path": info.filename, "reason": f"corrupt entry: {error}"})
                 continue
@@ -130,11 +155,6 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
                     }
                 )
                 continue
-            total += len(data)
-            if total > limits.max_total_bytes:
-                raise BadArchive(
-                    f"zip unpacks to more than {limits.max_total_bytes} bytes of images"
-                )
             try:
                 open_image(data)
             except UndecodableImage as error:
