@@ -28,7 +28,7 @@ class BackboneSpec(_Strict):
     name: str = Field(description="A name from GET /backbones.", examples=["MobileNetV2"])
     weights: str | None = Field("imagenet", description=WEIGHTS_DESCRIPTION)
     input_size: int | None = Field(
-        None, description="Square input side in pixels; default: the backbone's own.", ge=1
+        None, description="Square input side in pixels; default: the backbone's own.", ge=1, le=2048
     )
 
     @field_validator("name")

@@ -58,10 +58,11 @@ def require_api_key(
         )
 
 
-def invalid(location: list[str | int], message: str) -> HTTPException:
-    """A 422 in FastAPI's own validation shape, for checks pydantic cannot make alone."""
+def invalid(location: list[str | int], message: str, *, part: str = "body") -> HTTPException:
+    """A 422 in FastAPI's own validation shape, for checks pydantic cannot make alone;
+    `part` is where the field is: body, query or path."""
     return HTTPException(
-        422, [{"type": "value_error", "loc": ["body", *location], "msg": message, "input": None}]
+        422, [{"type": "value_error", "loc": [part, *location], "msg": message, "input": None}]
     )
 
 

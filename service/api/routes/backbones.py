@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from starlette.concurrency import run_in_threadpool
 
+from service.api.deps import invalid
 from service.ml.backbones import BACKBONES
 from service.schemas import BackboneLayers, BackboneRead
 
@@ -41,8 +42,10 @@ async def backbone_layers(
         raise HTTPException(404, f"unknown backbone {name!r}; GET /backbones lists them")
     size = input_size or backbone.default_input_size
     if size < backbone.min_input_size:
-        raise HTTPException(
-            422, f"input_size {size} is below {name}'s minimum of {backbone.min_input_size}"
+        raise invalid(
+            ["input_size"],
+            f"input_size {size} is below {name}'s minimum of {backbone.min_input_size}",
+            part="query",
         )
     from service.ml.build import backbone_layer_rows
 
