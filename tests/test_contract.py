@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import hypothesis
-import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from schemathesis.specs.openapi.checks import positive_data_acceptance
