@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     )
 
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
+    predict_max_batch: int = Field(
+        32, ge=1, description="Most images that concurrent /predict requests share one call."
+    )
+    predict_max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a /predict request waits for others to batch with."
+    )
+    tf_intra_op_threads: int = Field(
+        0, ge=0, description="TensorFlow threads inside one op in the API (0: all cores)."
+    )
+    tf_inter_op_threads: int = Field(
+        0, ge=0, description="TensorFlow ops run at once in the API (0: TensorFlow's choice)."
+    )
 
     lease_seconds: float = Field(
         60.0, gt=0, description="A worker's claim on a job lasts this long."

@@ -309,3 +309,34 @@ class WeightsRead(BaseModel):
     size_bytes: int
     sha256: str
     created_at: datetime
+
+
+class PredictForm(BaseModel):
+    """The multipart form's fields besides `files`."""
+
+    model_id: str
+    top_k: int = Field(5, ge=1, le=1000)
+    threshold: float = Field(0.0, ge=0.0, le=1.0, description="Leave out labels below this.")
+
+
+class Base64Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(description="The encoded image file (JPEG, PNG, …), base64.")
+
+
+class PredictJSON(PredictForm):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Base64Image] = Field(min_length=1)
+
+
+class TFServingRequest(BaseModel):
+    model_config = _example({"instances": [{"b64": "iVBORw0KGgo…"}]})
+    instances: list[Any] = Field(
+        min_length=1, description='Each {"b64": "<base64 image>"}, or {"<input name>": {"b64"}}'
+    )
+    signature_name: str | None = Field(None, description="Accepted and ignored: one signature.")
+
+
+class TFServingResponse(BaseModel):
+    model_config = _example({"predictions": [[0.93, 0.07]]})
+    predictions: list[list[float]]

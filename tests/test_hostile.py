@@ -156,6 +156,7 @@ def test_hostile_predict_requests(trained: dict[str, Any]) -> None:
     too_many = [("files", (f"{n}.jpg", jpeg, "image/jpeg")) for n in range(65)]
     response = client.post("/predict", data={"model_id": model_id}, files=too_many)
     assert response.status_code == 413 and "at most 64" in response.json()["detail"]
+    assert trained["service"].client.get("/healthz").status_code == 200
     ok = client.post(
         "/predict", data={"model_id": model_id}, files=[("files", ("a.png", jpeg, "image/gif"))]
     )

@@ -12,7 +12,8 @@ from service.api.deps import require_api_key
 from service.api.limits import BodySizeLimit
 from service.api.routes import backbones, datasets, health, jobs, models, predict, weights
 from service.config import Settings, get_settings
-from service.ml.serving import ModelCache
+from service.ml.batching import Batcher
+from service.ml.serving import ModelCache, configure_tensorflow_threads
 from service.storage.db import open_database
 
 DESCRIPTION = """
@@ -31,6 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database = open_database(settings.database_url, auto_migrate=settings.auto_migrate)
         app.state.database = database
         app.state.model_cache = ModelCache(settings.cache_dir / "models", settings.model_cache_size)
+        app.state.batcher = Batcher(
+            max_batch=settings.predict_max_batch, max_wait=settings.predict_max_wait_ms / 1000
+        )
+        configure_tensorflow_threads(settings)
         try:
             yield
         finally:
@@ -51,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def body_limit(path: str) -> int:
         if path == "/datasets":
             return settings.max_dataset_bytes
-        if path == "/predict":
+        if path == "/predict" or path.startswith("/v1/models/"):
             return settings.max_predict_bytes
         if path == "/weights":
             return settings.max_weights_bytes

@@ -122,3 +122,19 @@ def _keep_alive(owner: Any, function: Callable[[Any], Any]) -> Callable[[Any], A
 
     call.owner = owner  # type: ignore[attr-defined]
     return call
+
+
+def configure_tensorflow_threads(settings: Any) -> None:
+    """Apply the API's TensorFlow thread settings; they must be set before TF first runs an
+    op, so a process that already has is left as it is."""
+    if not (settings.tf_intra_op_threads or settings.tf_inter_op_threads):
+        return
+    import tensorflow as tf
+
+    try:
+        if settings.tf_intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+        if settings.tf_inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
+    except RuntimeError:  # TensorFlow already initialised in this process
+        pass

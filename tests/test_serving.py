@@ -1,0 +1,185 @@
+"""Serving: dynamic batching, JSON and TF Serving request shapes, threshold, the model cache."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.ml.batching import Batcher
+from service.ml.serving import ModelCache
+
+
+def test_batcher_gathers_concurrent_requests_and_answers_each_in_order() -> None:
+    calls: list[int] = []
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True) * np.ones((1, 3))
+
+    async def run() -> list[np.ndarray]:
+        batcher = Batcher(max_batch=16, max_wait=0.05)
+        requests = [np.full((1 + n % 3, 2, 2, 3), n, dtype=np.float32) for n in range(20)]
+        answers = await asyncio.gather(*(batcher.predict("m", predict, r) for r in requests))
+        assert batcher.batches == len(calls)
+        return [requests, answers]  # type: ignore[return-value]
+
+    requests, answers = asyncio.run(run())
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.shape == (len(request), 3)
+        np.testing.assert_array_equal(answer[:, 0], request.reshape(len(request), -1).sum(axis=1))
+    assert sum(calls) == sum(len(r) for r in requests)
+    assert len(calls) < len(requests) and max(calls) <= 16
+
+
+def test_batcher_passes_a_failure_to_every_request_of_its_batch() -> None:
+    def broken(pixels: np.ndarray) -> np.ndarray:
+        raise ValueError("model exploded")
+
+    async def run() -> list[Any]:
+        batcher = Batcher(max_batch=8, max_wait=0.01)
+        calls = [batcher.predict("m", broken, np.zeros((1, 2, 2, 3))) for _ in range(3)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    assert all(isinstance(result, ValueError) for result in asyncio.run(run()))
+
+
+def multipart(model_id: str, images: list[bytes], **fields: str) -> dict[str, Any]:
+    return {
+        "data": {"model_id": model_id, **fields},
+        "files": [("files", (f"{n}.png", data, "image/png")) for n, data in enumerate(images)],
+    }
+
+
+def test_concurrent_http_requests_share_batches(trained: dict[str, Any]) -> None:
+    client = trained["service"].client
+    app = client.app
+    model_id = trained["job"]["model_id"]
+    images = [data for items in trained["images"].values() for data in items[:6]]
+    alone = [
+        client.post("/predict", **multipart(model_id, [image], top_k="3")).json()["predictions"][0]
+        for image in images
+    ]
+    batches_before = app.state.batcher.batches
+
+    async def together() -> list[dict[str, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post("/predict", **multipart(model_id, [image], top_k="3"))
+                    for image in images
+                )
+            )
+        return [response.json()["predictions"][0] for response in responses]
+
+    concurrent = asyncio.run(together())
+    assert app.state.batcher.batches - batches_before < len(images)
+    for single, shared in zip(alone, concurrent, strict=True):
+        assert [s["label"] for s in shared["top"]] == [s["label"] for s in single["top"]]
+        for a, b in zip(shared["top"], single["top"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_json_and_tf_serving_shapes_agree_with_multipart(trained: dict[str, Any]) -> None:
+    client = trained["service"].client
+    model_id = trained["job"]["model_id"]
+    classes = client.get(f"/models/{model_id}").json()["classes"]
+    images = [trained["images"]["red"][0], trained["images"]["green"][1]]
+    encoded = [base64.b64encode(image).decode() for image in images]
+    form = client.post("/predict", **multipart(model_id, images, top_k="3")).json()
+
+    as_json = client.post(
+        "/predict",
+        json={"model_id": model_id, "instances": [{"b64": e} for e in encoded], "top_k": 3},
+    )
+    assert as_json.status_code == 200, as_json.text
+    for by_form, by_json in zip(form["predictions"], as_json.json()["predictions"], strict=True):
+        assert by_json["top"] == by_form["top"]
+
+    served = client.post(
+        f"/v1/models/{model_id}:predict",
+        json={"signature_name": "serving_default", "instances": [{"b64": encoded[0]}]},
+    )
+    assert served.status_code == 200, served.text
+    vector = served.json()["predictions"][0]
+    assert len(vector) == len(classes) and sum(vector) == pytest.approx(1.0, abs=1e-5)
+    by_label = {s["label"]: s["score"] for s in form["predictions"][0]["top"]}
+    assert vector == pytest.approx([by_label[label] for label in classes], abs=1e-6)
+    named = client.post(
+        f"/v1/models/{model_id}:predict", json={"instances": [{"image_bytes": {"b64": encoded[0]}}]}
+    )
+    assert named.json()["predictions"] == served.json()["predictions"]
+
+
+def test_threshold_drops_low_scores_in_every_form(trained: dict[str, Any]) -> None:
+    client = trained["service"].client
+    model_id = trained["job"]["model_id"]
+    image = trained["images"]["blue"][0]
+    full = client.post("/predict", **multipart(model_id, [image])).json()["predictions"][0]["top"]
+    threshold = (full[0]["score"] + full[1]["score"]) / 2  # between the best and the rest
+    kept = [s for s in full if s["score"] >= threshold]
+    assert 1 <= len(kept) < len(full)
+    form = client.post("/predict", **multipart(model_id, [image], threshold=str(threshold)))
+    assert form.json()["predictions"][0]["top"] == kept
+    body = {
+        "model_id": model_id,
+        "instances": [{"b64": base64.b64encode(image).decode()}],
+        "threshold": threshold,
+    }
+    assert client.post("/predict", json=body).json()["predictions"][0]["top"] == kept
+
+
+def test_bad_json_and_tf_serving_requests_are_4xx(trained: dict[str, Any]) -> None:
+    client = trained["service"].client
+    model_id = trained["job"]["model_id"]
+    cases = [
+        ({"model_id": model_id, "instances": [{"b64": "***"}]}, 400, "instances[0].b64"),
+        ({"model_id": model_id, "instances": []}, 422, "instances"),
+        ({"model_id": model_id, "instances": [{"b64": "aGVsbG8="}]}, 400, "instances[0]"),
+        ({"model_id": "m_missing", "instances": [{"b64": "aGVsbG8="}]}, 404, "m_missing"),
+        ({"instances": [{"b64": "aGVsbG8="}]}, 422, "model_id"),
+    ]
+    for body, status, named in cases:
+        response = client.post("/predict", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert named in response.text
+    response = client.post(f"/v1/models/{model_id}:predict", json={"instances": [[1, 2, 3]]})
+    assert response.status_code == 400 and "instances[0]" in response.text
+    response = client.post(
+        "/predict", content=b"model_id=x", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+
+
+def test_cache_loads_once_under_concurrent_first_requests(
+    trained: dict[str, Any], tmp_path
+) -> None:
+    from service.api.routes.predict import model_source
+
+    service = trained["service"]
+    model_id = trained["job"]["model_id"]
+    cache = ModelCache(tmp_path / "cache", capacity=2)
+    source = model_source(service.database, model_id)
+    barrier = threading.Barrier(8)
+    loaded = []
+
+    def first_request() -> None:
+        barrier.wait()
+        loaded.append(cache.get(source))
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.loads == 1 and len({id(model) for model in loaded}) == 1
+    cache.evict(model_id)
+    assert not list((tmp_path / "cache").glob(f"{model_id}-*"))
+    cache.get(source)
+    assert cache.loads == 2
