@@ -41,7 +41,10 @@ class Settings(BaseSettings):
         32, ge=1, description="Most images that concurrent /predict requests share one call."
     )
     predict_max_wait_ms: float = Field(
-        2.0, ge=0, description="How long a /predict request waits for others to batch with."
+        0.0,
+        ge=0,
+        description="How long a /predict batch waits to fill; 0: requests arriving while a "
+        "batch runs form the next one, and a request alone never waits.",
     )
     tf_intra_op_threads: int = Field(
         0, ge=0, description="TensorFlow threads inside one op in the API (0: all cores)."

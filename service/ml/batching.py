@@ -1,10 +1,10 @@
 """Dynamic batching: concurrent requests for one model run as one batch.
 
-A request's images join the model's lane. The lane's drainer waits at most `max_wait`
-seconds for more to arrive (or until `max_batch` images are waiting), runs them through the
-model in one call on a worker thread, and hands each request its own rows. While a batch
-runs, the next one gathers, so under load the wait costs nothing; a request alone waits
-`max_wait` at most.
+A request's images join the model's lane. The lane's drainer runs what is waiting through
+the model in one call on a worker thread (up to `max_batch` images) and hands each request
+its own rows. Requests that arrive while a batch runs gather into the next one, so under
+load batches fill by themselves and a request alone is not held back. `max_wait` > 0 also
+waits that long for a batch to fill before running it, trading latency for larger batches.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Batcher:
     async def _drain(self, key: str, lane: _Lane, predict: Predict) -> None:
         loop = asyncio.get_running_loop()
         while lane.waiting:
-            if lane.images < self.max_batch:
+            if self.max_wait > 0 and lane.images < self.max_batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lane.full.wait(), self.max_wait)
             batch = self._take(lane)

@@ -125,7 +125,8 @@ class TrainedModel(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     # Per-class report and confusion matrix on the validation split; null without one.
-    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Deferred: SQLite stores it after the BLOBs, so reading it walks their overflow pages.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     trainable_params: Mapped[int] = mapped_column(BigInteger)
     non_trainable_params: Mapped[int] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -76,7 +76,7 @@ def model_layers(
     responses={404: {"description": "Unknown model, or one trained without a validation split"}},
 )
 def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
-    model = get_model(session, model_id)
+    model = get_model(session, model_id, undefer(TrainedModel.evaluation))
     if model.evaluation is None:
         raise HTTPException(
             404, f"model {model_id} has no evaluation: it was trained with validation_split 0"

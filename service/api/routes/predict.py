@@ -50,10 +50,14 @@ def model_source(database: Database, model_id: str) -> ModelSource:
     """What the cache needs to load the model, read in a short transaction of its own: a
     prediction holds no database connection while it waits for the model."""
     with database.session() as session:
-        model = session.get(TrainedModel, model_id)
-        if model is None:
-            raise HTTPException(404, f"model_id: no model {model_id!r}")
-        sha, classes, input_size = model.savedmodel_sha256, list(model.classes), model.input_size
+        row = session.execute(
+            select(
+                TrainedModel.savedmodel_sha256, TrainedModel.classes, TrainedModel.input_size
+            ).where(TrainedModel.id == model_id)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"model_id: no model {model_id!r}")
+    sha, classes, input_size = row.savedmodel_sha256, list(row.classes), row.input_size
 
     def fetch_archive() -> bytes:
         with database.session() as reading:
@@ -90,12 +94,17 @@ async def classify(
         raise HTTPException(
             413, f"{len(images)} images sent; at most {settings.max_predict_files} per request"
         )
-    source = await run_in_threadpool(model_source, database, model_id)
-    pixels = await run_in_threadpool(decode_all, images, source.input_size)
-    try:
-        model: LoadedModel = await run_in_threadpool(request.app.state.model_cache.get, source)
-    except ModelCorrupt as error:
-        raise HTTPException(503, str(error)) from None
+
+    def prepare() -> tuple[LoadedModel, np.ndarray]:
+        # One trip to a worker thread for the lookup, the decoding and the (cached) model.
+        source = model_source(database, model_id)
+        pixels = decode_all(images, source.input_size)
+        try:
+            return request.app.state.model_cache.get(source), pixels
+        except ModelCorrupt as error:
+            raise HTTPException(503, str(error)) from None
+
+    model, pixels = await run_in_threadpool(prepare)
     probabilities = await request.app.state.batcher.predict(
         model.model_id, model.probabilities, pixels
     )
