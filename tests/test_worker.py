@@ -38,6 +38,14 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     # The first holder is fenced out: it can no longer write progress or finish the job.
     assert not queue.heartbeat(service.database, first, lease_seconds=30).lease_held
     assert not queue.end_job(service.database, first, status=queue.FAILED, error="stale")
+    stale_model = TrainedModel(
+        id="m_stale", name="stale", job_id=job_id, dataset_id=None, backbone="MobileNetV2",
+        input_size=32, classes=["a"], metrics={}, evaluation=None, trainable_params=0,
+        non_trainable_params=0, size_bytes=1, savedmodel_sha256="0" * 64, savedmodel=b"m",
+        backbone_weights=b"w",
+    )  # fmt: skip
+    assert not queue.complete_job(service.database, first, model=stale_model, layers=[])
+    assert service.client.get("/models/m_stale").status_code == 404
     expire()
     assert queue.claim_next_job(service.database, **claims) is None
     job = service.client.get(f"/jobs/{job_id}").json()
