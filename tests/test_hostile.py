@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -84,6 +85,7 @@ def test_zip_bombs_are_refused_by_what_they_inflate_to(tmp_path: Path) -> None:
         service.close()
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_zip_slip_duplicates_and_too_many_entries(tmp_path: Path) -> None:
     service = Service(make_settings(tmp_path, max_dataset_files=50_000))
     try:
