@@ -61,21 +61,16 @@ class BackboneSpec(_Strict):
         return self
 
     @property
-    def source_model_id(self) -> str | None:
-        return self._reference("model:")
-
-    @property
-    def weights_file_id(self) -> str | None:
-        return self._reference("file:")
+    def stored_weights(self) -> tuple[str, str] | None:
+        """("model", id) or ("file", id) for weights the service stores; else None."""
+        for prefix in WEIGHTS_PREFIXES:
+            if self.weights and self.weights.startswith(prefix):
+                return prefix.removesuffix(":"), self.weights.removeprefix(prefix)
+        return None
 
     @property
     def pretrained(self) -> bool:
         return self.weights is not None
-
-    def _reference(self, prefix: str) -> str | None:
-        if self.weights and self.weights.startswith(prefix):
-            return self.weights.removeprefix(prefix)
-        return None
 
 
 class HeadSpec(_Strict):

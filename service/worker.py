@@ -23,7 +23,7 @@ from service.config import Settings
 from service.spec import JobSpec
 from service.storage import queue
 from service.storage.db import Database
-from service.storage.tables import Dataset, DatasetImage, TrainedModel, WeightsFile, new_id
+from service.storage.tables import WEIGHTS_SOURCES, Dataset, DatasetImage, TrainedModel, new_id
 
 log = logging.getLogger("service.worker")
 
@@ -259,26 +259,24 @@ def backbone_weights(db: Database, spec: JobSpec) -> Iterator[str | Path | None]
     from service.ml.weights import weights_file
 
     backbone = spec.backbone
-    for reference, table, kind, column in (
-        (backbone.source_model_id, TrainedModel, "model", TrainedModel.backbone_weights),
-        (backbone.weights_file_id, WeightsFile, "weights file", WeightsFile.data),
-    ):
-        if reference is None:
-            continue
-        with db.session() as session:
-            source = session.get(table, reference, options=[undefer(column)])
-            if source is None:
-                raise JobInputError(f"backbone.weights: {kind} {reference} no longer exists")
-            if source.backbone != backbone.name:
-                raise JobInputError(
-                    f"backbone.weights: {kind} {reference} is for {source.backbone}, "
-                    f"not {backbone.name}"
-                )
-            blob = getattr(source, column.key)
-        with weights_file(blob) as path:
-            yield path
+    stored = backbone.stored_weights
+    if stored is None:
+        yield backbone.weights
         return
-    yield backbone.weights
+    where, reference = stored
+    table, column, kind = WEIGHTS_SOURCES[where]
+    with db.session() as session:
+        source = session.get(table, reference, options=[undefer(column)])
+        if source is None:
+            raise JobInputError(f"backbone.weights: {kind} {reference} no longer exists")
+        if source.backbone != backbone.name:
+            raise JobInputError(
+                f"backbone.weights: {kind} {reference} is for {source.backbone}, "
+                f"not {backbone.name}"
+            )
+        blob = getattr(source, column.key)
+    with weights_file(blob) as path:
+        yield path
 
 
 def run_worker(db: Database, settings: Settings) -> None:

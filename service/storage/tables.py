@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -166,3 +166,16 @@ class WeightsFile(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WeightsSource(NamedTuple):
+    table: type[TrainedModel] | type[WeightsFile]
+    column: Any  # the column holding the weights file's bytes
+    kind: str  # what messages call it
+
+
+# Where the backbone weights of a spec's "model:<id>" and "file:<id>" are stored.
+WEIGHTS_SOURCES = {
+    "model": WeightsSource(TrainedModel, TrainedModel.backbone_weights, "model"),
+    "file": WeightsSource(WeightsFile, WeightsFile.data, "weights file"),
+}

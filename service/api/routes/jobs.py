@@ -17,7 +17,7 @@ from service.schemas import JobRead, JobStatus, LayersRead
 from service.spec import JobSpec
 from service.storage.db import Database
 from service.storage.queue import FINISHED, QUEUED, RUNNING
-from service.storage.tables import Dataset, Job, TrainedModel, WeightsFile, new_id, utcnow
+from service.storage.tables import WEIGHTS_SOURCES, Dataset, Job, TrainedModel, new_id, utcnow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -63,20 +63,19 @@ async def check_spec(session: SessionDep, spec: JobSpec) -> Dataset:
 
 def _check_weights_source(session: SessionDep, spec: JobSpec) -> None:
     """`model:<id>` and `file:<id>` weights must exist and be for the spec's backbone."""
-    for reference, table, kind in (
-        (spec.backbone.source_model_id, TrainedModel, "model"),
-        (spec.backbone.weights_file_id, WeightsFile, "weights file"),
-    ):
-        if reference is None:
-            continue
-        source = session.get(table, reference)
-        if source is None:
-            raise HTTPException(404, f"backbone.weights: no {kind} {reference!r}")
-        if source.backbone != spec.backbone.name:
-            raise invalid(
-                ["backbone", "weights"],
-                f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
-            )
+    stored = spec.backbone.stored_weights
+    if stored is None:
+        return
+    where, reference = stored
+    table, _, kind = WEIGHTS_SOURCES[where]
+    source = session.get(table, reference)
+    if source is None:
+        raise HTTPException(404, f"backbone.weights: no {kind} {reference!r}")
+    if source.backbone != spec.backbone.name:
+        raise invalid(
+            ["backbone", "weights"],
+            f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
+        )
 
 
 def jobs_with_model_ids(session: SessionDep, query: Select[tuple[Job]]) -> list[JobRead]:
