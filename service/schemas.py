@@ -321,7 +321,10 @@ class PredictForm(BaseModel):
 
 class Base64Image(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    b64: str = Field(description="The encoded image file (JPEG, PNG, …), base64.")
+    b64: str = Field(
+        description="The encoded image file (JPEG, PNG, …), base64.",
+        json_schema_extra={"format": "byte"},
+    )
 
 
 class PredictJSON(PredictForm):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -36,7 +36,12 @@ from service.storage.tables import TrainedModel
 
 router = APIRouter(tags=["predict"])
 
-Image = tuple[str, bytes]  # (name for error messages and the answer, encoded bytes)
+
+class Image(NamedTuple):
+    where: str  # where it came from, for error messages: files[0] 'a.jpg', instances[2]
+    name: str  # what the answer calls it
+    data: bytes
+
 
 ERRORS = {
     400: {"description": "An image cannot be decoded; `detail` names it"},
@@ -77,11 +82,11 @@ def model_source(database: Database, model_id: str) -> ModelSource:
 def decode_all(images: list[Image], size: int) -> np.ndarray:
     """Raw pixels for the batch, decoded and resized exactly as the training pipeline does."""
     batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for number, (name, data) in enumerate(images):
+    for number, image in enumerate(images):
         try:
-            batch[number] = to_pixels(data, size)
+            batch[number] = to_pixels(image.data, size)
         except UndecodableImage as error:
-            raise HTTPException(400, f"{name}: {error}") from None
+            raise HTTPException(400, f"{image.where}: {error}") from None
     return batch
 
 
@@ -158,53 +163,51 @@ async def _read_multipart(request: Request) -> tuple[PredictForm, list[Image]]:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body", "files"), "msg": "Field required", "input": None}]
         )
-    images = [
-        (f"files[{number}] {upload.filename or ''!r}", await upload.read())
-        for number, upload in enumerate(uploads)
-    ]
+    images = []
+    for number, upload in enumerate(uploads):
+        name = upload.filename or f"file{number}"
+        images.append(Image(f"files[{number}] {name!r}", name, await upload.read()))
     return parameters, images
 
 
+def _inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` written in place, as a requestBody needs."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+# The two bodies /predict reads by hand, documented from the models that validate them.
+_FORM = PredictForm.model_json_schema()
 PREDICT_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
             "schema": {
-                "type": "object",
-                "required": ["model_id", "files"],
+                **_FORM,
+                "description": "model_id, one or more files, optional top_k and threshold",
+                "required": [*_FORM["required"], "files"],
                 "properties": {
-                    "model_id": {"type": "string"},
+                    **_FORM["properties"],
                     "files": {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
                         "description": "One or more images of any size",
                     },
-                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
-                    "threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
                 },
             }
         },
         "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["model_id", "instances"],
-                "additionalProperties": False,
-                "properties": {
-                    "model_id": {"type": "string"},
-                    "instances": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["b64"],
-                            "additionalProperties": False,
-                            "properties": {"b64": {"type": "string", "format": "byte"}},
-                        },
-                    },
-                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
-                    "threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-                },
-            },
+            "schema": _inline_definitions(PredictJSON.model_json_schema()),
             "example": {
                 "model_id": "m_0123456789abcdef",
                 "instances": [{"b64": "iVBORw0KGgo…"}],
@@ -235,7 +238,8 @@ async def predict(request: Request, database: DatabaseDep) -> PredictionRead:
             raise _invalid(error) from None
         parameters: PredictForm | PredictJSON = body
         images = [
-            (f"instances[{n}]", _b64(n, instance.b64)) for n, instance in enumerate(body.instances)
+            Image(f"instances[{n}]", f"instances[{n}]", _b64(n, instance.b64))
+            for n, instance in enumerate(body.instances)
         ]
     elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         parameters, images = await _read_multipart(request)
@@ -245,20 +249,13 @@ async def predict(request: Request, database: DatabaseDep) -> PredictionRead:
         )
     model, probabilities = await classify(request, database, parameters.model_id, images)
     scores = top_scores(probabilities, model.classes, parameters.top_k, parameters.threshold)
-    names = [_answer_name(name) for name, _ in images]
     return PredictionRead(
         model_id=model.model_id,
         predictions=[
-            ImagePrediction(filename=name, top=top) for name, top in zip(names, scores, strict=True)
+            ImagePrediction(filename=image.name, top=top)
+            for image, top in zip(images, scores, strict=True)
         ],
     )
-
-
-def _answer_name(name: str) -> str:
-    """`files[0] 'a.jpg'` → `a.jpg`; JSON instances keep `instances[0]`."""
-    if name.startswith("files[") and name.endswith("'"):
-        return name.split(" ", 1)[1][1:-1]
-    return name
 
 
 def _tf_serving_image(number: int, instance: Any) -> bytes:
@@ -285,7 +282,7 @@ async def tf_serving_predict(
     request: Request, database: DatabaseDep, model_id: str, body: TFServingRequest
 ) -> TFServingResponse:
     images = [
-        (f"instances[{n}]", _tf_serving_image(n, instance))
+        Image(f"instances[{n}]", f"instances[{n}]", _tf_serving_image(n, instance))
         for n, instance in enumerate(body.instances)
     ]
     _, probabilities = await classify(request, database, model_id, images)
