@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batcher = Batcher(
             max_batch=settings.predict_max_batch, max_wait=settings.predict_max_wait_ms / 1000
         )
-        configure_tensorflow_threads(settings)
+        configure_tensorflow_threads(
+            intra_op=settings.tf_intra_op_threads, inter_op=settings.tf_inter_op_threads
+        )
         try:
             yield
         finally:

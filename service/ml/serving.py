@@ -124,17 +124,17 @@ def _keep_alive(owner: Any, function: Callable[[Any], Any]) -> Callable[[Any], A
     return call
 
 
-def configure_tensorflow_threads(settings: Any) -> None:
-    """Apply the API's TensorFlow thread settings; they must be set before TF first runs an
-    op, so a process that already has is left as it is."""
-    if not (settings.tf_intra_op_threads or settings.tf_inter_op_threads):
+def configure_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:
+    """Apply the API's TensorFlow thread settings (0: TensorFlow's default); they must be set
+    before TF first runs an op, so a process that already has is left as it is."""
+    if not (intra_op or inter_op):
         return
     import tensorflow as tf
 
     try:
-        if settings.tf_intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
-        if settings.tf_inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError:  # TensorFlow already initialised in this process
         pass

@@ -317,8 +317,8 @@ def train(
                     clock = time.perf_counter()
                     cache.datasets = _feature_datasets(
                         cache,
-                        pixels(train_split, train_targets, None),
-                        pixels(val_split, val_targets, None) if val_set is not None else None,
+                        pixels(train_split, train_targets, None),  # in order, unshuffled
+                        val_set,
                         train_targets,
                         val_targets,
                         training,
