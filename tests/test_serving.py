@@ -183,3 +183,18 @@ def test_cache_loads_once_under_concurrent_first_requests(
     assert not list((tmp_path / "cache").glob(f"{model_id}-*"))
     cache.get(source)
     assert cache.loads == 2
+
+
+def test_answers_name_each_file_as_sent(trained: dict[str, Any]) -> None:
+    client = trained["service"].client
+    image = trained["images"]["red"][0]
+    model_id = trained["job"]["model_id"]
+    files = [("files", ("it's.png", image, "image/png")), ("files", ("b.png", image, "image/png"))]
+    response = client.post("/predict", data={"model_id": model_id}, files=files)
+    assert response.status_code == 200, response.text
+    assert [p["filename"] for p in response.json()["predictions"]] == ["it's.png", "b.png"]
+    # A part without a file name is not silently dropped.
+    files[1] = ("files", ("", image, "image/png"))
+    response = client.post("/predict", data={"model_id": model_id}, files=files)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "files", 1]

@@ -153,7 +153,19 @@ async def _read_multipart(request: Request) -> tuple[PredictForm, list[Image]]:
         if "Too many files" in message:
             raise HTTPException(413, f"more than {limit} files sent; at most {limit}") from None
         raise HTTPException(400, f"body: not a readable multipart form ({message})") from None
-    uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+    uploads = form.getlist("files")
+    for number, upload in enumerate(uploads):
+        if not isinstance(upload, UploadFile):  # a text field, or a part with no file name
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", "files", number),
+                        "msg": "expected a file upload with a file name",
+                        "input": None,
+                    }
+                ]
+            )
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     try:
         parameters = PredictForm.model_validate(fields)
