@@ -287,7 +287,22 @@ async def _stream(
     "receives the current state: its status, every finished epoch, the latest progress.",
     responses={
         **NOT_FOUND,
-        200: {"content": {"text/event-stream": {}}, "description": "The event stream"},
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'event: status\ndata: {"status": "running", "attempts": 1, '
+                    '"error": null, "model_id": null}\n\n'
+                    'event: progress\ndata: {"stage": 1, "stages": 2, "epoch": 1, '
+                    '"epochs": 8, "step": 3, "steps": 20}\n\n'
+                    'event: epoch\ndata: {"epoch": 1, "stage": 1, "loss": 0.9, '
+                    '"accuracy": 0.6, "val_loss": 0.8, "val_accuracy": 0.7, "seconds": 12.5}\n\n'
+                    'event: status\ndata: {"status": "succeeded", "attempts": 1, '
+                    '"error": null, "model_id": "m_0123456789abcdef"}\n\n',
+                }
+            },
+            "description": "The event stream",
+        },
     },
 )
 async def job_events(
