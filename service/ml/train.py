@@ -216,11 +216,66 @@ def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) 
 
 @dataclass
 class _Split:
+    """One side of the split: its images, their labels, and the targets the model fits."""
+
     images: list[bytes]
     labels: np.ndarray
+    targets: tuple[np.ndarray, ...]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def pixels(self, spec: JobSpec, shuffle_seed: int | None) -> tf.data.Dataset:
+        return pixel_dataset(
+            self.images,
+            self.targets,
+            size=spec.input_size,
+            batch_size=spec.training.batch_size,
+            shuffle_seed=shuffle_seed,
+        )
+
+
+@dataclass
+class _Splits:
+    train: _Split
+    validation: _Split
+    train_pixels: tf.data.Dataset  # shuffled by the seed, afresh each epoch
+    validation_pixels: tf.data.Dataset | None  # None when no image was held out
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation)}
+
+
+def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
+    """Hold out part of each class for validation, and make the pixel datasets of both sides.
+
+    Class weights go into the training targets only: the validation loss stays the plain one.
+    """
+    training = spec.training
+    train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
+    train_labels, val_labels = data.labels[train_index], data.labels[val_index]
+    weights = (
+        class_weights(training, train_labels, data.classes)
+        if training.class_weight is not None
+        else None
+    )
+    num_classes = len(data.classes)
+    train_split = _Split(
+        [data.images[i] for i in train_index],
+        train_labels,
+        _targets(train_labels, num_classes, weights),
+    )
+    val_split = _Split(
+        [data.images[i] for i in val_index],
+        val_labels,
+        _targets(val_labels, num_classes, None),
+    )
+    return _Splits(
+        train=train_split,
+        validation=val_split,
+        train_pixels=train_split.pixels(spec, training.seed),
+        validation_pixels=val_split.pixels(spec, None) if len(val_split) else None,
+    )
 
 
 class _FeatureCache:
@@ -261,114 +316,28 @@ def train(
     backbone_weights: str | Path | None,
     feature_cache: bool = True,
 ) -> TrainingResult:
-    """Build, then for each stage freeze, compile and fit; evaluate on the validation split.
+    """Train as the Keras transfer-learning guide does, everything fixed by the job's seed.
+
+    1. Split the images, class by class, into training and validation.
+    2. Build the network: backbone, augmentation, head.
+    3. For each stage: freeze what it freezes, take its inputs (the backbone's cached
+       features while it is frozen and nothing augments, else the pixels), compile with a
+       fresh optimizer and fit; then recompute the statistics of the BN layers that trained.
+    4. Evaluate the final model on the validation split: loss, accuracy, per-class report.
 
     Raises TrainingStopped if the observer stopped it.
     """
-    training = spec.training
-    keras.utils.set_random_seed(training.seed)
-    train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
-    train_split = _Split([data.images[i] for i in train_index], data.labels[train_index])
-    val_split = _Split([data.images[i] for i in val_index], data.labels[val_index])
-    num_classes = len(data.classes)
-    weights = (
-        class_weights(training, train_split.labels, data.classes)
-        if training.class_weight is not None
-        else None
-    )
-    train_targets = _targets(train_split.labels, num_classes, weights)
-    val_targets = _targets(val_split.labels, num_classes, None)
-
-    def pixels(split: _Split, targets: tuple[np.ndarray, ...], seed: int | None) -> Any:
-        return pixel_dataset(
-            split.images,
-            targets,
-            size=spec.input_size,
-            batch_size=training.batch_size,
-            shuffle_seed=seed,
-        )
-
-    train_set = pixels(train_split, train_targets, training.seed)
-    val_set = pixels(val_split, val_targets, None) if len(val_split) else None
-
+    keras.utils.set_random_seed(spec.training.seed)
+    splits = _prepare_splits(spec, data)
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
     clock = time.perf_counter()
-    network = build_network(spec, num_classes, backbone_weights)
+    network = build_network(spec, len(data.classes), backbone_weights)
     seconds["build"] = time.perf_counter() - clock
-    stages = spec.stages
-    progress = _ProgressCallback(
-        observer,
-        stages=len(stages),
-        epochs=sum(stage.epochs for stage in stages),
-        steps=math.ceil(len(train_split) / training.batch_size),
+    history, cached_stages, recomputed = _fit_stages(
+        spec, network, splits, observer, feature_cache=feature_cache, seconds=seconds
     )
-    cache: _FeatureCache | None = None
-    cached_stages: list[int] = []
-    recomputed = 0
-    for stage in stages:
-        apply_freeze(network.backbone, stage.freeze)
-        model, stage_train, stage_val = network.model, train_set, val_set
-        if stage.freeze.mode != "backbone":
-            cache = None
-        elif feature_cache and not training.augmenting:
-            cache = cache or _FeatureCache(network)
-            if cache.fits(len(train_split) + len(val_split)):
-                if cache.datasets is None:
-                    clock = time.perf_counter()
-                    cache.datasets = _feature_datasets(
-                        cache,
-                        pixels(train_split, train_targets, None),  # in order, unshuffled
-                        val_set,
-                        train_targets,
-                        val_targets,
-                        training,
-                        observer,
-                    )
-                    seconds["features"] = time.perf_counter() - clock
-                model, (stage_train, stage_val) = cache.head, cache.datasets
-                cached_stages.append(stage.number)
-        compile_for_stage(model, stage, training)
-        callbacks: list[keras.callbacks.Callback] = [progress]
-        if training.early_stopping is not None:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=training.early_stopping.monitor,
-                    patience=training.early_stopping.patience,
-                    min_delta=training.early_stopping.min_delta,
-                    restore_best_weights=True,
-                )
-            )
-        progress.stage = stage.number
-        done = len(progress.history)
-        clock = time.perf_counter()
-        model.fit(
-            stage_train,
-            validation_data=stage_val,
-            initial_epoch=done,
-            epochs=done + stage.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself, by the seed
-            verbose=0,
-        )
-        seconds["fit"] += time.perf_counter() - clock
-        if progress.stopped:
-            raise TrainingStopped()
-        # BN layers that trained this stage: their moving statistics lag far behind.
-        recomputed += recompute_batchnorm_statistics(network.model, train_set)
-
-    history = progress.history
-    metrics = {
-        key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
-    }
-    evaluation = None
     clock = time.perf_counter()
-    if val_set is not None:
-        # Measured on the model as exported: after early stopping's restore and the BN fix.
-        probabilities = network.model.predict(val_set, verbose=0)
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing)
-        metrics["val_loss"] = float(loss(val_targets[0], probabilities))
-        evaluation = evaluate(val_split.labels, probabilities, data.classes)
-        metrics["val_accuracy"] = evaluation["accuracy"]
+    metrics, evaluation = _final_metrics(network.model, splits, history, spec, data.classes)
     seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(
         network=network,
@@ -377,30 +346,161 @@ def train(
         evaluation=evaluation,
         batchnorm_layers_recomputed=recomputed,
         cached_stages=cached_stages,
-        split={"train": len(train_split), "validation": len(val_split)},
+        split=splits.sizes(),
         seconds=seconds,
     )
 
 
-def _feature_datasets(
-    cache: _FeatureCache,
-    train_pixels: tf.data.Dataset,
-    val_pixels: tf.data.Dataset | None,
-    train_targets: tuple[np.ndarray, ...],
-    val_targets: tuple[np.ndarray, ...],
-    training: TrainingSpec,
+def _fit_stages(
+    spec: JobSpec,
+    network: Network,
+    splits: _Splits,
     observer: TrainingObserver,
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    def batches(features: np.ndarray, targets: tuple[np.ndarray, ...], seed: int | None) -> Any:
-        dataset = tf.data.Dataset.from_tensor_slices((features, *targets))
-        return _batched(dataset, len(features), training.batch_size, seed).prefetch(
-            tf.data.AUTOTUNE
-        )
+    *,
+    feature_cache: bool,
+    seconds: dict[str, float],
+) -> tuple[list[dict[str, float]], list[int], int]:
+    """Fit the stages in turn. Returns the history (epochs numbered across stages), the
+    stages fitted on cached features, and how many BN layers had their statistics recomputed.
+    """
+    progress = _ProgressCallback(
+        observer,
+        stages=len(spec.stages),
+        epochs=sum(stage.epochs for stage in spec.stages),
+        steps=math.ceil(len(splits.train) / spec.training.batch_size),
+    )
+    # Augmentation must see the pixels every epoch, so then nothing is cached.
+    cacheable = feature_cache and not spec.training.augmenting
+    cache: _FeatureCache | None = None
+    cached_stages: list[int] = []
+    recomputed = 0
+    for stage in spec.stages:
+        apply_freeze(network.backbone, stage.freeze)
+        if stage.freeze.mode != "backbone":
+            cache = None
+        elif cacheable:
+            cache = cache or _FeatureCache(network)
+        inputs = _stage_inputs(network, splits, cache, spec, observer, seconds)
+        if inputs.cached:
+            cached_stages.append(stage.number)
+        _fit_stage(inputs, stage, spec.training, progress, seconds)
+        # BN layers that trained this stage: their moving statistics lag far behind.
+        recomputed += recompute_batchnorm_statistics(network.model, splits.train_pixels)
+    return progress.history, cached_stages, recomputed
 
-    train_set = batches(cache.extract(train_pixels, observer), train_targets, training.seed)
-    if val_pixels is None:
+
+@dataclass
+class _StageInputs:
+    model: keras.Model
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    cached: bool = False
+
+
+def _stage_inputs(
+    network: Network,
+    splits: _Splits,
+    cache: _FeatureCache | None,
+    spec: JobSpec,
+    observer: TrainingObserver,
+    seconds: dict[str, float],
+) -> _StageInputs:
+    """The head alone on the cached features when there is a cache and they fit in memory;
+    else the whole network on the pixels."""
+    if cache is None or not cache.fits(len(splits.train) + len(splits.validation)):
+        return _StageInputs(network.model, splits.train_pixels, splits.validation_pixels)
+    if cache.datasets is None:
+        clock = time.perf_counter()
+        cache.datasets = _feature_datasets(cache, splits, spec, observer)
+        seconds["features"] = time.perf_counter() - clock
+    train_set, val_set = cache.datasets
+    return _StageInputs(cache.head, train_set, val_set, cached=True)
+
+
+def _feature_datasets(
+    cache: _FeatureCache, splits: _Splits, spec: JobSpec, observer: TrainingObserver
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    batch_size = spec.training.batch_size
+
+    def batches(
+        features: np.ndarray, targets: tuple[np.ndarray, ...], seed: int | None
+    ) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((features, *targets))
+        return _batched(dataset, len(features), batch_size, seed).prefetch(tf.data.AUTOTUNE)
+
+    # Extracted in order, unshuffled: the features are shuffled as the pixels would have been.
+    train_features = cache.extract(splits.train.pixels(spec, None), observer)
+    train_set = batches(train_features, splits.train.targets, spec.training.seed)
+    if splits.validation_pixels is None:
         return train_set, None
-    return train_set, batches(cache.extract(val_pixels, observer), val_targets, None)
+    val_features = cache.extract(splits.validation_pixels, observer)
+    return train_set, batches(val_features, splits.validation.targets, None)
+
+
+def _fit_stage(
+    inputs: _StageInputs,
+    stage: Stage,
+    training: TrainingSpec,
+    progress: _ProgressCallback,
+    seconds: dict[str, float],
+) -> None:
+    """Compile and fit one stage, its epochs numbered on from the stages before it."""
+    compile_for_stage(inputs.model, stage, training)
+    callbacks = _callbacks(training, progress)
+    progress.stage = stage.number
+    done = len(progress.history)
+    clock = time.perf_counter()
+    inputs.model.fit(
+        inputs.train,
+        validation_data=inputs.validation,
+        initial_epoch=done,
+        epochs=done + stage.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, by the seed
+        verbose=0,
+    )
+    seconds["fit"] += time.perf_counter() - clock
+    if progress.stopped:
+        raise TrainingStopped()
+
+
+def _callbacks(
+    training: TrainingSpec, progress: _ProgressCallback
+) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [progress]
+    if training.early_stopping is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=training.early_stopping.monitor,
+                patience=training.early_stopping.patience,
+                min_delta=training.early_stopping.min_delta,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def _final_metrics(
+    model: keras.Model,
+    splits: _Splits,
+    history: list[dict[str, float]],
+    spec: JobSpec,
+    classes: list[str],
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """The last epoch's metrics; with a validation split, its loss and accuracy measured
+    again, and the per-class report."""
+    metrics = {
+        key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
+    }
+    if splits.validation_pixels is None:
+        return metrics, None
+    # Measured on the model as exported: after early stopping's restore and the BN fix.
+    probabilities = model.predict(splits.validation_pixels, verbose=0)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
+    metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
+    evaluation = evaluate(splits.validation.labels, probabilities, classes)
+    metrics["val_accuracy"] = evaluation["accuracy"]
+    return metrics, evaluation
 
 
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
