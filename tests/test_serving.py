@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +17,7 @@ import pytest
 
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache
+from service.serving import BadImage, Image, ModelNotFound, Serving, TooManyImages, model_source
 
 
 def test_batcher_gathers_concurrent_requests_and_answers_each_in_order() -> None:
@@ -160,8 +165,6 @@ def test_bad_json_and_tf_serving_requests_are_4xx(trained: dict[str, Any]) -> No
 def test_cache_loads_once_under_concurrent_first_requests(
     trained: dict[str, Any], tmp_path
 ) -> None:
-    from service.api.routes.predict import model_source
-
     service = trained["service"]
     model_id = trained["job"]["model_id"]
     cache = ModelCache(tmp_path / "cache", capacity=2)
@@ -198,3 +201,62 @@ def test_answers_name_each_file_as_sent(trained: dict[str, Any]) -> None:
     response = client.post("/predict", data={"model_id": model_id}, files=files)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "files", 1]
+
+
+def test_serving_classifies_without_the_http_layer(trained: dict[str, Any], tmp_path) -> None:
+    service = trained["service"]
+    model_id = trained["job"]["model_id"]
+    data = [trained["images"]["red"][2], trained["images"]["blue"][3]]
+    serving = Serving(
+        database=service.database,
+        cache=ModelCache(tmp_path / "cache", capacity=1),
+        batcher=Batcher(max_batch=8, max_wait=0),
+        max_images=2,
+    )
+    images = [Image(f"files[{n}] 'x.png'", f"{n}.png", image) for n, image in enumerate(data)]
+    result = asyncio.run(serving.classify(model_id, images))
+    answer = service.client.post("/predict", **multipart(model_id, data, top_k="2")).json()
+    assert result.model_id == model_id and result.probabilities.shape == (2, 3)
+    assert [[s.model_dump() for s in top] for top in result.top(2)] == [
+        prediction["top"] for prediction in answer["predictions"]
+    ]
+    bad = [images[0], Image("files[1] 'bad.png'", "bad.png", b"nope")]
+    for model, sent, error, message in [
+        ("m_missing", images, ModelNotFound, "model_id: no model 'm_missing'"),
+        (model_id, images * 2, TooManyImages, "4 images sent; at most 2 per request"),
+        (model_id, bad, BadImage, "files[1] 'bad.png': "),
+    ]:
+        with pytest.raises(error, match=re.escape(message)):
+            asyncio.run(serving.classify(model, sent))
+
+
+API_WITHOUT_TENSORFLOW = """
+import sys
+from fastapi.testclient import TestClient
+from service.api.app import create_app
+from service.config import Settings
+from service.storage.db import Database
+
+url = sys.argv[1]
+Database(url).upgrade()
+settings = Settings(_env_file=None, database_url=url, data_dir=sys.argv[2], api_key=None,
+                    tf_intra_op_threads=2)
+with TestClient(create_app(settings)) as client:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/backbones").status_code == 200
+loaded = sorted({"tensorflow", "keras"} & set(sys.modules))
+assert not loaded, f"the API imported {loaded}"
+"""
+
+
+def test_the_api_starts_and_answers_without_importing_tensorflow(tmp_path) -> None:
+    # A fresh process: in this one the trained fixture has long imported TensorFlow.
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    finished = subprocess.run(
+        [sys.executable, "-c", API_WITHOUT_TENSORFLOW, url, str(tmp_path)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.api import errors
 from service.api.deps import require_api_key
 from service.api.limits import BodySizeLimit
 from service.api.routes import backbones, datasets, health, jobs, models, predict, weights
 from service.config import Settings, get_settings
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache, configure_tensorflow_threads
+from service.serving import Serving
 from service.storage.db import open_database
 
 DESCRIPTION = """
@@ -35,6 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batcher = Batcher(
             max_batch=settings.predict_max_batch, max_wait=settings.predict_max_wait_ms / 1000
         )
+        app.state.serving = Serving(
+            database=database,
+            cache=app.state.model_cache,
+            batcher=app.state.batcher,
+            max_images=settings.max_predict_files,
+        )
         configure_tensorflow_threads(
             intra_op=settings.tf_intra_op_threads, inter_op=settings.tf_inter_op_threads
         )
@@ -50,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    errors.install(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
     for module in (backbones, datasets, jobs, models, predict, weights):
@@ -71,5 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
+            expose_headers=["Link"],  # list pagination
         )
     return app
+

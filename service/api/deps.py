@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.ml.serving import ModelCache
+from service.serving import Serving
 from service.storage.db import Database
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -39,6 +40,10 @@ def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
+def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
 _bearer = HTTPBearer(auto_error=False, description="Needed when the API_KEY setting is given.")
 
 
@@ -58,15 +63,8 @@ def require_api_key(
         )
 
 
-def invalid(location: list[str | int], message: str, *, part: str = "body") -> HTTPException:
-    """A 422 in FastAPI's own validation shape, for checks pydantic cannot make alone;
-    `part` is where the field is: body, query or path."""
-    return HTTPException(
-        422, [{"type": "value_error", "loc": [part, *location], "msg": message, "input": None}]
-    )
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

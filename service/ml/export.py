@@ -7,8 +7,10 @@ import io
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:  # callers bring a built model; the API only unpacks archives, without keras
+    import keras
 
 
 def export_savedmodel(model: keras.Model) -> bytes:

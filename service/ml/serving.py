@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections import OrderedDict
@@ -125,16 +126,16 @@ def _keep_alive(owner: Any, function: Callable[[Any], Any]) -> Callable[[Any], A
 
 
 def configure_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:
-    """Apply the API's TensorFlow thread settings (0: TensorFlow's default); they must be set
-    before TF first runs an op, so a process that already has is left as it is."""
-    if not (intra_op or inter_op):
-        return
-    import tensorflow as tf
+    """Apply the API's TensorFlow thread settings (0: TensorFlow's default).
 
-    try:
-        if intra_op:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError:  # TensorFlow already initialised in this process
-        pass
+    They go through the environment variables TensorFlow reads when it first runs an op, not
+    `tf.config`: that would import TensorFlow at start-up, and whatever first runs an op (a
+    model load, a backbone built for /backbones/{name}/layers) gets them. A process that has
+    already run an op is left as it is.
+    """
+    for variable, threads in (
+        ("TF_NUM_INTRAOP_THREADS", intra_op),
+        ("TF_NUM_INTEROP_THREADS", inter_op),
+    ):
+        if threads:
+            os.environ[variable] = str(threads)

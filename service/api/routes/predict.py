@@ -1,47 +1,42 @@
-"""Classification: multipart uploads, JSON with base64 images, and TF Serving's REST shape.
-
-All three decode and resize the way training did, then go through the dynamic batcher.
+"""Classification over HTTP: multipart uploads, JSON with base64 images, and TF Serving's REST
+shape. This module only reads the three body shapes and maps problems to status codes; the
+classifying itself is `service.serving`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from service.api.deps import DatabaseDep
-from service.ml.images import UndecodableImage, to_pixels
-from service.ml.serving import LoadedModel, ModelCorrupt, ModelSource
+from service.api.deps import ServingDep
+from service.api.errors import invalid, unprocessable
 from service.schemas import (
     ImagePrediction,
     PredictForm,
     PredictionRead,
     PredictJSON,
-    Score,
     TFServingRequest,
     TFServingResponse,
 )
-from service.storage.db import Database
-from service.storage.tables import TrainedModel
+from service.serving import (
+    BadImage,
+    Classification,
+    Image,
+    ModelCorrupt,
+    ModelNotFound,
+    Serving,
+    TooManyImages,
+    decode_base64,
+)
 
 router = APIRouter(tags=["predict"])
-
-
-class Image(NamedTuple):
-    where: str  # where it came from, for error messages: files[0] 'a.jpg', instances[2]
-    name: str  # what the answer calls it
-    data: bytes
-
 
 ERRORS = {
     400: {"description": "An image cannot be decoded; `detail` names it"},
@@ -49,106 +44,46 @@ ERRORS = {
     413: {"description": "Over the size or file-count limit"},
     503: {"description": "The stored model fails its integrity check; others still serve"},
 }
+STATUS = {BadImage: 400, ModelNotFound: 404, TooManyImages: 413, ModelCorrupt: 503}
 
 
-def model_source(database: Database, model_id: str) -> ModelSource:
-    """What the cache needs to load the model, read in a short transaction of its own: a
-    prediction holds no database connection while it waits for the model."""
-    with database.session() as session:
-        row = session.execute(
-            select(
-                TrainedModel.savedmodel_sha256, TrainedModel.classes, TrainedModel.input_size
-            ).where(TrainedModel.id == model_id)
-        ).first()
-    if row is None:
-        raise HTTPException(404, f"model_id: no model {model_id!r}")
-    sha, classes, input_size = row.savedmodel_sha256, list(row.classes), row.input_size
-
-    def fetch_archive() -> bytes:
-        with database.session() as reading:
-            return reading.scalar(
-                select(TrainedModel.savedmodel).where(TrainedModel.id == model_id)
-            )
-
-    return ModelSource(
-        model_id=model_id,
-        sha256=sha,
-        classes=classes,
-        input_size=input_size,
-        fetch_archive=fetch_archive,
-    )
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    try:
+        yield
+    except tuple(STATUS) as error:
+        status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
+        raise HTTPException(status, str(error)) from None
 
 
-def decode_all(images: list[Image], size: int) -> np.ndarray:
-    """Raw pixels for the batch, decoded and resized exactly as the training pipeline does."""
-    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for number, image in enumerate(images):
-        try:
-            batch[number] = to_pixels(image.data, size)
-        except UndecodableImage as error:
-            raise HTTPException(400, f"{image.where}: {error}") from None
-    return batch
-
-
-async def classify(
-    request: Request, database: Database, model_id: str, images: list[Image]
-) -> tuple[LoadedModel, np.ndarray]:
-    """Class probabilities for the images, one row each, in order."""
-    settings = request.app.state.settings
-    if len(images) > settings.max_predict_files:
-        raise HTTPException(
-            413, f"{len(images)} images sent; at most {settings.max_predict_files} per request"
-        )
-
-    def prepare() -> tuple[LoadedModel, np.ndarray]:
-        # One trip to a worker thread for the lookup, the decoding and the (cached) model.
-        source = model_source(database, model_id)
-        pixels = decode_all(images, source.input_size)
-        try:
-            return request.app.state.model_cache.get(source), pixels
-        except ModelCorrupt as error:
-            raise HTTPException(503, str(error)) from None
-
-    model, pixels = await run_in_threadpool(prepare)
-    probabilities = await request.app.state.batcher.predict(
-        model.model_id, model.probabilities, pixels
-    )
-    return model, probabilities
-
-
-def top_scores(
-    probabilities: np.ndarray, classes: list[str], top_k: int, threshold: float = 0.0
-) -> list[list[Score]]:
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    return [
-        [
-            Score(label=classes[index], score=float(row[index]))
-            for index in indices
-            if row[index] >= threshold
-        ]
-        for row, indices in zip(probabilities, order, strict=True)
-    ]
-
-
-def _invalid(error: ValidationError, *, prefix: tuple[str, ...] = ("body",)) -> Exception:
-    return RequestValidationError(
-        [{**item, "loc": (*prefix, *item["loc"])} for item in error.errors(include_url=False)]
-    )
+async def _classify(serving: Serving, model_id: str, images: list[Image]) -> Classification:
+    with _as_http_errors():
+        return await serving.classify(model_id, images)
 
 
 def _b64(number: int, encoded: str) -> bytes:
+    with _as_http_errors():
+        return decode_base64(f"instances[{number}].b64", encoded)
+
+
+async def _read_json(request: Request) -> tuple[PredictJSON, list[Image]]:
     try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"instances[{number}].b64: not valid base64") from None
+        body = PredictJSON.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise unprocessable(error.errors(include_url=False), prefix=("body",)) from None
+    images = [
+        Image(f"instances[{n}]", f"instances[{n}]", _b64(n, instance.b64))
+        for n, instance in enumerate(body.instances)
+    ]
+    return body, images
 
 
-async def _read_multipart(request: Request) -> tuple[PredictForm, list[Image]]:
-    settings = request.app.state.settings
-    limit = settings.max_predict_files
+async def _read_multipart(request: Request, limit: int) -> tuple[PredictForm, list[Image]]:
     try:
         form = await request.form(max_files=limit)
     except (MultiPartException, StarletteHTTPException) as error:
+        if isinstance(error, StarletteHTTPException) and error.status_code != 400:
+            raise  # the body limit's 413, met while the form streams in
         message = str(getattr(error, "message", None) or getattr(error, "detail", error))
         if "Too many files" in message:
             raise HTTPException(413, f"more than {limit} files sent; at most {limit}") from None
@@ -156,25 +91,15 @@ async def _read_multipart(request: Request) -> tuple[PredictForm, list[Image]]:
     uploads = form.getlist("files")
     for number, upload in enumerate(uploads):
         if not isinstance(upload, UploadFile):  # a text field, or a part with no file name
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "value_error",
-                        "loc": ("body", "files", number),
-                        "msg": "expected a file upload with a file name",
-                        "input": None,
-                    }
-                ]
-            )
+            raise invalid(["files", number], "expected a file upload with a file name")
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     try:
         parameters = PredictForm.model_validate(fields)
     except ValidationError as error:
-        raise _invalid(error) from None
+        raise unprocessable(error.errors(include_url=False), prefix=("body",)) from None
     if not uploads:
-        raise RequestValidationError(
-            [{"type": "missing", "loc": ("body", "files"), "msg": "Field required", "input": None}]
-        )
+        missing = {"type": "missing", "loc": ("files",), "msg": "Field required", "input": None}
+        raise unprocessable([missing], prefix=("body",))
     images = []
     for number, upload in enumerate(uploads):
         name = upload.filename or f"file{number}"
@@ -241,28 +166,20 @@ PREDICT_BODY = {
     openapi_extra={"requestBody": PREDICT_BODY},
     responses={**ERRORS, 422: {"description": "A field is missing or invalid"}},
 )
-async def predict(request: Request, database: DatabaseDep) -> PredictionRead:
+async def predict(request: Request, serving: ServingDep) -> PredictionRead:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        try:
-            body = PredictJSON.model_validate_json(await request.body())
-        except ValidationError as error:
-            raise _invalid(error) from None
-        parameters: PredictForm | PredictJSON = body
-        images = [
-            Image(f"instances[{n}]", f"instances[{n}]", _b64(n, instance.b64))
-            for n, instance in enumerate(body.instances)
-        ]
+        parameters, images = await _read_json(request)
     elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        parameters, images = await _read_multipart(request)
+        parameters, images = await _read_multipart(request, serving.max_images)
     else:
         raise HTTPException(
             415, "send multipart/form-data (files) or application/json (base64 instances)"
         )
-    model, probabilities = await classify(request, database, parameters.model_id, images)
-    scores = top_scores(probabilities, model.classes, parameters.top_k, parameters.threshold)
+    result = await _classify(serving, parameters.model_id, images)
+    scores = result.top(parameters.top_k, parameters.threshold)
     return PredictionRead(
-        model_id=model.model_id,
+        model_id=result.model_id,
         predictions=[
             ImagePrediction(filename=image.name, top=top)
             for image, top in zip(images, scores, strict=True)
@@ -291,11 +208,11 @@ def _tf_serving_image(number: int, instance: Any) -> bytes:
     responses=ERRORS,
 )
 async def tf_serving_predict(
-    request: Request, database: DatabaseDep, model_id: str, body: TFServingRequest
+    serving: ServingDep, model_id: str, body: TFServingRequest
 ) -> TFServingResponse:
     images = [
         Image(f"instances[{n}]", f"instances[{n}]", _tf_serving_image(n, instance))
         for n, instance in enumerate(body.instances)
     ]
-    _, probabilities = await classify(request, database, model_id, images)
-    return TFServingResponse(predictions=probabilities.astype(float).tolist())
+    result = await _classify(serving, model_id, images)
+    return TFServingResponse(predictions=result.probabilities.astype(float).tolist())
