@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from service.jobs import JobStatus
 from service.spec import JobSpec
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` written in place: for a schema given by hand
+    (a requestBody, a field read without validation), where no `$ref` can be resolved."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
 
 
 def _example(example: dict[str, Any]) -> ConfigDict:
@@ -86,9 +105,6 @@ class DatasetRead(BaseModel):
     created_at: datetime
 
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
-
 class Progress(BaseModel):
     stage: int = 1
     stages: int = 1
@@ -135,7 +151,9 @@ class JobRead(BaseModel):
     id: str
     name: str
     status: JobStatus
-    spec: JobSpec
+    # As stored, never re-validated: a job queued before a field or backbone was removed or
+    # tightened still reads; the worker says what no longer validates when it runs it.
+    spec: Annotated[dict[str, Any], WithJsonSchema(inline_schema(JobSpec))]
     progress: Progress | None
     history: list[dict[str, int | float]] = Field(
         description="One row per epoch: epoch, stage, the Keras metrics, seconds."

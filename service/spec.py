@@ -6,11 +6,11 @@ layer names (`freeze.trainable_from`) is made by the API with `ml.build.backbone
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.ml.backbones import BACKBONES
+from service.backbones import BACKBONES
 
 WEIGHTS_DESCRIPTION = (
     '"imagenet", null (random initialisation), "model:<model_id>" (the backbone of a model '
@@ -20,8 +20,34 @@ WEIGHTS_PREFIXES = ("model:", "file:")
 MAX_STAGES = 10
 
 
+def _valid_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "text must be valid Unicode: a lone surrogate escape (\\ud800–\\udfff) is "
+                "not a character"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _valid_unicode(key)
+            _valid_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _valid_unicode(item)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # JSON may escape lone surrogates; Python keeps them, and no database or answer can
+    # encode them: refuse them here, naming the field, instead of failing when stored.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_text(cls, value: Any) -> Any:
+        return _valid_unicode(value)
 
 
 class BackboneSpec(_Strict):

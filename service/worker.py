@@ -19,11 +19,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
+from service import jobs
 from service.config import Settings
 from service.spec import JobSpec
-from service.storage import queue
 from service.storage.db import Database
-from service.storage.tables import WEIGHTS_SOURCES, Dataset, DatasetImage, TrainedModel, new_id
+from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
 
 log = logging.getLogger("service.worker")
 
@@ -45,7 +45,7 @@ class JobMonitor:
     step only updates memory; it also renews the lease while data loads or the model exports.
     """
 
-    def __init__(self, db: Database, claim: queue.Claim, settings: Settings) -> None:
+    def __init__(self, db: Database, claim: jobs.Claim, settings: Settings) -> None:
         self.db = db
         self.claim = claim
         self.lease_seconds = settings.lease_seconds
@@ -91,7 +91,7 @@ class JobMonitor:
         with self._lock:
             progress = self._progress
             changed = progress is not None and progress != self._written
-            beat = queue.heartbeat(
+            beat = jobs.heartbeat(
                 self.db,
                 self.claim,
                 lease_seconds=self.lease_seconds,
@@ -119,7 +119,7 @@ class Worker:
         self._monitor: JobMonitor | None = None
 
     def request_shutdown(self) -> None:
-        """Stop after the current step; the job goes back to the queue."""
+        """Stop after the current step; the job goes back to the jobs."""
         self.shutdown.set()
         if self._monitor is not None:
             self._monitor.shutdown.set()
@@ -138,7 +138,7 @@ class Worker:
         return count
 
     def run_once(self) -> bool:
-        claim = queue.claim_next_job(
+        claim = jobs.claim_next_job(
             self.db,
             worker_id=self.worker_id,
             lease_seconds=self.settings.lease_seconds,
@@ -150,7 +150,7 @@ class Worker:
         self.process(claim)
         return True
 
-    def process(self, claim: queue.Claim) -> None:
+    def process(self, claim: jobs.Claim) -> None:
         from service.ml.build import WeightsUnavailable
         from service.ml.train import TrainingStopped
 
@@ -162,36 +162,36 @@ class Worker:
                 model, layers = self._train(claim, monitor)
             except TrainingStopped:
                 model = None
-            except (WeightsUnavailable, JobInputError) as error:
+            except (WeightsUnavailable, jobs.JobProblem) as error:
                 log.warning("job %s failed: %s", claim.job_id, error)
-                queue.end_job(self.db, claim, status=queue.FAILED, error=str(error))
+                jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error))
                 return
             except Exception as error:
                 log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
                 message = f"{type(error).__name__}: {error}"
-                queue.end_job(self.db, claim, status=queue.FAILED, error=message)
+                jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=message)
                 return
             finally:
                 self._monitor = None
         if model is None or monitor.should_stop():
             self._stopped(claim, monitor)
-        elif not queue.complete_job(self.db, claim, model=model, layers=layers):
+        elif not jobs.complete_job(self.db, claim, model=model, layers=layers):
             log.warning("job %s: lease lost before the model was stored", claim.job_id)
         else:
             log.info("job %s succeeded: model %s", claim.job_id, model.id)
 
-    def _stopped(self, claim: queue.Claim, monitor: JobMonitor) -> None:
+    def _stopped(self, claim: jobs.Claim, monitor: JobMonitor) -> None:
         if monitor.stop_reason == "cancelled":
-            queue.end_job(self.db, claim, status=queue.CANCELLED)
+            jobs.end_job(self.db, claim, status=jobs.JobStatus.CANCELLED)
             log.info("job %s cancelled", claim.job_id)
         elif monitor.stop_reason == "lease lost":
             log.warning("job %s: lease taken over; its new holder carries on", claim.job_id)
         else:
-            queue.release_job(self.db, claim)
+            jobs.release_job(self.db, claim)
             log.info("job %s released to the queue", claim.job_id)
 
     def _train(
-        self, claim: queue.Claim, monitor: JobMonitor
+        self, claim: jobs.Claim, monitor: JobMonitor
     ) -> tuple[TrainedModel, list[dict[str, Any]]]:
         import keras
 
@@ -199,8 +199,8 @@ class Worker:
         from service.ml.build import describe_layers, parameter_counts
         from service.ml.train import train
 
-        spec = JobSpec.model_validate(claim.spec)
-        data = load_dataset(self.db, spec.dataset_id)
+        spec = jobs.runnable_spec(claim.spec)
+        data = load_dataset(self.db, spec)
         keras.backend.clear_session()
         with backbone_weights(self.db, spec) as weights:
             result = train(spec, data, monitor, backbone_weights=weights)
@@ -227,21 +227,17 @@ class Worker:
         return stored, describe_layers(model)
 
 
-class JobInputError(RuntimeError):
-    """The job refers to something that is gone or unusable; the message says what."""
-
-
-def load_dataset(db: Database, dataset_id: str) -> Any:
+def load_dataset(db: Database, spec: JobSpec) -> Any:
+    """The job's images and labels, after the same reference checks the API made when the
+    job was queued: what it names may have changed since."""
     from service.ml.train import LabelledImages
 
     with db.session() as session:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None:
-            raise JobInputError(f"dataset {dataset_id} no longer exists")
+        dataset = jobs.check_references(session, spec)
         classes = [entry["name"] for entry in dataset.classes]
         rows = session.execute(
             select(DatasetImage.label, DatasetImage.data)
-            .where(DatasetImage.dataset_id == dataset_id)
+            .where(DatasetImage.dataset_id == dataset.id)
             .order_by(DatasetImage.id)
         ).all()
     index = {name: number for number, name in enumerate(classes)}
@@ -258,22 +254,13 @@ def backbone_weights(db: Database, spec: JobSpec) -> Iterator[str | Path | None]
     "model:<id>" and "file:<id>" a scratch file holding those weights."""
     from service.ml.weights import weights_file
 
-    backbone = spec.backbone
-    stored = backbone.stored_weights
+    stored = spec.backbone.stored_weights
     if stored is None:
-        yield backbone.weights
+        yield spec.backbone.weights
         return
-    where, reference = stored
-    table, column, kind = WEIGHTS_SOURCES[where]
+    column = WEIGHTS_SOURCES[stored[0]].column
     with db.session() as session:
-        source = session.get(table, reference, options=[undefer(column)])
-        if source is None:
-            raise JobInputError(f"backbone.weights: {kind} {reference} no longer exists")
-        if source.backbone != backbone.name:
-            raise JobInputError(
-                f"backbone.weights: {kind} {reference} is for {source.backbone}, "
-                f"not {backbone.name}"
-            )
+        source = jobs.weights_source(session, spec, undefer(column))
         blob = getattr(source, column.key)
     with weights_file(blob) as path:
         yield path

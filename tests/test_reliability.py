@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from service.storage import queue
+from service import jobs
 from service.storage.tables import Job, TrainedModel
 from tests.conftest import Service, colour_images, job_body, make_settings
 
@@ -113,7 +113,7 @@ def test_killed_worker_job_is_reclaimed_and_a_crashing_job_fails(
         worker.wait(timeout=30)
         time.sleep(LEASE_SECONDS + 0.5)
         claims = dict(worker_id="next", lease_seconds=LEASE_SECONDS, max_attempts=1)
-        assert queue.claim_next_job(service.database, **claims) is None
+        assert jobs.claim_next_job(service.database, **claims) is None
         failed = job_state(service, crashing["id"])
         assert failed["status"] == "failed" and "max_attempts=1" in failed["error"]
         assert models_of(service, crashing["id"]) == 0
@@ -125,22 +125,22 @@ def test_killed_worker_job_is_reclaimed_and_a_crashing_job_fails(
 # One queue worker as its own process: claim, heartbeat, store a (tiny) model, repeat.
 CLAIMER = """
 import json, sys, time
-from service.storage import queue
+from service import jobs
 from service.storage.db import Database
 from service.storage.tables import TrainedModel, new_id
 
 database, me = Database(sys.argv[1]), sys.argv[2]
 runs = []
-while (claim := queue.claim_next_job(database, worker_id=me, lease_seconds=60, max_attempts=1)):
+while (claim := jobs.claim_next_job(database, worker_id=me, lease_seconds=60, max_attempts=1)):
     started = time.time()
-    beat = queue.heartbeat(database, claim, lease_seconds=60, progress={"epoch": 1})
+    beat = jobs.heartbeat(database, claim, lease_seconds=60, progress={"epoch": 1})
     model = TrainedModel(
         id=new_id("m"), name="n", job_id=claim.job_id, dataset_id=None, backbone="MobileNetV2",
         input_size=32, classes=["a", "b"], metrics={}, evaluation=None, trainable_params=0,
         non_trainable_params=0, size_bytes=1, savedmodel_sha256="0" * 64, savedmodel=b"m",
         backbone_weights=b"w",
     )
-    stored = queue.complete_job(database, claim, model=model, layers=[])
+    stored = jobs.complete_job(database, claim, model=model, layers=[])
     runs.append([claim.job_id, started, time.time(), beat.lease_held and stored])
 print(json.dumps(runs))
 """
@@ -169,8 +169,8 @@ def test_three_processes_claim_each_job_exactly_once(service: Service) -> None:
     assert sorted(claimed) == sorted(job_ids)  # every job once, none twice
     assert all(ok for *_, ok in runs)
     with service.database.session() as session:
-        jobs = session.scalars(select(Job)).all()
-        assert {(job.status, job.attempts) for job in jobs} == {("succeeded", 1)}
+        rows = session.scalars(select(Job)).all()
+        assert {(job.status, job.attempts) for job in rows} == {("succeeded", 1)}
         assert session.scalar(select(func.count()).select_from(TrainedModel)) == len(job_ids)
 
 
@@ -184,7 +184,7 @@ def test_three_worker_processes_train_a_queue_together(tmp_path: Path) -> None:
         job_ids = [service.client.post("/jobs", json=body).json()["id"] for _ in range(6)]
         workers = [start_worker(settings, tmp_path / f"worker-{n}.log") for n in range(3)]
         wait_for(
-            lambda: all(job_state(service, j)["status"] in queue.FINISHED for j in job_ids),
+            lambda: all(job_state(service, j)["status"] in jobs.FINISHED for j in job_ids),
             timeout=400,
             what="every job finished",
         )
@@ -204,12 +204,12 @@ def test_three_worker_processes_train_a_queue_together(tmp_path: Path) -> None:
 
 STORER = """
 import sys
-from service.storage import queue
+from service import jobs
 from service.storage.db import Database
 from service.storage.tables import TrainedModel, new_id
 
 database = Database(sys.argv[1])
-claim = queue.claim_next_job(database, worker_id="doomed", lease_seconds=60, max_attempts=3)
+claim = jobs.claim_next_job(database, worker_id="doomed", lease_seconds=60, max_attempts=3)
 model = TrainedModel(
     id=new_id("m"), name="n", job_id=claim.job_id, dataset_id=None, backbone="MobileNetV2",
     input_size=32, classes=["a", "b"], metrics={}, evaluation=None, trainable_params=0,
@@ -217,7 +217,7 @@ model = TrainedModel(
     savedmodel=b"s" * (400 * 1024 * 1024), backbone_weights=b"w",
 )
 print("storing", flush=True)
-queue.complete_job(database, claim, model=model, layers=[])
+jobs.complete_job(database, claim, model=model, layers=[])
 print("stored", flush=True)
 """
 
@@ -244,7 +244,7 @@ def test_crash_while_a_model_is_written_leaves_the_database_sound(service: Servi
     # The service goes on: the job is claimable once its lease ends.
     with service.database.session(write=True) as session:
         session.execute(update(Job).values(lease_expires_at=Job.created_at))
-    claim = queue.claim_next_job(
+    claim = jobs.claim_next_job(
         service.database, worker_id="next", lease_seconds=60, max_attempts=3
     )
     assert claim is not None and claim.attempt == 2

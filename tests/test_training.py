@@ -263,7 +263,7 @@ def test_evaluation_needs_a_validation_split(service: Service) -> None:
 
 
 def save_backbone_weights(name: str, path: Path, seed: int = 11) -> keras.Model:
-    from service.ml.backbones import get_backbone
+    from service.backbones import get_backbone
 
     keras.utils.set_random_seed(seed)
     backbone = get_backbone(name).constructor(

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 from sqlalchemy import select, update
 
-from service.storage import queue
+from service import jobs
 from service.storage.tables import Job, TrainedModel, utcnow
 from tests.conftest import Service, colour_images, job_body, make_settings
 
@@ -24,30 +24,30 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     dataset_id = service.upload(colour_images(per_class=2))["id"]
     job_id = service.client.post("/jobs", json=job_body(dataset_id)).json()["id"]
     claims = dict(worker_id="dead-worker", lease_seconds=30, max_attempts=2)
-    first = queue.claim_next_job(service.database, **claims)
+    first = jobs.claim_next_job(service.database, **claims)
     assert first is not None and first.attempt == 1
-    assert queue.claim_next_job(service.database, **claims) is None  # lease still held
+    assert jobs.claim_next_job(service.database, **claims) is None  # lease still held
 
     def expire() -> None:
         with service.database.session(write=True) as session:
             session.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
 
     expire()
-    second = queue.claim_next_job(service.database, **{**claims, "worker_id": "w2"})
+    second = jobs.claim_next_job(service.database, **{**claims, "worker_id": "w2"})
     assert second is not None and second.attempt == 2
     # The first holder is fenced out: it can no longer write progress or finish the job.
-    assert not queue.heartbeat(service.database, first, lease_seconds=30).lease_held
-    assert not queue.end_job(service.database, first, status=queue.FAILED, error="stale")
+    assert not jobs.heartbeat(service.database, first, lease_seconds=30).lease_held
+    assert not jobs.end_job(service.database, first, status=jobs.JobStatus.FAILED, error="stale")
     stale_model = TrainedModel(
         id="m_stale", name="stale", job_id=job_id, dataset_id=None, backbone="MobileNetV2",
         input_size=32, classes=["a"], metrics={}, evaluation=None, trainable_params=0,
         non_trainable_params=0, size_bytes=1, savedmodel_sha256="0" * 64, savedmodel=b"m",
         backbone_weights=b"w",
     )  # fmt: skip
-    assert not queue.complete_job(service.database, first, model=stale_model, layers=[])
+    assert not jobs.complete_job(service.database, first, model=stale_model, layers=[])
     assert service.client.get("/models/m_stale").status_code == 404
     expire()
-    assert queue.claim_next_job(service.database, **claims) is None
+    assert jobs.claim_next_job(service.database, **claims) is None
     job = service.client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["attempts"] == 2
     assert "max_attempts=2" in job["error"]
@@ -190,7 +190,7 @@ def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
-                if service.client.get(f"/jobs/{plain['id']}").json()["status"] in queue.FINISHED:
+                if service.client.get(f"/jobs/{plain['id']}").json()["status"] in jobs.FINISHED:
                     break
                 time.sleep(0.5)
         finally:

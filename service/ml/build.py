@@ -17,7 +17,7 @@ from typing import Any
 
 import keras
 
-from service.ml.backbones import get_backbone
+from service.backbones import get_backbone
 from service.spec import AugmentSpec, FreezeSpec, HeadSpec, JobSpec
 
 # Keras names layers from process-wide counters; builds in the API are serialised so that
@@ -153,7 +153,7 @@ def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
         layers.append(keras.layers.Dense(width, activation="relu", name=f"head_dense_{number}"))
     if head.dropout > 0:
         layers.append(keras.layers.Dropout(head.dropout, name="head_dropout"))
-    # float32 output keeps softmax stable under mixed precision.
+    # The served probabilities are float32 whatever dtype policy the layers before run in.
     layers.append(
         keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
     )

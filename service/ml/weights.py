@@ -14,7 +14,7 @@ import h5py
 import keras
 from keras.src.utils.naming import to_snake_case
 
-from service.ml.backbones import get_backbone
+from service.backbones import get_backbone
 from service.ml.build import isolated_build
 
 

@@ -60,8 +60,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def _newest_first(table: str) -> Index:
+    """The index every list walks: (created_at, id), the key of its keyset pagination."""
+    return Index(f"ix_{table}_created_at_id", "created_at", "id")
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (_newest_first("datasets"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -86,7 +92,10 @@ class DatasetImage(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        _newest_first("jobs"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -111,6 +120,7 @@ class Job(Base):
 
 class TrainedModel(Base):
     __tablename__ = "models"
+    __table_args__ = (_newest_first("models"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -158,6 +168,7 @@ class WeightsFile(Base):
     """A Keras weights file for a backbone, uploaded for machines that cannot download them."""
 
     __tablename__ = "weights_files"
+    __table_args__ = (_newest_first("weights_files"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     backbone: Mapped[str] = mapped_column(String(64))

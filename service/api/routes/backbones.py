@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import invalid
-from service.ml.backbones import BACKBONES
+from service.api.errors import invalid
+from service.backbones import BACKBONES
 from service.schemas import BackboneLayers, BackboneRead
 
 router = APIRouter(prefix="/backbones", tags=["backbones"])

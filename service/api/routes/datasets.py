@@ -2,14 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
-from sqlalchemy import delete, exists, select
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
+from sqlalchemy import delete, select
 
+from service import jobs
 from service.api.deps import SessionDep, SettingsDep
+from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
 from service.ingest import BadArchive, Limits, read_image_zip
 from service.schemas import DatasetRead
-from service.storage.queue import QUEUED, RUNNING
-from service.storage.tables import Dataset, DatasetImage, Job, new_id
+from service.storage.tables import Dataset, DatasetImage, new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -71,9 +72,17 @@ def create_dataset(
     return dataset
 
 
-@router.get("", response_model=list[DatasetRead], summary="All datasets, newest first")
-def list_datasets(session: SessionDep) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.created_at.desc())))
+@router.get(
+    "",
+    response_model=list[DatasetRead],
+    summary="Datasets, newest first, a page at a time",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of datasets"}},
+)
+def list_datasets(
+    session: SessionDep, request: Request, response: Response, page: PageDep
+) -> list[Dataset]:
+    datasets = session.scalars(keyset(select(Dataset), Dataset, page)).all()
+    return one_page(datasets, page, request, response)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND)
@@ -89,11 +98,7 @@ def read_dataset(session: SessionDep, dataset_id: str) -> Dataset:
 )
 def delete_dataset(session: SessionDep, dataset_id: str) -> Response:
     dataset = get_dataset(session, dataset_id)
-    in_use = session.scalar(
-        select(exists().where(Job.dataset_id == dataset.id, Job.status.in_([QUEUED, RUNNING])))
-    )
-    if in_use:
-        raise HTTPException(409, f"dataset {dataset_id} is used by a queued or running job")
+    jobs.ensure_unused(session, dataset)
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset.id))
     session.delete(dataset)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,17 +7,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import DatabaseDep, SessionDep, SettingsDep, invalid
-from service.schemas import JobRead, JobStatus, LayersRead
+from service import jobs
+from service.api.deps import DatabaseDep, SessionDep, SettingsDep
+from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
+from service.jobs import FINISHED, JobStatus
+from service.schemas import JobRead, LayersRead
 from service.spec import JobSpec
 from service.storage.db import Database
-from service.storage.queue import FINISHED, QUEUED, RUNNING
-from service.storage.tables import WEIGHTS_SOURCES, Dataset, Job, TrainedModel, new_id, utcnow
+from service.storage.tables import Dataset, Job, TrainedModel
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -29,79 +31,29 @@ SPEC_ERRORS = {
 
 
 async def check_spec(session: SessionDep, spec: JobSpec) -> Dataset:
-    """What needs the database or the backbone's layers; the dataset the job trains on."""
-    dataset = session.get(Dataset, spec.dataset_id)
-    if dataset is None:
-        raise HTTPException(404, f"dataset_id: no dataset {spec.dataset_id!r}")
-    _check_weights_source(session, spec)
-    class_weight = spec.training.class_weight
-    if isinstance(class_weight, dict):
-        names = {entry["name"] for entry in dataset.classes}
-        for name in class_weight:
-            if name not in names:
-                raise invalid(
-                    ["training", "class_weight", name],
-                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
-                )
-    partial = [
-        (["freeze"] if stage.number == 1 else ["fine_tune", stage.number - 2, "freeze"], stage)
-        for stage in spec.stages
-        if stage.freeze.trainable_from is not None
-    ]
-    if partial:
-        from service.ml.build import backbone_layer_names, trainable_from_index
-
-        names = await run_in_threadpool(backbone_layer_names, spec.backbone.name, spec.input_size)
-        for location, stage in partial:
-            assert stage.freeze.trainable_from is not None
-            try:
-                trainable_from_index(names, stage.freeze.trainable_from)
-            except ValueError as error:
-                raise invalid([*location, "trainable_from"], str(error)) from None
+    """The job lifecycle's reference checks; the layer-name check builds the backbone, so it
+    runs off the event loop."""
+    dataset = jobs.check_references(session, spec)
+    await run_in_threadpool(jobs.check_freeze_points, spec)
     return dataset
 
 
-def _check_weights_source(session: SessionDep, spec: JobSpec) -> None:
-    """`model:<id>` and `file:<id>` weights must exist and be for the spec's backbone."""
-    stored = spec.backbone.stored_weights
-    if stored is None:
-        return
-    where, reference = stored
-    table, _, kind = WEIGHTS_SOURCES[where]
-    source = session.get(table, reference)
-    if source is None:
-        raise HTTPException(404, f"backbone.weights: no {kind} {reference!r}")
-    if source.backbone != spec.backbone.name:
-        raise invalid(
-            ["backbone", "weights"],
-            f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
-        )
-
-
-def jobs_with_model_ids(session: SessionDep, query: Select[tuple[Job]]) -> list[JobRead]:
-    rows = session.execute(
-        query.add_columns(TrainedModel.id).outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
+def _with_model_ids(query: Select[Any]) -> Select[Any]:
+    return query.add_columns(TrainedModel.id).outerjoin(
+        TrainedModel, TrainedModel.job_id == Job.id
     )
-    return [
-        JobRead.model_validate(
-            {
-                **{name: getattr(job, name) for name in JobRead.model_fields if name != "model_id"},
-                "model_id": model_id,
-            }
-        )
-        for job, model_id in rows
-    ]
 
 
-def job_read(session: SessionDep, job: Job) -> JobRead:
-    return jobs_with_model_ids(session, select(Job).where(Job.id == job.id))[0]
+def _job_read(job: Job, model_id: str | None) -> JobRead:
+    fields = {name: getattr(job, name) for name in JobRead.model_fields if name != "model_id"}
+    return JobRead.model_validate({**fields, "model_id": model_id})
 
 
-def get_job(session: SessionDep, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
+def job_read(session: SessionDep, job_id: str) -> JobRead:
+    row = session.execute(_with_model_ids(select(Job).where(Job.id == job_id))).first()
+    if row is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    return job
+    return _job_read(*row)
 
 
 @router.post(
@@ -113,19 +65,8 @@ def get_job(session: SessionDep, job_id: str) -> Job:
 )
 async def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
     dataset = await check_spec(session, spec)
-    job = Job(
-        id=new_id("j"),
-        name=spec.name or f"{dataset.name}-{spec.backbone.name}",
-        status=QUEUED,
-        spec=spec.model_dump(mode="json"),
-        dataset_id=dataset.id,
-        history=[],
-        attempts=0,
-        cancel_requested=False,
-    )
-    session.add(job)
-    session.flush()
-    return job_read(session, job)
+    job = jobs.enqueue(session, spec, dataset)
+    return job_read(session, job.id)
 
 
 @router.post(
@@ -151,20 +92,30 @@ async def preview_job(session: SessionDep, spec: JobSpec) -> dict[str, Any]:
     return {"model_id": None, **stages[-1], "stages": stages}
 
 
-@router.get("", response_model=list[JobRead], summary="Jobs, newest first")
+@router.get(
+    "",
+    response_model=list[JobRead],
+    summary="Jobs, newest first, a page at a time",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of jobs"}},
+)
 def list_jobs(
     session: SessionDep,
+    request: Request,
+    response: Response,
+    page: PageDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
 ) -> list[JobRead]:
-    query = select(Job).order_by(Job.created_at.desc(), Job.id)
+    query = _with_model_ids(select(Job))
     if status is not None:
         query = query.where(Job.status == status)
-    return jobs_with_model_ids(session, query)
+    rows = session.execute(keyset(query, Job, page)).all()
+    kept = one_page(rows, page, request, response, key=lambda row: row[0])
+    return [_job_read(job, model_id) for job, model_id in kept]
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=NOT_FOUND)
 def read_job(session: SessionDep, job_id: str) -> JobRead:
-    return job_read(session, get_job(session, job_id))
+    return job_read(session, job_id)
 
 
 @router.post(
@@ -174,16 +125,11 @@ def read_job(session: SessionDep, job_id: str) -> JobRead:
     responses={**NOT_FOUND, 409: {"description": "The job has already finished"}},
 )
 def cancel_job(session: SessionDep, job_id: str) -> JobRead:
-    job = get_job(session, job_id)
-    if job.status in FINISHED:
-        raise HTTPException(409, f"job {job_id} has already {job.status}")
-    if job.status == QUEUED:
-        job.status = "cancelled"
-        job.finished_at = utcnow()
-    elif job.status == RUNNING:
-        job.cancel_requested = True
-    session.flush()
-    return job_read(session, job)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    jobs.cancel(session, job)
+    return job_read(session, job_id)
 
 
 # A comment line this often keeps proxies from closing a quiet stream.
@@ -248,7 +194,7 @@ def _news(previous: _JobState | None, state: _JobState) -> list[str]:
         seen = min(len(previous.history), len(state.history))
     events += [_event("epoch", row) for row in state.history[seen:]]
     moved = state.progress and (previous is None or state.progress != previous.progress)
-    if moved and state.status == RUNNING:
+    if moved and state.status == JobStatus.RUNNING:
         events.append(_event("progress", state.progress))
     if state.status in FINISHED:
         events.append(_event("status", state.status_event))

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import delete, select
 from sqlalchemy.orm import undefer
 
+from service import jobs
 from service.api.deps import ModelCacheDep, SessionDep
+from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
 from service.schemas import EvaluationRead, LayersRead, ModelRead
 from service.storage.tables import ModelLayer, TrainedModel
 
@@ -35,10 +37,17 @@ def model_read(model: TrainedModel) -> ModelRead:
     )
 
 
-@router.get("", response_model=list[ModelRead], summary="Trained models, newest first")
-def list_models(session: SessionDep) -> list[ModelRead]:
-    models = session.scalars(select(TrainedModel).order_by(TrainedModel.created_at.desc()))
-    return [model_read(model) for model in models]
+@router.get(
+    "",
+    response_model=list[ModelRead],
+    summary="Trained models, newest first, a page at a time",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of models"}},
+)
+def list_models(
+    session: SessionDep, request: Request, response: Response, page: PageDep
+) -> list[ModelRead]:
+    models = session.scalars(keyset(select(TrainedModel), TrainedModel, page)).all()
+    return [model_read(model) for model in one_page(models, page, request, response)]
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
@@ -109,10 +118,11 @@ def download_savedmodel(session: SessionDep, model_id: str) -> Response:
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, 409: {"description": "A queued or running job starts from it"}},
 )
 def delete_model(session: SessionDep, cache: ModelCacheDep, model_id: str) -> Response:
     model = get_model(session, model_id)
+    jobs.ensure_unused(session, model)
     session.execute(delete(ModelLayer).where(ModelLayer.model_id == model.id))
     session.delete(model)
     session.flush()

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
 from sqlalchemy import select
 
-from service.api.deps import SessionDep, invalid
-from service.ml.backbones import BACKBONES
+from service import jobs
+from service.api.deps import SessionDep
+from service.api.errors import invalid
+from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
+from service.backbones import BACKBONES
 from service.schemas import WeightsRead
-from service.storage.queue import QUEUED, RUNNING
-from service.storage.tables import Job, WeightsFile, new_id
+from service.storage.tables import WeightsFile, new_id
 
 router = APIRouter(prefix="/weights", tags=["weights"])
 
@@ -65,9 +67,17 @@ def upload_weights(
     return weights
 
 
-@router.get("", response_model=list[WeightsRead], summary="Uploaded weights files, newest first")
-def list_weights(session: SessionDep) -> list[WeightsFile]:
-    return list(session.scalars(select(WeightsFile).order_by(WeightsFile.created_at.desc())))
+@router.get(
+    "",
+    response_model=list[WeightsRead],
+    summary="Uploaded weights files, newest first, a page at a time",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of weights files"}},
+)
+def list_weights(
+    session: SessionDep, request: Request, response: Response, page: PageDep
+) -> list[WeightsFile]:
+    files = session.scalars(keyset(select(WeightsFile), WeightsFile, page)).all()
+    return one_page(files, page, request, response)
 
 
 @router.get("/{weights_id}", response_model=WeightsRead, responses=NOT_FOUND)
@@ -83,11 +93,7 @@ def read_weights(session: SessionDep, weights_id: str) -> WeightsFile:
 )
 def delete_weights(session: SessionDep, weights_id: str) -> Response:
     weights = get_weights_file(session, weights_id)
-    reference = f"file:{weights.id}"
-    active = session.scalars(select(Job).where(Job.status.in_((QUEUED, RUNNING))))
-    users = [job.id for job in active if job.spec["backbone"]["weights"] == reference]
-    if users:
-        raise HTTPException(409, f"weights file {weights_id} is used by job(s) {', '.join(users)}")
+    jobs.ensure_unused(session, weights)
     session.delete(weights)
     session.flush()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

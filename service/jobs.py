@@ -1,0 +1,383 @@
+"""The job lifecycle, in one place: what a job is and may become.
+
+    queued → running → succeeded | failed | cancelled
+
+The API and the worker both call this module and neither re-implements it:
+- the status enum and the transitions (enqueue, cancel; claim, heartbeat, release, end,
+  complete), each one transaction; every write after a claim is fenced by the lease owner,
+  so a worker whose lease was taken over can change nothing;
+- the checks that a spec's references exist (dataset, weights source, class names), raising
+  domain errors that the API maps to 404/409/422 and the worker to a failed job;
+- the "in use" rule: what a queued or running job needs cannot be deleted;
+- reading stored specs: leniently for display, strictly where a job is about to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.spec import JobSpec
+from service.storage.db import Database
+from service.storage.tables import (
+    WEIGHTS_SOURCES,
+    Dataset,
+    Job,
+    ModelLayer,
+    TrainedModel,
+    WeightsFile,
+    new_id,
+    utcnow,
+)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+# -- domain errors ----------------------------------------------------------------------
+
+
+class JobProblem(Exception):
+    """A job cannot be created, changed or run as asked; the message says why.
+
+    `field` locates the problem in the spec (("training", "class_weight", "cats")), when
+    it lies in one field.
+    """
+
+    def __init__(self, message: str, *, field: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        where = ".".join(str(part) for part in self.field)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class NotFound(JobProblem):
+    """Something the request names does not exist (HTTP 404)."""
+
+
+class Invalid(JobProblem):
+    """The spec does not fit what it refers to (HTTP 422)."""
+
+
+class Conflict(JobProblem):
+    """The request conflicts with a job's current state (HTTP 409)."""
+
+
+# -- reading stored specs -----------------------------------------------------------------
+
+
+def runnable_spec(stored: dict[str, Any]) -> JobSpec:
+    """The stored spec, validated as a new request would be; Invalid saying what no longer
+    validates when the service changed since the job was queued."""
+    try:
+        return JobSpec.model_validate(stored)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise Invalid(f"the stored spec no longer validates: {problems}") from None
+
+
+# -- reference checks ---------------------------------------------------------------------
+
+
+def check_references(session: Session, spec: JobSpec) -> Dataset:
+    """The dataset the job trains on, after checking what the spec refers to exists and fits:
+    the dataset, the stored weights source, and the class names of `class_weight`."""
+    dataset = session.get(Dataset, spec.dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {spec.dataset_id!r}", field=("dataset_id",))
+    weights_source(session, spec)
+    class_weight = spec.training.class_weight
+    if isinstance(class_weight, dict):
+        names = {entry["name"] for entry in dataset.classes}
+        for name in class_weight:
+            if name not in names:
+                raise Invalid(
+                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
+                    field=("training", "class_weight", name),
+                )
+    return dataset
+
+
+def weights_source(
+    session: Session, spec: JobSpec, *options: Any
+) -> TrainedModel | WeightsFile | None:
+    """The stored model or weights file of "model:<id>" / "file:<id>" weights; None for
+    "imagenet" and random weights. It must exist and be for the spec's backbone."""
+    stored = spec.backbone.stored_weights
+    if stored is None:
+        return None
+    where, reference = stored
+    table, _, kind = WEIGHTS_SOURCES[where]
+    source = session.get(table, reference, options=options)
+    if source is None:
+        raise NotFound(f"no {kind} {reference!r}", field=("backbone", "weights"))
+    if source.backbone != spec.backbone.name:
+        raise Invalid(
+            f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
+            field=("backbone", "weights"),
+        )
+    return source
+
+
+def check_freeze_points(spec: JobSpec) -> None:
+    """Every `trainable_from` names a layer the backbone has. Builds the backbone (TensorFlow):
+    the API runs it off its event loop; the worker meets the same check in `apply_freeze`."""
+    partial = [stage for stage in spec.stages if stage.freeze.trainable_from is not None]
+    if not partial:
+        return
+    from service.ml.build import backbone_layer_names, trainable_from_index
+
+    names = backbone_layer_names(spec.backbone.name, spec.input_size)
+    for stage in partial:
+        where = ("freeze",) if stage.number == 1 else ("fine_tune", stage.number - 2, "freeze")
+        assert stage.freeze.trainable_from is not None
+        try:
+            trainable_from_index(names, stage.freeze.trainable_from)
+        except ValueError as error:
+            raise Invalid(str(error), field=(*where, "trainable_from")) from None
+
+
+# -- the "in use" rule --------------------------------------------------------------------
+
+Resource = Dataset | WeightsFile | TrainedModel
+
+
+def _needs(resource: Resource, dataset_id: str | None, spec: dict[str, Any]) -> bool:
+    if isinstance(resource, Dataset):
+        return dataset_id == resource.id
+    prefix = "model" if isinstance(resource, TrainedModel) else "file"
+    backbone = spec.get("backbone")
+    weights = backbone.get("weights") if isinstance(backbone, dict) else None
+    return weights == f"{prefix}:{resource.id}"
+
+
+def ensure_unused(session: Session, resource: Resource) -> None:
+    """Conflict naming the jobs when a queued or running job needs `resource`: deleting it
+    would fail that job later."""
+    active = session.execute(
+        select(Job.id, Job.dataset_id, Job.spec)
+        .where(Job.status.in_(ACTIVE))
+        .order_by(Job.created_at, Job.id)
+    )
+    users = [job_id for job_id, dataset_id, spec in active if _needs(resource, dataset_id, spec)]
+    if users:
+        kind = {Dataset: "dataset", WeightsFile: "weights file", TrainedModel: "model"}
+        raise Conflict(
+            f"{kind[type(resource)]} {resource.id} is used by queued or running "
+            f"job(s) {', '.join(users)}"
+        )
+
+
+# -- transitions the API makes --------------------------------------------------------------
+
+
+def enqueue(session: Session, spec: JobSpec, dataset: Dataset) -> Job:
+    """A new queued job for a spec whose references were checked."""
+    job = Job(
+        id=new_id("j"),
+        name=spec.name or f"{dataset.name}-{spec.backbone.name}",
+        status=JobStatus.QUEUED,
+        spec=spec.model_dump(mode="json"),
+        dataset_id=dataset.id,
+        history=[],
+        attempts=0,
+        cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def cancel(session: Session, job: Job) -> None:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    if job.status in FINISHED:
+        raise Conflict(f"job {job.id} has already {job.status}")
+    if job.status == JobStatus.QUEUED:
+        _finish(job, JobStatus.CANCELLED, utcnow(), error=None)
+    else:
+        job.cancel_requested = True
+    session.flush()
+
+
+# -- transitions the worker makes -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    worker_id: str
+    attempt: int
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    lease_held: bool
+    cancel_requested: bool
+
+
+def claim_next_job(
+    db: Database,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> Claim | None:
+    """Take the oldest queued job, or a running one whose lease ran out, in one transaction
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    now = now or utcnow()
+    with db.session(write=True) as session:
+        while True:
+            job = _next_claimable(session, db, now)
+            if job is None:
+                return None
+            if job.status == JobStatus.RUNNING and job.cancel_requested:
+                _finish(job, JobStatus.CANCELLED, now, error=None)
+                continue
+            if job.status == JobStatus.RUNNING and job.attempts >= max_attempts:
+                _finish(
+                    job,
+                    JobStatus.FAILED,
+                    now,
+                    error=f"its worker stopped renewing the lease {job.attempts} times "
+                    f"(max_attempts={max_attempts}); last holder {job.lease_owner}",
+                )
+                continue
+            job.status = JobStatus.RUNNING
+            job.attempts += 1
+            job.lease_owner = worker_id
+            job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            job.started_at = now
+            job.progress = None
+            job.history = []
+            job.error = None
+            return Claim(job_id=job.id, worker_id=worker_id, attempt=job.attempts, spec=job.spec)
+
+
+def _next_claimable(session: Session, db: Database, now: datetime) -> Job | None:
+    query = (
+        select(Job)
+        .where(
+            (Job.status == JobStatus.QUEUED)
+            | ((Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now))
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    )
+    if not db.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    return session.scalars(query).first()
+
+
+def _finish(job: Job, status: JobStatus, now: datetime, *, error: str | None) -> None:
+    job.status = status
+    job.error = error
+    job.finished_at = now
+    job.lease_owner = None
+    job.lease_expires_at = None
+
+
+def _owned(claim: Claim) -> Any:
+    return (
+        (Job.id == claim.job_id)
+        & (Job.lease_owner == claim.worker_id)
+        & (Job.status == JobStatus.RUNNING)
+    )
+
+
+def heartbeat(
+    db: Database,
+    claim: Claim,
+    *,
+    lease_seconds: float,
+    progress: dict[str, Any] | None = None,
+    history_row: dict[str, Any] | None = None,
+) -> Heartbeat:
+    """Renew the lease, record progress, and learn whether the job was cancelled."""
+    now = utcnow()
+    with db.session(write=True) as session:
+        job = session.scalars(select(Job).where(_owned(claim))).first()
+        if job is None:
+            return Heartbeat(lease_held=False, cancel_requested=False)
+        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        if progress is not None:
+            job.progress = progress
+        if history_row is not None:
+            job.history = [*job.history, history_row]
+        return Heartbeat(lease_held=True, cancel_requested=job.cancel_requested)
+
+
+def end_job(db: Database, claim: Claim, *, status: JobStatus, error: str | None = None) -> bool:
+    """Mark a claimed job failed or cancelled; False if the lease was no longer ours."""
+    with db.session(write=True) as session:
+        job = session.scalars(select(Job).where(_owned(claim))).first()
+        if job is None:
+            return False
+        _finish(job, status, utcnow(), error=error)
+        return True
+
+
+def release_job(db: Database, claim: Claim) -> bool:
+    """Give a job back to the queue at once (the worker is shutting down cleanly)."""
+    with db.session(write=True) as session:
+        result = session.execute(
+            update(Job)
+            .where(_owned(claim))
+            .values(
+                status=JobStatus.QUEUED,
+                attempts=Job.attempts - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                progress=None,
+            )
+        )
+        return result.rowcount == 1
+
+
+def complete_job(
+    db: Database, claim: Claim, *, model: TrainedModel, layers: list[dict[str, Any]]
+) -> bool:
+    """Store the model, its layers and the job's success in one transaction.
+
+    False (and nothing stored) when the lease is no longer this worker's.
+    """
+    now = utcnow()
+    with db.session(write=True) as session:
+        result = session.execute(
+            update(Job)
+            .where(_owned(claim))
+            .values(
+                status=JobStatus.SUCCEEDED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        session.add(model)
+        session.flush()
+        session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
+        return True
