@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 
-from service.config import get_settings
+from pydantic import ValidationError
+
+from service.config import Settings, get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     api = commands.add_parser("api", help="serve the HTTP API (uvicorn)")
@@ -21,17 +25,40 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data-dir", default="demo-data")
     demo.add_argument("--port", type=int, default=0, help="0: any free port")
     demo.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+def configure_logging(level: str) -> None:
+    """The service's own lines at `level`; libraries (Alembic, TensorFlow, httpx) only from
+    WARNING up, unless `level` is DEBUG."""
+    numeric = logging.getLevelName(level)
+    libraries = logging.DEBUG if numeric == logging.DEBUG else logging.WARNING
+    logging.basicConfig(level=libraries, format=LOG_FORMAT, force=True)
+    logging.getLogger("service").setLevel(numeric)
+
+
+def settings_problem(error: ValidationError) -> str:
+    """One line per bad setting: its environment variable and what it needs."""
+    lines = []
+    for item in error.errors(include_url=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"error: setting {name}: {message} (got {item['input']!r})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        print(settings_problem(error), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
     if args.command == "demo":
         from service.demo import run_demo
 
         return run_demo(data_dir=args.data_dir, port=args.port, epochs=args.epochs)
-
-    settings = get_settings()
     if args.command == "migrate":
         from service.storage.db import Database
 
@@ -39,20 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         database.upgrade()
         print(f"schema at {database.current_revision()} ({settings.database_url})")
         return 0
+    return _serve(args, settings)
 
-    from service.storage.db import SchemaNotCurrent
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.storage.db import SchemaNotCurrent, open_database
 
     try:
         if args.command == "api":
             import uvicorn
 
             from service.api.app import create_app
-            from service.storage.db import open_database
 
             open_database(settings.database_url, auto_migrate=settings.auto_migrate).dispose()
             uvicorn.run(create_app(settings), host=args.host, port=args.port)
         else:
-            from service.storage.db import open_database
             from service.worker import run_worker
 
             run_worker(

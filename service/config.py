@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
 
     api_key: str | None = Field(None, description="When set, requests need 'Bearer <key>'.")
     cors_origins: list[str] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The service's own log lines; DEBUG also shows libraries' lines."
+    )
 
     max_dataset_bytes: int = Field(1024 * MiB, gt=0, description="Largest dataset upload.")
     max_image_bytes: int = Field(
@@ -64,6 +68,11 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(
         0.5, gt=0, description="How often /jobs/{id}/events reads the job for news."
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("api_key")
     @classmethod

@@ -122,17 +122,9 @@ def _drive(base: str, epochs: int, started: float) -> int:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     client = httpx.Client(base_url=base, timeout=120)
-    for _ in range(300):
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
+    if not _wait_until_ready(client):
         print("the API did not become ready", file=sys.stderr)
         return 1
-
     archive, held_out = digits_split()
     dataset = (
         client.post("/datasets", files={"file": ("digits.zip", archive, "application/zip")})
@@ -143,12 +135,46 @@ def _drive(base: str, epochs: int, started: float) -> int:
         f"dataset {dataset['id']}: {dataset['num_images']} images, "
         f"{len(dataset['classes'])} classes"
     )
+    job = _train(client, dataset["id"], epochs)
+    if job["status"] != "succeeded":
+        print(f"job {job['status']}: {job['error']}", file=sys.stderr)
+        return 1
+    model_id = job["model_id"]
+    _show_layers(client, model_id)
+    correct = _count_correct(client, model_id, held_out)
+    report = client.get(f"/models/{model_id}/evaluation").raise_for_status().json()
+    worst = min(report["per_class"], key=lambda row: row["f1"])
+    print(
+        f"validation split: accuracy {report['accuracy']:.3f}, "
+        f"weakest class {worst['label']} (F1 {worst['f1']:.3f})"
+    )
+    print(f"training history: {[round(row['accuracy'], 3) for row in job['history']]}")
+    print(f"demo took {time.monotonic() - started:.0f} s")
+    print(
+        f"held-out accuracy: {correct / len(held_out):.3f} "
+        f"({correct}/{len(held_out)} images over HTTP)"
+    )
+    return 0
 
+
+def _wait_until_ready(client: httpx.Client) -> bool:
+    for _ in range(300):
+        try:
+            if client.get("/readyz").status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _train(client: httpx.Client, dataset_id: str, epochs: int) -> dict:
+    """Queue the job, follow its events to the end, answer the finished job."""
     job = (
         client.post(
             "/jobs",
             json={
-                "dataset_id": dataset["id"],
+                "dataset_id": dataset_id,
                 "name": "digits-mobilenetv2",
                 "backbone": {"name": "MobileNetV2", "weights": None, "input_size": INPUT_SIZE},
                 "head": {"pooling": "avg", "dropout": 0.2},
@@ -163,12 +189,10 @@ def _drive(base: str, epochs: int, started: float) -> int:
         f"job {job['id']} queued: MobileNetV2 at {INPUT_SIZE} px, random weights, {epochs} epochs"
     )
     follow_events(client, job["id"])
-    job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
-    if job["status"] != "succeeded":
-        print(f"job {job['status']}: {job['error']}", file=sys.stderr)
-        return 1
+    return client.get(f"/jobs/{job['id']}").raise_for_status().json()
 
-    model_id = job["model_id"]
+
+def _show_layers(client: httpx.Client, model_id: str) -> None:
     layers = client.get(f"/models/{model_id}/layers").raise_for_status().json()
     print(
         f"model {model_id}: {len(layers['layers'])} layers, "
@@ -178,8 +202,12 @@ def _drive(base: str, epochs: int, started: float) -> int:
     for row in layers["layers"][-4:]:
         print(f"  {row['path']:<40} {row['class_name']:<24} trainable={row['trainable']}")
 
+
+def _count_correct(
+    client: httpx.Client, model_id: str, held_out: list[tuple[str, bytes]], batch_size: int = 32
+) -> int:
+    """How many held-out digits /predict labels right, sent a batch at a time."""
     correct = 0
-    batch_size = 32
     for start in range(0, len(held_out), batch_size):
         batch = held_out[start : start + batch_size]
         response = (
@@ -195,14 +223,4 @@ def _drive(base: str, epochs: int, started: float) -> int:
             prediction["top"][0]["label"] == label
             for (label, _), prediction in zip(batch, response["predictions"], strict=True)
         )
-    accuracy = correct / len(held_out)
-    report = client.get(f"/models/{model_id}/evaluation").raise_for_status().json()
-    worst = min(report["per_class"], key=lambda row: row["f1"])
-    print(
-        f"validation split: accuracy {report['accuracy']:.3f}, "
-        f"weakest class {worst['label']} (F1 {worst['f1']:.3f})"
-    )
-    print(f"training history: {[round(row['accuracy'], 3) for row in job['history']]}")
-    print(f"demo took {time.monotonic() - started:.0f} s")
-    print(f"held-out accuracy: {accuracy:.3f} ({correct}/{len(held_out)} images over HTTP)")
-    return 0
+    return correct
