@@ -7,14 +7,16 @@ whole upload is refused. Files that are not images are skipped and listed, not f
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO
 
 from service.ml.images import UndecodableImage, open_image
 
-IGNORED_PARTS = ("__MACOSX",)
+# What operating systems add when they compress a folder: left out silently, not "skipped".
+# (Dot-files and dot-folders — `.DS_Store`, `._1.jpg`, `.git/` — are left out too.)
+OS_JUNK_FOLDERS = frozenset({"__macosx"})
+OS_JUNK_FILES = frozenset({"thumbs.db", "desktop.ini"})
 # Past this many bytes, an entry that inflates to more than MAX_RATIO × its compressed size
 # is a zip bomb: real photos barely compress.
 MAX_RATIO = 100
@@ -62,9 +64,19 @@ def member_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _files(
-    archive: zipfile.ZipFile, limits: Limits
-) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+def is_os_junk(parts: tuple[str, ...]) -> bool:
+    """Metadata an OS put there, not something the person meant to upload."""
+    return (
+        any(part.startswith(".") or part.lower() in OS_JUNK_FOLDERS for part in parts)
+        or parts[-1].lower() in OS_JUNK_FILES
+    )
+
+
+Entry = tuple[zipfile.ZipInfo, tuple[str, ...]]
+
+
+def _files(archive: zipfile.ZipFile, limits: Limits) -> list[Entry]:
+    """Every file to look at, in path order; BadArchive for what makes the whole zip unsafe."""
     infos = archive.infolist()
     if len(infos) > limits.max_files:
         raise BadArchive(f"zip has {len(infos)} entries; the limit is {limits.max_files}")
@@ -77,20 +89,25 @@ def _files(
         if info.filename in seen:
             raise BadArchive(f"zip holds {info.filename!r} twice")
         seen.add(info.filename)
-        if any(part in IGNORED_PARTS or part.startswith(".") for part in parts):
-            continue
-        files.append((info, parts))
-    return files
+        if not is_os_junk(parts):
+            files.append((info, parts))
+    return sorted(files, key=lambda entry: entry[1])
 
 
-def _strip_top_folder(
-    files: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
-) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
-    """`pets/cats/1.jpg` → `cats/1.jpg` when every file sits under the one top folder `pets`."""
-    tops = {parts[0] for _, parts in files}
-    if len(tops) == 1 and all(len(parts) >= 3 for _, parts in files):
-        return [(info, parts[1:]) for info, parts in files]
-    return files
+def class_folder_depth(image_paths: list[tuple[str, ...]]) -> int:
+    """How many leading folders to drop so that the first part left names the class.
+
+    Only images decide, as in `image_dataset_from_directory`. The top folder is dropped when
+    every image that sits in a folder sits in that one (`pets/cats/1.jpg` → class `cats`),
+    some deeper than its top: so a README or a cover picture beside the class folders does
+    not make `pets` the one class. Kept, one top folder could only ever be one class, which
+    is never a dataset, so dropping it turns no valid upload into a different one.
+    """
+    in_folders = [parts for parts in image_paths if len(parts) >= 2]
+    tops = {parts[0] for parts in in_folders}
+    if len(tops) == 1 and any(len(parts) >= 3 for parts in in_folders):
+        return 1
+    return 0
 
 
 @dataclass
@@ -127,40 +144,67 @@ def _read_capped(
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One file of the zip, read: its bytes if they decode as an image, else why not."""
+
+    info: zipfile.ZipInfo
+    parts: tuple[str, ...]
+    data: bytes | None = None
+    reason: str = ""
+
+
+def _read_member(
+    archive: zipfile.ZipFile, entry: Entry, limits: Limits, inflated: _Inflated
+) -> _Member:
+    info, parts = entry
+    try:
+        data = _read_capped(archive, info, limits.max_image_bytes, inflated)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+        return _Member(info, parts, reason=f"corrupt entry: {error}")
+    if data is None:
+        return _Member(
+            info, parts, reason=f"larger than the {limits.max_image_bytes}-byte image limit"
+        )
+    try:
+        open_image(data)  # the name says nothing: a JPEG called .png is an image, a .jpg may not be
+    except UndecodableImage as error:
+        return _Member(info, parts, reason=str(error))
+    return _Member(info, parts, data=data)
+
+
 def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
+    """The images by class folder, and every other file with the reason it was skipped.
+
+    Every file is read and decoded before the layout is decided, so every byte the zip
+    inflates to counts against the limits, wherever in the zip it lies.
+    """
     try:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, ValueError):
         raise BadArchive("file is not a zip archive") from None
+    inflated = _Inflated(limits.max_total_bytes)
     with archive:
-        files = _strip_top_folder(_files(archive, limits))
-        result = Archive()
-        inflated = _Inflated(limits.max_total_bytes)
-        for info, parts in _images_in_order(files):
-            if len(parts) < 2:
-                result.skipped.append(
-                    {"path": info.filename, "reason": "not inside a class folder"}
-                )
-                continue
-            try:
-                data = _read_capped(archive, info, limits.max_image_bytes, inflated)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
-                result.skipped.append({"path": info.filename, "reason": f"corrupt entry: {error}"})
-                continue
-            if data is None:
-                result.skipped.append(
-                    {
-                        "path": info.filename,
-                        "reason": f"larger than the {limits.max_image_bytes}-byte image limit",
-                    }
-                )
-                continue
-            try:
-                open_image(data)
-            except UndecodableImage as error:
-                result.skipped.append({"path": info.filename, "reason": str(error)})
-                continue
-            result.images.append(ArchiveImage(parts[0], "/".join(parts), data))
+        members = [
+            _read_member(archive, entry, limits, inflated) for entry in _files(archive, limits)
+        ]
+    depth = class_folder_depth([member.parts for member in members if member.data is not None])
+    result = Archive()
+    for member in members:
+        inside = member.parts[depth:]
+        if member.data is None:
+            result.skipped.append({"path": member.info.filename, "reason": member.reason})
+        elif len(inside) < 2:
+            result.skipped.append(
+                {"path": member.info.filename, "reason": "not inside a class folder"}
+            )
+        else:
+            result.images.append(ArchiveImage(inside[0], "/".join(inside), member.data))
+    _require_classes(result)
+    return result
+
+
+def _require_classes(result: Archive) -> None:
     classes = result.class_counts
     if len(classes) < 2:
         found = ", ".join(f"{name!r}" for name in classes) or "none"
@@ -168,10 +212,3 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
             "a dataset needs at least 2 class folders with images "
             f"(e.g. cats/1.jpg, dogs/2.png); found {found}"
         )
-    return result
-
-
-def _images_in_order(
-    files: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
-) -> Iterator[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
-    return iter(sorted(files, key=lambda item: item[1]))

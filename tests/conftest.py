@@ -2,31 +2,40 @@
 
 Every test gets its own database: a SQLite file, and where TEST_POSTGRES_URL names a
 PostgreSQL server (`.ci/run` starts one) also a fresh PostgreSQL database, so the
-database-facing tests run on both. The one trained model that many tests read is trained
-once per session, by the worker, through the API.
+database-facing tests run on both. Models that many tests read are trained once per session,
+by the worker, through the API: `small_model` for tests that need any stored model, `trained`
+for those that need one that has learned.
+
+The app and the worker (and so TensorFlow) are imported only when a test starts a `Service`:
+the pure unit tests (ingest, spec) run without them.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import ColumnElement, create_engine, func, make_url, select
 
-from service.api.app import create_app
 from service.config import Settings
 from service.storage.db import Database
-from service.worker import Worker
+from service.storage.tables import Base, Dataset, DatasetImage, TrainedModel, new_id
+
+if TYPE_CHECKING:
+    import httpx
+
+# The browser and live-server fixtures, for every test module that drives a page.
+pytest_plugins = ["tests.browser"]
 
 COLOURS = {"blue": 2, "green": 1, "red": 0}
 SIZE = 32
@@ -105,10 +114,83 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **{**values, **overrides})
 
 
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 180, what: str = "", interval: float = 0.1
+) -> T:
+    """Poll `condition` until it answers something truthy, and answer that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_job(
+    service: Service, job_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 180
+) -> dict[str, Any]:
+    """The job once its status is one of `statuses` (by default: once it has ended)."""
+
+    def reached() -> dict[str, Any] | None:
+        job = service.client.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(reached, timeout, what=f"job {job_id} to be {' or '.join(statuses)}")
+
+
+def post_zip(service: Service, content: bytes, filename: str = "up.zip") -> httpx.Response:
+    return service.client.post("/datasets", files={"file": (filename, content, "application/zip")})
+
+
+def count_rows(service: Service, table: type[Base], *where: ColumnElement[bool]) -> int:
+    with service.database.session() as session:
+        return session.scalar(select(func.count()).select_from(table).where(*where)) or 0
+
+
+def stored_rows(service: Service) -> tuple[int, int]:
+    """(datasets, dataset images) stored: both 0 after every refused upload."""
+    return count_rows(service, Dataset), count_rows(service, DatasetImage)
+
+
+def stored_model(job_id: str | None, **overrides: Any) -> TrainedModel:
+    """A model row with placeholder contents, for tests of the queue rather than of Keras."""
+    values: dict[str, Any] = {
+        "id": new_id("m"),
+        "name": "placeholder",
+        "job_id": job_id,
+        "dataset_id": None,
+        "backbone": "MobileNetV2",
+        "input_size": SIZE,
+        "classes": ["a", "b"],
+        "metrics": {},
+        "evaluation": None,
+        "trainable_params": 0,
+        "non_trainable_params": 0,
+        "size_bytes": 1,
+        "savedmodel_sha256": "0" * 64,
+        "savedmodel": b"m",
+        "backbone_weights": b"w",
+    }
+    return TrainedModel(**{**values, **overrides})
+
+
 class Service:
     """The API (in-process) and a worker loop over one database."""
 
     def __init__(self, settings: Settings) -> None:
+        # Imported here, not at the top: they bring TensorFlow, which pure unit tests skip.
+        from fastapi.testclient import TestClient
+
+        from service.api.app import create_app
+        from service.worker import Worker
+
         self.settings = settings
         self.database = Database(settings.database_url)
         self.database.upgrade()
@@ -174,5 +256,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     dataset = running.upload(images)
     training = {"epochs": 5, "batch_size": 8, "validation_split": 0.25}
     job = running.train(job_body(dataset["id"], training=training))
+    yield {"service": running, "dataset": dataset, "job": job, "images": images}
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One epoch of feature extraction (backbone frozen, random weights) on a few images.
+
+    Several times quicker than `trained`: most of a first epoch is compiling the training
+    step, and with the backbone frozen that step holds no gradients through it.
+    """
+    running = Service(make_settings(tmp_path_factory.mktemp("small")))
+    images = colour_images(per_class=4)
+    dataset = running.upload(images)
+    body = job_body(dataset["id"], freeze={"mode": "backbone"}, training={"validation_split": 0.25})
+    job = running.train(body)
     yield {"service": running, "dataset": dataset, "job": job, "images": images}
     running.close()

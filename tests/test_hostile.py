@@ -1,5 +1,10 @@
-"""Hostile uploads and requests: each a 4xx naming the problem, nothing stored, the service
-still serving. Every route is behind the API key; CORS answers only the allowed origins."""
+"""Bad and hostile uploads and requests over HTTP: each a 4xx naming the problem, nothing
+stored, the service still serving. Every route is behind the API key; CORS answers only the
+allowed origins.
+
+How a zip is read (layouts, stray files, limits) is unit-tested in test_ingest.py; here is
+what a client sees of it. Bad job specs and state conflicts are in test_inputs.py.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +19,16 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
 
-from service.storage.tables import Dataset, DatasetImage
-from tests.conftest import Service, class_zip, colour_images, make_settings, make_zip
-
-
-def stored(service: Service) -> tuple[int, int]:
-    with service.database.session() as session:
-        return (
-            session.scalar(select(func.count()).select_from(Dataset)),
-            session.scalar(select(func.count()).select_from(DatasetImage)),
-        )
-
-
-def post_zip(service: Service, content: bytes) -> Any:
-    return service.client.post("/datasets", files={"file": ("up.zip", content, "application/zip")})
+from tests.conftest import (
+    Service,
+    class_zip,
+    colour_images,
+    make_settings,
+    make_zip,
+    post_zip,
+    stored_rows,
+)
 
 
 def still_serving(service: Service) -> None:
@@ -79,14 +78,14 @@ def test_zip_bombs_are_refused_by_what_they_inflate_to(tmp_path: Path) -> None:
                 archive.writestr(f"red/{number}.png", bytes([number]) * (900 * 1024))
         response = post_zip(service, spread.getvalue())
         assert response.status_code == 400 and "unpacks to more than" in response.text
-        assert stored(service) == (0, 0)
+        assert stored_rows(service) == (0, 0)
         still_serving(service)
     finally:
         service.close()
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-def test_zip_slip_duplicates_and_too_many_entries(tmp_path: Path) -> None:
+def test_bad_archives_are_400_naming_the_file_and_store_nothing(tmp_path: Path) -> None:
     service = Service(make_settings(tmp_path, max_dataset_files=50_000))
     try:
         png = colour_images(per_class=1)["red"][0]
@@ -98,49 +97,92 @@ def test_zip_slip_duplicates_and_too_many_entries(tmp_path: Path) -> None:
         with zipfile.ZipFile(crowded, "w") as archive:
             for number in range(100_000):
                 archive.writestr(f"red/{number}.png", b"")
-        cases = {
-            "'..'": make_zip({"red/a.png": png, "blue/b.png": png, "red/../../x.png": png}),
-            "absolute": make_zip({"red/a.png": png, "blue/b.png": png, "/tmp/x.png": png}),
-            "twice": duplicated.getvalue(),
-            "100000 entries; the limit is 50000": crowded.getvalue(),
-        }
-        for expected, content in cases.items():
+        cases = [
+            ("not a zip", b"this is plain text, not a zip"),
+            ("at least 2 class folders", class_zip({"red": [png, png]})),
+            ("'..'", make_zip({"red/a.png": png, "blue/b.png": png, "../evil.png": png})),
+            ("'..'", make_zip({"red/a.png": png, "blue/b.png": png, "red/../../x.png": png})),
+            ("absolute", make_zip({"red/a.png": png, "blue/b.png": png, "/etc/evil.png": png})),
+            ("absolute", make_zip({"red/a.png": png, "blue/b.png": png, "/tmp/x.png": png})),
+            ("twice", duplicated.getvalue()),
+            ("100000 entries; the limit is 50000", crowded.getvalue()),
+        ]
+        for expected, content in cases:
             response = post_zip(service, content)
             assert response.status_code == 400, (expected, response.text)
             assert expected in response.json()["detail"]
-        assert stored(service) == (0, 0)
+            assert "up.zip" in response.json()["detail"]
+        assert stored_rows(service) == (0, 0)
+        assert service.client.get("/datasets").json() == []
         still_serving(service)
     finally:
         service.close()
 
 
-def test_images_are_judged_by_decoding_not_by_name(service: Service) -> None:
-    jpeg = image_bytes("JPEG")
+def test_files_that_are_not_images_are_skipped_and_listed(service: Service) -> None:
+    """One folder compressed with its class folders and a README beside them (the way
+    people zip a folder), a few good images, and files that only look like images."""
+    images = colour_images(per_class=3)
     files = {
-        "red/photo.png": jpeg,  # a JPEG named .png is a fine image
-        "red/ok.png": image_bytes("PNG"),
-        "blue/ok.gif": image_bytes("GIF"),
-        "blue/huge.png": huge_png(),
-        "blue/truncated.jpg": jpeg[: len(jpeg) // 2],
-        "blue/noise.png": np.random.default_rng(1).bytes(2048),
-        "blue/scan.tiff": image_bytes("TIFF"),
+        f"set/{label}/{n}.png": data
+        for label, items in images.items()
+        for n, data in enumerate(items)
+    }
+    jpeg = image_bytes("JPEG")
+    files |= {
+        "set/README.txt": b"colours, three classes",
+        "set/red/photo.png": jpeg,  # a JPEG named .png is a fine image
+        "set/red/ok.gif": image_bytes("GIF"),
+        "set/red/broken.jpg": b"\xff\xd8\xff\xe0 truncated",
+        "set/blue/notes.png": b"random bytes named png",
+        "set/blue/huge.png": huge_png(),
+        "set/blue/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "set/blue/noise.png": np.random.default_rng(1).bytes(2048),
+        "set/blue/scan.tiff": image_bytes("TIFF"),
     }
     response = post_zip(service, make_zip(files))
     assert response.status_code == 201, response.text
     body = response.json()
-    assert {c["name"]: c["count"] for c in body["classes"]} == {"blue": 1, "red": 2}
+    assert body["num_images"] == 11
+    assert [(c["name"], c["count"]) for c in body["classes"]] == [
+        ("blue", 3),
+        ("green", 3),
+        ("red", 5),
+    ]
     reasons = {entry["path"]: entry["reason"] for entry in body["skipped"]}
-    assert "too large" in reasons["blue/huge.png"]
-    assert "not a decodable image" in reasons["blue/truncated.jpg"]
-    assert "not a decodable image" in reasons["blue/noise.png"]
-    assert "unsupported image format TIFF" in reasons["blue/scan.tiff"]
+    assert set(reasons) == {
+        "set/README.txt",
+        "set/red/broken.jpg",
+        "set/blue/notes.png",
+        "set/blue/huge.png",
+        "set/blue/truncated.jpg",
+        "set/blue/noise.png",
+        "set/blue/scan.tiff",
+    }
+    assert "too large" in reasons.pop("set/blue/huge.png")
+    assert "unsupported image format TIFF" in reasons.pop("set/blue/scan.tiff")
+    assert all("not a decodable image" in reason for reason in reasons.values()), reasons
+    assert stored_rows(service) == (1, 11)
 
 
-def test_hostile_predict_requests(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
+def test_upload_over_the_limit_is_413(tmp_path: Path) -> None:
+    limited = Service(make_settings(tmp_path, max_dataset_bytes=2000))
+    try:
+        response = post_zip(limited, class_zip(colour_images(per_class=4)))
+        assert response.status_code == 413
+        assert "limit" in response.json()["detail"]
+        assert stored_rows(limited) == (0, 0)
+        assert limited.client.get("/healthz").json() == {"status": "ok"}
+    finally:
+        limited.close()
+
+
+def test_bad_predict_requests(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    model_id = small_model["job"]["model_id"]
     jpeg = image_bytes("JPEG")
     for name, data, expected in [
+        ("bad.png", b"nope", "not a decodable image"),
         ("huge.png", huge_png(), "too large"),
         ("cut.jpg", jpeg[: len(jpeg) // 2], "not a decodable image"),
         ("scan.png", image_bytes("TIFF"), "unsupported image format TIFF"),
@@ -158,7 +200,13 @@ def test_hostile_predict_requests(trained: dict[str, Any]) -> None:
     too_many = [("files", (f"{n}.jpg", jpeg, "image/jpeg")) for n in range(65)]
     response = client.post("/predict", data={"model_id": model_id}, files=too_many)
     assert response.status_code == 413 and "at most 64" in response.json()["detail"]
-    assert trained["service"].client.get("/healthz").status_code == 200
+    unknown = client.post(
+        "/predict", data={"model_id": "m_missing"}, files=[("files", ("a.png", jpeg, "image/png"))]
+    )
+    assert unknown.status_code == 404
+    assert client.post("/predict", data={"model_id": model_id}).status_code == 422
+    assert client.get("/models/m_missing/layers").status_code == 404
+    assert client.get("/healthz").status_code == 200
     ok = client.post(
         "/predict", data={"model_id": model_id}, files=[("files", ("a.png", jpeg, "image/gif"))]
     )
@@ -181,7 +229,7 @@ def test_chunked_body_over_the_limit_is_413(tmp_path: Path) -> None:
         )
         assert "content-length" not in response.request.headers
         assert response.status_code == 413 and "limit" in response.json()["detail"]
-        assert stored(service) == (0, 0)
+        assert stored_rows(service) == (0, 0)
         still_serving(service)
     finally:
         service.close()
@@ -213,8 +261,9 @@ def test_every_route_but_the_open_ones_needs_the_key(tmp_path: Path) -> None:
             assert client.get(path).status_code == 200, path
         authorised = client.get("/datasets", headers={"Authorization": f"Bearer {key}"})
         assert authorised.status_code == 200
-        wrong = client.get("/datasets", headers={"Authorization": f"Bearer {key[:-1]}x"})
-        assert wrong.status_code == 401
+        for wrong in (f"Bearer {key[:-1]}x", "Bearer wrong", key, f"Basic {key}"):
+            response = client.get("/datasets", headers={"Authorization": wrong})
+            assert response.status_code == 401, wrong
     finally:
         service.close()
 

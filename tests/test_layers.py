@@ -49,6 +49,23 @@ def count(weights: list[Any]) -> int:
     return sum(int(w.numpy().size) for w in weights)
 
 
+def keras_backbone_counts(reference: keras.Model) -> dict[str, tuple[int, int]]:
+    """Each backbone layer's (trainable, non-trainable) parameter counts, as Keras has them."""
+    base = next(layer for layer in reference.layers if isinstance(layer, keras.Model))
+    return {
+        layer.name: (count(layer.trainable_weights), count(layer.non_trainable_weights))
+        for layer in base.layers
+    }
+
+
+def reported_backbone_counts(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    return {
+        row["path"].split("/", 1)[1]: (row["trainable_params"], row["non_trainable_params"])
+        for row in rows
+        if "/" in row["path"]
+    }
+
+
 FREEZES = [
     {"mode": "backbone"},
     {"mode": "partial", "trainable_from": "block_15_expand"},
@@ -88,9 +105,8 @@ def test_preview_matches_keras(service: Service, dataset_id: str, freeze: dict[s
     ]
     assert head[-1]["output_shape"] == [None, 3]
     assert head[-1]["trainable"] and head[-1]["trainable_params"] == 1280 * 3 + 3
-    for row in backbone_rows:
-        if not row["trainable"]:
-            assert row["trainable_params"] == 0
+    assert all(row["trainable_params"] == row["non_trainable_params"] == 0 for row in head[:-1])
+    assert reported_backbone_counts(preview["layers"]) == keras_backbone_counts(reference)
 
 
 def test_unknown_layer_name_is_422_naming_it(service: Service, dataset_id: str) -> None:
@@ -104,31 +120,54 @@ def test_unknown_layer_name_is_422_naming_it(service: Service, dataset_id: str) 
     assert service.client.get("/jobs").json() == []
 
 
-def test_stored_layers_match_keras_counts(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
+@pytest.mark.parametrize("stored", ["small_model", pytest.param("trained", marks=pytest.mark.slow)])
+def test_stored_layers_match_keras_counts(request: pytest.FixtureRequest, stored: str) -> None:
+    """small_model: backbone frozen. trained: mode "none" from random weights, so everything
+    trained, BatchNormalization included."""
+    model_run = request.getfixturevalue(stored)
+    client = model_run["service"].client
+    model_id = model_run["job"]["model_id"]
+    freeze = model_run["job"]["spec"]["freeze"]
     layers = client.get(f"/models/{model_id}/layers").json()
     model = client.get(f"/models/{model_id}").json()
-    reference, _flags = keras_reference({"mode": "none"}, num_classes=3)
+    reference, flags = keras_reference(freeze, num_classes=3)
 
-    assert layers["trainable_params"] == count(reference.trainable_weights)
-    assert layers["non_trainable_params"] == count(reference.non_trainable_weights)
-    assert model["params"]["trainable"] == layers["trainable_params"]
-    assert sum(row["trainable_params"] for row in layers["layers"]) == layers["trainable_params"]
-    assert (
-        sum(row["non_trainable_params"] for row in layers["layers"])
-        == layers["non_trainable_params"]
+    trainable = count(reference.trainable_weights)
+    non_trainable = count(reference.non_trainable_weights)
+    assert (layers["trainable_params"], layers["non_trainable_params"]) == (
+        trainable,
+        non_trainable,
     )
+    assert model["params"] == {
+        "trainable": trainable,
+        "non_trainable": non_trainable,
+        "total": reference.count_params(),
+    }
+    # Row by row, not only in total: each layer's counts are Keras's for that layer.
+    assert reported_backbone_counts(layers["layers"]) == keras_backbone_counts(reference)
+    head = {row["name"]: row for row in layers["layers"] if "/" not in row["path"]}
+    predictions = head.pop("predictions")
+    counts = (predictions["trainable_params"], predictions["non_trainable_params"])
+    assert counts == (1280 * 3 + 3, 0)
+    assert all(row["trainable_params"] == row["non_trainable_params"] == 0 for row in head.values())
     by_path = {row["path"]: row for row in layers["layers"]}
     projection = by_path["mobilenetv2_1.00_32/block_16_project"]
     assert projection["class_name"] == "Conv2D"
     assert projection["output_shape"] == [None, 1, 1, 320]
 
-    # Mode "none" from random weights: everything trained, BatchNormalization included.
-    frozen = client.get(f"/models/{model_id}/layers", params={"trainable": "false"}).json()
-    assert frozen["layers"] == []
-    trainable = client.get(f"/models/{model_id}/layers", params={"trainable": "true"}).json()
-    assert len(trainable["layers"]) == len(layers["layers"])
+    # The flags are those of the model as trained, and the filter splits the rows by them.
+    backbone = {
+        path.split("/", 1)[1]: row["trainable"] for path, row in by_path.items() if "/" in path
+    }
+    assert backbone == flags
+    if freeze["mode"] == "none":
+        assert all(row["trainable"] for row in layers["layers"])
+    for wanted in (True, False):
+        filtered = client.get(
+            f"/models/{model_id}/layers", params={"trainable": str(wanted).lower()}
+        ).json()
+        expected = [row["path"] for row in layers["layers"] if row["trainable"] is wanted]
+        assert [row["path"] for row in filtered["layers"]] == expected
 
 
 def test_backbone_layers_endpoint(service: Service) -> None:
@@ -137,8 +176,9 @@ def test_backbone_layers_endpoint(service: Service) -> None:
     body = response.json()
     keras.backend.clear_session()
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
-    assert [row["name"] for row in body["layers"]] == [layer.name for layer in base.layers]
-    assert sum(row["params"] for row in body["layers"]) == base.count_params()
+    assert [(row["name"], row["params"]) for row in body["layers"]] == [
+        (layer.name, layer.count_params()) for layer in base.layers
+    ]
     assert service.client.get("/backbones/NoSuchNet/layers").status_code == 404
     assert (
         service.client.get("/backbones/Xception/layers", params={"input_size": 40}).status_code

@@ -12,7 +12,27 @@ import pytest
 
 from service.ml.images import to_pixels
 
+# Keras's own summary of MobileNetV2 without its top (the same at any input size):
+# 2,257,984 parameters, of which 34,112 are BatchNormalization moving statistics, never
+# trainable. The head adds a Dense layer from 1280 features to 3 classes.
+BACKBONE_PARAMS, BN_STATISTICS, HEAD_PARAMS = 2_257_984, 34_112, 1280 * 3 + 3
 
+
+def test_small_job_is_stored_with_keras_counts(small_model: dict[str, Any]) -> None:
+    job = small_model["job"]
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert [(row["stage"], row["epoch"]) for row in job["history"]] == [(1, 1)]
+    model = small_model["service"].client.get(f"/models/{job['model_id']}").json()
+    assert model["classes"] == ["blue", "green", "red"] and model["job_id"] == job["id"]
+    # Feature extraction: the whole backbone frozen, only the head trains.
+    assert model["params"] == {
+        "trainable": HEAD_PARAMS,
+        "non_trainable": BACKBONE_PARAMS,
+        "total": BACKBONE_PARAMS + HEAD_PARAMS,
+    }
+
+
+@pytest.mark.slow
 def test_trained_job_reports_history_progress_and_model(trained: dict[str, Any]) -> None:
     job = trained["job"]
     assert job["attempts"] == 1
@@ -25,16 +45,19 @@ def test_trained_job_reports_history_progress_and_model(trained: dict[str, Any])
     model = client.get(f"/models/{job['model_id']}").json()
     assert model["classes"] == ["blue", "green", "red"]
     assert model["job_id"] == job["id"]
-    assert (
-        model["params"]["total"] == model["params"]["trainable"] + model["params"]["non_trainable"]
-    )
+    # Mode "none" from random weights trains everything but the moving statistics.
+    assert model["params"] == {
+        "trainable": BACKBONE_PARAMS - BN_STATISTICS + HEAD_PARAMS,
+        "non_trainable": BN_STATISTICS,
+        "total": BACKBONE_PARAMS + HEAD_PARAMS,
+    }
 
 
-def test_predict_equals_downloaded_savedmodel(trained: dict[str, Any], tmp_path: Path) -> None:
+def test_predict_equals_downloaded_savedmodel(small_model: dict[str, Any], tmp_path: Path) -> None:
     import tensorflow as tf
 
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
+    client = small_model["service"].client
+    model_id = small_model["job"]["model_id"]
     archive = client.get(f"/models/{model_id}/savedmodel")
     assert archive.status_code == 200
     assert archive.headers["content-type"] == "application/gzip"
@@ -42,7 +65,7 @@ def test_predict_equals_downloaded_savedmodel(trained: dict[str, Any], tmp_path:
         tar.extractall(tmp_path, filter="data")
     savedmodel = tf.saved_model.load(str(tmp_path))
 
-    images = [trained["images"]["red"][0], trained["images"]["blue"][1]]
+    images = [small_model["images"]["red"][0], small_model["images"]["blue"][1]]
     response = client.post(
         "/predict",
         data={"model_id": model_id, "top_k": "3"},

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,9 @@ from sqlalchemy import func, select, text, update
 
 from service import jobs
 from service.storage.tables import Job, TrainedModel
-from tests.conftest import Service, colour_images, job_body, make_settings
+from tests.conftest import Service, colour_images, job_body, make_settings, wait_for
 
 LEASE_SECONDS = 3.0
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 180, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def start_worker(settings: Any, log: Path) -> subprocess.Popen[bytes]:
@@ -75,6 +64,7 @@ LONG_JOB = {
 }
 
 
+@pytest.mark.slow
 def test_killed_worker_job_is_reclaimed_and_a_crashing_job_fails(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -174,6 +164,7 @@ def test_three_processes_claim_each_job_exactly_once(service: Service) -> None:
         assert session.scalar(select(func.count()).select_from(TrainedModel)) == len(job_ids)
 
 
+@pytest.mark.slow
 def test_three_worker_processes_train_a_queue_together(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, lease_seconds=30)
     service = Service(settings)
@@ -250,9 +241,11 @@ def test_crash_while_a_model_is_written_leaves_the_database_sound(service: Servi
     assert claim is not None and claim.attempt == 2
 
 
-def test_tampered_model_answers_503_and_the_others_keep_serving(trained: dict[str, Any]) -> None:
-    service: Service = trained["service"]
-    source_id = trained["job"]["model_id"]
+def test_tampered_model_answers_503_and_the_others_keep_serving(
+    small_model: dict[str, Any],
+) -> None:
+    service: Service = small_model["service"]
+    source_id = small_model["job"]["model_id"]
     copy_id = "m_tampered000000"
     columns = [c.name for c in TrainedModel.__table__.columns if c.name not in ("id", "job_id")]
     listed = ", ".join(columns)
@@ -270,7 +263,7 @@ def test_tampered_model_answers_503_and_the_others_keep_serving(trained: dict[st
             .where(TrainedModel.id == copy_id)
             .values(savedmodel=blob[: len(blob) // 2])
         )
-    image = trained["images"]["red"][0]
+    image = small_model["images"]["red"][0]
     files = [("files", ("red.png", image, "image/png"))]
     try:
         response = service.client.post("/predict", data={"model_id": copy_id}, files=files)

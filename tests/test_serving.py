@@ -61,11 +61,11 @@ def multipart(model_id: str, images: list[bytes], **fields: str) -> dict[str, An
     }
 
 
-def test_concurrent_http_requests_share_batches(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
+def test_concurrent_http_requests_share_batches(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
     app = client.app
-    model_id = trained["job"]["model_id"]
-    images = [data for items in trained["images"].values() for data in items[:6]]
+    model_id = small_model["job"]["model_id"]
+    images = [data for items in small_model["images"].values() for data in items[:6]]
     alone = [
         client.post("/predict", **multipart(model_id, [image], top_k="3")).json()["predictions"][0]
         for image in images
@@ -91,11 +91,11 @@ def test_concurrent_http_requests_share_batches(trained: dict[str, Any]) -> None
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
-def test_json_and_tf_serving_shapes_agree_with_multipart(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
+def test_json_and_tf_serving_shapes_agree_with_multipart(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    model_id = small_model["job"]["model_id"]
     classes = client.get(f"/models/{model_id}").json()["classes"]
-    images = [trained["images"]["red"][0], trained["images"]["green"][1]]
+    images = [small_model["images"]["red"][0], small_model["images"]["green"][1]]
     encoded = [base64.b64encode(image).decode() for image in images]
     form = client.post("/predict", **multipart(model_id, images, top_k="3")).json()
 
@@ -122,10 +122,10 @@ def test_json_and_tf_serving_shapes_agree_with_multipart(trained: dict[str, Any]
     assert named.json()["predictions"] == served.json()["predictions"]
 
 
-def test_threshold_drops_low_scores_in_every_form(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
-    image = trained["images"]["blue"][0]
+def test_threshold_drops_low_scores_in_every_form(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    model_id = small_model["job"]["model_id"]
+    image = small_model["images"]["blue"][0]
     full = client.post("/predict", **multipart(model_id, [image])).json()["predictions"][0]["top"]
     threshold = (full[0]["score"] + full[1]["score"]) / 2  # between the best and the rest
     kept = [s for s in full if s["score"] >= threshold]
@@ -140,9 +140,9 @@ def test_threshold_drops_low_scores_in_every_form(trained: dict[str, Any]) -> No
     assert client.post("/predict", json=body).json()["predictions"][0]["top"] == kept
 
 
-def test_bad_json_and_tf_serving_requests_are_4xx(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model_id = trained["job"]["model_id"]
+def test_bad_json_and_tf_serving_requests_are_4xx(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    model_id = small_model["job"]["model_id"]
     cases = [
         ({"model_id": model_id, "instances": [{"b64": "***"}]}, 400, "instances[0].b64"),
         ({"model_id": model_id, "instances": []}, 422, "instances"),
@@ -162,11 +162,10 @@ def test_bad_json_and_tf_serving_requests_are_4xx(trained: dict[str, Any]) -> No
     assert response.status_code == 415
 
 
-def test_cache_loads_once_under_concurrent_first_requests(
-    trained: dict[str, Any], tmp_path
+def test_cache_loads_once_under_concurrent_first_requests(small_model: dict[str, Any], tmp_path
 ) -> None:
-    service = trained["service"]
-    model_id = trained["job"]["model_id"]
+    service = small_model["service"]
+    model_id = small_model["job"]["model_id"]
     cache = ModelCache(tmp_path / "cache", capacity=2)
     source = model_source(service.database, model_id)
     barrier = threading.Barrier(8)
@@ -188,10 +187,10 @@ def test_cache_loads_once_under_concurrent_first_requests(
     assert cache.loads == 2
 
 
-def test_answers_name_each_file_as_sent(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    image = trained["images"]["red"][0]
-    model_id = trained["job"]["model_id"]
+def test_answers_name_each_file_as_sent(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    image = small_model["images"]["red"][0]
+    model_id = small_model["job"]["model_id"]
     files = [("files", ("it's.png", image, "image/png")), ("files", ("b.png", image, "image/png"))]
     response = client.post("/predict", data={"model_id": model_id}, files=files)
     assert response.status_code == 200, response.text
@@ -203,10 +202,10 @@ def test_answers_name_each_file_as_sent(trained: dict[str, Any]) -> None:
     assert response.json()["detail"][0]["loc"] == ["body", "files", 1]
 
 
-def test_serving_classifies_without_the_http_layer(trained: dict[str, Any], tmp_path) -> None:
-    service = trained["service"]
-    model_id = trained["job"]["model_id"]
-    data = [trained["images"]["red"][2], trained["images"]["blue"][3]]
+def test_serving_classifies_without_the_http_layer(small_model: dict[str, Any], tmp_path) -> None:
+    service = small_model["service"]
+    model_id = small_model["job"]["model_id"]
+    data = [small_model["images"]["red"][2], small_model["images"]["blue"][3]]
     serving = Serving(
         database=service.database,
         cache=ModelCache(tmp_path / "cache", capacity=1),

@@ -72,6 +72,7 @@ FROZEN_HEAD = {
 }
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_model_as_plain_fit() -> None:
     data = labelled(per_class=8)
     cached = train_in_process(FROZEN_HEAD, data)
@@ -88,6 +89,7 @@ def test_cached_features_train_the_same_model_as_plain_fit() -> None:
     )
 
 
+@pytest.mark.slow
 def test_controls_are_repeatable_and_augmentation_is_training_only(tmp_path: Path) -> None:
     import tensorflow as tf
 
@@ -137,6 +139,7 @@ def test_controls_are_repeatable_and_augmentation_is_training_only(tmp_path: Pat
     np.testing.assert_allclose(served(pixels).numpy(), served(pixels).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_epoch() -> None:
     body = {
         **FROZEN_HEAD,
@@ -177,6 +180,7 @@ def read_events(response: Any) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
+@pytest.mark.slow
 def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=6))
     body = job_body(
@@ -235,6 +239,7 @@ def test_events_of_an_unknown_job_are_404(service: Service) -> None:
     assert response.status_code == 404 and "j_missing" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_evaluation_is_consistent_with_the_validation_split(trained: dict[str, Any]) -> None:
     client = trained["service"].client
     model_id = trained["job"]["model_id"]
@@ -254,6 +259,7 @@ def test_evaluation_is_consistent_with_the_validation_split(trained: dict[str, A
         assert row["precision"] == pytest.approx(matrix[i, i] / predicted if predicted else 0.0)
 
 
+@pytest.mark.slow
 def test_evaluation_needs_a_validation_split(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=3))
     body = job_body(dataset["id"], freeze={"mode": "backbone"}, training={"validation_split": 0})
@@ -281,6 +287,7 @@ def upload_weights(service: Service, path: Path, backbone: str) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_uploaded_weights_file_seeds_the_backbone(service: Service, tmp_path: Path) -> None:
     path = tmp_path / "mobilenet_v2.weights.h5"
     original = save_backbone_weights("MobileNetV2", path)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from sqlalchemy import select, update
 
 from service import jobs
 from service.storage.tables import Job, TrainedModel, utcnow
-from tests.conftest import Service, colour_images, job_body, make_settings
+from tests.conftest import Service, colour_images, job_body, make_settings, stored_model
 
 
 def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Service) -> None:
@@ -38,12 +39,7 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     # The first holder is fenced out: it can no longer write progress or finish the job.
     assert not jobs.heartbeat(service.database, first, lease_seconds=30).lease_held
     assert not jobs.end_job(service.database, first, status=jobs.JobStatus.FAILED, error="stale")
-    stale_model = TrainedModel(
-        id="m_stale", name="stale", job_id=job_id, dataset_id=None, backbone="MobileNetV2",
-        input_size=32, classes=["a"], metrics={}, evaluation=None, trainable_params=0,
-        non_trainable_params=0, size_bytes=1, savedmodel_sha256="0" * 64, savedmodel=b"m",
-        backbone_weights=b"w",
-    )  # fmt: skip
+    stale_model = stored_model(job_id, id="m_stale")
     assert not jobs.complete_job(service.database, first, model=stale_model, layers=[])
     assert service.client.get("/models/m_stale").status_code == 404
     expire()
@@ -53,6 +49,7 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     assert "max_attempts=2" in job["error"]
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_job(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=8))["id"]
     body = job_body(dataset_id, training={"epochs": 50, "batch_size": 4})
@@ -73,6 +70,7 @@ def test_cancel_stops_a_running_job(service: Service) -> None:
     assert job["progress"]["epoch"] < 50
 
 
+@pytest.mark.slow
 def test_model_predicts_its_training_images_as_well_as_training_said(trained) -> None:
     """BN layers trained with momentum 0.99x: without recomputed statistics this fails."""
     client = trained["service"].client
@@ -121,6 +119,7 @@ def test_recomputed_statistics_are_batch_averages() -> None:
     assert layer.momentum == 0.999
 
 
+@pytest.mark.slow
 def test_new_job_from_a_stored_models_backbone(trained) -> None:
     service: Service = trained["service"]
     source_id = trained["job"]["model_id"]
@@ -163,6 +162,7 @@ def weight_arrays(blob: bytes) -> list[np.ndarray]:
     return arrays
 
 
+@pytest.mark.slow
 def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
     """`python -m service worker`: an offline imagenet job fails naming the file; the next
     job succeeds; SIGTERM ends the process cleanly."""
