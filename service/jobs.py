@@ -7,7 +7,8 @@ The API and the worker both call this module and neither re-implements it:
   complete), each one transaction; every write after a claim is fenced by the lease owner,
   so a worker whose lease was taken over can change nothing;
 - the checks that a spec's references exist (dataset, weights source, class names), raising
-  domain errors that the API maps to 404/409/422 and the worker to a failed job;
+  the domain's problems (service/problems.py): the API answers them 404/409/422, the worker
+  fails the job with the same message;
 - the "in use" rule: what a queued or running job needs cannot be deleted;
 - reading stored specs: leniently for display, strictly where a job is about to run.
 """
@@ -20,11 +21,13 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
+from service.problems import Conflict, Invalid, NotFound, Problem
 from service.spec import JobSpec
 from service.storage.db import Database
+from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
     WEIGHTS_SOURCES,
     Dataset,
@@ -47,38 +50,6 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-# -- domain errors ----------------------------------------------------------------------
-
-
-class JobProblem(Exception):
-    """A job cannot be created, changed or run as asked; the message says why.
-
-    `field` locates the problem in the spec (("training", "class_weight", "cats")), when
-    it lies in one field.
-    """
-
-    def __init__(self, message: str, *, field: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-    def __str__(self) -> str:
-        where = ".".join(str(part) for part in self.field)
-        return f"{where}: {self.message}" if where else self.message
-
-
-class NotFound(JobProblem):
-    """Something the request names does not exist (HTTP 404)."""
-
-
-class Invalid(JobProblem):
-    """The spec does not fit what it refers to (HTTP 422)."""
-
-
-class Conflict(JobProblem):
-    """The request conflicts with a job's current state (HTTP 409)."""
 
 
 # -- reading stored specs -----------------------------------------------------------------
@@ -189,6 +160,59 @@ def ensure_unused(session: Session, resource: Resource) -> None:
         )
 
 
+# -- what the API and the console ask ---------------------------------------------------------
+
+
+def submit(session: Session, spec: JobSpec) -> Job:
+    """Check what the spec refers to, then queue it. Builds the backbone when a stage names a
+    freeze point (TensorFlow): call it off any event loop."""
+    dataset = check_references(session, spec)
+    check_freeze_points(spec)
+    return enqueue(session, spec, dataset)
+
+
+def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
+    """Every stage's layer table, as the trained model's /layers would show it, with totals;
+    nothing is trained or stored."""
+    dataset = check_references(session, spec)
+    check_freeze_points(spec)
+    from service.ml.build import preview_layers
+
+    return [
+        {
+            "stage": number,
+            "trainable_params": sum(row["trainable_params"] for row in rows),
+            "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
+            "layers": rows,
+        }
+        for number, rows in enumerate(preview_layers(spec, len(dataset.classes)), start=1)
+    ]
+
+
+def _with_model_ids(query: Select[Any]) -> Select[Any]:
+    return query.add_columns(TrainedModel.id).outerjoin(
+        TrainedModel, TrainedModel.job_id == Job.id
+    )
+
+
+def list_jobs(
+    session: Session, page: Page, status: JobStatus | None = None
+) -> PageOf[tuple[Job, str | None]]:
+    """A page of jobs, newest first, each with the id of the model it produced."""
+    query = _with_model_ids(select(Job))
+    if status is not None:
+        query = query.where(Job.status == status)
+    return fetch_page(session, query, Job, page, scalars=False, key=lambda row: row[0])
+
+
+def get_job(session: Session, job_id: str) -> tuple[Job, str | None]:
+    """The job and the id of the model it produced."""
+    row = session.execute(_with_model_ids(select(Job).where(Job.id == job_id))).first()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}")
+    return row[0], row[1]
+
+
 # -- transitions the API makes --------------------------------------------------------------
 
 
@@ -229,6 +253,7 @@ class Claim:
     worker_id: str
     attempt: int
     spec: dict[str, Any]
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -273,7 +298,13 @@ def claim_next_job(
             job.progress = None
             job.history = []
             job.error = None
-            return Claim(job_id=job.id, worker_id=worker_id, attempt=job.attempts, spec=job.spec)
+            return Claim(
+                job_id=job.id,
+                worker_id=worker_id,
+                attempt=job.attempts,
+                spec=job.spec,
+                name=job.name,
+            )
 
 
 def _next_claimable(session: Session, db: Database, now: datetime) -> Job | None:
@@ -381,3 +412,6 @@ def complete_job(
         session.flush()
         session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
         return True
+
+
+__all__ = ["Conflict", "Invalid", "NotFound", "Problem"]  # the problems jobs raise

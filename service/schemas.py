@@ -105,6 +105,16 @@ class DatasetRead(BaseModel):
     created_at: datetime
 
 
+class DatasetImageRead(BaseModel):
+    model_config = _example(
+        {"id": 1041, "label": "cats", "filename": "cats/001.jpg", "size_bytes": 48213}
+    )
+    id: int = Field(description="The image's number; with the dataset's id it names the image.")
+    label: str = Field(description="Its class: the folder it came from.")
+    filename: str = Field(description="Its path in the uploaded zip.")
+    size_bytes: int
+
+
 class Progress(BaseModel):
     stage: int = 1
     stages: int = 1
@@ -308,6 +318,28 @@ class EvaluationRead(BaseModel):
     accuracy: float
     per_class: list[ClassReport]
     confusion_matrix: ConfusionMatrix
+
+
+class EvaluationSample(BaseModel):
+    model_config = _example(
+        {
+            "image_id": 1041,
+            "label": "cats",
+            "predicted": "dogs",
+            "score": 0.8123,
+            "scores": {"cats": 0.1877, "dogs": 0.8123},
+        }
+    )
+    image_id: int = Field(
+        description="The image in the model's dataset: "
+        "`GET /datasets/{dataset_id}/images/{image_id}`."
+    )
+    label: str = Field(description="Its true class.")
+    predicted: str = Field(description="The class the model gave it.")
+    score: float = Field(description="The probability of the predicted class (the highest).")
+    scores: dict[str, float] = Field(
+        description="Every class's probability, rounded to 4 decimals (so they sum to about 1)."
+    )
 
 
 class WeightsRead(BaseModel):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import undefer
 
 from service import jobs
 from service.config import Settings
+from service.problems import Problem
 from service.spec import JobSpec
 from service.storage.db import Database
 from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
@@ -162,7 +163,7 @@ class Worker:
                 model, layers = self._train(claim, monitor)
             except TrainingStopped:
                 model = None
-            except (WeightsUnavailable, jobs.JobProblem) as error:
+            except (WeightsUnavailable, Problem) as error:
                 log.warning("job %s failed: %s", claim.job_id, error)
                 jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error))
                 return
@@ -197,26 +198,37 @@ class Worker:
 
         from service.ml import export
         from service.ml.build import describe_layers, parameter_counts
-        from service.ml.train import train
+        from service.ml.train import prediction_samples, train
 
         spec = jobs.runnable_spec(claim.spec)
         data = load_dataset(self.db, spec)
         keras.backend.clear_session()
         with backbone_weights(self.db, spec) as weights:
             result = train(spec, data, monitor, backbone_weights=weights)
+        evaluation = result.evaluation
+        if evaluation is not None and result.validation_probabilities is not None:
+            # Named by dataset row, so a client can show the images behind each matrix cell.
+            index = result.validation_index
+            samples = prediction_samples(
+                [data.ids[i] for i in index],
+                data.labels[index],
+                result.validation_probabilities,
+                data.classes,
+            )
+            evaluation = {**evaluation, "samples": samples}
         model = result.network.model
         trainable, non_trainable = parameter_counts(model)
         savedmodel = export.export_savedmodel(model)
         stored = TrainedModel(
             id=new_id("m"),
-            name=spec.name or claim.job_id,
+            name=claim.name or spec.name or claim.job_id,
             job_id=claim.job_id,
             dataset_id=spec.dataset_id,
             backbone=spec.backbone.name,
             input_size=spec.input_size,
             classes=data.classes,
             metrics=result.metrics,
-            evaluation=result.evaluation,
+            evaluation=evaluation,
             trainable_params=trainable,
             non_trainable_params=non_trainable,
             size_bytes=len(savedmodel),
@@ -236,7 +248,7 @@ def load_dataset(db: Database, spec: JobSpec) -> Any:
         dataset = jobs.check_references(session, spec)
         classes = [entry["name"] for entry in dataset.classes]
         rows = session.execute(
-            select(DatasetImage.label, DatasetImage.data)
+            select(DatasetImage.id, DatasetImage.label, DatasetImage.data)
             .where(DatasetImage.dataset_id == dataset.id)
             .order_by(DatasetImage.id)
         ).all()
@@ -245,6 +257,7 @@ def load_dataset(db: Database, spec: JobSpec) -> Any:
         images=[row.data for row in rows],
         labels=np.array([index[row.label] for row in rows], dtype=np.int32),
         classes=classes,
+        ids=[row.id for row in rows],
     )
 
 

@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from service.jobs import JobStatus
-from service.storage.tables import Job, TrainedModel, new_id
-from tests.conftest import Service, colour_images, job_body
+from service.storage.tables import Job, new_id
+from tests.browser import start_live_service
+from tests.conftest import Service, class_zip, colour_images, job_body, stored_model
 
 
-def stored_model(service: Service, backbone: str = "MobileNetV2") -> str:
+def store_model(service: Service) -> str:
     """A model row as the worker would store it; the rule under test never loads its bytes."""
-    model_id = new_id("m")
+    model = stored_model(None)
     with service.database.session(write=True) as session:
-        session.add(
-            TrainedModel(
-                id=model_id,
-                name="source",
-                backbone=backbone,
-                input_size=32,
-                classes=["a", "b"],
-                metrics={},
-                trainable_params=0,
-                non_trainable_params=0,
-                size_bytes=1,
-                savedmodel_sha256="0" * 64,
-                savedmodel=b"-",
-                backbone_weights=b"-",
-            )
-        )
-    return model_id
+        session.add(model)
+    return model.id
 
 
 def test_a_model_a_job_still_needs_cannot_be_deleted(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=3))["id"]
-    model_id = stored_model(service)
+    model_id = store_model(service)
     body = job_body(dataset_id, backbone={"weights": f"model:{model_id}"})
     first = service.client.post("/jobs", json=body).json()["id"]
     second = service.client.post("/jobs", json=body).json()["id"]
@@ -163,3 +150,20 @@ def test_text_that_is_not_unicode_is_422_not_a_database_error(service: Service) 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "dataset_id"]
     assert service.client.get("/jobs").status_code == 200
+
+
+def test_what_an_answer_says_was_created_can_be_read_at_once(tmp_path: Path) -> None:
+    # Over a real server: the request's transaction commits before its answer leaves.
+    live = start_live_service(tmp_path / "data")
+    try:
+        with live.client() as client:
+            dataset = client.post(
+                "/datasets",
+                files={"file": ("c.zip", class_zip(colour_images(per_class=3)), "application/zip")},
+            ).json()
+            assert client.get(f"/datasets/{dataset['id']}").status_code == 200
+            for _ in range(60):
+                job = client.post("/jobs", json=job_body(dataset["id"])).json()
+                assert client.get(f"/jobs/{job['id']}").status_code == 200
+    finally:
+        live.stop()

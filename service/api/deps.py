@@ -1,13 +1,11 @@
-"""Dependencies shared by the routers: settings, the database session, the model cache, auth."""
+"""Dependencies shared by the routers: settings, the database session, the model cache."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -44,27 +42,10 @@ def get_serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
-_bearer = HTTPBearer(auto_error=False, description="Needed when the API_KEY setting is given.")
-
-
-def require_api_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits before the answer is sent, so a client told 201
+# can read what it created at once, and a failed commit is an error answer, not a lost write.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

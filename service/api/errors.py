@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from service.jobs import Conflict, Invalid, JobProblem, NotFound
+from service.problems import BadContent, Conflict, Invalid, NotFound, Problem
 
 
 def unprocessable(
@@ -70,7 +70,7 @@ _SAFE_ENCODERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
-STATUS = {NotFound: 404, Conflict: 409}
+STATUS = {BadContent: 400, NotFound: 404, Conflict: 409}
 
 
 async def unprocessable_answer(request: Request, error: Exception) -> JSONResponse:
@@ -87,11 +87,13 @@ async def http_error_answer(request: Request, error: Exception) -> Response:
     return await http_exception_handler(request, safe)
 
 
-async def job_problem_answer(request: Request, error: Exception) -> Response:
-    """The job lifecycle's domain errors: 404, 409, or a 422 locating the field."""
-    assert isinstance(error, JobProblem)
+async def problem_answer(request: Request, error: Exception) -> Response:
+    """The domain's problems: 400, 404, 409, or a 422 locating the field."""
+    assert isinstance(error, Problem)
     if isinstance(error, Invalid):
-        return await unprocessable_answer(request, invalid(list(error.field), error.message))
+        return await unprocessable_answer(
+            request, invalid(list(error.field), error.message, part=error.part)
+        )
     status = STATUS.get(type(error), 400)
     return await http_error_answer(request, HTTPException(status, str(error)))
 
@@ -99,4 +101,4 @@ async def job_problem_answer(request: Request, error: Exception) -> Response:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, unprocessable_answer)
     app.add_exception_handler(HTTPException, http_error_answer)
-    app.add_exception_handler(JobProblem, job_problem_answer)
+    app.add_exception_handler(Problem, problem_answer)

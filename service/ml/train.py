@@ -24,6 +24,9 @@ DECODED_CACHE_BYTES = 2 * 1024**3
 FEATURE_CACHE_BYTES = 2 * 1024**3
 # Enough batches for stable BatchNormalization statistics; more only costs time.
 BN_STATISTICS_MAX_BATCHES = 200
+# Decimals kept of each probability in the evaluation's samples: every validation image's
+# scores are stored with the model, so their size counts; four are more than a person reads.
+SAMPLE_SCORE_DECIMALS = 4
 
 
 class TrainingObserver(Protocol):
@@ -45,6 +48,9 @@ class LabelledImages:
     images: list[bytes]
     labels: np.ndarray  # int32 class indices
     classes: list[str]
+    # The stored dataset's row of each image, when they came from one: the worker names the
+    # validation images by these (training itself never needs them).
+    ids: list[int] | None = None
 
 
 @dataclass
@@ -58,6 +64,10 @@ class TrainingResult:
     split: dict[str, int] = field(default_factory=dict)
     # Wall seconds per phase: build, features (the cached backbone pass), fit, evaluate.
     seconds: dict[str, float] = field(default_factory=dict)
+    # Positions in the data of the validation images, ascending, and the final model's
+    # probabilities for them (row k: image validation_index[k]); None without a validation split.
+    validation_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    validation_probabilities: np.ndarray | None = None
 
 
 def stratified_split(
@@ -239,6 +249,7 @@ class _Split:
 class _Splits:
     train: _Split
     validation: _Split
+    validation_index: np.ndarray  # positions in the data of the validation images, ascending
     train_pixels: tf.data.Dataset  # shuffled by the seed, afresh each epoch
     validation_pixels: tf.data.Dataset | None  # None when no image was held out
 
@@ -273,6 +284,7 @@ def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
     return _Splits(
         train=train_split,
         validation=val_split,
+        validation_index=val_index,
         train_pixels=train_split.pixels(spec, training.seed),
         validation_pixels=val_split.pixels(spec, None) if len(val_split) else None,
     )
@@ -337,7 +349,9 @@ def train(
         spec, network, splits, observer, feature_cache=feature_cache, seconds=seconds
     )
     clock = time.perf_counter()
-    metrics, evaluation = _final_metrics(network.model, splits, history, spec, data.classes)
+    metrics, evaluation, probabilities = _final_metrics(
+        network.model, splits, history, spec, data.classes
+    )
     seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(
         network=network,
@@ -348,6 +362,8 @@ def train(
         cached_stages=cached_stages,
         split=splits.sizes(),
         seconds=seconds,
+        validation_index=splits.validation_index,
+        validation_probabilities=probabilities,
     )
 
 
@@ -486,21 +502,21 @@ def _final_metrics(
     history: list[dict[str, float]],
     spec: JobSpec,
     classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None]:
+) -> tuple[dict[str, float], dict[str, Any] | None, np.ndarray | None]:
     """The last epoch's metrics; with a validation split, its loss and accuracy measured
-    again, and the per-class report."""
+    again, the per-class report, and the probabilities they were measured from."""
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
     if splits.validation_pixels is None:
-        return metrics, None
+        return metrics, None, None
     # Measured on the model as exported: after early stopping's restore and the BN fix.
     probabilities = model.predict(splits.validation_pixels, verbose=0)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
     metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
     evaluation = evaluate(splits.validation.labels, probabilities, classes)
     metrics["val_accuracy"] = evaluation["accuracy"]
-    return metrics, evaluation
+    return metrics, evaluation, probabilities
 
 
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -527,6 +543,28 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) 
         ],
         "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
     }
+
+
+def prediction_samples(
+    image_ids: Sequence[int], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> list[dict[str, Any]]:
+    """One row per evaluated image: its id, true and predicted class, and its probability of
+    every class (in `classes` order, rounded). `predicted` is the argmax `evaluate` took of
+    the same unrounded probabilities, so the rows of a confusion-matrix cell number its count.
+    """
+    predicted = np.argmax(probabilities, axis=1)
+    rounded = np.round(probabilities.astype(np.float64), SAMPLE_SCORE_DECIMALS)
+    return [
+        {
+            "image_id": int(image_id),
+            "label": classes[int(label)],
+            "predicted": classes[int(guess)],
+            "scores": [float(score) for score in scores],
+        }
+        for image_id, label, guess, scores in zip(
+            image_ids, labels, predicted, rounded, strict=True
+        )
+    ]
 
 
 def trainable_batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:

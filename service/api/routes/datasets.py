@@ -1,27 +1,23 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
-from sqlalchemy import delete, select
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import jobs
+from service import datasets
 from service.api.deps import SessionDep, SettingsDep
-from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
-from service.ingest import BadArchive, Limits, read_image_zip
-from service.schemas import DatasetRead
-from service.storage.tables import Dataset, DatasetImage, new_id
+from service.api.pagination import LINK_HEADER, PageDep, link_next
+from service.schemas import DatasetImageRead, DatasetRead
+from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
+from service.storage.tables import Dataset, DatasetImage
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 NOT_FOUND = {404: {"description": "Unknown dataset"}}
-
-
-def get_dataset(session: SessionDep, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise HTTPException(404, f"no dataset {dataset_id!r}")
-    return dataset
+# An image never changes once stored, and (dataset id, image id) never names another.
+IMMUTABLE = "max-age=31536000, immutable"
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
 
 
 @router.post(
@@ -40,36 +36,10 @@ def create_dataset(
     file: Annotated[UploadFile, File(description="A .zip: one folder per class, images inside")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> Dataset:
-    limits = Limits(
-        max_files=settings.max_dataset_files,
-        max_image_bytes=settings.max_image_bytes,
-        max_total_bytes=settings.max_dataset_bytes,
+    limits = datasets.upload_limits(settings)
+    return datasets.create_dataset(
+        session, upload=file.file, filename=file.filename, name=name, limits=limits
     )
-    try:
-        archive = read_image_zip(file.file, limits)
-    except BadArchive as error:
-        raise HTTPException(400, f"{file.filename or 'file'}: {error}") from None
-    dataset = Dataset(
-        id=new_id("d"),
-        name=name or (file.filename or "dataset").removesuffix(".zip"),
-        num_images=len(archive.images),
-        classes=[{"name": label, "count": count} for label, count in archive.class_counts.items()],
-        skipped=archive.skipped,
-    )
-    session.add(dataset)
-    session.flush()
-    session.add_all(
-        DatasetImage(
-            dataset_id=dataset.id,
-            label=image.label,
-            filename=image.filename,
-            data=image.data,
-            size_bytes=len(image.data),
-        )
-        for image in archive.images
-    )
-    session.flush()
-    return dataset
 
 
 @router.get(
@@ -81,13 +51,12 @@ def create_dataset(
 def list_datasets(
     session: SessionDep, request: Request, response: Response, page: PageDep
 ) -> list[Dataset]:
-    datasets = session.scalars(keyset(select(Dataset), Dataset, page)).all()
-    return one_page(datasets, page, request, response)
+    return link_next(datasets.list_datasets(session, page), page.limit, request, response)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND)
 def read_dataset(session: SessionDep, dataset_id: str) -> Dataset:
-    return get_dataset(session, dataset_id)
+    return datasets.get_dataset(session, dataset_id)
 
 
 @router.delete(
@@ -97,8 +66,72 @@ def read_dataset(session: SessionDep, dataset_id: str) -> Dataset:
     responses={**NOT_FOUND, 409: {"description": "A queued or running job uses it"}},
 )
 def delete_dataset(session: SessionDep, dataset_id: str) -> Response:
-    dataset = get_dataset(session, dataset_id)
-    jobs.ensure_unused(session, dataset)
-    session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset.id))
-    session.delete(dataset)
+    datasets.delete_dataset(session, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{dataset_id}/images",
+    response_model=list[DatasetImageRead],
+    summary="The dataset's images (without their bytes) in upload order, a page at a time",
+    description="422 names `label` when it is not a class of the dataset.",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of images"}, **NOT_FOUND},
+)
+def list_images(
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    dataset_id: str,
+    label: Annotated[str | None, Query(max_length=200, description="Only this class")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Images per page")] = (
+        DEFAULT_LIMIT
+    ),
+    after: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=datasets.MAX_IMAGE_ID,
+            description='Only images after this image id; the `Link: <…>; rel="next"` header '
+            "of the page before carries it.",
+        ),
+    ] = None,
+) -> Sequence[DatasetImage]:
+    rows, next_after = datasets.list_images(
+        session, dataset_id, label=label, limit=limit, after=after
+    )
+    if next_after is not None:
+        url = request.url.include_query_params(after=next_after, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return rows
+
+
+@router.get(
+    "/{dataset_id}/images/{image_id}",
+    response_class=Response,
+    summary="One image as uploaded, or a JPEG thumbnail of it with `size`",
+    responses={
+        200: {
+            "content": {
+                kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_TYPES
+            },
+            "description": "The image; a thumbnail is always image/jpeg",
+        },
+        404: {"description": "Unknown dataset, or no such image in it"},
+    },
+)
+def read_image(
+    session: SessionDep,
+    dataset_id: str,
+    image_id: int,
+    size: Annotated[
+        int | None,
+        Query(
+            ge=datasets.THUMBNAIL_SIZES.start,
+            le=datasets.THUMBNAIL_SIZES.stop - 1,
+            description="A thumbnail whose longer side is this many pixels, aspect kept",
+        ),
+    ] = None,
+) -> Response:
+    data, media_type = datasets.image_bytes(session, dataset_id, image_id, size=size)
+    headers = {"Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type=media_type, headers=headers)

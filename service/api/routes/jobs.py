@@ -9,17 +9,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from service import jobs
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
-from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
+from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.jobs import FINISHED, JobStatus
 from service.schemas import JobRead, LayersRead
 from service.spec import JobSpec
 from service.storage.db import Database
-from service.storage.tables import Dataset, Job, TrainedModel
+from service.storage.tables import Job, TrainedModel
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -30,30 +30,9 @@ SPEC_ERRORS = {
 }
 
 
-async def check_spec(session: SessionDep, spec: JobSpec) -> Dataset:
-    """The job lifecycle's reference checks; the layer-name check builds the backbone, so it
-    runs off the event loop."""
-    dataset = jobs.check_references(session, spec)
-    await run_in_threadpool(jobs.check_freeze_points, spec)
-    return dataset
-
-
-def _with_model_ids(query: Select[Any]) -> Select[Any]:
-    return query.add_columns(TrainedModel.id).outerjoin(
-        TrainedModel, TrainedModel.job_id == Job.id
-    )
-
-
 def _job_read(job: Job, model_id: str | None) -> JobRead:
     fields = {name: getattr(job, name) for name in JobRead.model_fields if name != "model_id"}
     return JobRead.model_validate({**fields, "model_id": model_id})
-
-
-def job_read(session: SessionDep, job_id: str) -> JobRead:
-    row = session.execute(_with_model_ids(select(Job).where(Job.id == job_id))).first()
-    if row is None:
-        raise HTTPException(404, f"no job {job_id!r}")
-    return _job_read(*row)
 
 
 @router.post(
@@ -63,10 +42,9 @@ def job_read(session: SessionDep, job_id: str) -> JobRead:
     summary="Queue a transfer-learning job",
     responses=SPEC_ERRORS,
 )
-async def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
-    dataset = await check_spec(session, spec)
-    job = jobs.enqueue(session, spec, dataset)
-    return job_read(session, job.id)
+def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
+    job = jobs.submit(session, spec)
+    return _job_read(*jobs.get_job(session, job.id))
 
 
 @router.post(
@@ -75,20 +53,8 @@ async def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
     summary="Build the model and show its layers, without training",
     responses=SPEC_ERRORS,
 )
-async def preview_job(session: SessionDep, spec: JobSpec) -> dict[str, Any]:
-    dataset = await check_spec(session, spec)
-    from service.ml.build import preview_layers
-
-    tables = await run_in_threadpool(preview_layers, spec, len(dataset.classes))
-    stages = [
-        {
-            "stage": number,
-            "trainable_params": sum(row["trainable_params"] for row in rows),
-            "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
-            "layers": rows,
-        }
-        for number, rows in enumerate(tables, start=1)
-    ]
+def preview_job(session: SessionDep, spec: JobSpec) -> dict[str, Any]:
+    stages = jobs.preview(session, spec)
     return {"model_id": None, **stages[-1], "stages": stages}
 
 
@@ -105,17 +71,13 @@ def list_jobs(
     page: PageDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
 ) -> list[JobRead]:
-    query = _with_model_ids(select(Job))
-    if status is not None:
-        query = query.where(Job.status == status)
-    rows = session.execute(keyset(query, Job, page)).all()
-    kept = one_page(rows, page, request, response, key=lambda row: row[0])
-    return [_job_read(job, model_id) for job, model_id in kept]
+    rows = link_next(jobs.list_jobs(session, page, status), page.limit, request, response)
+    return [_job_read(job, model_id) for job, model_id in rows]
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=NOT_FOUND)
 def read_job(session: SessionDep, job_id: str) -> JobRead:
-    return job_read(session, job_id)
+    return _job_read(*jobs.get_job(session, job_id))
 
 
 @router.post(
@@ -125,11 +87,9 @@ def read_job(session: SessionDep, job_id: str) -> JobRead:
     responses={**NOT_FOUND, 409: {"description": "The job has already finished"}},
 )
 def cancel_job(session: SessionDep, job_id: str) -> JobRead:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id!r}")
+    job, _ = jobs.get_job(session, job_id)
     jobs.cancel(session, job)
-    return job_read(session, job_id)
+    return _job_read(*jobs.get_job(session, job_id))
 
 
 # A comment line this often keeps proxies from closing a quiet stream.

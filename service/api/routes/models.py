@@ -2,26 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from sqlalchemy import delete, select
-from sqlalchemy.orm import undefer
+from fastapi import APIRouter, Query, Request, Response, status
 
-from service import jobs
+from service import models
 from service.api.deps import ModelCacheDep, SessionDep
-from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
-from service.schemas import EvaluationRead, LayersRead, ModelRead
-from service.storage.tables import ModelLayer, TrainedModel
+from service.api.pagination import LINK_HEADER, PageDep, link_next
+from service.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
+from service.storage.tables import TrainedModel
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 NOT_FOUND = {404: {"description": "Unknown model"}}
-
-
-def get_model(session: SessionDep, model_id: str, *options: Any) -> TrainedModel:
-    model = session.get(TrainedModel, model_id, options=options)
-    if model is None:
-        raise HTTPException(404, f"no model {model_id!r}")
-    return model
 
 
 def model_read(model: TrainedModel) -> ModelRead:
@@ -46,13 +37,13 @@ def model_read(model: TrainedModel) -> ModelRead:
 def list_models(
     session: SessionDep, request: Request, response: Response, page: PageDep
 ) -> list[ModelRead]:
-    models = session.scalars(keyset(select(TrainedModel), TrainedModel, page)).all()
-    return [model_read(model) for model in one_page(models, page, request, response)]
+    rows = link_next(models.list_models(session, page), page.limit, request, response)
+    return [model_read(model) for model in rows]
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
 def read_model(session: SessionDep, model_id: str) -> ModelRead:
-    return model_read(get_model(session, model_id))
+    return model_read(models.get_model(session, model_id))
 
 
 @router.get(
@@ -66,16 +57,7 @@ def model_layers(
     model_id: str,
     trainable: Annotated[bool | None, Query(description="Only layers with this status")] = None,
 ) -> dict[str, Any]:
-    model = get_model(session, model_id)
-    query = select(ModelLayer).where(ModelLayer.model_id == model_id).order_by(ModelLayer.index)
-    if trainable is not None:
-        query = query.where(ModelLayer.trainable == trainable)
-    return {
-        "model_id": model.id,
-        "trainable_params": model.trainable_params,
-        "non_trainable_params": model.non_trainable_params,
-        "layers": list(session.scalars(query)),
-    }
+    return models.model_layers(session, model_id, trainable)
 
 
 @router.get(
@@ -85,12 +67,34 @@ def model_layers(
     responses={404: {"description": "Unknown model, or one trained without a validation split"}},
 )
 def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
-    model = get_model(session, model_id, undefer(TrainedModel.evaluation))
-    if model.evaluation is None:
-        raise HTTPException(
-            404, f"model {model_id} has no evaluation: it was trained with validation_split 0"
-        )
-    return {"model_id": model.id, **model.evaluation}
+    return models.model_evaluation(session, model_id)
+
+
+@router.get(
+    "/{model_id}/evaluation/samples",
+    response_model=list[EvaluationSample],
+    summary="The validation images behind the evaluation, with the model's scores for each",
+    description="`label` and `predicted` together give the images of one confusion-matrix "
+    "cell (row `label`, column `predicted`): exactly as many as the cell counts. 422 names "
+    "`label` or `predicted` when it is not a class of the model.",
+    responses={
+        404: {
+            "description": "Unknown model, one trained without a validation split, or one "
+            "whose evaluation predates per-image samples"
+        },
+    },
+)
+def evaluation_samples(
+    session: SessionDep,
+    model_id: str,
+    label: Annotated[
+        str | None, Query(max_length=200, description="Only images of this true class")
+    ] = None,
+    predicted: Annotated[
+        str | None, Query(max_length=200, description="Only images predicted as this class")
+    ] = None,
+) -> list[dict[str, Any]]:
+    return models.evaluation_samples(session, model_id, label=label, predicted=predicted)
 
 
 @router.get(
@@ -103,7 +107,7 @@ def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
     },
 )
 def download_savedmodel(session: SessionDep, model_id: str) -> Response:
-    model = get_model(session, model_id, undefer(TrainedModel.savedmodel))
+    model = models.savedmodel_archive(session, model_id)
     return Response(
         model.savedmodel,
         media_type="application/gzip",
@@ -121,10 +125,6 @@ def download_savedmodel(session: SessionDep, model_id: str) -> Response:
     responses={**NOT_FOUND, 409: {"description": "A queued or running job starts from it"}},
 )
 def delete_model(session: SessionDep, cache: ModelCacheDep, model_id: str) -> Response:
-    model = get_model(session, model_id)
-    jobs.ensure_unused(session, model)
-    session.execute(delete(ModelLayer).where(ModelLayer.model_id == model.id))
-    session.delete(model)
-    session.flush()
+    models.delete_model(session, model_id)
     cache.evict(model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,27 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
-from sqlalchemy import select
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 
-from service import jobs
+from service import weights_files
 from service.api.deps import SessionDep
-from service.api.errors import invalid
-from service.api.pagination import LINK_HEADER, PageDep, keyset, one_page
-from service.backbones import BACKBONES
+from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.schemas import WeightsRead
-from service.storage.tables import WeightsFile, new_id
+from service.storage.tables import WeightsFile
 
 router = APIRouter(prefix="/weights", tags=["weights"])
 
 NOT_FOUND = {404: {"description": "Unknown weights file"}}
-
-
-def get_weights_file(session: SessionDep, weights_id: str) -> WeightsFile:
-    weights = session.get(WeightsFile, weights_id)
-    if weights is None:
-        raise HTTPException(404, f"no weights file {weights_id!r}")
-    return weights
 
 
 @router.post(
@@ -43,28 +33,9 @@ def upload_weights(
     ],
     backbone: Annotated[str, Form(description="A name from GET /backbones")],
 ) -> WeightsFile:
-    from service.ml.export import sha256
-    from service.ml.weights import WeightsMismatch, check_weights
-
-    if backbone not in BACKBONES:
-        raise invalid(["backbone"], f"unknown backbone {backbone!r}; GET /backbones lists them")
-    data = file.file.read()
-    filename = file.filename or "weights.h5"
-    try:
-        check_weights(backbone, data)
-    except WeightsMismatch as error:
-        raise HTTPException(400, f"{filename}: {error}") from None
-    weights = WeightsFile(
-        id=new_id("w"),
-        backbone=backbone,
-        filename=filename[:255],
-        size_bytes=len(data),
-        sha256=sha256(data),
-        data=data,
+    return weights_files.upload_weights(
+        session, data=file.file.read(), filename=file.filename, backbone=backbone
     )
-    session.add(weights)
-    session.flush()
-    return weights
 
 
 @router.get(
@@ -76,13 +47,12 @@ def upload_weights(
 def list_weights(
     session: SessionDep, request: Request, response: Response, page: PageDep
 ) -> list[WeightsFile]:
-    files = session.scalars(keyset(select(WeightsFile), WeightsFile, page)).all()
-    return one_page(files, page, request, response)
+    return link_next(weights_files.list_weights(session, page), page.limit, request, response)
 
 
 @router.get("/{weights_id}", response_model=WeightsRead, responses=NOT_FOUND)
 def read_weights(session: SessionDep, weights_id: str) -> WeightsFile:
-    return get_weights_file(session, weights_id)
+    return weights_files.get_weights(session, weights_id)
 
 
 @router.delete(
@@ -92,8 +62,5 @@ def read_weights(session: SessionDep, weights_id: str) -> WeightsFile:
     responses={**NOT_FOUND, 409: {"description": "A queued or running job uses it"}},
 )
 def delete_weights(session: SessionDep, weights_id: str) -> Response:
-    weights = get_weights_file(session, weights_id)
-    jobs.ensure_unused(session, weights)
-    session.delete(weights)
-    session.flush()
+    weights_files.delete_weights(session, weights_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,98 @@
+"""Keyset pages of any list, newest first: `limit` rows after a cursor.
+
+The cursor is opaque to clients: the (created_at, id) of the page's last row. A page costs
+an index walk from there (every listed table has an index on (created_at, id)), however
+deep it is, unlike OFFSET; rows added meanwhile never shift a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+Row = TypeVar("Row")
+
+
+class Keyed(Protocol):
+    id: Any
+    created_at: Any
+
+
+class BadCursor(ValueError):
+    """A cursor this service did not give."""
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+    @property
+    def after(self) -> tuple[datetime, str] | None:
+        return decode_cursor(self.cursor) if self.cursor else None
+
+
+@dataclass(frozen=True)
+class PageOf(Generic[Row]):
+    rows: list[Row]
+    next_cursor: str | None  # None on the last page
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, row_id = json.loads(raw)
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not isinstance(row_id, str):
+            raise ValueError(cursor)
+        return moment, row_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadCursor(
+            'not a cursor this service gave; follow the Link header\'s rel="next" URL'
+        ) from None
+
+
+def fetch_page(
+    session: Session,
+    query: Select[Any],
+    table: type[Keyed],
+    page: Page,
+    *,
+    scalars: bool = True,
+    key: Callable[[Any], Keyed] = lambda row: row,
+) -> PageOf[Any]:
+    """One page of `query`'s rows of `table`, newest first. `key` finds the table's object in
+    a row that holds more (with `scalars=False`, rows are tuples)."""
+    query = query.order_by(table.created_at.desc(), table.id.desc())
+    after = page.after
+    if after is not None:
+        created_at, row_id = after
+        query = query.where(
+            or_(
+                table.created_at < created_at,
+                and_(table.created_at == created_at, table.id < row_id),
+            )
+        )
+    query = query.limit(page.limit + 1)  # one past the page: does another follow?
+    rows = list(session.scalars(query) if scalars else session.execute(query))
+    if len(rows) <= page.limit:
+        return PageOf(rows, None)
+    rows = rows[: page.limit]
+    last = key(rows[-1])
+    return PageOf(rows, encode_cursor(last.created_at, last.id))
