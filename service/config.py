@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     api_key: str | None = Field(None, description="When set, requests need 'Bearer <key>'.")
     cors_origins: list[str] = Field(default_factory=list)
+    session_seconds: int = Field(
+        12 * 3600, gt=0, description="How long a console login lasts (with API_KEY set)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The service's own log lines; DEBUG also shows libraries' lines."
     )

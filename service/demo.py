@@ -1,7 +1,10 @@
 """The whole loop, for real: API and worker processes on SQLite, scikit-learn's digits.
 
-Uploads the digits as a zip of class folders, trains MobileNetV2 from random weights (no
-download needed), lists its layers and classifies held-out digits over HTTP.
+Uploads the digits as a zip of class folders and trains MobileNetV2 on them: where Keras can
+download the ImageNet weights, as transfer learning does it (backbone frozen, the head trained
+on cached features, then the top fine-tuned at a low rate); offline, from random weights.
+Then it lists the model's layers, classifies held-out digits over HTTP, and (in a terminal)
+keeps the service up so the console can be explored, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ import numpy as np
 from PIL import Image
 
 INPUT_SIZE = 32
+PRETRAINED_INPUT_SIZE = 96  # the smallest size Keras has MobileNetV2 ImageNet weights for
+IMAGENET_WEIGHTS = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+)
 
 
 def digit_png(pixels: np.ndarray) -> bytes:
@@ -93,7 +101,8 @@ def follow_events(client: httpx.Client, job_id: str) -> None:
 def run_demo(*, data_dir: str, port: int, epochs: int) -> int:
     started = time.monotonic()
     directory = Path(data_dir).resolve()
-    environment = {**os.environ, "DATA_DIR": str(directory), "DATABASE_URL": ""}
+    # The demo's own service on loopback: no API key, so the console needs no login.
+    environment = {**os.environ, "DATA_DIR": str(directory), "DATABASE_URL": "", "API_KEY": ""}
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     python = [sys.executable, "-m", "service"]
     subprocess.run([*python, "migrate"], env=environment, check=True)
@@ -108,13 +117,75 @@ def run_demo(*, data_dir: str, port: int, epochs: int) -> int:
             [*python, "worker"], env=environment, stdout=worker_log, stderr=worker_log
         )
         try:
-            return _drive(f"http://127.0.0.1:{port}", epochs, started)
+            status = _drive(f"http://127.0.0.1:{port}", epochs, started)
+            if status == 0:
+                _stay_up(f"http://127.0.0.1:{port}", api)
+            return status
         finally:
             for process in (worker, api):
                 process.terminate()
             for process in (worker, api):
                 process.wait(timeout=60)
             print(f"logs in {logs}")
+
+
+def _stay_up(base: str, api: subprocess.Popen[bytes]) -> None:
+    """In a terminal, keep the service up for the console until Ctrl-C; elsewhere (scripts,
+    CI) end at once."""
+    print(f"console: {base}/console   API docs: {base}/docs")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return
+    print("the service stays up for you to explore; press Ctrl-C to stop it")
+    try:
+        api.wait()
+    except KeyboardInterrupt:
+        print()
+
+
+def imagenet_reachable() -> str | None:
+    """None when Keras can download MobileNetV2's ImageNet weights here; else why not."""
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    cached = keras_home / "models" / IMAGENET_WEIGHTS.rsplit("/", 1)[1]
+    if cached.exists():
+        return None
+    try:
+        response = httpx.head(IMAGENET_WEIGHTS, timeout=5, follow_redirects=True)
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}"
+    return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+
+def job_body(dataset_id: str, epochs: int, offline_reason: str | None) -> dict:
+    """Transfer learning where the weights can be had; training from scratch where not."""
+    if offline_reason is None:
+        print(
+            f"job: MobileNetV2 at {PRETRAINED_INPUT_SIZE} px from ImageNet weights: the head on "
+            f"a frozen backbone for {epochs} epochs, then the top 20 layers fine-tuned for 2"
+        )
+        return {
+            "dataset_id": dataset_id,
+            "name": "digits-mobilenetv2-imagenet",
+            "backbone": {
+                "name": "MobileNetV2", "weights": "imagenet", "input_size": PRETRAINED_INPUT_SIZE
+            },
+            "head": {"pooling": "avg", "dropout": 0.2},
+            "freeze": {"mode": "backbone"},
+            "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001},
+            "fine_tune": [
+                {"freeze": {"mode": "partial", "trainable_from": -20}, "epochs": 2,
+                 "learning_rate": 1e-4}
+            ],
+        }  # fmt: skip
+    print(f"offline ({offline_reason}): MobileNetV2 trains from random weights instead")
+    print(f"job: MobileNetV2 at {INPUT_SIZE} px, random weights, all layers train, {epochs} epochs")
+    return {
+        "dataset_id": dataset_id,
+        "name": "digits-mobilenetv2",
+        "backbone": {"name": "MobileNetV2", "weights": None, "input_size": INPUT_SIZE},
+        "head": {"pooling": "avg", "dropout": 0.2},
+        "freeze": {"mode": "none"},
+        "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001},
+    }
 
 
 def _drive(base: str, epochs: int, started: float) -> int:
@@ -170,24 +241,9 @@ def _wait_until_ready(client: httpx.Client) -> bool:
 
 def _train(client: httpx.Client, dataset_id: str, epochs: int) -> dict:
     """Queue the job, follow its events to the end, answer the finished job."""
-    job = (
-        client.post(
-            "/jobs",
-            json={
-                "dataset_id": dataset_id,
-                "name": "digits-mobilenetv2",
-                "backbone": {"name": "MobileNetV2", "weights": None, "input_size": INPUT_SIZE},
-                "head": {"pooling": "avg", "dropout": 0.2},
-                "freeze": {"mode": "none"},
-                "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001},
-            },
-        )
-        .raise_for_status()
-        .json()
-    )
-    print(
-        f"job {job['id']} queued: MobileNetV2 at {INPUT_SIZE} px, random weights, {epochs} epochs"
-    )
+    body = job_body(dataset_id, epochs, imagenet_reachable())
+    job = client.post("/jobs", json=body).raise_for_status().json()
+    print(f"job {job['id']} queued")
     follow_events(client, job["id"])
     return client.get(f"/jobs/{job['id']}").raise_for_status().json()
 

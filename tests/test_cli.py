@@ -49,3 +49,15 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_status_2(tmp_path: Path) -
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: setting MAX_PREDICT_FILES: ") and "'many'" in line
+
+
+def test_the_demo_trains_by_transfer_where_imagenet_weights_can_be_had() -> None:
+    from service.demo import job_body
+    from service.spec import JobSpec
+
+    online = JobSpec.model_validate(job_body("d_1", 3, offline_reason=None))
+    assert online.backbone.weights == "imagenet" and online.freeze.mode == "backbone"
+    assert [stage.freeze.mode for stage in online.stages] == ["backbone", "partial"]
+    assert online.stages[1].learning_rate < online.stages[0].learning_rate
+    offline = JobSpec.model_validate(job_body("d_1", 3, offline_reason="no network"))
+    assert offline.backbone.weights is None and offline.freeze.mode == "none"

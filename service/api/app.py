@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import errors
-from service.api.deps import require_api_key
+from service import web
+from service.api import errors, openapi
+from service.api.auth import require_api_key
 from service.api.limits import BodySizeLimit
 from service.api.routes import backbones, datasets, health, jobs, models, predict, weights
 from service.config import Settings, get_settings
@@ -56,24 +57,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served from vendored files by `openapi.install`, not from FastAPI's CDN.
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.settings = settings
     errors.install(app)
+    openapi.install(app)
+    web.install(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
     for module in (backbones, datasets, jobs, models, predict, weights):
         app.include_router(module.router, dependencies=secured)
 
-    def body_limit(path: str) -> int:
-        if path == "/datasets":
-            return settings.max_dataset_bytes
-        if path == "/predict" or path.startswith("/v1/models/"):
-            return settings.max_predict_bytes
-        if path == "/weights":
-            return settings.max_weights_bytes
-        return DEFAULT_BODY_LIMIT
-
-    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -84,3 +82,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     return app
 
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The largest body a path takes: uploads have their settings, the console's too."""
+    if path in ("/datasets", "/console/datasets"):
+        return settings.max_dataset_bytes
+    if path == "/predict" or path.startswith("/v1/models/"):
+        return settings.max_predict_bytes
+    if path.startswith("/console/models/") and path.endswith("/predict"):
+        return settings.max_predict_bytes
+    if path == "/weights":
+        return settings.max_weights_bytes
+    return DEFAULT_BODY_LIMIT

@@ -1,0 +1,33 @@
+"""The console: a browser UI served by the API process, over the same service functions as the
+JSON routes (never the JSON API over HTTP from the server). Templates and vendored static
+files live beside this module; nothing is fetched from a CDN."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from service.api.errors import problem_answer
+from service.problems import Conflict, NotFound, Problem
+from service.web.render import LoginRequired, login_redirect, page
+from service.web.routes import router
+
+HEADINGS = {NotFound: "Not found", Conflict: "Not now"}
+
+
+async def _problem(request: Request, error: Exception) -> Response:
+    """A problem on a console page is a page (or, for htmx, a fragment); elsewhere JSON."""
+    assert isinstance(error, Problem)
+    if not request.url.path.startswith("/console"):
+        return await problem_answer(request, error)
+    status = {NotFound: 404, Conflict: 409}.get(type(error), 400)
+    if request.headers.get("HX-Request"):
+        return page(request, "partials/error.html", status, message=str(error))
+    heading = HEADINGS.get(type(error), "That did not work")
+    return page(request, "error.html", status, heading=heading, message=str(error))
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.add_exception_handler(LoginRequired, login_redirect)
+    app.add_exception_handler(Problem, _problem)

@@ -1,0 +1,132 @@
+"""The new-job form as a job spec, and the few figures the form shows beside its choices.
+
+Pure functions: the form's fields in, the JSON body POST /jobs takes out. Validation is the
+spec's own (JobSpec), so the console refuses exactly what the API refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FormFields = Mapping[str, Sequence[str]]
+
+# Backbone layer names carry their block: block_3_expand, block2a_se, conv4_block1_out …
+BLOCK = re.compile(r"^(.*?block_?\d+[a-z]?|[a-z]+_?conv\d*|stem|conv\d+|top)", re.IGNORECASE)
+
+
+def _one(fields: FormFields, name: str, default: str = "") -> str:
+    values = fields.get(name) or [default]
+    return values[0].strip()
+
+
+def _number(text: str) -> int | float | str:
+    """A number when it reads as one; otherwise the text, so the spec names the field."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _freeze(mode: str, trainable_from: str, batchnorm: str = "") -> dict[str, Any]:
+    freeze: dict[str, Any] = {"mode": mode}
+    if mode == "partial":
+        start = _number(trainable_from) if trainable_from.lstrip("-").isdigit() else trainable_from
+        freeze["trainable_from"] = start
+    if batchnorm:
+        freeze["batchnorm"] = batchnorm
+    return freeze
+
+
+def _training(fields: FormFields) -> dict[str, Any]:
+    training: dict[str, Any] = {
+        key: _number(_one(fields, key))
+        for key in ("epochs", "batch_size", "learning_rate", "validation_split", "seed")
+        if _one(fields, key)
+    }
+    if _one(fields, "optimizer"):
+        training["optimizer"] = _one(fields, "optimizer")
+    augment = {
+        key: _number(_one(fields, f"augment_{key}"))
+        for key in ("rotation", "zoom", "contrast")
+        if _one(fields, f"augment_{key}") not in ("", "0")
+    }
+    if _one(fields, "augment_flip"):
+        augment["flip"] = _one(fields, "augment_flip")
+    if augment:
+        training["augment"] = augment
+    if _one(fields, "early_stopping"):
+        training["early_stopping"] = {
+            "monitor": _one(fields, "early_stopping_monitor", "val_loss"),
+            "patience": _number(_one(fields, "early_stopping_patience", "3")),
+        }
+    if _one(fields, "class_weight"):
+        training["class_weight"] = _one(fields, "class_weight")
+    if _one(fields, "label_smoothing") not in ("", "0"):
+        training["label_smoothing"] = _number(_one(fields, "label_smoothing"))
+    return training
+
+
+def _stages(fields: FormFields) -> list[dict[str, Any]]:
+    """The fine-tuning stages: one per `stage_mode` field, in order."""
+    columns = ("stage_mode", "stage_trainable_from", "stage_epochs", "stage_learning_rate")
+    rows = zip(*(list(fields.get(name, [])) for name in columns), strict=False)
+    stages = []
+    for mode, trainable_from, epochs, learning_rate in rows:
+        stage: dict[str, Any] = {"freeze": _freeze(mode.strip(), trainable_from.strip())}
+        if epochs.strip():
+            stage["epochs"] = _number(epochs.strip())
+        if learning_rate.strip():
+            stage["learning_rate"] = _number(learning_rate.strip())
+        stages.append(stage)
+    return stages
+
+
+def _widths(text: str) -> list[int | float | str]:
+    return [_number(width) for width in re.split(r"[,\s]+", text) if width]
+
+
+def spec_from_form(fields: FormFields) -> dict[str, Any]:
+    """The body of POST /jobs (and /jobs/preview) that the form's fields describe."""
+    weights = _one(fields, "weights", "imagenet")
+    body: dict[str, Any] = {
+        "dataset_id": _one(fields, "dataset_id"),
+        "backbone": {
+            "name": _one(fields, "backbone", "MobileNetV2"),
+            "weights": None if weights == "none" else weights,
+        },
+        "head": {
+            "pooling": _one(fields, "pooling", "avg"),
+            "dense": _widths(_one(fields, "dense")),
+            "dropout": _number(_one(fields, "dropout", "0.2")),
+        },
+        "freeze": _freeze(
+            _one(fields, "freeze_mode", "backbone"),
+            _one(fields, "trainable_from"),
+            _one(fields, "batchnorm"),
+        ),
+        "training": _training(fields),
+        "fine_tune": _stages(fields),
+    }
+    if _one(fields, "input_size"):
+        body["backbone"]["input_size"] = _number(_one(fields, "input_size"))
+    if _one(fields, "name"):
+        body["name"] = _one(fields, "name")
+    return body
+
+
+def block_of(layer_name: str) -> str:
+    """The block a backbone layer belongs to, for grouping the layer table."""
+    match = BLOCK.match(layer_name)
+    return match.group(1) if match else layer_name
+
+
+def head_costs(feature_shape: Sequence[int | None], units: int) -> dict[str, int]:
+    """Weights of the first Dense layer after each pooling choice: Flatten keeps every
+    position (h·w·c·units), global pooling keeps one value per channel (c·units)."""
+    height, width, channels = (int(dim or 0) for dim in feature_shape[-3:])
+    pooled = channels * units + units
+    return {"avg": pooled, "max": pooled, "flatten": height * width * channels * units + units}

@@ -1,0 +1,82 @@
+"""Rendering the console's pages: templates, what every page knows, and who may see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from service.api.auth import CSRF_HEADER, Session, cookie_session
+from service.config import Settings
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+
+
+def _count(number: int | float | None) -> str:
+    return "—" if number is None else f"{number:,}"
+
+
+def _percent(number: float | None) -> str:
+    return "—" if number is None else f"{100 * number:.1f} %"
+
+
+templates.env.filters.update(when=_when, count=_count, percent=_percent)
+
+
+class LoginRequired(Exception):
+    """The page needs a session (API_KEY is set and the browser has none that is valid)."""
+
+    def __init__(self, path: str, expired: bool) -> None:
+        super().__init__(path)
+        self.path = path
+        self.expired = expired
+
+
+def console_session(request: Request) -> Session | None:
+    """The browser's session; None when the service has no API key (then no login at all)."""
+    settings: Settings = request.app.state.settings
+    if settings.api_key is None:
+        return None
+    session = cookie_session(request)
+    if session is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(target, expired="transfer_session" in request.cookies)
+    return session
+
+
+def login_redirect(request: Request, error: Exception) -> Response:
+    assert isinstance(error, LoginRequired)
+    url = f"/login?next={quote(error.path, safe='')}" + ("&expired=1" if error.expired else "")
+    if request.headers.get("HX-Request"):
+        # htmx swaps fragments: tell it to load the login page as a whole page instead.
+        return Response(status_code=401, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def page(
+    request: Request, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    session = cookie_session(request) if settings.api_key else None
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "csrf_header": CSRF_HEADER,
+            "csrf_token": session.csrf_token(settings) if session else "",
+            "logged_in": session is not None,
+            "path": request.url.path,
+            **context,
+        },
+        status_code=status_code,
+    )

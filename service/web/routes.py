@@ -1,0 +1,361 @@
+"""The console: server-rendered pages over the same service functions as the JSON routes.
+
+Pages are whole documents; htmx swaps the fragments (the layer table of a job preview, a
+confusion-matrix cell's images, predictions). Live views read `/jobs/{id}/events`. Writes
+come from the service's own pages only: with a session they carry its CSRF token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from service import datasets, jobs, models, weights_files
+from service.api.auth import (
+    COOKIE,
+    CSRF_HEADER,
+    Session,
+    key_matches,
+    new_session,
+)
+from service.api.deps import SessionDep, SettingsDep
+from service.backbones import BACKBONES
+from service.jobs import JobStatus
+from service.problems import Problem
+from service.serving import Image, ServingError
+from service.spec import JobSpec
+from service.storage.pages import Page
+from service.web.forms import block_of, head_costs, spec_from_form
+from service.web.render import console_session, page
+
+SessionUser = Annotated[Session | None, Depends(console_session)]
+
+
+def console_write(request: Request, user: SessionUser) -> None:
+    """A change from a page: with a session, it must carry the page's CSRF token."""
+    if user is None:
+        return
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent, user.csrf_token(request.app.state.settings)):
+        raise HTTPException(403, f"missing or wrong {CSRF_HEADER}: reload the page")
+
+
+router = APIRouter(include_in_schema=False)
+pages = APIRouter(prefix="/console", dependencies=[Depends(console_session)])
+writes = APIRouter(prefix="/console", dependencies=[Depends(console_write)])
+
+EXPIRED_NOTICE_SECONDS = 7 * 24 * 3600
+IMBALANCE_RATIO = 3.0  # largest class over smallest past which the dataset page warns
+
+
+# -- login ------------------------------------------------------------------------------
+
+
+def _safe_next(target: str) -> str:
+    return target if target.startswith("/console") and "//" not in target else "/console"
+
+
+@router.get("/", response_class=RedirectResponse)
+def root() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(
+    request: Request, settings: SettingsDep, next: str = "/console", expired: bool = False
+) -> Response:
+    if settings.api_key is None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    message = "Your session has expired: sign in again." if expired else None
+    return page(request, "login.html", next=_safe_next(next), message=message)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    settings: SettingsDep,
+    api_key: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form(max_length=2000)] = "/console",
+) -> Response:
+    if settings.api_key is None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    if not key_matches(settings, api_key):
+        return page(
+            request, "login.html", 401, next=_safe_next(next), message="That is not the API key."
+        )
+    _, cookie = new_session(settings)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        # Kept past its expiry, so that the page can say "expired" rather than nothing.
+        max_age=settings.session_seconds + EXPIRED_NOTICE_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(console_write)])
+def logout() -> Response:
+    response = Response(status_code=204, headers={"HX-Redirect": "/login"})
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# -- overview and datasets ------------------------------------------------------------------
+
+
+@pages.get("", response_class=HTMLResponse)
+def home(request: Request, session: SessionDep) -> HTMLResponse:
+    return page(
+        request,
+        "home.html",
+        datasets=datasets.list_datasets(session, Page(limit=5)).rows,
+        jobs=jobs.list_jobs(session, Page(limit=5)).rows,
+        models=models.list_models(session, Page(limit=5)).rows,
+    )
+
+
+@pages.get("/datasets", response_class=HTMLResponse)
+def dataset_list(request: Request, session: SessionDep, cursor: str | None = None) -> HTMLResponse:
+    listed = datasets.list_datasets(session, Page(limit=25, cursor=cursor))
+    return page(request, "datasets.html", page_of=listed)
+
+
+@writes.post("/datasets", response_class=HTMLResponse)
+def dataset_upload(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: UploadFile,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> Response:
+    try:
+        dataset = datasets.create_dataset(
+            session,
+            upload=file.file,
+            filename=file.filename,
+            name=name or None,
+            limits=datasets.upload_limits(settings),
+        )
+    except Problem as problem:
+        return page(request, "partials/error.html", 400, message=str(problem))
+    return Response(status_code=201, headers={"X-Location": f"/console/datasets/{dataset.id}"})
+
+
+@pages.get("/datasets/{dataset_id}", response_class=HTMLResponse)
+def dataset_page(request: Request, session: SessionDep, dataset_id: str) -> HTMLResponse:
+    dataset = datasets.get_dataset(session, dataset_id)
+    counts = [entry["count"] for entry in dataset.classes]
+    ratio = max(counts) / max(min(counts), 1) if counts else 1.0
+    return page(
+        request,
+        "dataset.html",
+        dataset=dataset,
+        samples=_thumbnails(session, dataset_id, [entry["name"] for entry in dataset.classes]),
+        imbalance=ratio if ratio >= IMBALANCE_RATIO else None,
+    )
+
+
+def _thumbnails(session: Any, dataset_id: str, labels: list[str]) -> dict[str, list[Any]]:
+    """A few images per class, for the dataset page."""
+    return {
+        label: datasets.list_images(session, dataset_id, label=label, limit=6, after=None)[0]
+        for label in labels
+    }
+
+
+@writes.post("/datasets/{dataset_id}/delete")
+def dataset_delete(session: SessionDep, dataset_id: str) -> Response:
+    datasets.delete_dataset(session, dataset_id)
+    return Response(status_code=204, headers={"HX-Redirect": "/console/datasets"})
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+@pages.get("/jobs", response_class=HTMLResponse)
+def job_list(
+    request: Request,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    cursor: str | None = None,
+) -> HTMLResponse:
+    listed = jobs.list_jobs(session, Page(limit=25, cursor=cursor), status)
+    return page(request, "jobs.html", page_of=listed, status=status, statuses=list(JobStatus))
+
+
+@pages.get("/jobs/new", response_class=HTMLResponse)
+def job_form(
+    request: Request, session: SessionDep, dataset_id: str | None = None
+) -> HTMLResponse:
+    return page(
+        request,
+        "job_new.html",
+        dataset_id=dataset_id,
+        datasets=datasets.list_datasets(session, Page(limit=100)).rows,
+        backbones=list(BACKBONES.values()),
+        models=models.list_models(session, Page(limit=100)).rows,
+        weights=weights_files.list_weights(session, Page(limit=100)).rows,
+    )
+
+
+async def _form_spec(request: Request) -> dict[str, Any]:
+    form = await request.form()
+    return spec_from_form({key: [str(v) for v in form.getlist(key)] for key in form})
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
+        for item in error.errors(include_url=False)
+    )
+
+
+@writes.post("/jobs/preview", response_class=HTMLResponse)
+def job_preview(
+    request: Request, session: SessionDep, body: Annotated[dict[str, Any], Depends(_form_spec)]
+) -> HTMLResponse:
+    try:
+        spec = JobSpec.model_validate(body)
+        stages = jobs.preview(session, spec)
+    except ValidationError as error:
+        return page(request, "partials/error.html", 422, message=_validation_message(error))
+    except Problem as problem:
+        return page(request, "partials/error.html", 422, message=str(problem))
+    rows = [{**row, "block": _block(row)} for row in stages[-1]["layers"]]
+    backbone_rows = [row for row in rows if row["block"] not in ("input", "head")]
+    classes = len(datasets.get_dataset(session, spec.dataset_id).classes)
+    units = spec.head.dense[0] if spec.head.dense else classes
+    return page(
+        request,
+        "partials/layers_preview.html",
+        stages=stages,
+        rows=rows,
+        costs=head_costs(backbone_rows[-1]["output_shape"], units) if backbone_rows else {},
+        backbone_names=[row["name"] for row in backbone_rows],
+    )
+
+
+def _block(row: dict[str, Any]) -> str:
+    """Where a layer sits: the backbone's block, or the input side, or the head."""
+    if "/" in row["path"]:
+        return block_of(row["name"])
+    return "head" if row["name"].startswith(("head_", "predictions")) else "input"
+
+
+@writes.post("/jobs", response_class=HTMLResponse)
+def job_create(
+    request: Request, session: SessionDep, body: Annotated[dict[str, Any], Depends(_form_spec)]
+) -> Response:
+    try:
+        job = jobs.submit(session, JobSpec.model_validate(body))
+    except ValidationError as error:
+        return page(request, "partials/error.html", 422, message=_validation_message(error))
+    except Problem as problem:
+        return page(request, "partials/error.html", 422, message=str(problem))
+    return Response(status_code=204, headers={"HX-Redirect": f"/console/jobs/{job.id}"})
+
+
+@pages.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse:
+    job, model_id = jobs.get_job(session, job_id)
+    finished = job.status in jobs.FINISHED
+    return page(request, "job.html", job=job, model_id=model_id, finished=finished)
+
+
+@writes.post("/jobs/{job_id}/cancel")
+def job_cancel(session: SessionDep, job_id: str) -> Response:
+    job, _ = jobs.get_job(session, job_id)
+    jobs.cancel(session, job)
+    return Response(status_code=204, headers={"HX-Refresh": "true"})
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+@pages.get("/models", response_class=HTMLResponse)
+def model_list(request: Request, session: SessionDep, cursor: str | None = None) -> HTMLResponse:
+    listed = models.list_models(session, Page(limit=25, cursor=cursor))
+    return page(request, "models.html", page_of=listed)
+
+
+@pages.get("/models/{model_id}", response_class=HTMLResponse)
+def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResponse:
+    model = models.get_model(session, model_id)
+    try:
+        evaluation: dict[str, Any] | None = models.model_evaluation(session, model_id)
+    except Problem:
+        evaluation = None
+    job = jobs.get_job(session, model.job_id)[0] if model.job_id else None
+    source = (job.spec.get("backbone") or {}).get("weights") if job else None
+    return page(
+        request,
+        "model.html",
+        model=model,
+        evaluation=evaluation,
+        job=job,
+        source=source,
+        layers=models.model_layers(session, model_id)["layers"],
+    )
+
+
+@pages.get("/models/{model_id}/layers", response_class=HTMLResponse)
+def model_layer_rows(
+    request: Request, session: SessionDep, model_id: str, trainable: bool | None = None
+) -> HTMLResponse:
+    layers = models.model_layers(session, model_id, trainable)["layers"]
+    return page(request, "partials/model_layers.html", layers=layers)
+
+
+@pages.get("/models/{model_id}/samples", response_class=HTMLResponse)
+def model_samples(
+    request: Request,
+    session: SessionDep,
+    model_id: str,
+    label: Annotated[str, Query(max_length=200)],
+    predicted: Annotated[str, Query(max_length=200)],
+) -> HTMLResponse:
+    model = models.get_model(session, model_id)
+    samples = models.evaluation_samples(session, model_id, label=label, predicted=predicted)
+    return page(
+        request,
+        "partials/samples.html",
+        model=model,
+        samples=samples,
+        label=label,
+        predicted=predicted,
+    )
+
+
+@writes.post("/models/{model_id}/predict", response_class=HTMLResponse)
+async def model_try(
+    request: Request, model_id: str, files: list[UploadFile], top_k: Annotated[int, Form()] = 5
+) -> HTMLResponse:
+    images = []
+    for number, upload in enumerate(files):
+        name = upload.filename or f"image {number + 1}"
+        images.append(Image(f"files[{number}] {name!r}", name, await upload.read()))
+    try:
+        result = await request.app.state.serving.classify(model_id, images)
+    except ServingError as error:
+        return page(request, "partials/error.html", 400, message=str(error))
+    tops = result.top(max(1, min(top_k, len(result.classes))))
+    return page(request, "partials/predictions.html", answers=list(zip(images, tops, strict=True)))
+
+
+@writes.post("/models/{model_id}/delete")
+def model_delete(request: Request, session: SessionDep, model_id: str) -> Response:
+    models.delete_model(session, model_id)
+    request.app.state.model_cache.evict(model_id)
+    return Response(status_code=204, headers={"HX-Redirect": "/console/models"})
+
+
+router.include_router(pages)
+router.include_router(writes)

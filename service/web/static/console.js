@@ -1,0 +1,302 @@
+// The console's few behaviours that need a script: uploads with progress, drag and drop,
+// paste and camera, the freeze controls, live charts from the job's event stream, and the
+// threshold slider. Everything else is server-rendered HTML swapped by htmx.
+"use strict";
+
+const csrf = () => ({
+  [document.querySelector('meta[name="csrf-header"]').content]:
+    document.querySelector('meta[name="csrf-token"]').content,
+});
+
+// -- datasets: upload with progress, drop a zip -------------------------------------------
+
+function setUpUpload(form) {
+  const input = form.querySelector('input[type="file"]');
+  const progress = form.querySelector("progress");
+  const status = form.querySelector('[aria-live]');
+  const send = () => {
+    if (!input.files.length) return;
+    const body = new FormData(form);
+    const request = new XMLHttpRequest();
+    request.open("POST", form.dataset.upload);
+    for (const [name, value] of Object.entries(csrf())) request.setRequestHeader(name, value);
+    progress.hidden = false;
+    progress.value = 0;
+    status.textContent = `Uploading ${input.files[0].name}…`;
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable) progress.value = (100 * event.loaded) / event.total;
+    };
+    request.onload = () => {
+      const location = request.getResponseHeader("X-Location");
+      if (request.status === 201 && location) {
+        status.textContent = "Uploaded; checking every image…";
+        window.location.assign(location);
+      } else if (request.status === 401) {
+        window.location.assign(`/login?next=${encodeURIComponent(location || "/console/datasets")}`);
+      } else {
+        progress.hidden = true;
+        status.innerHTML = request.responseText || `<p class="error" role="alert">Upload failed (${request.status}).</p>`;
+      }
+    };
+    request.onerror = () => {
+      progress.hidden = true;
+      status.textContent = "The upload could not reach the service.";
+    };
+    request.send(body);
+  };
+  form.addEventListener("submit", (event) => { event.preventDefault(); send(); });
+  dropInto(form, (files) => { input.files = files; send(); });
+}
+
+function dropInto(zone, onFiles) {
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    if (event.dataTransfer.files.length) onFiles(event.dataTransfer.files);
+  });
+}
+
+// -- try a model: drop, paste, camera, threshold --------------------------------------------
+
+function setUpTry(form) {
+  const input = form.querySelector('input[type="file"]');
+  const submit = (files) => { input.files = files; htmx.trigger(form, "submit"); };
+  dropInto(form, submit);
+  document.addEventListener("paste", (event) => {
+    const images = [...event.clipboardData.files].filter((file) => file.type.startsWith("image/"));
+    if (!images.length) return;
+    const files = new DataTransfer();
+    images.forEach((file) => files.items.add(file));
+    submit(files.files);
+  });
+  setUpCamera(form, submit);
+  const slider = document.getElementById("threshold");
+  const shown = document.getElementById("threshold-value");
+  const apply = () => {
+    shown.value = Number(slider.value).toFixed(2);
+    document.querySelectorAll(".bars li").forEach((bar) => {
+      bar.hidden = Number(bar.dataset.score) < Number(slider.value);
+    });
+  };
+  slider.addEventListener("input", apply);
+  document.body.addEventListener("htmx:afterSwap", apply);
+}
+
+function setUpCamera(form, submit) {
+  const button = document.getElementById("camera");
+  const video = document.getElementById("camera-view");
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.isSecureContext) return;
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    if (video.srcObject) {  // second click: take the picture
+      const canvas = document.createElement("canvas");
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      canvas.getContext("2d").drawImage(video, 0, 0);
+      canvas.toBlob((blob) => {
+        const files = new DataTransfer();
+        files.items.add(new File([blob], "camera.jpg", { type: "image/jpeg" }));
+        submit(files.files);
+      }, "image/jpeg", 0.9);
+      return;
+    }
+    video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+    video.hidden = false;
+    await video.play();
+    button.textContent = "Take the picture";
+  });
+}
+
+// -- new job: presets, layer toggles, head costs, stages --------------------------------------
+
+function setUpJobForm(form) {
+  const mode = form.querySelector("#freeze_mode");
+  const from = form.querySelector("#trainable_from");
+  const summary = form.querySelector("#freeze-summary");
+  const changed = () => form.dispatchEvent(new Event("change", { bubbles: true }));
+  const describe = () => {
+    summary.textContent = {
+      backbone: "The whole backbone is frozen: only the head trains (feature extraction).",
+      partial: `Backbone layers before ${from.value || "?"} are frozen; the rest train.`,
+      none: "Everything trains.",
+    }[mode.value];
+    form.querySelectorAll("[data-preset]").forEach((button) => {
+      button.setAttribute("aria-pressed", String(button.dataset.preset === mode.value));
+    });
+  };
+  form.querySelectorAll("[data-preset]").forEach((button) => button.addEventListener("click", () => {
+    mode.value = button.dataset.preset;
+    if (mode.value === "partial" && !from.value) from.value = "-20";
+    describe();
+    changed();
+  }));
+  from.addEventListener("input", () => { if (from.value) mode.value = "partial"; describe(); });
+  form.addEventListener("change", (event) => {
+    if (!event.target.classList || !event.target.classList.contains("layer-toggle")) return;
+    const names = JSON.parse(document.getElementById("backbone-names").textContent);
+    const index = names.indexOf(event.target.dataset.name);
+    // Checked: train from this layer on. Unchecked: freeze up to and including it.
+    const start = event.target.checked ? index : index + 1;
+    if (start >= names.length) { mode.value = "backbone"; from.value = ""; }
+    else { mode.value = "partial"; from.value = names[start]; }
+    describe();
+  }, true);
+  document.body.addEventListener("htmx:afterSwap", (event) => {
+    if (event.target.id !== "layers") return;
+    const costs = document.getElementById("head-costs");
+    if (!costs) return;
+    const figures = JSON.parse(costs.content.textContent || costs.textContent);
+    form.querySelectorAll("[data-cost]").forEach((span) => {
+      const value = figures[span.dataset.cost];
+      span.textContent = value === undefined ? "" : `— ${value.toLocaleString()} weights in the next layer`;
+    });
+  });
+  const backbone = form.querySelector("#backbone");
+  backbone.addEventListener("change", () => {
+    const size = form.querySelector("#input_size");
+    size.min = backbone.selectedOptions[0].dataset.min;
+    if (Number(size.value) < Number(size.min)) size.value = size.min;
+  });
+  setUpStages(form, changed);
+  describe();
+}
+
+function setUpStages(form, changed) {
+  const list = form.querySelector("#stage-list");
+  const template = form.querySelector("#stage-template");
+  form.querySelector("#add-stage").addEventListener("click", () => {
+    list.append(template.content.cloneNode(true));
+    changed();
+  });
+  list.addEventListener("click", (event) => {
+    if (!event.target.matches("[data-remove-stage]")) return;
+    event.target.closest("li").remove();
+    changed();
+  });
+}
+
+// -- charts: the job's history, live from its event stream -----------------------------------
+
+function makeCharts() {
+  const width = () => Math.min(560, document.querySelector(".charts").clientWidth - 16);
+  const stageLines = (rows) => ({
+    hooks: {
+      draw: [(plot) => {
+        const context = plot.ctx;
+        rows.forEach((row, index) => {
+          if (index === 0 || rows[index - 1].stage === row.stage) return;
+          const x = plot.valToPos(row.epoch - 0.5, "x", true);
+          context.save();
+          context.strokeStyle = "#7a5c00";
+          context.setLineDash([4, 4]);
+          context.beginPath();
+          context.moveTo(x, plot.bbox.top);
+          context.lineTo(x, plot.bbox.top + plot.bbox.height);
+          context.stroke();
+          context.restore();
+        });
+      }],
+    },
+  });
+  const rows = [];
+  const chart = (id, key) => new uPlot({
+    width: width(), height: 220,
+    scales: { x: { time: false } },
+    series: [{ label: "epoch" },
+             { label: key, stroke: "#1f5f99", width: 2 },
+             { label: `val_${key}`, stroke: "#b34700", width: 2, dash: [6, 3] }],
+    plugins: [stageLines(rows)],
+  }, [[], [], []], document.getElementById(id));
+  const charts = { loss: chart("chart-loss", "loss"), accuracy: chart("chart-accuracy", "accuracy") };
+  return {
+    add(row) {
+      rows.push(row);
+      for (const [key, plot] of Object.entries(charts)) {
+        plot.setData([rows.map((r) => r.epoch), rows.map((r) => r[key] ?? null),
+                      rows.map((r) => r[`val_${key}`] ?? null)]);
+      }
+    },
+    points: () => rows.length,
+  };
+}
+
+function formatSeconds(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
+
+function followJob(section) {
+  const charts = makeCharts();
+  const epochs = document.querySelector("#epochs tbody");
+  const started = section.dataset.started ? Date.parse(section.dataset.started) : Date.now();
+  const stream = new EventSource(`/jobs/${section.dataset.job}/events`);
+  const cell = (value) => (typeof value === "number" ? value.toFixed(4) : "—");
+  stream.addEventListener("epoch", (event) => {
+    const row = JSON.parse(event.data);
+    charts.add(row);
+    const line = epochs.insertRow();
+    [row.epoch, row.stage ?? 1, row.loss, row.accuracy, row.val_loss, row.val_accuracy, row.seconds]
+      .forEach((value, index) => { line.insertCell().textContent = index < 2 ? value : cell(value); });
+    section.dataset.points = String(charts.points());
+  });
+  stream.addEventListener("progress", (event) => {
+    const p = JSON.parse(event.data);
+    const done = (p.epoch - 1 + p.step / Math.max(p.steps, 1)) / Math.max(p.epochs, 1);
+    document.getElementById("job-progress").value = done;
+    document.getElementById("job-step").textContent =
+      `stage ${p.stage}/${p.stages} · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.steps}`;
+    const elapsed = (Date.now() - started) / 1000;
+    document.getElementById("job-elapsed").textContent = `Elapsed ${formatSeconds(elapsed)}.`;
+    document.getElementById("job-eta").textContent =
+      done > 0.02 ? `About ${formatSeconds(elapsed / done - elapsed)} left.` : "";
+  });
+  stream.addEventListener("status", (event) => {
+    const s = JSON.parse(event.data);
+    const badge = document.getElementById("job-status");
+    badge.textContent = s.status;
+    badge.className = `status status-${s.status}`;
+    if (s.attempts > 1) document.getElementById("job-attempts").textContent = `attempt ${s.attempts}`;
+    if (["succeeded", "failed", "cancelled"].includes(s.status)) {
+      stream.close();
+      const cancel = document.getElementById("job-cancel");
+      if (cancel) cancel.remove();
+      document.getElementById("job-eta").textContent = "";
+      if (s.status === "succeeded") document.getElementById("job-progress").value = 1;
+      if (s.error) Object.assign(document.getElementById("job-error"), { hidden: false, textContent: s.error });
+      if (s.model_id) {
+        const link = document.getElementById("job-model-link");
+        link.href = `/console/models/${s.model_id}`;
+        link.textContent = s.model_id;
+        document.getElementById("job-model").hidden = false;
+      }
+    }
+  });
+  window.addEventListener("pagehide", () => stream.close());
+}
+
+function showHistory(script) {
+  const charts = makeCharts();
+  JSON.parse(script.textContent).forEach((row) => charts.add(row));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const upload = document.getElementById("upload");
+  if (upload) setUpUpload(upload);
+  const tryForm = document.getElementById("try");
+  if (tryForm) setUpTry(tryForm);
+  const jobForm = document.getElementById("job-form");
+  if (jobForm) setUpJobForm(jobForm);
+  const live = document.getElementById("live");
+  if (live) followJob(live);
+  const history = document.getElementById("history-data");
+  if (history) showHistory(history);
+  // Fragments answered with an error status still carry a message for the person.
+  document.body.addEventListener("htmx:beforeSwap", (event) => {
+    if (event.detail.xhr.status >= 400 && event.detail.xhr.status < 500) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+});

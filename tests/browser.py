@@ -1,0 +1,184 @@
+"""A real browser against a real server: headless Chromium from the system's packages, driven
+by Playwright (`executable_path`, nothing downloaded), and the app served by uvicorn on
+loopback with a real worker process beside it.
+
+Any JavaScript error or failed request in a page fails the test that opened it. Screenshots
+go to `SCREENSHOTS_DIR` (default: the test's temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from service.api.app import create_app
+from service.config import Settings
+from service.storage.db import Database
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "console-test-key-0123456789"
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LiveService:
+    """uvicorn serving the app in a thread, and (when started) a worker process."""
+
+    settings: Settings
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    worker: subprocess.Popen[bytes] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def start_worker(self, log: Path) -> None:
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env=self.environment,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def client(self, *, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_live_service(data_dir: Path, **overrides: Any) -> LiveService:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": "",
+        "api_key": API_KEY,
+        "poll_seconds": 0.2,
+        "progress_seconds": 0.2,
+        "events_poll_seconds": 0.2,
+        **overrides,
+    }
+    settings = Settings(_env_file=None, **values)
+    Database(settings.database_url).upgrade()
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live server did not start")
+        time.sleep(0.05)
+    environment = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": settings.database_url,
+        "API_KEY": settings.api_key or "",
+        "POLL_SECONDS": "0.2",
+        "PROGRESS_SECONDS": "0.2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return LiveService(settings, f"http://127.0.0.1:{port}", server, thread, None, environment)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveService]:
+    running = start_live_service(tmp_path / "data")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no system Chromium (apt-get install chromium); browser tests skipped")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        launched.close()
+
+
+class PageProblems:
+    """What went wrong in a page: JavaScript errors, console errors, failed requests."""
+
+    def __init__(self, page: Any, origin: str) -> None:
+        self.errors: list[str] = []
+        self.expected: list[str] = []  # substrings of console errors a test provokes
+        self.origin = origin
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+        page.on("console", self._console)
+        page.on("requestfailed", self._failed)
+        page.on("request", self._request)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and not any(text in message.text for text in self.expected):
+            self.errors.append(f"console: {message.text}")
+
+    def _failed(self, request: Any) -> None:
+        failure = request.failure or ""
+        # A request the page itself gives up (a stream closed on leaving, a preview replaced
+        # by a newer one) is not a failure.
+        if "ERR_ABORTED" in failure and request.resource_type in ("eventsource", "fetch", "xhr"):
+            return
+        self.errors.append(f"request failed: {request.method} {request.url} {failure}")
+
+    def _request(self, request: Any) -> None:
+        if not request.url.startswith((self.origin, "data:", "blob:")):
+            self.errors.append(f"request left the service: {request.url}")
+
+    def expect(self, text: str) -> None:
+        self.expected.append(text)
+
+    def check(self) -> None:
+        assert not self.errors, "\n".join(self.errors)
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("SCREENSHOTS_DIR", tmp_path / "screenshots"))
+    folder = folder / request.node.name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
