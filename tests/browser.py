@@ -124,8 +124,10 @@ def live(tmp_path: Path) -> Iterator[LiveService]:
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Per test: Playwright's sync API keeps an event loop running in this thread while it
+    lives, which would break the tests after it that run their own (asyncio.run)."""
     executable = chromium_path()
     if executable is None:
         if os.environ.get("REQUIRE_BROWSER"):

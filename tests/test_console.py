@@ -274,3 +274,26 @@ def test_every_console_route_needs_a_session_and_the_api_takes_it(tmp_path: Path
     finally:
         live.stop()
 
+
+
+@pytest.mark.browser
+def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> None:
+    live = start_live_service(tmp_path / "data", api_key=None)
+    try:
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        problems = PageProblems(page, live.url)
+        page.goto(f"{live.url}/login?next=/console/datasets")
+        page.wait_for_url(f"{live.url}/console/datasets")
+        expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+        page.set_input_files("#upload-file", files=[
+            {"name": "colours.zip", "mimeType": "application/zip", "buffer": dataset_zip()}
+        ])
+        page.get_by_role("button", name="Upload").click()
+        page.wait_for_url(re.compile(r"/console/datasets/d_"))
+        page.get_by_role("button", name="Delete").click()  # hx-confirm: accepted below
+        page.wait_for_url(f"{live.url}/console/datasets")
+        expect(page.locator("main")).to_contain_text("No datasets yet.")
+        problems.check()
+    finally:
+        live.stop()

@@ -24,6 +24,7 @@ from service.schemas import (
     PredictJSON,
     TFServingRequest,
     TFServingResponse,
+    inline_schema,
 )
 from service.serving import (
     BadImage,
@@ -107,22 +108,6 @@ async def _read_multipart(request: Request, limit: int) -> tuple[PredictForm, li
     return parameters, images
 
 
-def _inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its `$defs` written in place, as a requestBody needs."""
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    return resolve(schema)
-
-
 # The two bodies /predict reads by hand, documented from the models that validate them.
 _FORM = PredictForm.model_json_schema()
 PREDICT_BODY = {
@@ -144,7 +129,7 @@ PREDICT_BODY = {
             }
         },
         "application/json": {
-            "schema": _inline_definitions(PredictJSON.model_json_schema()),
+            "schema": inline_schema(PredictJSON),
             "example": {
                 "model_id": "m_0123456789abcdef",
                 "instances": [{"b64": "iVBORw0KGgo…"}],

@@ -180,7 +180,7 @@ function setUpStages(form, changed) {
 // -- charts: the job's history, live from its event stream -----------------------------------
 
 function makeCharts() {
-  const width = () => Math.min(560, document.querySelector(".charts").clientWidth - 16);
+  const width = () => Math.max(240, Math.min(560, document.querySelector(".charts").clientWidth - 16));
   const stageLines = (rows) => ({
     hooks: {
       draw: [(plot) => {
@@ -210,6 +210,9 @@ function makeCharts() {
     plugins: [stageLines(rows)],
   }, [[], [], []], document.getElementById(id));
   const charts = { loss: chart("chart-loss", "loss"), accuracy: chart("chart-accuracy", "accuracy") };
+  window.addEventListener("resize", () => {
+    Object.values(charts).forEach((plot) => plot.setSize({ width: width(), height: 220 }));
+  });
   return {
     add(row) {
       rows.push(row);
