@@ -229,6 +229,26 @@ def _size(weight: Any) -> int:
     return count
 
 
+def leaf_layers(
+    model: keras.Model, prefix: str = ""
+) -> Iterator[tuple[str, keras.layers.Layer, bool]]:
+    """(path, layer, effective trainable) of every layer, nested models flattened into paths
+    like "mobilenetv2_1.00_96/block_16_project"; the one naming of layers the tables share."""
+
+    def walk(
+        container: keras.Model, prefix: str, parent_trainable: bool
+    ) -> Iterator[tuple[str, keras.layers.Layer, bool]]:
+        for layer in container.layers:
+            effective = parent_trainable and layer.trainable
+            path = f"{prefix}{layer.name}"
+            if isinstance(layer, keras.Model):
+                yield from walk(layer, f"{path}/", effective)
+            else:
+                yield path, layer, effective
+
+    return walk(model, prefix, model.trainable)
+
+
 def describe_layers(model: keras.Model) -> list[dict[str, Any]]:
     """Every layer, nested models flattened, with its effective trainable status.
 
@@ -236,30 +256,21 @@ def describe_layers(model: keras.Model) -> list[dict[str, Any]]:
     trainable only then. The totals over the rows equal Keras's own counts.
     """
     rows: list[dict[str, Any]] = []
-
-    def walk(container: keras.Model, prefix: str, parent_trainable: bool) -> None:
-        for layer in container.layers:
-            effective = parent_trainable and layer.trainable
-            path = f"{prefix}{layer.name}"
-            if isinstance(layer, keras.Model):
-                walk(layer, f"{path}/", effective)
-                continue
-            total = sum(_size(weight) for weight in layer.weights)
-            trainable = sum(_size(weight) for weight in layer.trainable_weights) if effective else 0
-            rows.append(
-                {
-                    "index": len(rows),
-                    "name": layer.name,
-                    "path": path,
-                    "class_name": type(layer).__name__,
-                    "trainable": effective,
-                    "trainable_params": int(trainable),
-                    "non_trainable_params": int(total - trainable),
-                    "output_shape": _output_shape(layer),
-                }
-            )
-
-    walk(model, "", model.trainable)
+    for path, layer, effective in leaf_layers(model):
+        total = sum(_size(weight) for weight in layer.weights)
+        trainable = sum(_size(weight) for weight in layer.trainable_weights) if effective else 0
+        rows.append(
+            {
+                "index": len(rows),
+                "name": layer.name,
+                "path": path,
+                "class_name": type(layer).__name__,
+                "trainable": effective,
+                "trainable_params": int(trainable),
+                "non_trainable_params": int(total - trainable),
+                "output_shape": _output_shape(layer),
+            }
+        )
     return rows
 
 

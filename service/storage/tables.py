@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -162,6 +163,22 @@ class ModelLayer(Base):
     trainable_params: Mapped[int] = mapped_column(BigInteger)
     non_trainable_params: Mapped[int] = mapped_column(BigInteger)
     output_shape: Mapped[list[int | None] | None] = mapped_column(JSON)
+    # What fine-tuning changed, relative to the weights the job started from (see
+    # service/ml/drift.py); null where the layer started from random weights, has none, or
+    # the model predates them.
+    weight_change: Mapped[float | None] = mapped_column(Float)
+    moving_mean_change: Mapped[float | None] = mapped_column(Float)
+    moving_variance_change: Mapped[float | None] = mapped_column(Float)
+
+    @property
+    def batchnorm_shift(self) -> dict[str, float | None] | None:
+        """The BatchNormalization layer's moving statistics' changes, as the API shows them."""
+        if self.moving_mean_change is None and self.moving_variance_change is None:
+            return None
+        return {
+            "moving_mean": self.moving_mean_change,
+            "moving_variance": self.moving_variance_change,
+        }
 
 
 class WeightsFile(Base):
