@@ -211,6 +211,14 @@ class ModelRead(BaseModel):
     created_at: datetime
 
 
+class BatchNormShift(BaseModel):
+    """Relative changes ‖s − s₀‖ / ‖s₀‖ of a BatchNormalization layer's moving statistics
+    (null where s₀ is all zeros and moved: no relative figure exists)."""
+
+    moving_mean: float | None
+    moving_variance: float | None
+
+
 class LayerRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     index: int
@@ -221,6 +229,16 @@ class LayerRead(BaseModel):
     trainable_params: int
     non_trainable_params: int
     output_shape: list[int | None] | None
+    weight_change: float | None = Field(
+        None,
+        description="‖W − W₀‖ / ‖W₀‖ over every weight the layer holds except BatchNormalization "
+        "moving statistics, W₀ being the weights the job started from. null where the layer "
+        "started from random weights (a backbone without source weights, the head), has no "
+        "weights, in a preview, or for models stored before it was recorded.",
+    )
+    batchnorm_shift: BatchNormShift | None = Field(
+        None, description="BatchNormalization layers only: their moving statistics' changes."
+    )
 
 
 class StageLayers(BaseModel):
@@ -246,7 +264,21 @@ class LayersRead(BaseModel):
                     "trainable_params": 0,
                     "non_trainable_params": 307200,
                     "output_shape": [None, 3, 3, 320],
-                }
+                    "weight_change": 0.0,
+                    "batchnorm_shift": None,
+                },
+                {
+                    "index": 151,
+                    "name": "block_16_project_BN",
+                    "path": "mobilenetv2_1.00_96/block_16_project_BN",
+                    "class_name": "BatchNormalization",
+                    "trainable": False,
+                    "trainable_params": 0,
+                    "non_trainable_params": 1280,
+                    "output_shape": [None, 3, 3, 320],
+                    "weight_change": 0.0,
+                    "batchnorm_shift": {"moving_mean": 0.0, "moving_variance": 0.0},
+                },
             ],
         }
     )
@@ -261,9 +293,30 @@ class LayersRead(BaseModel):
     )
 
 
+class Heatmap(BaseModel):
+    """Where in the image the evidence for a label lies (`/predict` with `explain`)."""
+
+    method: Literal["cam", "grad-cam"] = Field(
+        description='"cam": exact class activation map (the head is pooling → softmax Dense); '
+        '"grad-cam": gradient-weighted, for heads with hidden Dense layers or max pooling.'
+    )
+    png: str = Field(
+        description="A PNG, base64: the map (jet colours, scaled to its own range) over the "
+        "image as the model saw it (resized to its input size).",
+        json_schema_extra={"format": "byte"},
+    )
+    map: list[list[float]] = Field(
+        description="The map at the backbone's feature resolution, rows top to bottom. CAM: "
+        "raw (its mean plus the output bias is the label's logit); Grad-CAM: ReLU'd."
+    )
+
+
 class Score(BaseModel):
     label: str
     score: float
+    heatmap: Heatmap | None = Field(
+        None, description="With `explain`: the label's class activation map; null otherwise."
+    )
 
 
 class ImagePrediction(BaseModel):
@@ -300,6 +353,56 @@ class ConfusionMatrix(BaseModel):
     matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class.")
 
 
+class ReliabilityBin(BaseModel):
+    """One of 15 equal-width bins of confidence (the top probability), (lower, upper]."""
+
+    lower: float
+    upper: float
+    count: int = Field(description="Validation images whose confidence falls in the bin.")
+    confidence: float | None = Field(description="Their mean confidence; null when empty.")
+    accuracy: float | None = Field(description="The share of them answered right; null when empty.")
+
+
+class CalibrationFitted(BaseModel):
+    fitted: Literal[True] = True
+    temperature: float = Field(
+        description="T in softmax(log p / T), applied by the served and exported model: above 1 "
+        "softens an over-confident model, below 1 sharpens an under-confident one."
+    )
+    images: int = Field(description="Validation images T was fitted on (and measured on).")
+    ece_before: float = Field(
+        description="Expected calibration error of the uncalibrated probabilities: "
+        "Σ over bins of (share of images) · |accuracy − mean confidence|."
+    )
+    ece_after: float = Field(description="The same, with T applied (on the same images).")
+    nll_before: float = Field(description="Mean negative log-likelihood of the true class.")
+    nll_after: float = Field(description="The same, with T applied: what the fit minimised.")
+    bins_before: list[ReliabilityBin] = Field(description="The reliability diagram before.")
+    bins_after: list[ReliabilityBin] = Field(description="And after.")
+
+
+class CalibrationNotFitted(BaseModel):
+    fitted: Literal[False] = False
+    reason: str = Field(description="Why no temperature was fitted (the model applies none).")
+
+
+def _bins(filled: dict[int, tuple[int, float, float]]) -> list[dict[str, Any]]:
+    """15 reliability bins for an example: {bin: (count, confidence, accuracy)}, others empty."""
+    rows = []
+    for number in range(15):
+        count, confidence, accuracy = filled.get(number, (0, None, None))
+        rows.append(
+            {
+                "lower": round(number / 15, 4),
+                "upper": round((number + 1) / 15, 4),
+                "count": count,
+                "confidence": confidence,
+                "accuracy": accuracy,
+            }
+        )
+    return rows
+
+
 class EvaluationRead(BaseModel):
     model_config = _example(
         {
@@ -311,6 +414,19 @@ class EvaluationRead(BaseModel):
                 {"label": "dogs", "precision": 0.86, "recall": 0.9, "f1": 0.88, "support": 10},
             ],
             "confusion_matrix": {"labels": ["cats", "dogs"], "matrix": [[9, 1], [1, 9]]},
+            "calibration": {
+                "fitted": True,
+                "temperature": 2.31,
+                "images": 20,
+                "ece_before": 0.089,
+                "ece_after": 0.031,
+                "nll_before": 0.412,
+                "nll_after": 0.276,
+                "bins_before": _bins({14: (20, 0.989, 0.9)}),
+                "bins_after": _bins(
+                    {11: (4, 0.77, 0.75), 12: (6, 0.84, 0.83), 14: (10, 0.95, 1.0)}
+                ),
+            },
         }
     )
     model_id: str
@@ -318,6 +434,14 @@ class EvaluationRead(BaseModel):
     accuracy: float
     per_class: list[ClassReport]
     confusion_matrix: ConfusionMatrix
+    calibration: CalibrationFitted | CalibrationNotFitted | None = Field(
+        None,
+        description="Temperature scaling fitted on the validation split after training, with "
+        "the expected calibration error and reliability bins before and after; "
+        '`{"fitted": false, "reason"}` when `training.calibrate` was false; null for models '
+        "stored before calibration existed. The per-class report above is of the calibrated "
+        "probabilities (the ranking, and so the report, is unchanged by T).",
+    )
 
 
 class EvaluationSample(BaseModel):
@@ -367,6 +491,9 @@ class PredictForm(BaseModel):
     model_id: str
     top_k: int = Field(5, ge=1, le=1000)
     threshold: float = Field(0.0, ge=0.0, le=1.0, description="Leave out labels below this.")
+    explain: bool = Field(
+        False, description="Give each returned label its class activation map (`heatmap`)."
+    )
 
 
 class Base64Image(BaseModel):

@@ -2,8 +2,10 @@
 
 The model row is read in a short transaction of its own, the images are decoded and resized
 exactly as training did, the model comes from the cache, and the pixels go through the
-dynamic batcher. Problems are domain exceptions; the HTTP layer maps them to status codes.
-TensorFlow is imported only when the cache first loads a model.
+dynamic batcher. Explaining (class activation maps) bypasses the batcher: it is asked for
+rarely, costs more, and answers more than probabilities. Problems are domain exceptions;
+the HTTP layer maps them to status codes. TensorFlow is imported only when the cache first
+loads a model.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ from sqlalchemy import select
 
 from service.ml.batching import Batcher
 from service.ml.images import UndecodableImage, to_pixels
-from service.ml.serving import LoadedModel, ModelCache, ModelCorrupt, ModelSource
-from service.schemas import Score
+from service.ml.serving import (
+    Explanation,
+    ExplanationUnavailable,
+    LoadedModel,
+    ModelCache,
+    ModelCorrupt,
+    ModelSource,
+    heatmap_overlay,
+    png,
+)
+from service.schemas import Heatmap, Score
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
 
 __all__ = [
     "BadImage",
     "Classification",
+    "ExplanationUnavailable",
     "Image",
     "ModelCorrupt",
     "ModelNotFound",
@@ -35,6 +47,7 @@ __all__ = [
     "TooManyImages",
     "decode_base64",
     "decode_images",
+    "heatmaps",
     "model_source",
     "top_scores",
 ]
@@ -68,9 +81,18 @@ class Classification:
     model_id: str
     classes: list[str]
     probabilities: np.ndarray  # one row per image, in the order they were given
+    # When explained: per image, the heat map of each class explained, by class name.
+    heatmaps: list[dict[str, Heatmap]] | None = None
 
     def top(self, top_k: int, threshold: float = 0.0) -> list[list[Score]]:
-        return top_scores(self.probabilities, self.classes, top_k, threshold)
+        """Each image's best labels; explained ones carry their heat map."""
+        rows = top_scores(self.probabilities, self.classes, top_k, threshold)
+        if self.heatmaps is None:
+            return rows
+        return [
+            [score.model_copy(update={"heatmap": maps.get(score.label)}) for score in row]
+            for row, maps in zip(rows, self.heatmaps, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -84,12 +106,32 @@ class Serving:
 
     async def classify(self, model_id: str, images: Sequence[Image]) -> Classification:
         """Class probabilities for the images, one row each, in order."""
-        if len(images) > self.max_images:
-            raise TooManyImages(f"{len(images)} images sent; at most {self.max_images} per request")
+        self._check_count(images)
         # One trip to a worker thread for the lookup, the decoding and the (cached) model.
         model, pixels = await anyio.to_thread.run_sync(self._prepare, model_id, images)
         probabilities = await self.batcher.predict(model.model_id, model.probabilities, pixels)
         return Classification(model.model_id, model.classes, probabilities)
+
+    async def explain(self, model_id: str, images: Sequence[Image], top_k: int) -> Classification:
+        """`classify`'s answer, with the class activation maps of each image's `top_k` best
+        classes. One worker-thread trip does it all, outside the batcher: the model's
+        `explain` signature, then the overlays' PNG encoding."""
+        self._check_count(images)
+        return await anyio.to_thread.run_sync(self._explain, model_id, images, top_k)
+
+    def _check_count(self, images: Sequence[Image]) -> None:
+        if len(images) > self.max_images:
+            raise TooManyImages(f"{len(images)} images sent; at most {self.max_images} per request")
+
+    def _explain(self, model_id: str, images: Sequence[Image], top_k: int) -> Classification:
+        model, pixels = self._prepare(model_id, images)
+        explanation = model.explanation(pixels, top_k)
+        return Classification(
+            model.model_id,
+            model.classes,
+            explanation.probabilities,
+            heatmaps(explanation, pixels, model.classes),
+        )
 
     def _prepare(self, model_id: str, images: Sequence[Image]) -> tuple[LoadedModel, np.ndarray]:
         source = model_source(self.database, model_id)
@@ -133,6 +175,28 @@ def decode_images(images: Sequence[Image], size: int) -> np.ndarray:
         except UndecodableImage as error:
             raise BadImage(f"{image.where}: {error}") from None
     return batch
+
+
+def heatmaps(
+    explanation: Explanation, pixels: np.ndarray, classes: list[str]
+) -> list[dict[str, Heatmap]]:
+    """Per image, each explained class's map: the overlay on the pixels the model saw (a
+    base64 PNG) and the low-resolution map itself."""
+    return [
+        {
+            classes[int(index)]: Heatmap(
+                method=explanation.method,
+                png=_png_base64(heatmap_overlay(image, explanation.heatmaps[i, j])),
+                map=explanation.maps[i, j].astype(float).tolist(),
+            )
+            for j, index in enumerate(explanation.classes[i])
+        }
+        for i, image in enumerate(pixels)
+    ]
+
+
+def _png_base64(pixels: np.ndarray) -> str:
+    return base64.b64encode(png(pixels)).decode("ascii")
 
 
 def decode_base64(where: str, encoded: str) -> bytes:

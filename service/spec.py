@@ -193,6 +193,12 @@ class TrainingSpec(_Strict):
         examples=["balanced", {"cats": 2.0}],
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    calibrate: bool = Field(
+        True,
+        description="Fit a temperature T on the validation split after training (temperature "
+        "scaling: the served probabilities become softmax(log p / T), the top class never "
+        "changes); nothing is fitted without a validation split.",
+    )
 
     @field_validator("class_weight")
     @classmethod

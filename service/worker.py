@@ -198,6 +198,7 @@ class Worker:
 
         from service.ml import export
         from service.ml.build import describe_layers, parameter_counts
+        from service.ml.drift import with_drift
         from service.ml.train import prediction_samples, train
 
         spec = jobs.runnable_spec(claim.spec)
@@ -218,7 +219,8 @@ class Worker:
             evaluation = {**evaluation, "samples": samples}
         model = result.network.model
         trainable, non_trainable = parameter_counts(model)
-        savedmodel = export.export_savedmodel(model)
+        # The temperature fitted on the validation split, folded into the exported graph.
+        savedmodel = export.export_savedmodel(model, temperature=result.temperature)
         stored = TrainedModel(
             id=new_id("m"),
             name=claim.name or spec.name or claim.job_id,
@@ -236,7 +238,9 @@ class Worker:
             savedmodel=savedmodel,
             backbone_weights=export.weights_bytes(result.network.backbone),
         )
-        return stored, describe_layers(model)
+        # Compared after everything that moves weights: the stages, BN recompute, restores.
+        layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
+        return stored, layers
 
 
 def load_dataset(db: Database, spec: JobSpec) -> Any:

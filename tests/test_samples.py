@@ -196,9 +196,11 @@ def test_prediction_samples_round_and_take_the_argmax() -> None:
     assert rows[2]["scores"] == [0.5, 0.5]
 
 
-def test_evaluation_samples_are_the_images_of_each_matrix_cell(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    model = client.get(f"/models/{trained['job']['model_id']}").json()
+def test_evaluation_samples_are_the_images_of_each_matrix_cell(
+    small_model: dict[str, Any],
+) -> None:
+    client = small_model["service"].client
+    model = client.get(f"/models/{small_model['job']['model_id']}").json()
     path = f"/models/{model['id']}/evaluation"
     report = client.get(path).json()
     assert "samples" not in report  # the documented shape, unchanged
@@ -216,10 +218,10 @@ def test_evaluation_samples_are_the_images_of_each_matrix_cell(trained: dict[str
 
 
 def test_evaluation_samples_name_the_validation_images_and_their_scores(
-    trained: dict[str, Any],
+    small_model: dict[str, Any],
 ) -> None:
-    client = trained["service"].client
-    model = client.get(f"/models/{trained['job']['model_id']}").json()
+    client = small_model["service"].client
+    model = client.get(f"/models/{small_model['job']['model_id']}").json()
     samples = client.get(f"/models/{model['id']}/evaluation/samples").json()
     listed = client.get(f"/datasets/{model['dataset_id']}/images", params={"limit": 500})
     images = {row["id"]: row for row in listed.json()}
@@ -244,9 +246,9 @@ def test_evaluation_samples_name_the_validation_images_and_their_scores(
         assert top == pytest.approx(sample["scores"], abs=1e-3)
 
 
-def test_bad_evaluation_sample_requests_name_the_field(trained: dict[str, Any]) -> None:
-    client = trained["service"].client
-    path = f"/models/{trained['job']['model_id']}/evaluation/samples"
+def test_bad_evaluation_sample_requests_name_the_field(small_model: dict[str, Any]) -> None:
+    client = small_model["service"].client
+    path = f"/models/{small_model['job']['model_id']}/evaluation/samples"
     for field in ("label", "predicted"):
         response = client.get(path, params={field: "purple"})
         assert error_locations(response)[0][-1] == field

@@ -13,12 +13,37 @@ if TYPE_CHECKING:  # callers bring a built model; the API only unpacks archives,
     import keras
 
 
-def export_savedmodel(model: keras.Model) -> bytes:
-    """`model.export()` packed as a tar.gz; its `serve` takes raw pixels, gives probabilities."""
+def export_savedmodel(model: keras.Model, temperature: float = 1.0) -> bytes:
+    """The model as a SavedModel, packed as a tar.gz, with two signatures:
+
+    - `serve`: raw pixels (float32 0–255, [batch, h, w, 3]) → class probabilities, scaled by
+      the fitted `temperature` (`service.ml.calibrate`); with T == 1 it is exactly what
+      `model.export()` writes (same name, input signature and output), and it stays the
+      `serving_default` TF Serving calls.
+    - `explain`: the same pixels and class indices (int32 [batch, n]) → `probabilities` (as
+      `serve` gives them), `heatmaps` [batch, n, h, w], `maps` [batch, n, fh, fw] and
+      `method` ("cam" or "grad-cam"; see `service.ml.explain`).
+    """
     with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
         directory = Path(scratch) / "savedmodel"
-        model.export(str(directory), format="tf_saved_model", verbose=False)
+        write_savedmodel(model, directory, temperature)
         return pack_directory(directory)
+
+
+def write_savedmodel(model: keras.Model, directory: Path, temperature: float = 1.0) -> None:
+    """`export_savedmodel`'s directory, unpacked; Keras's own ExportArchive, as
+    `model.export()` uses it, with a second endpoint."""
+    import keras
+
+    from service.ml.explain import explain_function, input_specs, serve_function
+
+    pixels, classes = input_specs(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # Registered first: the first endpoint is also the archive's `serving_default`.
+    archive.add_endpoint("serve", serve_function(model, temperature), [pixels])
+    archive.add_endpoint("explain", explain_function(model, temperature), [pixels, classes])
+    archive.write_out(str(directory), verbose=False)
 
 
 def pack_directory(directory: Path) -> bytes:

@@ -1,7 +1,9 @@
-"""Serving stored SavedModels: unpack once, load once, keep the most recent few in memory."""
+"""Serving stored SavedModels: unpack once, load once, keep the most recent few in memory;
+and the class activation maps of their `explain` signature, drawn over the image."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
@@ -12,12 +14,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from service.ml.export import sha256, unpack_archive
+
+# How much of the overlay is the heat map's colour; the rest is the image.
+OVERLAY_ALPHA = 0.5
+# "jet": dark blue (no evidence) → cyan → yellow → dark red (the map's peak).
+_COLOURS = np.array(
+    [[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]],
+    dtype=np.float64,
+)
 
 
 class ModelCorrupt(RuntimeError):
     """The stored SavedModel does not match the checksum written with it; nothing is loaded."""
+
+
+class ExplanationUnavailable(RuntimeError):
+    """The stored SavedModel has no `explain` signature (it was exported before there was one)."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Class activation maps for some classes of each image of a batch."""
+
+    method: str  # "cam" or "grad-cam"
+    probabilities: np.ndarray  # [batch, K], as `serve` gives them
+    classes: np.ndarray  # [batch, n] the class indices explained
+    maps: np.ndarray  # [batch, n, fh, fw] at the backbone's feature resolution
+    heatmaps: np.ndarray  # [batch, n, h, w] the maps resized to the input
 
 
 @dataclass
@@ -26,10 +52,32 @@ class LoadedModel:
     classes: list[str]
     input_size: int
     serve: Callable[[Any], Any]
+    explain: Callable[[Any, Any], Any] | None = None
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of raw pixels, shape (n, size, size, 3)."""
         return np.asarray(self.serve(pixels.astype(np.float32, copy=False)))
+
+    def explanation(self, pixels: np.ndarray, top_k: int) -> Explanation:
+        """Maps of each image's `top_k` best classes (best first, in `top_scores`' order):
+        one `serve` call picks them, one `explain` call draws them."""
+        if self.explain is None:
+            raise ExplanationUnavailable(
+                f"model {self.model_id} was stored before models carried class activation "
+                "maps; train it again to explain its answers"
+            )
+        pixels = pixels.astype(np.float32, copy=False)
+        probabilities = self.probabilities(pixels)
+        count = min(top_k, probabilities.shape[1])
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :count].astype(np.int32)
+        answer = self.explain(pixels, order)
+        return Explanation(
+            method=answer["method"].numpy()[0].decode(),
+            probabilities=probabilities,
+            classes=order,
+            maps=np.asarray(answer["maps"]),
+            heatmaps=np.asarray(answer["heatmaps"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,6 +154,7 @@ class ModelCache:
             classes=source.classes,
             input_size=source.input_size,
             serve=_keep_alive(loaded, loaded.serve),
+            explain=_keep_alive(loaded, loaded.explain) if hasattr(loaded, "explain") else None,
         )
 
     def evict(self, model_id: str) -> None:
@@ -115,14 +164,33 @@ class ModelCache:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _keep_alive(owner: Any, function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _keep_alive(owner: Any, function: Callable[..., Any]) -> Callable[..., Any]:
     """The restored function, holding a reference to the object that owns its variables."""
 
-    def call(pixels: Any) -> Any:
-        return function(pixels)
+    def call(*inputs: Any) -> Any:
+        return function(*inputs)
 
     call.owner = owner  # type: ignore[attr-defined]
     return call
+
+
+def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The map, scaled to its own range and coloured (jet), blended over the image's pixels
+    (uint8 [h, w, 3], as the model saw them). Scaled per map: CAM values have no fixed unit."""
+    low, high = float(heatmap.min()), float(heatmap.max())
+    level = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+    position = np.clip(level, 0.0, 1.0) * (len(_COLOURS) - 1)
+    below = np.minimum(np.floor(position).astype(int), len(_COLOURS) - 2)
+    fraction = (position - below)[..., None]
+    colour = _COLOURS[below] * (1 - fraction) + _COLOURS[below + 1] * fraction
+    blended = (1 - OVERLAY_ALPHA) * pixels.astype(np.float64) + OVERLAY_ALPHA * colour
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def configure_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:

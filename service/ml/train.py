@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from service.ml.build import Network, apply_freeze, build_network
+from service.ml.calibrate import Calibration, calibrate, not_fitted
+from service.ml.drift import Snapshot, snapshot
 from service.ml.images import to_pixels
 from service.spec import JobSpec, Stage, TrainingSpec
 
@@ -68,6 +70,14 @@ class TrainingResult:
     # probabilities for them (row k: image validation_index[k]); None without a validation split.
     validation_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     validation_probabilities: np.ndarray | None = None
+    # The temperature the exported model applies (1.0: none), and the evaluation's
+    # `calibration` block: {"fitted": True, "temperature", "ece_before", …} or
+    # {"fitted": False, "reason"}.
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # The backbone's weights as built from its source, before training: what drift.with_drift
+    # compares the trained ones to. None when it started from random weights.
+    initial_weights: Snapshot | None = None
 
 
 def stratified_split(
@@ -335,7 +345,8 @@ def train(
     3. For each stage: freeze what it freezes, take its inputs (the backbone's cached
        features while it is frozen and nothing augments, else the pixels), compile with a
        fresh optimizer and fit; then recompute the statistics of the BN layers that trained.
-    4. Evaluate the final model on the validation split: loss, accuracy, per-class report.
+    4. Evaluate the final model on the validation split: loss, accuracy, the temperature
+       fitted on it (`service.ml.calibrate`), the per-class report.
 
     Raises TrainingStopped if the observer stopped it.
     """
@@ -344,12 +355,13 @@ def train(
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
     clock = time.perf_counter()
     network = build_network(spec, len(data.classes), backbone_weights)
+    initial_weights = snapshot(network.backbone) if spec.backbone.pretrained else None
     seconds["build"] = time.perf_counter() - clock
     history, cached_stages, recomputed = _fit_stages(
         spec, network, splits, observer, feature_cache=feature_cache, seconds=seconds
     )
     clock = time.perf_counter()
-    metrics, evaluation, probabilities = _final_metrics(
+    metrics, evaluation, calibration = _final_metrics(
         network.model, splits, history, spec, data.classes
     )
     seconds["evaluate"] = time.perf_counter() - clock
@@ -363,7 +375,10 @@ def train(
         split=splits.sizes(),
         seconds=seconds,
         validation_index=splits.validation_index,
-        validation_probabilities=probabilities,
+        validation_probabilities=calibration.probabilities,
+        temperature=calibration.temperature,
+        calibration=calibration.report,
+        initial_weights=initial_weights,
     )
 
 
@@ -502,21 +517,35 @@ def _final_metrics(
     history: list[dict[str, float]],
     spec: JobSpec,
     classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None, np.ndarray | None]:
+) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
     """The last epoch's metrics; with a validation split, its loss and accuracy measured
-    again, the per-class report, and the probabilities they were measured from."""
+    again, the temperature fitted on it (unless `training.calibrate` is off), and the
+    per-class report of the calibrated probabilities, which the calibration carries: those
+    the exported model gives (ranked as before, so the report is the same).
+
+    `val_loss` stays Keras's loss of the uncalibrated probabilities, comparable with the
+    history's; the calibration block has the NLL before and after.
+    """
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
     if splits.validation_pixels is None:
-        return metrics, None, None
+        return metrics, None, not_fitted(None, "no validation split to fit a temperature on")
     # Measured on the model as exported: after early stopping's restore and the BN fix.
     probabilities = model.predict(splits.validation_pixels, verbose=0)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
     metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
-    evaluation = evaluate(splits.validation.labels, probabilities, classes)
+    labels = splits.validation.labels
+    calibration = (
+        calibrate(probabilities, labels)
+        if spec.training.calibrate
+        else not_fitted(probabilities, "training.calibrate is false")
+    )
+    assert calibration.probabilities is not None
+    evaluation = evaluate(labels, calibration.probabilities, classes)
+    evaluation["calibration"] = calibration.report
     metrics["val_accuracy"] = evaluation["accuracy"]
-    return metrics, evaluation, probabilities
+    return metrics, evaluation, calibration
 
 
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from service.schemas import (
 from service.serving import (
     BadImage,
     Classification,
+    ExplanationUnavailable,
     Image,
     ModelCorrupt,
     ModelNotFound,
@@ -45,7 +46,13 @@ ERRORS = {
     413: {"description": "Over the size or file-count limit"},
     503: {"description": "The stored model fails its integrity check; others still serve"},
 }
-STATUS = {BadImage: 400, ModelNotFound: 404, TooManyImages: 413, ModelCorrupt: 503}
+STATUS = {
+    BadImage: 400,
+    ModelNotFound: 404,
+    ExplanationUnavailable: 409,
+    TooManyImages: 413,
+    ModelCorrupt: 503,
+}
 
 
 @contextmanager
@@ -57,8 +64,12 @@ def _as_http_errors() -> Iterator[None]:
         raise HTTPException(status, str(error)) from None
 
 
-async def _classify(serving: Serving, model_id: str, images: list[Image]) -> Classification:
+async def _classify(
+    serving: Serving, model_id: str, images: list[Image], explain_top_k: int = 0
+) -> Classification:
     with _as_http_errors():
+        if explain_top_k:
+            return await serving.explain(model_id, images, explain_top_k)
         return await serving.classify(model_id, images)
 
 
@@ -116,7 +127,7 @@ PREDICT_BODY = {
         "multipart/form-data": {
             "schema": {
                 **_FORM,
-                "description": "model_id, one or more files, optional top_k and threshold",
+                "description": "model_id, files, optional top_k, threshold and explain",
                 "required": [*_FORM["required"], "files"],
                 "properties": {
                     **_FORM["properties"],
@@ -145,11 +156,16 @@ PREDICT_BODY = {
     "/predict",
     response_model=PredictionRead,
     summary="Classify images: multipart files, or JSON with base64 images",
-    description="Multipart: `model_id`, one or more `files`, optional `top_k` and "
-    "`threshold`. JSON: `{model_id, instances: [{b64}], top_k, threshold}`. Labels scoring "
-    "below `threshold` are left out of `top`.",
+    description="Multipart: `model_id`, one or more `files`, optional `top_k`, `threshold` "
+    "and `explain`. JSON: `{model_id, instances: [{b64}], top_k, threshold, explain}`. Labels "
+    "scoring below `threshold` are left out of `top`. With `explain` true each returned label "
+    "carries its class activation map (`heatmap`: method, PNG overlay, low-resolution map).",
     openapi_extra={"requestBody": PREDICT_BODY},
-    responses={**ERRORS, 422: {"description": "A field is missing or invalid"}},
+    responses={
+        **ERRORS,
+        409: {"description": "`explain` asked of a model stored before models carried maps"},
+        422: {"description": "A field is missing or invalid"},
+    },
 )
 async def predict(request: Request, serving: ServingDep) -> PredictionRead:
     content_type = request.headers.get("content-type", "")
@@ -161,7 +177,8 @@ async def predict(request: Request, serving: ServingDep) -> PredictionRead:
         raise HTTPException(
             415, "send multipart/form-data (files) or application/json (base64 instances)"
         )
-    result = await _classify(serving, parameters.model_id, images)
+    explain_top_k = parameters.top_k if parameters.explain else 0
+    result = await _classify(serving, parameters.model_id, images, explain_top_k)
     scores = result.top(parameters.top_k, parameters.threshold)
     return PredictionRead(
         model_id=result.model_id,
