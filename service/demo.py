@@ -219,6 +219,12 @@ def _drive(base: str, epochs: int, started: float) -> int:
         f"validation split: accuracy {report['accuracy']:.3f}, "
         f"weakest class {worst['label']} (F1 {worst['f1']:.3f})"
     )
+    calibration = report.get("calibration") or {}
+    if calibration.get("fitted"):
+        print(
+            f"calibrated scores: temperature {calibration['temperature']:.2f}, expected "
+            f"calibration error {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}"
+        )
     print(f"training history: {[round(row['accuracy'], 3) for row in job['history']]}")
     print(f"demo took {time.monotonic() - started:.0f} s")
     print(

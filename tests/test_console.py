@@ -122,6 +122,10 @@ def inspect_model(page: Any, live: LiveService, model_id: str, folder: Path) -> 
     with live.client() as client:
         evaluation = client.get(f"/models/{model_id}/evaluation").json()
     assert page.locator("#accuracy").inner_text() == f"{100 * evaluation['accuracy']:.1f} %"
+    calibration = evaluation["calibration"]
+    assert calibration["fitted"], calibration
+    expect(page.locator("#temperature")).to_have_text(f"{calibration['temperature']:.3f}")
+    expect(page.locator("#reliability svg")).to_have_count(2)  # before and after
     matrix = evaluation["confusion_matrix"]
     row, column = next(
         (i, j) for i, line in enumerate(matrix["matrix"]) for j, cell in enumerate(line) if cell
@@ -146,6 +150,12 @@ def try_an_image(page: Any, live: LiveService, model_id: str, folder: Path) -> N
     page.locator("#threshold").fill("1")
     assert page.locator(".bars li:visible").count() == 0
     page.locator("#threshold").fill("0")
+    # The top label's class activation map over the picture, its opacity under a slider.
+    heat = page.locator(".overlay img.heat")
+    expect(heat).to_have_count(1)
+    expect(page.locator(".overlay img.base")).to_have_attribute("src", re.compile("^blob:"))
+    page.locator("#opacity").fill("0.2")
+    assert heat.evaluate("img => getComputedStyle(img).opacity") == "0.2"
     page.screenshot(path=str(folder / "5-try.png"), full_page=True)
 
 
@@ -291,7 +301,8 @@ def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> N
         ])
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url(re.compile(r"/console/datasets/d_"))
-        page.get_by_role("button", name="Delete").click()  # hx-confirm: accepted below
+        page.wait_for_function("() => [...document.images].every((image) => image.complete)")
+        page.get_by_role("button", name="Delete").click()  # hx-confirm: accepted above
         page.wait_for_url(f"{live.url}/console/datasets")
         expect(page.locator("main")).to_contain_text("No datasets yet.")
         problems.check()

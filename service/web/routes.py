@@ -336,17 +336,25 @@ def model_samples(
 
 @writes.post("/models/{model_id}/predict", response_class=HTMLResponse)
 async def model_try(
-    request: Request, model_id: str, files: list[UploadFile], top_k: Annotated[int, Form()] = 5
+    request: Request,
+    model_id: str,
+    files: list[UploadFile],
+    top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+    explain: Annotated[bool, Form()] = False,
 ) -> HTMLResponse:
     images = []
     for number, upload in enumerate(files):
         name = upload.filename or f"image {number + 1}"
         images.append(Image(f"files[{number}] {name!r}", name, await upload.read()))
+    serving = request.app.state.serving
     try:
-        result = await request.app.state.serving.classify(model_id, images)
+        if explain:
+            result = await serving.explain(model_id, images, top_k)
+        else:
+            result = await serving.classify(model_id, images)
     except ServingError as error:
         return page(request, "partials/error.html", 400, message=str(error))
-    tops = result.top(max(1, min(top_k, len(result.classes))))
+    tops = result.top(min(top_k, len(result.classes)))
     return page(request, "partials/predictions.html", answers=list(zip(images, tops, strict=True)))
 
 

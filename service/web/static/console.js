@@ -81,7 +81,22 @@ function setUpTry(form) {
     });
   };
   slider.addEventListener("input", apply);
-  document.body.addEventListener("htmx:afterSwap", apply);
+  const opacity = document.getElementById("opacity");
+  const shade = () => {
+    document.getElementById("opacity-value").value = Number(opacity.value).toFixed(2);
+    document.getElementById("predictions").style.setProperty("--opacity", opacity.value);
+  };
+  opacity.addEventListener("input", shade);
+  document.body.addEventListener("htmx:afterSwap", (event) => {
+    if (event.target.id !== "predictions") return;
+    apply();
+    shade();
+    // Under each heat map, the picture as sent, from the browser's own copy of the file.
+    event.target.querySelectorAll(".overlay").forEach((overlay) => {
+      const file = input.files[Number(overlay.dataset.index)];
+      if (file) overlay.querySelector(".base").src = URL.createObjectURL(file);
+    });
+  });
 }
 
 function setUpCamera(form, submit) {
