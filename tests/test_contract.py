@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis
+import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
@@ -75,6 +76,8 @@ def raw_bodies(operation: Any) -> st.SearchStrategy[tuple[str, bytes]]:
     return st.one_of(choices)
 
 
+# Over 20 s of generated cases: CI runs it; the fast lane leaves it to CI.
+@pytest.mark.slow
 def test_no_operation_answers_5xx_or_off_schema(tmp_path: Path) -> None:
     # With a key, so that the documented bearer scheme is really enforced (schemathesis also
     # checks that a request with a wrong key is refused).
