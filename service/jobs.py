@@ -61,11 +61,15 @@ def runnable_spec(stored: dict[str, Any]) -> JobSpec:
     try:
         return JobSpec.model_validate(stored)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
-            for item in error.errors(include_url=False)
-        )
-        raise Invalid(f"the stored spec no longer validates: {problems}") from None
+        raise Invalid(f"the stored spec no longer validates: {what_fails(error)}") from None
+
+
+def what_fails(error: ValidationError) -> str:
+    """A spec's validation errors in one line a person can act on: `field: message; …`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
+        for item in error.errors(include_url=False)
+    )
 
 
 # -- reference checks ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ import uvicorn
 from service.api.app import create_app
 from service.config import Settings
 from service.storage.db import Database
+from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "console-test-key-0123456789"
@@ -83,15 +84,12 @@ class LiveService:
 
 def start_live_service(data_dir: Path, **overrides: Any) -> LiveService:
     values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": "",
         "api_key": API_KEY,
         "poll_seconds": 0.2,
         "progress_seconds": 0.2,
         "events_poll_seconds": 0.2,
-        **overrides,
     }
-    settings = Settings(_env_file=None, **values)
+    settings = make_settings(data_dir, **{**values, **overrides})
     Database(settings.database_url).upgrade()
     port = free_port()
     config = uvicorn.Config(

@@ -94,8 +94,12 @@ async def problem_answer(request: Request, error: Exception) -> Response:
         return await unprocessable_answer(
             request, invalid(list(error.field), error.message, part=error.part)
         )
-    status = STATUS.get(type(error), 400)
-    return await http_error_answer(request, HTTPException(status, str(error)))
+    return await http_error_answer(request, HTTPException(status_of(error), str(error)))
+
+
+def status_of(problem: Problem) -> int:
+    """The HTTP status a domain problem is answered with, for the API and the console."""
+    return 422 if isinstance(problem, Invalid) else STATUS.get(type(problem), 400)
 
 
 def install(app: FastAPI) -> None:

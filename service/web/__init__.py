@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from service.api.errors import problem_answer
+from service.api.errors import problem_answer, status_of
 from service.problems import Conflict, NotFound, Problem
 from service.web.render import LoginRequired, login_redirect, page
 from service.web.routes import router
@@ -20,7 +20,7 @@ async def _problem(request: Request, error: Exception) -> Response:
     assert isinstance(error, Problem)
     if not request.url.path.startswith("/console"):
         return await problem_answer(request, error)
-    status = {NotFound: 404, Conflict: 409}.get(type(error), 400)
+    status = status_of(error)
     if request.headers.get("HX-Request"):
         return page(request, "partials/error.html", status, message=str(error))
     heading = HEADINGS.get(type(error), "That did not work")

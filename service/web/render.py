@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from service.api.auth import CSRF_HEADER, Session, cookie_session
+from service.api.auth import COOKIE, CSRF_HEADER, Session, cookie_session
 from service.config import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ def console_session(request: Request) -> Session | None:
     session = cookie_session(request)
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise LoginRequired(target, expired="transfer_session" in request.cookies)
+        raise LoginRequired(target, expired=COOKIE in request.cookies)
     return session
 
 

@@ -211,13 +211,6 @@ async def _form_spec(request: Request) -> dict[str, Any]:
     return spec_from_form({key: [str(v) for v in form.getlist(key)] for key in form})
 
 
-def _validation_message(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
-        for item in error.errors(include_url=False)
-    )
-
-
 @writes.post("/jobs/preview", response_class=HTMLResponse)
 def job_preview(
     request: Request, session: SessionDep, body: Annotated[dict[str, Any], Depends(_form_spec)]
@@ -226,7 +219,7 @@ def job_preview(
         spec = JobSpec.model_validate(body)
         stages = jobs.preview(session, spec)
     except ValidationError as error:
-        return page(request, "partials/error.html", 422, message=_validation_message(error))
+        return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
     except Problem as problem:
         return page(request, "partials/error.html", 422, message=str(problem))
     rows = [{**row, "block": _block(row)} for row in stages[-1]["layers"]]
@@ -257,7 +250,7 @@ def job_create(
     try:
         job = jobs.submit(session, JobSpec.model_validate(body))
     except ValidationError as error:
-        return page(request, "partials/error.html", 422, message=_validation_message(error))
+        return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
     except Problem as problem:
         return page(request, "partials/error.html", 422, message=str(problem))
     return Response(status_code=204, headers={"HX-Redirect": f"/console/jobs/{job.id}"})
