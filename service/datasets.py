@@ -65,6 +65,11 @@ def create_dataset(
             filename=image.filename,
             data=image.data,
             size_bytes=len(image.data),
+            sha256=image.facts.sha256,
+            phash=image.facts.phash,
+            width=image.facts.width,
+            height=image.facts.height,
+            mode=image.facts.mode,
         )
         for image in archive.images
     )

@@ -206,7 +206,10 @@ def _drive(base: str, epochs: int, started: float) -> int:
         f"dataset {dataset['id']}: {dataset['num_images']} images, "
         f"{len(dataset['classes'])} classes"
     )
-    job = _train(client, dataset["id"], epochs)
+    _show_health(client, dataset["id"])
+    body = job_body(dataset["id"], epochs, imagenet_reachable())
+    _show_advice(client, dataset["id"], body["backbone"])
+    job = _train(client, body)
     if job["status"] != "succeeded":
         print(f"job {job['status']}: {job['error']}", file=sys.stderr)
         return 1
@@ -245,9 +248,37 @@ def _wait_until_ready(client: httpx.Client) -> bool:
     return False
 
 
-def _train(client: httpx.Client, dataset_id: str, epochs: int) -> dict:
+def _show_health(client: httpx.Client, dataset_id: str) -> None:
+    report = client.get(f"/datasets/{dataset_id}/report").raise_for_status().json()
+    warnings = report["warnings"]
+    print(f"health report: {len(warnings) or 'no'} warning(s)")
+    for line in warnings[:3]:
+        print(f"  - {line}")
+
+
+def _show_advice(client: httpx.Client, dataset_id: str, backbone: dict) -> None:
+    """Measure the data against the job's backbone; the job then reuses the features."""
+    url = f"/datasets/{dataset_id}/advice"
+    advice = client.post(url, json={"backbone": backbone, "max_images": 2000})
+    advice = advice.raise_for_status().json()
+    print(f"advice {advice['id']}: measuring the dataset against the backbone")
+    follow_events(client, advice["job_id"])
+    advice = client.get(f"{url}/{advice['id']}").raise_for_status().json()
+    if advice["status"] != "succeeded":
+        print(f"advice {advice['status']}: {advice['error']}")
+        return
+    result = advice["result"]
+    cell, probe = result["quadrant"], result["probe"]
+    print(
+        f"advice: {cell['data']} data, {cell['similarity']} (similarity "
+        f"{result['similarity']:.2f}: probe accuracy {probe['accuracy']:.3f}, random weights "
+        f"{probe['random_accuracy']:.3f}, chance {probe['chance']:.3f}) → strategy "
+        f"{cell['strategy']}: {cell['summary']}"
+    )
+
+
+def _train(client: httpx.Client, body: dict) -> dict:
     """Queue the job, follow its events to the end, answer the finished job."""
-    body = job_body(dataset_id, epochs, imagenet_reachable())
     job = client.post("/jobs", json=body).raise_for_status().json()
     print(f"job {job['id']} queued")
     follow_events(client, job["id"])

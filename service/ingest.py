@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO
 
-from service.ml.images import UndecodableImage, open_image
+from service.ml.images import ImageFacts, UndecodableImage, decode, image_facts
 
 # What operating systems add when they compress a folder: left out silently, not "skipped".
 # (Dot-files and dot-folders — `.DS_Store`, `._1.jpg`, `.git/` — are left out too.)
@@ -39,6 +39,7 @@ class ArchiveImage:
     label: str
     filename: str
     data: bytes
+    facts: ImageFacts
 
 
 @dataclass
@@ -146,11 +147,12 @@ def _read_capped(
 
 @dataclass(frozen=True)
 class _Member:
-    """One file of the zip, read: its bytes if they decode as an image, else why not."""
+    """One file of the zip, read: its bytes and facts if they decode as an image, else why not."""
 
     info: zipfile.ZipInfo
     parts: tuple[str, ...]
     data: bytes | None = None
+    facts: ImageFacts | None = None
     reason: str = ""
 
 
@@ -167,10 +169,12 @@ def _read_member(
             info, parts, reason=f"larger than the {limits.max_image_bytes}-byte image limit"
         )
     try:
-        open_image(data)  # the name says nothing: a JPEG called .png is an image, a .jpg may not be
+        # The name says nothing: a JPEG called .png is an image, a .jpg may not be.
+        image = decode(data)
     except UndecodableImage as error:
         return _Member(info, parts, reason=str(error))
-    return _Member(info, parts, data=data)
+    # Measured from this decode: the health report's facts cost no second one.
+    return _Member(info, parts, data=data, facts=image_facts(data, image))
 
 
 def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
@@ -192,14 +196,16 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
     result = Archive()
     for member in members:
         inside = member.parts[depth:]
-        if member.data is None:
+        if member.data is None or member.facts is None:
             result.skipped.append({"path": member.info.filename, "reason": member.reason})
         elif len(inside) < 2:
             result.skipped.append(
                 {"path": member.info.filename, "reason": "not inside a class folder"}
             )
         else:
-            result.images.append(ArchiveImage(inside[0], "/".join(inside), member.data))
+            result.images.append(
+                ArchiveImage(inside[0], "/".join(inside), member.data, member.facts)
+            )
     _require_classes(result)
     return result
 

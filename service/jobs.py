@@ -2,6 +2,11 @@
 
     queued → running → succeeded | failed | cancelled
 
+Jobs come in two kinds on one queue: "train" (the spec is a JobSpec; success stores a model)
+and "advice" (the spec is an AdviceSpec; success stores the advice's result). One queue, so
+both get the same leases, retries, cancelling and events, and a worker's accelerator serves
+them in the order they were asked for.
+
 The API and the worker both call this module and neither re-implements it:
 - the status enum and the transitions (enqueue, cancel; claim, heartbeat, release, end,
   complete), each one transaction; every write after a claim is fenced by the lease owner,
@@ -15,21 +20,23 @@ The API and the worker both call this module and neither re-implements it:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from service.problems import Conflict, Invalid, NotFound, Problem
-from service.spec import JobSpec
+from service.spec import AdviceSpec, JobSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
     WEIGHTS_SOURCES,
+    Advice,
     Dataset,
     Job,
     ModelLayer,
@@ -48,6 +55,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+SpecT = TypeVar("SpecT", JobSpec, AdviceSpec)
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"
+    ADVICE = "advice"
+
+
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -55,11 +70,14 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # -- reading stored specs -----------------------------------------------------------------
 
 
-def runnable_spec(stored: dict[str, Any]) -> JobSpec:
+def runnable_spec(
+    stored: dict[str, Any],
+    kind: type[SpecT] = JobSpec,  # type: ignore[assignment]
+) -> SpecT:
     """The stored spec, validated as a new request would be; Invalid saying what no longer
     validates when the service changed since the job was queued."""
     try:
-        return JobSpec.model_validate(stored)
+        return kind.model_validate(stored)
     except ValidationError as error:
         raise Invalid(f"the stored spec no longer validates: {what_fails(error)}") from None
 
@@ -75,13 +93,15 @@ def what_fails(error: ValidationError) -> str:
 # -- reference checks ---------------------------------------------------------------------
 
 
-def check_references(session: Session, spec: JobSpec) -> Dataset:
-    """The dataset the job trains on, after checking what the spec refers to exists and fits:
+def check_references(session: Session, spec: JobSpec | AdviceSpec) -> Dataset:
+    """The dataset the job uses, after checking what the spec refers to exists and fits:
     the dataset, the stored weights source, and the class names of `class_weight`."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {spec.dataset_id!r}", field=("dataset_id",))
     weights_source(session, spec)
+    if isinstance(spec, AdviceSpec):
+        return dataset
     class_weight = spec.training.class_weight
     if isinstance(class_weight, dict):
         names = {entry["name"] for entry in dataset.classes}
@@ -95,7 +115,7 @@ def check_references(session: Session, spec: JobSpec) -> Dataset:
 
 
 def weights_source(
-    session: Session, spec: JobSpec, *options: Any
+    session: Session, spec: JobSpec | AdviceSpec, *options: Any
 ) -> TrainedModel | WeightsFile | None:
     """The stored model or weights file of "model:<id>" / "file:<id>" weights; None for
     "imagenet" and random weights. It must exist and be for the spec's backbone."""
@@ -194,16 +214,17 @@ def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
 
 
 def _with_model_ids(query: Select[Any]) -> Select[Any]:
-    return query.add_columns(TrainedModel.id).outerjoin(
-        TrainedModel, TrainedModel.job_id == Job.id
-    )
+    return query.add_columns(TrainedModel.id).outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
 
 
 def list_jobs(
-    session: Session, page: Page, status: JobStatus | None = None
+    session: Session,
+    page: Page,
+    status: JobStatus | None = None,
+    kind: JobKind = JobKind.TRAIN,
 ) -> PageOf[tuple[Job, str | None]]:
-    """A page of jobs, newest first, each with the id of the model it produced."""
-    query = _with_model_ids(select(Job))
+    """A page of jobs of one kind, newest first, each with the id of the model it produced."""
+    query = _with_model_ids(select(Job).where(Job.kind == kind))
     if status is not None:
         query = query.where(Job.status == status)
     return fetch_page(session, query, Job, page, scalars=False, key=lambda row: row[0])
@@ -220,11 +241,15 @@ def get_job(session: Session, job_id: str) -> tuple[Job, str | None]:
 # -- transitions the API makes --------------------------------------------------------------
 
 
-def enqueue(session: Session, spec: JobSpec, dataset: Dataset) -> Job:
+def enqueue(session: Session, spec: JobSpec | AdviceSpec, dataset: Dataset) -> Job:
     """A new queued job for a spec whose references were checked."""
+    advice = isinstance(spec, AdviceSpec)
     job = Job(
         id=new_id("j"),
-        name=spec.name or f"{dataset.name}-{spec.backbone.name}",
+        kind=JobKind.ADVICE if advice else JobKind.TRAIN,
+        name=f"advice-{dataset.name}-{spec.backbone.name}"
+        if advice
+        else spec.name or f"{dataset.name}-{spec.backbone.name}",
         status=JobStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
         dataset_id=dataset.id,
@@ -258,6 +283,7 @@ class Claim:
     attempt: int
     spec: dict[str, Any]
     name: str = ""
+    kind: str = JobKind.TRAIN
 
 
 @dataclass(frozen=True)
@@ -308,6 +334,7 @@ def claim_next_job(
                 attempt=job.attempts,
                 spec=job.spec,
                 name=job.name,
+                kind=job.kind,
             )
 
 
@@ -391,31 +418,76 @@ def release_job(db: Database, claim: Claim) -> bool:
         return result.rowcount == 1
 
 
+def _succeed(session: Session, claim: Claim) -> bool:
+    """Mark the claimed job succeeded, unless its lease is no longer this worker's."""
+    result = session.execute(
+        update(Job)
+        .where(_owned(claim))
+        .values(
+            status=JobStatus.SUCCEEDED,
+            finished_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def _complete(db: Database, claim: Claim, store: Callable[[Session], None]) -> bool:
+    with db.session(write=True) as session:
+        if not _succeed(session, claim):
+            return False
+        store(session)
+        return True
+
+
+def _review(session: Session, dataset_id: str, label_review: dict[str, Any] | None) -> None:
+    if label_review is not None:
+        session.execute(
+            update(Dataset).where(Dataset.id == dataset_id).values(label_review=label_review)
+        )
+
+
 def complete_job(
-    db: Database, claim: Claim, *, model: TrainedModel, layers: list[dict[str, Any]]
+    db: Database,
+    claim: Claim,
+    *,
+    model: TrainedModel,
+    layers: list[dict[str, Any]],
+    label_review: dict[str, Any] | None = None,
 ) -> bool:
-    """Store the model, its layers and the job's success in one transaction.
+    """Store the model, its layers, the dataset's label review if the job made one, and the
+    job's success in one transaction.
 
     False (and nothing stored) when the lease is no longer this worker's.
     """
-    now = utcnow()
-    with db.session(write=True) as session:
-        result = session.execute(
-            update(Job)
-            .where(_owned(claim))
-            .values(
-                status=JobStatus.SUCCEEDED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        if result.rowcount != 1:
-            return False
+
+    def store(session: Session) -> None:
         session.add(model)
         session.flush()
         session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
-        return True
+        if model.dataset_id is not None:
+            _review(session, model.dataset_id, label_review)
+
+    return _complete(db, claim, store)
+
+
+def complete_advice(
+    db: Database,
+    claim: Claim,
+    *,
+    dataset_id: str,
+    result: dict[str, Any],
+    label_review: dict[str, Any] | None,
+) -> bool:
+    """Store the advice's result, the dataset's label review and the job's success in one
+    transaction; False (and nothing stored) when the lease is no longer this worker's."""
+
+    def store(session: Session) -> None:
+        session.execute(update(Advice).where(Advice.job_id == claim.job_id).values(result=result))
+        _review(session, dataset_id, label_review)
+
+    return _complete(db, claim, store)
 
 
 __all__ = ["Conflict", "Invalid", "NotFound", "Problem"]  # the problems jobs raise

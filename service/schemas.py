@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from service.jobs import JobStatus
-from service.spec import JobSpec
+from service.jobs import JobKind, JobStatus
+from service.spec import AdviceRequest, AdviceSpec, JobSpec
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -115,6 +115,208 @@ class DatasetImageRead(BaseModel):
     size_bytes: int
 
 
+# -- the dataset health report (GET /datasets/{id}/report; built by service/reports.py) -------
+
+
+class ReportImage(BaseModel):
+    """One image a finding names: `GET /datasets/{dataset_id}/images/{id}` shows it."""
+
+    id: int
+    filename: str = Field(description="Its path in the uploaded zip.")
+    label: str
+
+
+class ImageShape(ReportImage):
+    width: int
+    height: int
+    mode: str = Field(description='Pillow\'s mode as stored: "RGB", "L", "CMYK", "P"…')
+
+
+class ImageFinding(BaseModel):
+    count: int = Field(description="How many images the finding holds (all listed).")
+    images: list[ImageShape]
+
+
+class SmallImages(ImageFinding):
+    input_size: int | None = Field(
+        description="The size asked about; null when none was (then the list is empty)."
+    )
+
+
+class Balance(BaseModel):
+    ratio: float = Field(description="Largest class count ÷ smallest, rounded to 2 decimals.")
+    largest: ClassCount
+    smallest: ClassCount
+    imbalanced: bool = Field(description="`ratio` is past `thresholds.max_balance_ratio`.")
+    note: str | None = Field(description="What to do about it; null when balanced.")
+
+
+class SmallClasses(BaseModel):
+    floor: int = Field(description="`thresholds.min_class_images`.")
+    classes: list[ClassCount] = Field(description="The classes below the floor, with counts.")
+
+
+class DuplicateGroup(BaseModel):
+    kind: Literal["exact", "near"] = Field(
+        description='"exact": byte-identical files (same SHA-256); "near": the same picture '
+        "re-encoded, resized or lightly edited (perceptual hashes within "
+        "`thresholds.near_duplicate_bits`), at least two different files."
+    )
+    scope: Literal["within_class", "across_classes"] = Field(
+        description='"across_classes": one picture under two or more labels.'
+    )
+    distance: int = Field(
+        description="The largest Hamming distance between two of its perceptual hashes (of 64)."
+    )
+    images: list[ReportImage]
+
+
+class Duplicates(BaseModel):
+    exact: list[DuplicateGroup]
+    near: list[DuplicateGroup] = Field(
+        description="Never a group of exact copies alone: those are under `exact`."
+    )
+
+
+class LeakedPair(BaseModel):
+    kind: Literal["exact", "near"]
+    scope: Literal["within_class", "across_classes"]
+    distance: int = Field(description="Hamming distance of the two perceptual hashes (of 64).")
+    training: ReportImage = Field(description="The copy in the training split.")
+    validation: ReportImage = Field(description="The copy in the validation split.")
+
+
+class Leakage(BaseModel):
+    seed: int
+    validation_split: float
+    training_images: int
+    validation_images: int
+    count: int = Field(description="Validation images with a copy in training.")
+    pairs: list[LeakedPair] = Field(
+        description="One per such validation image: its closest copy in training."
+    )
+
+
+class LabelIssue(BaseModel):
+    image_id: int
+    filename: str
+    label: str = Field(description="Its label as uploaded.")
+    suggested: str = Field(description="The class the probe predicts for it.")
+    confidence: float = Field(description="The probe's probability of `suggested`.")
+
+
+class LabelReview(BaseModel):
+    """Likely mislabelled images, as the worker stored them (`Dataset.label_review`)."""
+
+    method: str
+    features: str = Field(description="The frozen backbone whose features the probe read.")
+    job_id: str = Field(description="The job that made the review.")
+    created_at: datetime
+    images_checked: int
+    probe_accuracy: float = Field(description="The probe's out-of-fold accuracy.")
+    issues: list[LabelIssue]
+
+
+class Mislabelled(BaseModel):
+    review: LabelReview | None = Field(description="null until a job has made one.")
+    note: str = Field(description="What the review says, or how to get one.")
+
+
+class ReportThresholds(BaseModel):
+    min_class_images: int
+    near_duplicate_bits: int
+    max_aspect_ratio: float
+    max_balance_ratio: float
+
+
+def _report_example() -> dict[str, Any]:
+    cat = {"id": 1041, "filename": "cats/001.jpg", "label": "cats"}
+    dog = {"id": 1093, "filename": "dogs/017.jpg", "label": "dogs"}
+    small = {"id": 1102, "filename": "dogs/030.png", "label": "dogs"}
+    shape = {**small, "width": 64, "height": 48, "mode": "L"}
+    cats, dogs = {"name": "cats", "count": 60}, {"name": "dogs", "count": 20}
+    return {
+        "dataset_id": "d_0123456789abcdef",
+        "images": 80,
+        "classes": [cats, dogs],
+        "measured": 0,
+        "thresholds": {
+            "min_class_images": 20,
+            "near_duplicate_bits": 6,
+            "max_aspect_ratio": 2.5,
+            "max_balance_ratio": 2.0,
+        },
+        "balance": {
+            "ratio": 3.0,
+            "largest": cats,
+            "smallest": dogs,
+            "imbalanced": True,
+            "note": 'training.class_weight: "balanced" weighs each class by its inverse count.',
+        },
+        "small_classes": {"floor": 20, "classes": []},
+        "duplicates": {
+            "exact": [
+                {"kind": "exact", "scope": "across_classes", "distance": 0, "images": [cat, dog]}
+            ],
+            "near": [],
+        },
+        "leakage": {
+            "seed": 0,
+            "validation_split": 0.2,
+            "training_images": 64,
+            "validation_images": 16,
+            "count": 1,
+            "pairs": [
+                {
+                    "kind": "exact",
+                    "scope": "across_classes",
+                    "distance": 0,
+                    "training": cat,
+                    "validation": dog,
+                }
+            ],
+        },
+        "small_images": {"input_size": 96, "count": 1, "images": [shape]},
+        "extreme_aspect": {"count": 0, "images": []},
+        "grayscale": {"count": 1, "images": [shape]},
+        "cmyk": {"count": 0, "images": []},
+        "mislabelled": {
+            "review": None,
+            "note": "No label review yet: run POST /datasets/{id}/advice, or train a job whose "
+            "first stage freezes the whole backbone.",
+        },
+        "warnings": [
+            "Classes are imbalanced 3:1 (cats 60, dogs 20) …",
+            "1 image appears in both training and validation at seed 0 …",
+        ],
+    }
+
+
+class DatasetReport(BaseModel):
+    model_config = _example(_report_example())
+    dataset_id: str
+    images: int
+    classes: list[ClassCount]
+    measured: int = Field(
+        description="Images whose facts this report measured and stored (uploaded before the "
+        "service kept them); 0 once every image has them."
+    )
+    thresholds: ReportThresholds
+    balance: Balance
+    small_classes: SmallClasses
+    duplicates: Duplicates
+    leakage: Leakage
+    small_images: SmallImages = Field(description="Shorter side below `input_size`: upscaled.")
+    extreme_aspect: ImageFinding = Field(
+        description="Long side ÷ short side past `thresholds.max_aspect_ratio`: the model "
+        "squashes every image to a square."
+    )
+    grayscale: ImageFinding = Field(description="Stored in a grayscale mode (1, L, LA, I, F…).")
+    cmyk: ImageFinding = Field(description="Stored as CMYK: colours shift when made RGB.")
+    mislabelled: Mislabelled
+    warnings: list[str] = Field(description="One plain sentence per problem found.")
+
+
 class Progress(BaseModel):
     stage: int = 1
     stages: int = 1
@@ -128,6 +330,7 @@ class JobRead(BaseModel):
     model_config = _example(
         {
             "id": "j_0123456789abcdef",
+            "kind": "train",
             "name": "flowers-mobilenet",
             "status": "running",
             "spec": JobSpec.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
@@ -159,11 +362,19 @@ class JobRead(BaseModel):
         }
     )
     id: str
+    kind: JobKind = Field(
+        description='"train": trains a model (spec: the job spec); "advice": measures a '
+        "dataset for POST /datasets/{dataset_id}/advice (spec: the advice request and "
+        "dataset_id). GET /jobs lists one kind at a time."
+    )
     name: str
     status: JobStatus
     # As stored, never re-validated: a job queued before a field or backbone was removed or
     # tightened still reads; the worker says what no longer validates when it runs it.
-    spec: Annotated[dict[str, Any], WithJsonSchema(inline_schema(JobSpec))]
+    spec: Annotated[
+        dict[str, Any],
+        WithJsonSchema({"anyOf": [inline_schema(JobSpec), inline_schema(AdviceSpec)]}),
+    ]
     progress: Progress | None
     history: list[dict[str, int | float]] = Field(
         description="One row per epoch: epoch, stage, the Keras metrics, seconds."
@@ -520,3 +731,77 @@ class TFServingRequest(BaseModel):
 class TFServingResponse(BaseModel):
     model_config = _example({"predictions": [[0.93, 0.07]]})
     predictions: list[list[float]]
+
+
+# -- strategy advice (POST /datasets/{dataset_id}/advice) ------------------------------------
+
+
+class AdviceImages(BaseModel):
+    total: int
+    sampled: int = Field(description="Images whose features were extracted: all, or a sample.")
+    smallest_class: int
+    median_class: float = Field(description="Images in the median class: the data-size axis.")
+    largest_class: int
+
+
+class AdviceProbe(BaseModel):
+    folds: int
+    accuracy: float = Field(description="Out-of-fold accuracy on the pretrained features.")
+    random_accuracy: float = Field(
+        description="The same probe on the same architecture with random weights."
+    )
+    chance: float = Field(description="The largest class's share: always answering it.")
+
+
+class AdviceQuadrant(BaseModel):
+    data: Literal["little", "much"]
+    similarity: Literal["similar", "different"]
+    strategy: Literal[1, 2, 3] = Field(
+        description="1: train everything; 2: freeze the bottom, fine-tune the top; 3: freeze "
+        "the backbone, train the classifier."
+    )
+    summary: str
+
+
+class AdviceFeatures(BaseModel):
+    key: str | None = Field(description="The feature cache's key; null for random weights.")
+    reused: bool = Field(description="Whether the features came from the cache.")
+    seconds: dict[str, float]
+
+
+class AdviceResult(BaseModel):
+    images: AdviceImages
+    probe: AdviceProbe
+    similarity: float = Field(
+        description="(accuracy − random_accuracy) / (1 − random_accuracy), clipped to 0..1: the "
+        "share of the errors random weights leave that the pretrained features remove."
+    )
+    quadrant: AdviceQuadrant
+    reasons: list[str] = Field(description="The advice in plain words, with the numbers.")
+    spec: Annotated[dict[str, Any], WithJsonSchema(inline_schema(JobSpec))] = Field(
+        description="A job spec for the strategy: POST it to /jobs as it is."
+    )
+    features: AdviceFeatures
+
+
+class AdviceRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "a_0123456789abcdef",
+            "dataset_id": "d_0123456789abcdef",
+            "job_id": "j_0123456789abcdef",
+            "status": "succeeded",
+            "error": None,
+            "request": AdviceRequest.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+            "result": None,
+            "created_at": "2026-11-29T12:00:00Z",
+        }
+    )
+    id: str
+    dataset_id: str
+    job_id: str | None = Field(description="The advice job: GET /jobs/{job_id}/events follows it.")
+    status: JobStatus = Field(description="The advice job's status.")
+    error: str | None
+    request: AdviceRequest
+    result: AdviceResult | None = Field(description="Null until the advice job has succeeded.")
+    created_at: datetime

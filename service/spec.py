@@ -324,3 +324,44 @@ class JobSpec(_Strict):
     def input_size(self) -> int:
         assert self.backbone.input_size is not None
         return self.backbone.input_size
+
+
+class AdviceRequest(_Strict):
+    """What to measure a dataset against: a backbone, and how much of the dataset to use."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "backbone": {"name": "MobileNetV2", "weights": "imagenet", "input_size": 96},
+                    "max_images": 1000,
+                }
+            ]
+        },
+    )
+
+    backbone: BackboneSpec
+    max_images: int = Field(
+        1000,
+        ge=10,
+        le=20000,
+        description="Features are extracted for at most this many images: a stratified sample "
+        "of a larger dataset, each class in its share.",
+    )
+    folds: int = Field(
+        5, ge=2, le=10, description="k of the k-fold linear probe (at most the smallest class)."
+    )
+    much_data_per_class: int = Field(
+        500,
+        ge=2,
+        le=1_000_000,
+        description="From how many images in the median class the dataset counts as much data.",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sample, folds and random init.")
+
+
+class AdviceSpec(AdviceRequest):
+    """An advice job's stored spec: the request and the dataset it is for."""
+
+    dataset_id: str

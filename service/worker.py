@@ -9,9 +9,10 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from sqlalchemy.orm import undefer
 from service import jobs
 from service.config import Settings
 from service.problems import Problem
-from service.spec import JobSpec
+from service.spec import AdviceSpec, JobSpec
 from service.storage.db import Database
+from service.storage.features import DatabaseFeatureStore
 from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
 
 log = logging.getLogger("service.worker")
@@ -160,9 +162,10 @@ class Worker:
             if self.shutdown.is_set():
                 monitor.shutdown.set()
             try:
-                model, layers = self._train(claim, monitor)
+                advice = claim.kind == jobs.JobKind.ADVICE
+                complete = self._advise(claim, monitor) if advice else self._train(claim, monitor)
             except TrainingStopped:
-                model = None
+                complete = None
             except (WeightsUnavailable, Problem) as error:
                 log.warning("job %s failed: %s", claim.job_id, error)
                 jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error))
@@ -174,12 +177,12 @@ class Worker:
                 return
             finally:
                 self._monitor = None
-        if model is None or monitor.should_stop():
+        if complete is None or monitor.should_stop():
             self._stopped(claim, monitor)
-        elif not jobs.complete_job(self.db, claim, model=model, layers=layers):
-            log.warning("job %s: lease lost before the model was stored", claim.job_id)
+        elif not complete():
+            log.warning("job %s: lease lost before its result was stored", claim.job_id)
         else:
-            log.info("job %s succeeded: model %s", claim.job_id, model.id)
+            log.info("job %s succeeded", claim.job_id)
 
     def _stopped(self, claim: jobs.Claim, monitor: JobMonitor) -> None:
         if monitor.stop_reason == "cancelled":
@@ -191,9 +194,8 @@ class Worker:
             jobs.release_job(self.db, claim)
             log.info("job %s released to the queue", claim.job_id)
 
-    def _train(
-        self, claim: jobs.Claim, monitor: JobMonitor
-    ) -> tuple[TrainedModel, list[dict[str, Any]]]:
+    def _train(self, claim: jobs.Claim, monitor: JobMonitor) -> Callable[[], bool]:
+        """Train the job; what stores its model (and the dataset's label review)."""
         import keras
 
         from service.ml import export
@@ -204,8 +206,9 @@ class Worker:
         spec = jobs.runnable_spec(claim.spec)
         data = load_dataset(self.db, spec)
         keras.backend.clear_session()
+        store = DatabaseFeatureStore(self.db, spec.dataset_id)
         with backbone_weights(self.db, spec) as weights:
-            result = train(spec, data, monitor, backbone_weights=weights)
+            result = train(spec, data, monitor, backbone_weights=weights, feature_store=store)
         evaluation = result.evaluation
         if evaluation is not None and result.validation_probabilities is not None:
             # Named by dataset row, so a client can show the images behind each matrix cell.
@@ -240,7 +243,54 @@ class Worker:
         )
         # Compared after everything that moves weights: the stages, BN recompute, restores.
         layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
-        return stored, layers
+        return partial(
+            jobs.complete_job,
+            self.db,
+            claim,
+            model=stored,
+            layers=layers,
+            label_review=_review_of_training(claim, spec, data, result),
+        )
+
+    def _advise(self, claim: jobs.Claim, monitor: JobMonitor) -> Callable[[], bool]:
+        """Measure the dataset against the backbone; what stores the advice and the review."""
+        from service.advice import Figures, advice_result
+        from service.ml.labels import label_review
+        from service.ml.probe import measure
+
+        spec = jobs.runnable_spec(claim.spec, AdviceSpec)
+        sample, counts = load_sample(self.db, spec)
+        store = DatabaseFeatureStore(self.db, spec.dataset_id)
+        with backbone_weights(self.db, spec) as weights:
+            measured = measure(spec, sample, monitor, backbone_weights=weights, store=store)
+        figures = Figures(
+            counts=counts,
+            sampled=len(sample.labels),
+            folds=measured.pretrained.folds,
+            probe_accuracy=measured.pretrained.accuracy,
+            random_accuracy=measured.random.accuracy,
+            chance=measured.chance,
+            backbone_layers=measured.backbone_layers,
+        )
+        features = {"key": measured.key, "reused": measured.reused, "seconds": measured.seconds}
+        assert sample.ids is not None and sample.filenames is not None
+        review = label_review(
+            measured.pretrained,
+            sample.labels,
+            sample.ids,
+            sample.filenames,
+            sample.classes,
+            features=measured.key or f"{spec.backbone.name}|random:{spec.seed}",
+            job_id=claim.job_id,
+        )
+        return partial(
+            jobs.complete_advice,
+            self.db,
+            claim,
+            dataset_id=spec.dataset_id,
+            result=advice_result(figures, spec, features),
+            label_review=review,
+        )
 
 
 def load_dataset(db: Database, spec: JobSpec) -> Any:
@@ -252,7 +302,7 @@ def load_dataset(db: Database, spec: JobSpec) -> Any:
         dataset = jobs.check_references(session, spec)
         classes = [entry["name"] for entry in dataset.classes]
         rows = session.execute(
-            select(DatasetImage.id, DatasetImage.label, DatasetImage.data)
+            select(DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.data)
             .where(DatasetImage.dataset_id == dataset.id)
             .order_by(DatasetImage.id)
         ).all()
@@ -262,6 +312,76 @@ def load_dataset(db: Database, spec: JobSpec) -> Any:
         labels=np.array([index[row.label] for row in rows], dtype=np.int32),
         classes=classes,
         ids=[row.id for row in rows],
+        filenames=[row.filename for row in rows],
+    )
+
+
+# A training job's label review probes at most this many images (a stratified sample).
+REVIEW_MAX_IMAGES = 10_000
+# Image rows fetched per query when reading a sample's bytes (bounded IN lists).
+SAMPLE_FETCH = 500
+
+
+def load_sample(db: Database, spec: AdviceSpec) -> tuple[Any, list[int]]:
+    """A stratified sample of at most `spec.max_images` of the dataset's images (only theirs
+    are read), and the whole dataset's images per class."""
+    from service.ml.features import stratified_sample
+    from service.ml.train import LabelledImages
+
+    with db.session() as session:
+        dataset = jobs.check_references(session, spec)
+        classes = [entry["name"] for entry in dataset.classes]
+        rows = session.execute(
+            select(DatasetImage.id, DatasetImage.label, DatasetImage.filename)
+            .where(DatasetImage.dataset_id == dataset.id)
+            .order_by(DatasetImage.id)
+        ).all()
+        index = {name: number for number, name in enumerate(classes)}
+        labels = np.array([index[row.label] for row in rows], dtype=np.int32)
+        chosen = [rows[i] for i in stratified_sample(labels, spec.max_images, spec.seed)]
+        data: dict[int, bytes] = {}
+        for start in range(0, len(chosen), SAMPLE_FETCH):
+            ids = [row.id for row in chosen[start : start + SAMPLE_FETCH]]
+            query = select(DatasetImage.id, DatasetImage.data).where(DatasetImage.id.in_(ids))
+            data.update((row.id, row.data) for row in session.execute(query))
+    sample = LabelledImages(
+        images=[data[row.id] for row in chosen],
+        labels=np.array([index[row.label] for row in chosen], dtype=np.int32),
+        classes=classes,
+        ids=[row.id for row in chosen],
+        filenames=[row.filename for row in chosen],
+    )
+    return sample, np.bincount(labels, minlength=len(classes)).tolist()
+
+
+def _review_of_training(
+    claim: jobs.Claim, spec: JobSpec, data: Any, result: Any
+) -> dict[str, Any] | None:
+    """The label review from the features a frozen stage trained on, when it had the
+    untouched pretrained backbone's features of every image."""
+    from service.ml.features import feature_key
+    from service.ml.labels import fold_count, label_review, probe
+
+    if result.features is None or data.ids is None:
+        return None
+    positions, features = result.features
+    if len(positions) > REVIEW_MAX_IMAGES:  # the probe's cost grows with the images
+        from service.ml.features import stratified_sample
+
+        kept = stratified_sample(data.labels[positions], REVIEW_MAX_IMAGES, spec.training.seed)
+        positions, features = positions[kept], features[kept]
+    labels = data.labels[positions]
+    folds = fold_count(labels)
+    if folds == 0:
+        return None
+    return label_review(
+        probe(features, labels, folds=folds, seed=spec.training.seed),
+        labels,
+        [data.ids[i] for i in positions],
+        [data.filenames[i] for i in positions],
+        data.classes,
+        features=feature_key(spec.backbone, spec.head.pooling) or "",
+        job_id=claim.job_id,
     )
 
 

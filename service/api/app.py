@@ -12,7 +12,16 @@ from service import web
 from service.api import errors, openapi
 from service.api.auth import require_api_key
 from service.api.limits import BodySizeLimit
-from service.api.routes import backbones, datasets, health, jobs, models, predict, weights
+from service.api.routes import (
+    advice,
+    backbones,
+    datasets,
+    health,
+    jobs,
+    models,
+    predict,
+    weights,
+)
 from service.config import Settings, get_settings
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache, configure_tensorflow_threads
@@ -68,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web.install(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (backbones, datasets, jobs, models, predict, weights):
+    for module in (backbones, datasets, advice, jobs, models, predict, weights):
         app.include_router(module.router, dependencies=secured)
 
     app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))

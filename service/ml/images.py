@@ -5,9 +5,12 @@ The image type is decided by decoding the bytes, never by the file name.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
+import imagehash
 import numpy as np
 from PIL import Image
 
@@ -21,8 +24,8 @@ class UndecodableImage(ValueError):
     """The bytes are not an image we accept; the message says why."""
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Decode fully (so truncated files fail here) and return an RGB image."""
+def decode(data: bytes) -> Image.Image:
+    """Decode fully (so truncated files fail here); the image in the mode it was stored in."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,7 +43,39 @@ def open_image(data: bytes) -> Image.Image:
         raise UndecodableImage(f"image too large: more than {MAX_IMAGE_PIXELS} pixels") from None
     except Exception as error:  # Pillow raises many kinds for corrupt data
         raise UndecodableImage(f"not a decodable image ({type(error).__name__})") from None
-    return image.convert("RGB")
+    return image
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode fully (so truncated files fail here) and return an RGB image."""
+    return decode(data).convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the dataset health report reads about one image, measured once at upload."""
+
+    sha256: str  # of the bytes as uploaded: equal only for byte-identical files
+    phash: str  # 64-bit perceptual hash, 16 hex digits: close for the same picture re-encoded
+    width: int
+    height: int
+    mode: str  # Pillow's mode as stored: "RGB", "L", "CMYK", "P", "RGBA"…
+
+
+def image_facts(data: bytes, image: Image.Image) -> ImageFacts:
+    """The facts of `data`, given `image` = `decode(data)` (so the bytes are decoded once).
+
+    The perceptual hash is of the RGB conversion, the pixels the model sees: a CMYK or
+    palette file and its RGB twin hash alike, as they train alike.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return ImageFacts(
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=str(imagehash.phash(rgb)),
+        width=image.width,
+        height=image.height,
+        mode=image.mode,
+    )
 
 
 def to_pixels(data: bytes, size: int) -> np.ndarray:

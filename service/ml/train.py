@@ -17,7 +17,9 @@ import tensorflow as tf
 from service.ml.build import Network, apply_freeze, build_network
 from service.ml.calibrate import Calibration, calibrate, not_fitted
 from service.ml.drift import Snapshot, snapshot
+from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.images import to_pixels
+from service.ml.split import stratified_split
 from service.spec import JobSpec, Stage, TrainingSpec
 
 # Decoded training pixels are kept in memory across epochs up to this size, else re-decoded.
@@ -51,8 +53,9 @@ class LabelledImages:
     labels: np.ndarray  # int32 class indices
     classes: list[str]
     # The stored dataset's row of each image, when they came from one: the worker names the
-    # validation images by these (training itself never needs them).
+    # validation images by these, and features are cached under them.
     ids: list[int] | None = None
+    filenames: list[str] | None = None
 
 
 @dataclass
@@ -78,24 +81,11 @@ class TrainingResult:
     # The backbone's weights as built from its source, before training: what drift.with_drift
     # compares the trained ones to. None when it started from random weights.
     initial_weights: Snapshot | None = None
-
-
-def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation): `fraction` of each class, chosen by `seed`, to validation.
-
-    Every class keeps at least one training image; a class of one image has none in validation.
-    """
-    rng = np.random.default_rng(seed)
-    train: list[np.ndarray] = []
-    validation: list[np.ndarray] = []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = min(round(len(members) * fraction), len(members) - 1) if fraction > 0 else 0
-        validation.append(members[:count])
-        train.append(members[count:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
+    # The frozen backbone's pooled features of every image, when a stage trained on them
+    # before the backbone changed: (positions in the data, features, row k: image k), and
+    # whether they came from the feature store rather than the backbone.
+    features: tuple[np.ndarray, np.ndarray] | None = None
+    features_reused: bool = False
 
 
 def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -241,6 +231,7 @@ class _Split:
     images: list[bytes]
     labels: np.ndarray
     targets: tuple[np.ndarray, ...]
+    index: np.ndarray  # positions in the data, ascending
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -259,12 +250,16 @@ class _Split:
 class _Splits:
     train: _Split
     validation: _Split
-    validation_index: np.ndarray  # positions in the data of the validation images, ascending
     train_pixels: tf.data.Dataset  # shuffled by the seed, afresh each epoch
     validation_pixels: tf.data.Dataset | None  # None when no image was held out
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.validation)}
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Positions in the data of the training images, then of the validation images."""
+        return np.concatenate([self.train.index, self.validation.index])
 
 
 def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
@@ -285,49 +280,20 @@ def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
         [data.images[i] for i in train_index],
         train_labels,
         _targets(train_labels, num_classes, weights),
+        train_index,
     )
     val_split = _Split(
         [data.images[i] for i in val_index],
         val_labels,
         _targets(val_labels, num_classes, None),
+        val_index,
     )
     return _Splits(
         train=train_split,
         validation=val_split,
-        validation_index=val_index,
         train_pixels=train_split.pixels(spec, training.seed),
         validation_pixels=val_split.pixels(spec, None) if len(val_split) else None,
     )
-
-
-class _FeatureCache:
-    """The frozen backbone run once over the data; the head then trains on what it gave.
-
-    Valid while the backbone stays frozen and unchanged: a later stage that trains the
-    backbone makes it stale, so it is dropped then.
-    """
-
-    def __init__(self, network: Network) -> None:
-        pooled = network.head_layers[0].output
-        self.extractor = keras.Model(network.model.inputs, pooled, name="features")
-        inputs = keras.Input(tuple(pooled.shape[1:]), name="features")
-        x = inputs
-        for layer in network.head_layers[1:]:
-            x = layer(x)
-        self.head = keras.Model(inputs, x, name="head")
-        self.feature_bytes = 4 * math.prod(int(dim) for dim in pooled.shape[1:])
-        self.datasets: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = None
-
-    def fits(self, count: int) -> bool:
-        return count * self.feature_bytes <= FEATURE_CACHE_BYTES
-
-    def extract(self, pixels: tf.data.Dataset, observer: TrainingObserver) -> np.ndarray:
-        outputs = []
-        for batch in pixels:
-            if observer.should_stop():
-                raise TrainingStopped()
-            outputs.append(self.extractor.predict_on_batch(batch[0]))
-        return np.concatenate(outputs)
 
 
 def train(
@@ -337,6 +303,7 @@ def train(
     *,
     backbone_weights: str | Path | None,
     feature_cache: bool = True,
+    feature_store: FeatureStore | None = None,
 ) -> TrainingResult:
     """Train as the Keras transfer-learning guide does, everything fixed by the job's seed.
 
@@ -345,6 +312,8 @@ def train(
     3. For each stage: freeze what it freezes, take its inputs (the backbone's cached
        features while it is frozen and nothing augments, else the pixels), compile with a
        fresh optimizer and fit; then recompute the statistics of the BN layers that trained.
+       Features of the untouched pretrained backbone come from `feature_store` when an
+       earlier job or advice stored them, and are stored there otherwise.
     4. Evaluate the final model on the validation split: loss, accuracy, the temperature
        fitted on it (`service.ml.calibrate`), the per-class report.
 
@@ -357,8 +326,9 @@ def train(
     network = build_network(spec, len(data.classes), backbone_weights)
     initial_weights = snapshot(network.backbone) if spec.backbone.pretrained else None
     seconds["build"] = time.perf_counter() - clock
+    frozen = _FrozenFeatures(spec, splits, observer, feature_store, data.ids, seconds)
     history, cached_stages, recomputed = _fit_stages(
-        spec, network, splits, observer, feature_cache=feature_cache, seconds=seconds
+        spec, network, splits, _progress(spec, splits, observer), frozen, feature_cache
     )
     clock = time.perf_counter()
     metrics, evaluation, calibration = _final_metrics(
@@ -374,11 +344,22 @@ def train(
         cached_stages=cached_stages,
         split=splits.sizes(),
         seconds=seconds,
-        validation_index=splits.validation_index,
+        validation_index=splits.validation.index,
         validation_probabilities=calibration.probabilities,
         temperature=calibration.temperature,
         calibration=calibration.report,
         initial_weights=initial_weights,
+        features=frozen.features,
+        features_reused=frozen.reused,
+    )
+
+
+def _progress(spec: JobSpec, splits: _Splits, observer: TrainingObserver) -> _ProgressCallback:
+    return _ProgressCallback(
+        observer,
+        stages=len(spec.stages),
+        epochs=sum(stage.epochs for stage in spec.stages),
+        steps=math.ceil(len(splits.train) / spec.training.batch_size),
     )
 
 
@@ -386,35 +367,29 @@ def _fit_stages(
     spec: JobSpec,
     network: Network,
     splits: _Splits,
-    observer: TrainingObserver,
-    *,
+    progress: _ProgressCallback,
+    frozen: _FrozenFeatures,
     feature_cache: bool,
-    seconds: dict[str, float],
 ) -> tuple[list[dict[str, float]], list[int], int]:
     """Fit the stages in turn. Returns the history (epochs numbered across stages), the
     stages fitted on cached features, and how many BN layers had their statistics recomputed.
     """
-    progress = _ProgressCallback(
-        observer,
-        stages=len(spec.stages),
-        epochs=sum(stage.epochs for stage in spec.stages),
-        steps=math.ceil(len(splits.train) / spec.training.batch_size),
-    )
     # Augmentation must see the pixels every epoch, so then nothing is cached.
     cacheable = feature_cache and not spec.training.augmenting
-    cache: _FeatureCache | None = None
     cached_stages: list[int] = []
     recomputed = 0
     for stage in spec.stages:
         apply_freeze(network.backbone, stage.freeze)
         if stage.freeze.mode != "backbone":
-            cache = None
-        elif cacheable:
-            cache = cache or _FeatureCache(network)
-        inputs = _stage_inputs(network, splits, cache, spec, observer, seconds)
-        if inputs.cached:
+            frozen.drop()  # the backbone trains: its features go stale
+        inputs = (
+            frozen.stage_inputs(network) if cacheable and stage.freeze.mode == "backbone" else None
+        )
+        if inputs is None:
+            inputs = _StageInputs(network.model, splits.train_pixels, splits.validation_pixels)
+        else:
             cached_stages.append(stage.number)
-        _fit_stage(inputs, stage, spec.training, progress, seconds)
+        _fit_stage(inputs, stage, spec.training, progress, frozen.seconds)
         # BN layers that trained this stage: their moving statistics lag far behind.
         recomputed += recompute_batchnorm_statistics(network.model, splits.train_pixels)
     return progress.history, cached_stages, recomputed
@@ -428,44 +403,80 @@ class _StageInputs:
     cached: bool = False
 
 
-def _stage_inputs(
-    network: Network,
-    splits: _Splits,
-    cache: _FeatureCache | None,
-    spec: JobSpec,
-    observer: TrainingObserver,
-    seconds: dict[str, float],
-) -> _StageInputs:
-    """The head alone on the cached features when there is a cache and they fit in memory;
-    else the whole network on the pixels."""
-    if cache is None or not cache.fits(len(splits.train) + len(splits.validation)):
-        return _StageInputs(network.model, splits.train_pixels, splits.validation_pixels)
-    if cache.datasets is None:
-        clock = time.perf_counter()
-        cache.datasets = _feature_datasets(cache, splits, spec, observer)
-        seconds["features"] = time.perf_counter() - clock
-    train_set, val_set = cache.datasets
-    return _StageInputs(cache.head, train_set, val_set, cached=True)
+class _FrozenFeatures:
+    """The frozen backbone's features of the job's images, extracted (or loaded from the
+    store) at the first frozen stage and kept while the backbone stays frozen."""
 
+    def __init__(
+        self,
+        spec: JobSpec,
+        splits: _Splits,
+        observer: TrainingObserver,
+        store: FeatureStore | None,
+        ids: list[int] | None,
+        seconds: dict[str, float],
+    ) -> None:
+        self.spec = spec
+        self.splits = splits
+        self.observer = observer
+        self.store = store
+        self.ids = None if ids is None else [ids[i] for i in splits.positions]
+        self.seconds = seconds
+        # Stored features are those of the backbone as loaded: only while no stage trained it.
+        self.key = feature_key(spec.backbone, spec.head.pooling)
+        self.extractor: FeatureExtractor | None = None
+        self.datasets: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = None
+        self.features: tuple[np.ndarray, np.ndarray] | None = None
+        self.reused = False
 
-def _feature_datasets(
-    cache: _FeatureCache, splits: _Splits, spec: JobSpec, observer: TrainingObserver
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    batch_size = spec.training.batch_size
+    def drop(self) -> None:
+        self.extractor = None
+        self.datasets = None
+        self.key = None
 
-    def batches(
-        features: np.ndarray, targets: tuple[np.ndarray, ...], seed: int | None
-    ) -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices((features, *targets))
-        return _batched(dataset, len(features), batch_size, seed).prefetch(tf.data.AUTOTUNE)
+    def stage_inputs(self, network: Network) -> _StageInputs | None:
+        """The head alone on the features, or None when they would not fit in memory."""
+        self.extractor = self.extractor or FeatureExtractor(network)
+        count = len(self.splits.train) + len(self.splits.validation)
+        if count * self.extractor.feature_bytes > FEATURE_CACHE_BYTES:
+            return None
+        if self.datasets is None:
+            clock = time.perf_counter()
+            self.datasets = self._datasets(self.extractor)
+            self.seconds["features"] = time.perf_counter() - clock
+        train_set, val_set = self.datasets
+        return _StageInputs(self.extractor.head, train_set, val_set, cached=True)
 
-    # Extracted in order, unshuffled: the features are shuffled as the pixels would have been.
-    train_features = cache.extract(splits.train.pixels(spec, None), observer)
-    train_set = batches(train_features, splits.train.targets, spec.training.seed)
-    if splits.validation_pixels is None:
-        return train_set, None
-    val_features = cache.extract(splits.validation_pixels, observer)
-    return train_set, batches(val_features, splits.validation.targets, None)
+    def _extract(self, extractor: FeatureExtractor) -> np.ndarray:
+        def check(_batch: int) -> None:
+            if self.observer.should_stop():
+                raise TrainingStopped()
+
+        # In order, unshuffled: the features are shuffled as the pixels would have been.
+        parts = [extractor.extract(self.splits.train.pixels(self.spec, None), check)]
+        if self.splits.validation_pixels is not None:
+            parts.append(extractor.extract(self.splits.validation_pixels, check))
+        return np.concatenate(parts)
+
+    def _datasets(
+        self, extractor: FeatureExtractor
+    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        features, self.reused = cached_or_extracted(
+            self.store, self.key, self.ids, lambda: self._extract(extractor)
+        )
+        if self.key is not None:  # the untouched backbone's: worth a label review
+            self.features = (self.splits.positions, features)
+        batch_size = self.spec.training.batch_size
+
+        def batches(rows: np.ndarray, split: _Split, seed: int | None) -> tf.data.Dataset:
+            dataset = tf.data.Dataset.from_tensor_slices((rows, *split.targets))
+            return _batched(dataset, len(rows), batch_size, seed).prefetch(tf.data.AUTOTUNE)
+
+        count = len(self.splits.train)
+        train_set = batches(features[:count], self.splits.train, self.spec.training.seed)
+        if self.splits.validation_pixels is None:
+            return train_set, None
+        return train_set, batches(features[count:], self.splits.validation, None)
 
 
 def _fit_stage(

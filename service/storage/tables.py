@@ -75,6 +75,9 @@ class Dataset(Base):
     num_images: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Likely mislabelled images, found by the worker from out-of-fold predictions on backbone
+    # features (service/ml/labels.py); null until an advice or training job has them.
+    label_review: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -89,6 +92,13 @@ class DatasetImage(Base):
     filename: Mapped[str] = mapped_column(Text)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # What the health report reads, measured at upload (service/ml/images.py:image_facts);
+    # null for images stored before revision 0005 until a report measures them.
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    phash: Mapped[str | None] = mapped_column(String(16))  # 64-bit perceptual hash, hex
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String(16))  # Pillow's mode as stored: RGB, L, CMYK…
 
 
 class Job(Base):
@@ -99,6 +109,8 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # "train" (spec: a JobSpec) or "advice" (spec: an AdviceRequest); one queue for both.
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -179,6 +191,47 @@ class ModelLayer(Base):
             "moving_mean": self.moving_mean_change,
             "moving_variance": self.moving_variance_change,
         }
+
+
+class Advice(Base):
+    """A strategy advice for a dataset and backbone: the request, and its result once the
+    worker's advice job (`job_id`) has measured it."""
+
+    __tablename__ = "advice"
+    __table_args__ = (_newest_first("advice"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FeatureSet(Base):
+    """A frozen backbone's pooled features of some of a dataset's images, cached by the worker
+    so that advice and later jobs with the same frozen backbone do not run it again.
+
+    `key` names everything the features depend on (service/ml/features.py:feature_key);
+    `data` is an .npz of `image_ids` (int64) and `features` (float32, one row per image).
+    """
+
+    __tablename__ = "feature_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(400))
+    images: Mapped[int] = mapped_column(Integer)
+    dimensions: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WeightsFile(Base):

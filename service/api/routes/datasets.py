@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import datasets
-from service.api.deps import SessionDep, SettingsDep
+from service import datasets, reports
+from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import DatasetImageRead, DatasetRead
+from service.schemas import DatasetImageRead, DatasetRead, DatasetReport
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
 from service.storage.tables import Dataset, DatasetImage
 
@@ -135,3 +135,40 @@ def read_image(
     data, media_type = datasets.image_bytes(session, dataset_id, image_id, size=size)
     headers = {"Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
     return Response(data, media_type=media_type, headers=headers)
+
+
+@router.get(
+    "/{dataset_id}/report",
+    response_model=DatasetReport,
+    summary="What in the dataset will hurt training or flatter its validation score",
+    description="Class balance and small classes; exact and near-duplicate images, and those "
+    "that straddle the training/validation split the worker would make for `seed` and "
+    "`validation_split`; images upscaled to `input_size`, of extreme aspect ratio, grayscale "
+    "or CMYK; the stored label review. `warnings` says each problem in a sentence.",
+    responses=NOT_FOUND,
+)
+def read_report(
+    database: DatabaseDep,
+    dataset_id: str,
+    seed: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="The training seed (`training.seed`)")
+    ] = 0,
+    validation_split: Annotated[
+        float, Query(ge=0.0, lt=1.0, description="`training.validation_split`")
+    ] = 0.2,
+    input_size: Annotated[
+        int | None,
+        Query(ge=1, le=2048, description="The backbone's input size: smaller images are listed"),
+    ] = None,
+) -> DatasetReport:
+    # A GET that may write: images stored before their facts were measured at upload get
+    # them now. SQLite cannot make a read transaction a writing one once another writer has
+    # committed, so this one takes the write lock up front (storage/db.py).
+    with database.session(write=True) as session:
+        return reports.dataset_report(
+            session,
+            dataset_id,
+            seed=seed,
+            validation_split=validation_split,
+            input_size=input_size,
+        )

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from service import jobs
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.jobs import FINISHED, JobStatus
+from service.jobs import FINISHED, JobKind, JobStatus
 from service.schemas import JobRead, LayersRead
 from service.spec import JobSpec
 from service.storage.db import Database
@@ -70,8 +70,11 @@ def list_jobs(
     response: Response,
     page: PageDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
+    kind: Annotated[
+        JobKind, Query(description='"train" (the default) or "advice" jobs')
+    ] = JobKind.TRAIN,
 ) -> list[JobRead]:
-    rows = link_next(jobs.list_jobs(session, page, status), page.limit, request, response)
+    rows = link_next(jobs.list_jobs(session, page, status, kind), page.limit, request, response)
     return [_job_read(job, model_id) for job, model_id in rows]
 
 

@@ -1,0 +1,522 @@
+"""The dataset health report: what in a dataset will hurt training or flatter its score.
+
+Read from facts measured once per image at upload (`ml.images.image_facts`): no image is
+decoded for a report, except those stored before the facts existed, which the first report
+measures and stores. Numpy only, no TensorFlow: it runs in the API process.
+
+- Duplicates: exact (same SHA-256 of the bytes) and near (perceptual hashes of the RGB
+  pixels within NEAR_DUPLICATE_BITS of 64), found by comparing every pair of hashes in
+  vectorised chunks, so 10,000 images take a fraction of a second.
+- Leakage: the pairs of copies that straddle the training/validation split the worker would
+  make for a seed and validation_split (`ml.split.stratified_split` on the labels in image id
+  order, classes numbered in the dataset's order — as `worker.load_dataset` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sqlalchemy import Row, select, update
+from sqlalchemy.orm import Session
+
+from service.datasets import get_dataset
+from service.ml.images import UndecodableImage, decode, image_facts
+from service.ml.split import stratified_split
+from service.schemas import (
+    Balance,
+    ClassCount,
+    DatasetReport,
+    DuplicateGroup,
+    Duplicates,
+    ImageFinding,
+    ImageShape,
+    LabelReview,
+    Leakage,
+    LeakedPair,
+    Mislabelled,
+    ReportImage,
+    ReportThresholds,
+    SmallClasses,
+    SmallImages,
+)
+from service.storage.tables import Dataset, DatasetImage
+
+# Below this many images a class is too small to learn from and validate on at once.
+MIN_CLASS_IMAGES = 20
+# Of the 64 bits of a perceptual hash: within this many, two files are the same picture
+# re-encoded, resized or lightly edited (imagehash's authors suggest about 10% of the bits).
+NEAR_DUPLICATE_BITS = 6
+# Long side ÷ short side past which squashing the image to a square distorts it badly.
+MAX_ASPECT_RATIO = 2.5
+# Largest class ÷ smallest past which the model favours the large ones (Azure Custom
+# Vision's guidance: keep classes within 2:1).
+MAX_BALANCE_RATIO = 2.0
+# Pillow modes without colour: the model sees them as three equal channels.
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Old images measured per query: bounds the bytes in memory while measuring.
+MEASURE_BATCH = 64
+# Cells of the Hamming-distance matrix computed at once (8 bytes each): bounds the memory.
+PAIR_CELLS = 1 << 22
+HOW_TO_REVIEW = (
+    "No label review yet: run POST /datasets/{id}/advice, or train a job whose first stage "
+    "freezes the whole backbone; either stores one."
+)
+Kind = Literal["exact", "near"]
+BALANCE_NOTE = (
+    'training.class_weight: "balanced" weighs each class by the inverse of its count, '
+    "which compensates."
+)
+
+
+def dataset_report(
+    session: Session,
+    dataset_id: str,
+    *,
+    seed: int,
+    validation_split: float,
+    input_size: int | None,
+) -> DatasetReport:
+    """The dataset's health report; NotFound for an unknown dataset. Writes (flushes) the
+    facts of images stored before they were measured at upload, so the session must be
+    allowed to write."""
+    dataset = get_dataset(session, dataset_id)
+    measured = measure_missing(session, dataset.id)
+    rows = _rows(session, dataset.id)
+    classes = [ClassCount(**entry) for entry in dataset.classes]
+    similar = find_similar(rows)
+    review = session.scalar(select(Dataset.label_review).where(Dataset.id == dataset.id))
+    report = DatasetReport(
+        dataset_id=dataset.id,
+        images=len(rows),
+        classes=classes,
+        measured=measured,
+        thresholds=ReportThresholds(
+            min_class_images=MIN_CLASS_IMAGES,
+            near_duplicate_bits=NEAR_DUPLICATE_BITS,
+            max_aspect_ratio=MAX_ASPECT_RATIO,
+            max_balance_ratio=MAX_BALANCE_RATIO,
+        ),
+        balance=_balance(classes),
+        small_classes=SmallClasses(
+            floor=MIN_CLASS_IMAGES, classes=[c for c in classes if c.count < MIN_CLASS_IMAGES]
+        ),
+        duplicates=similar.duplicates(),
+        leakage=_leakage(similar, [c.name for c in classes], seed, validation_split),
+        small_images=_small_images(rows, input_size),
+        extreme_aspect=_finding(rows, _extreme_aspect),
+        grayscale=_finding(rows, lambda row: row.mode in GRAYSCALE_MODES),
+        cmyk=_finding(rows, lambda row: row.mode == "CMYK"),
+        mislabelled=_mislabelled(review, dataset.id),
+        warnings=[],
+    )
+    report.warnings = warnings(report)
+    return report
+
+
+# -- facts ------------------------------------------------------------------------------
+
+
+def measure_missing(session: Session, dataset_id: str) -> int:
+    """Measure and store the facts of the dataset's images stored without them (before
+    revision 0005), MEASURE_BATCH images' bytes at a time; how many it measured. Only
+    flushes: the caller's transaction keeps them."""
+    measured = 0
+    after = 0
+    while True:
+        batch = session.execute(
+            select(DatasetImage.id, DatasetImage.data)
+            .where(
+                DatasetImage.dataset_id == dataset_id,
+                DatasetImage.sha256.is_(None),
+                DatasetImage.id > after,
+            )
+            .order_by(DatasetImage.id)
+            .limit(MEASURE_BATCH)
+        ).all()
+        if not batch:
+            return measured
+        session.execute(update(DatasetImage), [_measure(row.id, row.data) for row in batch])
+        measured += len(batch)
+        after = batch[-1].id
+
+
+def _measure(image_id: int, data: bytes) -> dict[str, Any]:
+    """The row's facts as an UPDATE by primary key. An image that no longer decodes (a limit
+    tightened since upload) keeps only its SHA-256: it is measured, and still found as an
+    exact copy; the checks that need pixels pass it by."""
+    try:
+        facts = image_facts(data, decode(data))
+    except UndecodableImage:
+        blank = dict.fromkeys(("phash", "width", "height", "mode"))
+        return {"id": image_id, "sha256": hashlib.sha256(data).hexdigest(), **blank}
+    return {"id": image_id, **asdict(facts)}
+
+
+def _rows(session: Session, dataset_id: str) -> Sequence[Row[Any]]:
+    """Every image's facts, never its bytes, in id order: the order the worker loads them in."""
+    return session.execute(
+        select(
+            DatasetImage.id,
+            DatasetImage.label,
+            DatasetImage.filename,
+            DatasetImage.sha256,
+            DatasetImage.phash,
+            DatasetImage.width,
+            DatasetImage.height,
+            DatasetImage.mode,
+        )
+        .where(DatasetImage.dataset_id == dataset_id)
+        .order_by(DatasetImage.id)
+    ).all()
+
+
+def _ref(row: Row[Any]) -> ReportImage:
+    return ReportImage(id=row.id, filename=row.filename, label=row.label)
+
+
+def _shape(row: Row[Any]) -> ImageShape:
+    return ImageShape(
+        id=row.id,
+        filename=row.filename,
+        label=row.label,
+        width=row.width,
+        height=row.height,
+        mode=row.mode,
+    )
+
+
+# -- duplicates -----------------------------------------------------------------------------
+
+
+def hamming_pairs(hashes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair i < j of 64-bit `hashes` (uint64) at most `bits` apart: (i, j, distance).
+
+    XOR and popcount over the upper triangle, a band of rows at a time (PAIR_CELLS cells)."""
+    count = len(hashes)
+    band = max(1, PAIR_CELLS // max(count, 1))
+    empty = np.zeros(0, dtype=np.int64)
+    first, second, distances = [empty], [empty], [empty]
+    for start in range(0, count, band):
+        # Rows start…start+band against columns start…: each pair once (j > i kept below).
+        distance = _popcount(hashes[start : start + band, None] ^ hashes[None, start:])
+        i, j = np.nonzero(distance <= bits)
+        keep = j > i
+        i, j = i[keep], j[keep]
+        first.append(i + start)
+        second.append(j + start)
+        distances.append(distance[i, j].astype(np.int64))
+    return np.concatenate(first), np.concatenate(second), np.concatenate(distances)
+
+
+_BYTE_BITS = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy ≥ 2 has an instruction for it; 1.26 a table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values)
+    per_byte = _BYTE_BITS[values.view(np.uint8)].reshape(*values.shape, 8)
+    return per_byte.sum(axis=-1, dtype=np.uint8)
+
+
+@dataclass
+class Similar:
+    """The images (in id order) and which of them are copies of one another.
+
+    `sha[i]` and `phash[i]` number image i's distinct SHA-256 and perceptual hash (-1: none,
+    an image that no longer decodes); `component[i]` numbers its group of copies.
+    """
+
+    rows: Sequence[Row[Any]]
+    sha: np.ndarray
+    phash: np.ndarray
+    hashes: np.ndarray  # the distinct perceptual hashes, uint64, numbered as in `phash`
+    component: np.ndarray
+
+    def duplicates(self) -> Duplicates:
+        exact, near = [], []
+        for members in _groups(self.component):
+            if len(set(self.sha[members])) == 1:
+                exact.append(self._group("exact", members))
+                continue
+            near.append(self._group("near", members))
+            # Exact copies inside a near group are an exact group too.
+            shas, counts = np.unique(self.sha[members], return_counts=True)
+            exact.extend(
+                self._group("exact", members[self.sha[members] == sha]) for sha in shas[counts > 1]
+            )
+        exact.sort(key=lambda group: group.images[0].id)
+        return Duplicates(exact=exact, near=near)
+
+    def _group(self, kind: Kind, members: np.ndarray) -> DuplicateGroup:
+        labels = {self.rows[i].label for i in members}
+        codes = np.unique(self.phash[members])
+        codes = codes[codes >= 0]
+        distance = int(_popcount(self.hashes[codes][:, None] ^ self.hashes[codes]).max(initial=0))
+        return DuplicateGroup(
+            kind=kind,
+            scope="across_classes" if len(labels) > 1 else "within_class",
+            distance=distance if kind == "near" else 0,
+            images=[_ref(self.rows[i]) for i in members],
+        )
+
+
+def find_similar(rows: Sequence[Row[Any]]) -> Similar:
+    """Number the hashes, find the near pairs, and join copies into groups."""
+    _, sha = np.unique(np.array([row.sha256 for row in rows], dtype=object), return_inverse=True)
+    measured = np.array([row.phash is not None for row in rows], dtype=bool)
+    values = np.array([int(row.phash, 16) for row in rows if row.phash], dtype=np.uint64)
+    hashes, codes = np.unique(values, return_inverse=True)
+    phash = np.full(len(rows), -1, dtype=np.int64)
+    phash[measured] = codes
+    component = _components(len(rows), sha, phash, hamming_pairs(hashes, NEAR_DUPLICATE_BITS))
+    return Similar(rows, sha.astype(np.int64), phash, hashes, component)
+
+
+def _components(
+    count: int, sha: np.ndarray, phash: np.ndarray, near: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    """Each image's connected component over: same bytes, same hash, hashes near (`near`:
+    pairs of hash numbers, as `hamming_pairs` gives them)."""
+    first, second = [], []
+    for keys, kept in ((sha, np.arange(count)), (phash[phash >= 0], np.flatnonzero(phash >= 0))):
+        order = np.argsort(keys, kind="stable")
+        same = keys[order][1:] == keys[order][:-1]
+        first.append(kept[order][:-1][same])
+        second.append(kept[order][1:][same])
+    # A near pair of hashes joins one image of each (the others follow by "same hash").
+    holder = np.zeros(phash.max(initial=-1) + 1, dtype=np.int64)
+    holder[phash[phash >= 0]] = np.flatnonzero(phash >= 0)
+    first.append(holder[near[0]])
+    second.append(holder[near[1]])
+    i, j = np.concatenate(first), np.concatenate(second)
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
+def _groups(component: np.ndarray) -> list[np.ndarray]:
+    """The components of two or more images, members in id order, by their first image."""
+    grouped = np.flatnonzero(np.bincount(component)[component] > 1)  # most images are alone
+    order = grouped[np.argsort(component[grouped], kind="stable")]  # stable: ids stay in order
+    bounds = np.flatnonzero(np.diff(component[order])) + 1
+    groups = np.split(order, bounds) if len(order) else []
+    return sorted(groups, key=lambda members: int(members[0]))
+
+
+# -- leakage ------------------------------------------------------------------------------
+
+
+def split_of(
+    rows: Sequence[Row[Any]], classes: list[str], seed: int, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (in id order) of the training and validation images: the worker's split,
+    classes numbered in the dataset's order as `worker.load_dataset` numbers them."""
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    number = {name: index for index, name in enumerate(classes)}
+    labels = np.array([number[row.label] for row in rows], dtype=np.int32)
+    return stratified_split(labels, fraction, seed)
+
+
+def _leakage(similar: Similar, classes: list[str], seed: int, fraction: float) -> Leakage:
+    train, validation = split_of(similar.rows, classes, seed, fraction)
+    in_training = np.zeros(len(similar.rows), dtype=bool)
+    in_training[train] = True
+    pairs = []
+    for members in _groups(similar.component):
+        trained = members[in_training[members]]
+        for image in members[~in_training[members]] if len(trained) else ():
+            pair = _closest(similar, int(image), trained)
+            if pair is not None:
+                pairs.append(pair)
+    pairs.sort(key=lambda pair: pair.validation.id)
+    return Leakage(
+        seed=seed,
+        validation_split=fraction,
+        training_images=len(train),
+        validation_images=len(validation),
+        count=len(pairs),
+        pairs=pairs,
+    )
+
+
+def _closest(similar: Similar, image: int, trained: np.ndarray) -> LeakedPair | None:
+    """The validation image's closest copy among the training images of its group: the same
+    bytes first, else the nearest perceptual hash (a chained group may hold none close
+    enough: then None)."""
+    rows, sha, phash = similar.rows, similar.sha, similar.phash
+    same = trained[sha[trained] == sha[image]]
+    if len(same):
+        return _pair("exact", 0, rows[int(same[0])], rows[image])
+    measured = trained[phash[trained] >= 0]
+    if phash[image] < 0 or not len(measured):
+        return None
+    distance = _popcount(similar.hashes[phash[measured]] ^ similar.hashes[phash[image]])
+    best = int(np.argmin(distance))  # the first of the nearest: the lowest id
+    if distance[best] > NEAR_DUPLICATE_BITS:
+        return None
+    return _pair("near", int(distance[best]), rows[int(measured[best])], rows[image])
+
+
+def _pair(kind: Kind, distance: int, training: Row[Any], validation: Row[Any]) -> LeakedPair:
+    return LeakedPair(
+        kind=kind,
+        scope="within_class" if training.label == validation.label else "across_classes",
+        distance=distance,
+        training=_ref(training),
+        validation=_ref(validation),
+    )
+
+
+# -- classes and shapes ---------------------------------------------------------------------
+
+
+def _balance(classes: list[ClassCount]) -> Balance:
+    largest = max(classes, key=lambda entry: entry.count)
+    smallest = min(classes, key=lambda entry: entry.count)
+    ratio = largest.count / max(smallest.count, 1)
+    imbalanced = ratio > MAX_BALANCE_RATIO
+    return Balance(
+        ratio=round(ratio, 2),
+        largest=largest,
+        smallest=smallest,
+        imbalanced=imbalanced,
+        note=BALANCE_NOTE if imbalanced else None,
+    )
+
+
+def _finding(rows: Sequence[Row[Any]], test: Callable[[Row[Any]], bool]) -> ImageFinding:
+    """The images passing `test`, among those with pixels measured (not undecodable ones)."""
+    images = [_shape(row) for row in rows if row.mode is not None and test(row)]
+    return ImageFinding(count=len(images), images=images)
+
+
+def _extreme_aspect(row: Row[Any]) -> bool:
+    return max(row.width, row.height) > MAX_ASPECT_RATIO * min(row.width, row.height)
+
+
+def _small_images(rows: Sequence[Row[Any]], input_size: int | None) -> SmallImages:
+    if input_size is None:
+        return SmallImages(input_size=None, count=0, images=[])
+    found = _finding(rows, lambda row: min(row.width, row.height) < input_size)
+    return SmallImages(input_size=input_size, count=found.count, images=found.images)
+
+
+def _mislabelled(stored: dict[str, Any] | None, dataset_id: str) -> Mislabelled:
+    if stored is None:
+        return Mislabelled(review=None, note=HOW_TO_REVIEW.replace("{id}", dataset_id))
+    review = LabelReview.model_validate(stored)
+    note = (
+        f"{_count(len(review.issues), 'image')} of {review.images_checked} checked "
+        f"{_verb(len(review.issues), 'looks', 'look')} mislabelled "
+        f"(probe accuracy {review.probe_accuracy:.0%}, {review.features} features, "
+        f"job {review.job_id}, {review.created_at:%Y-%m-%d})"
+    )
+    return Mislabelled(review=review, note=note)
+
+
+# -- warnings -------------------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _names(images: Sequence[ReportImage], most: int = 3) -> str:
+    """A few of the files, so that a sentence names them; the report lists them all."""
+    named = ", ".join(image.filename for image in images[:most])
+    return named + (f" and {len(images) - most} more" if len(images) > most else "")
+
+
+def warnings(report: DatasetReport) -> list[str]:
+    """One plain sentence per problem the report found, the worst first."""
+    found = [*_leakage_warnings(report), *_class_warnings(report), *_duplicate_warnings(report)]
+    found.extend(_shape_warnings(report))
+    if report.mislabelled.review is not None and report.mislabelled.review.issues:
+        found.append(report.mislabelled.note + ": see mislabelled.review.issues")
+    return found
+
+
+def _leakage_warnings(report: DatasetReport) -> list[str]:
+    leakage = report.leakage
+    if not leakage.count:
+        return []
+    first = leakage.pairs[0]
+    return [
+        f"{_count(leakage.count, 'image')} {_verb(leakage.count, 'appears', 'appear')} in "
+        f"both training and validation at seed {leakage.seed} (validation_split "
+        f"{leakage.validation_split:g}): the validation score will be inflated (e.g. "
+        f"{first.validation.filename} in validation is a copy of {first.training.filename} "
+        "in training)"
+    ]
+
+
+def _class_warnings(report: DatasetReport) -> list[str]:
+    found = []
+    balance = report.balance
+    if balance.imbalanced:
+        found.append(
+            f"Classes are imbalanced {balance.ratio:g}:1 ({balance.largest.name} "
+            f"{balance.largest.count}, {balance.smallest.name} {balance.smallest.count}), "
+            f"past {MAX_BALANCE_RATIO:g}:1: the model will favour the larger classes; "
+            + BALANCE_NOTE
+        )
+    small = report.small_classes.classes
+    if small:
+        counts = ", ".join(f"{entry.name} ({entry.count})" for entry in small)
+        found.append(
+            f"{_count(len(small), 'class')} {_verb(len(small), 'has', 'have')} fewer than "
+            f"{MIN_CLASS_IMAGES} images, too few to learn and validate on: {counts}"
+        )
+    return found
+
+
+def _duplicate_warnings(report: DatasetReport) -> list[str]:
+    found = []
+    for kind, groups in (("exact", report.duplicates.exact), ("near", report.duplicates.near)):
+        if not groups:
+            continue
+        what = "byte-identical copies" if kind == "exact" else "near-duplicates"
+        images = sum(len(group.images) for group in groups)
+        sentence = f"{_count(len(groups), 'group')} of {what} ({_count(images, 'image')})"
+        across = [group for group in groups if group.scope == "across_classes"]
+        if across:
+            sentence += f", {len(across)} under different labels (one picture, two labels)"
+        example = (across or groups)[0]
+        found.append(f"{sentence}: e.g. {_names(example.images)}")
+    return found
+
+
+def _shape_warnings(report: DatasetReport) -> list[str]:
+    small = report.small_images
+    sentences = (
+        (
+            small,
+            f"smaller than input_size {small.input_size} px on the shorter side and will be "
+            "upscaled",
+        ),
+        (
+            report.extreme_aspect,
+            f"more than {MAX_ASPECT_RATIO:g} times as long as wide (or as tall), and the "
+            "model squashes every image to a square",
+        ),
+        (report.grayscale, "grayscale: the model sees three equal channels"),
+        (report.cmyk, "CMYK: made RGB without a colour profile, so colours may shift"),
+    )
+    return [
+        f"{_count(finding.count, 'image')} {_verb(finding.count, 'is', 'are')} {what}: "
+        f"{_names(finding.images)}"
+        for finding, what in sentences
+        if finding.count
+    ]
+
+
+def _verb(number: int, singular: str, plural: str) -> str:
+    return singular if number == 1 else plural
