@@ -47,6 +47,7 @@ STRATEGIES = {
     "frozen backbone first, then unfreeze the top third of its layers at a low learning rate",
     3: "freeze the whole backbone and train only the classifier",
 }
+FROM_SCRATCH = "train the whole network from its random weights: there is nothing to freeze"
 
 
 # -- the records the API and the console read -------------------------------------------------
@@ -139,7 +140,7 @@ def quadrant(figures: Figures, spec: AdviceSpec) -> dict[str, Any]:
         "data": data,
         "similarity": "similar" if similar else "different",
         "strategy": strategy,
-        "summary": STRATEGIES[strategy],
+        "summary": STRATEGIES[strategy] if spec.backbone.pretrained else FROM_SCRATCH,
     }
 
 

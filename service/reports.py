@@ -440,7 +440,7 @@ def warnings(report: DatasetReport) -> list[str]:
     found = [*_leakage_warnings(report), *_class_warnings(report), *_duplicate_warnings(report)]
     found.extend(_shape_warnings(report))
     if report.mislabelled.review is not None and report.mislabelled.review.issues:
-        found.append(report.mislabelled.note + ": see mislabelled.review.issues")
+        found.append(report.mislabelled.note + ", each listed with the label it more likely has")
     return found
 
 

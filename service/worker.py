@@ -274,14 +274,20 @@ class Worker:
         )
         features = {"key": measured.key, "reused": measured.reused, "seconds": measured.seconds}
         assert sample.ids is not None and sample.filenames is not None
-        review = label_review(
-            measured.pretrained,
-            sample.labels,
-            sample.ids,
-            sample.filenames,
-            sample.classes,
-            features=measured.key or f"{spec.backbone.name}|random:{spec.seed}",
-            job_id=claim.job_id,
+        # Random weights' features say little about the labels: keep any review made with
+        # pretrained ones rather than replace it.
+        review = (
+            label_review(
+                measured.pretrained,
+                sample.labels,
+                sample.ids,
+                sample.filenames,
+                sample.classes,
+                features=measured.key,
+                job_id=claim.job_id,
+            )
+            if measured.key is not None
+            else None
         )
         return partial(
             jobs.complete_advice,

@@ -327,8 +327,27 @@ def test_the_quadrant_moves_with_the_images_per_class(shapes_backbone: dict[str,
     assert [stage["freeze"]["mode"] for stage in much["spec"]["fine_tune"]] == ["none"]
 
 
+def uploaded_weights(service: Service, tmp_path: Path) -> str:
+    """A MobileNetV2 weights file at 32 px (Keras's own initialisation, seeded), uploaded:
+    "file:<id>" for a spec's weights."""
+    import keras
+
+    path = tmp_path / "backbone.weights.h5"
+    keras.utils.set_random_seed(3)
+    keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    ).save_weights(str(path))
+    response = service.client.post(
+        "/weights",
+        files={"file": (path.name, path.read_bytes(), "application/octet-stream")},
+        data={"backbone": "MobileNetV2"},
+    )
+    assert response.status_code == 201, response.text
+    return f"file:{response.json()['id']}"
+
+
 @pytest.mark.slow
-def test_swapped_labels_are_found(api: Service) -> None:
+def test_swapped_labels_are_found(api: Service, tmp_path: Path) -> None:
     """An easy dataset (one dominant colour per class) with a handful of labels swapped: the
     advice's probe finds them, and the report lists them."""
     rng = np.random.default_rng(5)
@@ -341,8 +360,13 @@ def test_swapped_labels_are_found(api: Service) -> None:
         files[name] = [png_bytes(colour_image(colour, rng)) for colour in shown]
         planted |= {f"{name}/028.png", f"{name}/029.png"}
     dataset = api.upload(files, name="swapped")
-    backbone = {"name": "MobileNetV2", "weights": None, "input_size": 32}
-    advise(api, dataset["id"], backbone=backbone)
+    random_weights = {"name": "MobileNetV2", "weights": None, "input_size": 32}
+    advise(api, dataset["id"], backbone=random_weights)
+    report = api.client.get(f"/datasets/{dataset['id']}/report").json()
+    assert report["mislabelled"]["review"] is None  # random weights' features review nothing
+    advise(
+        api, dataset["id"], backbone={**random_weights, "weights": uploaded_weights(api, tmp_path)}
+    )
     report = api.client.get(f"/datasets/{dataset['id']}/report").json()
     flagged = {issue["filename"] for issue in report["mislabelled"]["review"]["issues"]}
     found = flagged & planted

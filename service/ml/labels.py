@@ -92,7 +92,11 @@ def likely_mislabelled(
     given label, the label the probe suggests and the probe's probability of it."""
     from cleanlab.filter import find_label_issues
 
-    flagged = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a process pool, whose children inherit the worker's
+    # SIGTERM handler and never exit when the pool ends them (same result either way).
+    flagged = find_label_issues(
+        labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     issues = []
     for index in flagged:
         suggested = int(np.argmax(probabilities[index]))

@@ -7,8 +7,11 @@ spec's own (JobSpec), so the console refuses exactly what the API refuses.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from service.problems import Invalid
 
 FormFields = Mapping[str, Sequence[str]]
 
@@ -130,3 +133,64 @@ def head_costs(feature_shape: Sequence[int | None], units: int) -> dict[str, int
     height, width, channels = (int(dim or 0) for dim in feature_shape[-3:])
     pooled = channels * units + units
     return {"avg": pooled, "max": pooled, "flatten": height * width * channels * units + units}
+
+
+def advice_from_form(fields: FormFields) -> dict[str, Any]:
+    """The body of POST /datasets/{id}/advice that the dataset page's advice form describes."""
+    weights = _one(fields, "weights", "imagenet")
+    backbone: dict[str, Any] = {
+        "name": _one(fields, "backbone", "MobileNetV2"),
+        "weights": None if weights == "none" else weights,
+    }
+    if _one(fields, "input_size"):
+        backbone["input_size"] = _number(_one(fields, "input_size"))
+    body: dict[str, Any] = {"backbone": backbone}
+    if _one(fields, "max_images"):
+        body["max_images"] = _number(_one(fields, "max_images"))
+    return body
+
+
+@dataclass(frozen=True)
+class SplitQuery:
+    """What a health report is asked about: the split of a seed, and an input size."""
+
+    seed: int = 0
+    validation_split: float = 0.2
+    input_size: int | None = None
+
+
+def split_query(seed: str, validation_split: str, input_size: str = "") -> SplitQuery:
+    """The report's query from a form's text fields, within the spec's bounds; Invalid naming
+    the field that is not. Empty fields take the defaults (no input size: no size check)."""
+    defaults = SplitQuery()
+    return SplitQuery(
+        seed=_bounded(
+            "seed", seed, int, defaults.seed, lambda v: 0 <= v <= 2**31 - 1, "a whole number ≥ 0"
+        ),
+        validation_split=_bounded(
+            "validation_split",
+            validation_split,
+            float,
+            defaults.validation_split,
+            lambda v: 0 <= v < 1,
+            "a number from 0 up to 1 (not 1 itself)",
+        ),
+        input_size=_bounded(
+            "input_size", input_size, int, None, lambda v: 1 <= v <= 2048, "1 to 2048 pixels"
+        ),
+    )
+
+
+def _bounded(
+    name: str, text: str, kind: type, default: Any, fits: Callable[[Any], bool], what: str
+) -> Any:
+    text = text.strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not fits(value):  # NaN fits no bound
+        raise Invalid(f"must be {what}, got {text!r}", field=(name,), part="query")
+    return value

@@ -63,9 +63,7 @@ def login_redirect(request: Request, error: Exception) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-def page(
-    request: Request, template: str, status_code: int = 200, **context: Any
-) -> HTMLResponse:
+def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     settings: Settings = request.app.state.settings
     session = cookie_session(request) if settings.api_key else None
     return templates.TemplateResponse(

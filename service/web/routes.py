@@ -1,20 +1,23 @@
 """The console: server-rendered pages over the same service functions as the JSON routes.
 
 Pages are whole documents; htmx swaps the fragments (the layer table of a job preview, a
-confusion-matrix cell's images, predictions). Live views read `/jobs/{id}/events`. Writes
+confusion-matrix cell's images, predictions, a dataset's health report for another split, the
+new-job form's leakage warning). Live views read `/jobs/{id}/events`. Writes
 come from the service's own pages only: with a session they carry its CSRF token.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session as DbSession
 
-from service import datasets, jobs, models, weights_files
+from service import advice, datasets, jobs, models, reports, weights_files
 from service.api.auth import (
     COOKIE,
     CSRF_HEADER,
@@ -23,13 +26,22 @@ from service.api.auth import (
     new_session,
 )
 from service.api.deps import SessionDep, SettingsDep
+from service.api.errors import status_of
 from service.backbones import BACKBONES
-from service.jobs import JobStatus
-from service.problems import Problem
+from service.jobs import JobKind, JobStatus
+from service.problems import Conflict, Problem
+from service.schemas import AdviceResult, DatasetReport
 from service.serving import Image, ServingError
-from service.spec import JobSpec
+from service.spec import AdviceRequest, JobSpec
 from service.storage.pages import Page
-from service.web.forms import block_of, head_costs, spec_from_form
+from service.web.forms import (
+    SplitQuery,
+    advice_from_form,
+    block_of,
+    head_costs,
+    spec_from_form,
+    split_query,
+)
 from service.web.render import console_session, page
 
 SessionUser = Annotated[Session | None, Depends(console_session)]
@@ -49,7 +61,32 @@ pages = APIRouter(prefix="/console", dependencies=[Depends(console_session)])
 writes = APIRouter(prefix="/console", dependencies=[Depends(console_write)])
 
 EXPIRED_NOTICE_SECONDS = 7 * 24 * 3600
-IMBALANCE_RATIO = 3.0  # largest class over smallest past which the dataset page warns
+# Query text, as typed into a form: parsed by forms.split_query, which names what is wrong.
+Text = Annotated[str, Query(max_length=40)]
+
+
+def _writing_session(request: Request) -> Iterator[DbSession]:
+    """A GET's transaction that may write: the health report measures images stored before
+    their facts were kept, and SQLite cannot turn a read transaction into a writing one once
+    another writer has committed (as GET /datasets/{id}/report does)."""
+    with request.app.state.database.session(write=True) as session:
+        yield session
+
+
+WritingSessionDep = Annotated[DbSession, Depends(_writing_session, scope="function")]
+
+
+def _failed(request: Request, error: Exception) -> HTMLResponse:
+    """A write that did not work, as a fragment naming why: the spec's own words for what
+    fails validation, the problem's status otherwise (404 for what does not exist)."""
+    if isinstance(error, ValidationError):
+        return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
+    assert isinstance(error, Problem)
+    return page(request, "partials/error.html", status_of(error), message=str(error))
+
+
+def _redirect_to_job(job_id: str) -> Response:
+    return Response(status_code=204, headers={"HX-Redirect": f"/console/jobs/{job_id}"})
 
 
 # -- login ------------------------------------------------------------------------------
@@ -150,17 +187,106 @@ def dataset_upload(
 
 
 @pages.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-def dataset_page(request: Request, session: SessionDep, dataset_id: str) -> HTMLResponse:
+def dataset_page(
+    request: Request,
+    session: WritingSessionDep,
+    dataset_id: str,
+    seed: Text = "",
+    validation_split: Text = "",
+    input_size: Text = "",
+) -> HTMLResponse:
+    """The dataset: its classes, its health report (for the split asked, by default a job's
+    default one), its latest strategy advice and the form that asks for more."""
     dataset = datasets.get_dataset(session, dataset_id)
-    counts = [entry["count"] for entry in dataset.classes]
-    ratio = max(counts) / max(min(counts), 1) if counts else 1.0
+    query = split_query(seed, validation_split, input_size)
     return page(
         request,
         "dataset.html",
         dataset=dataset,
         samples=_thumbnails(session, dataset_id, [entry["name"] for entry in dataset.classes]),
-        imbalance=ratio if ratio >= IMBALANCE_RATIO else None,
+        query=query,
+        report=_report(session, dataset_id, query),
+        advice=_latest_advice(session, dataset_id),
+        backbones=list(BACKBONES.values()),
+        models=models.list_models(session, Page(limit=100)).rows,
+        weights=weights_files.list_weights(session, Page(limit=100)).rows,
     )
+
+
+@pages.get("/datasets/{dataset_id}/health", response_class=HTMLResponse)
+def dataset_health(
+    request: Request,
+    session: WritingSessionDep,
+    dataset_id: str,
+    seed: Text = "",
+    validation_split: Text = "",
+    input_size: Text = "",
+) -> HTMLResponse:
+    """The health section of the dataset page, for the seed, split and input size asked."""
+    query = split_query(seed, validation_split, input_size)
+    report = _report(session, dataset_id, query)
+    return page(request, "partials/health.html", dataset_id=dataset_id, report=report)
+
+
+def _report(session: DbSession, dataset_id: str, query: SplitQuery) -> DatasetReport:
+    return reports.dataset_report(
+        session,
+        dataset_id,
+        seed=query.seed,
+        validation_split=query.validation_split,
+        input_size=query.input_size,
+    )
+
+
+def _latest_advice(session: DbSession, dataset_id: str) -> dict[str, Any] | None:
+    """The dataset's newest advice with its job's status, and its result once measured."""
+    rows = advice.list_advice(session, dataset_id, Page(limit=1)).rows
+    if not rows:
+        return None
+    record, job = rows[0]
+    return {
+        "record": record,
+        "job": job,
+        "status": job.status if job is not None else JobStatus.FAILED,
+        "error": job.error if job is not None else "its job was removed",
+        "result": AdviceResult.model_validate(record.result) if record.result else None,
+    }
+
+
+async def _advice_body(request: Request) -> dict[str, Any]:
+    form = await request.form()
+    return advice_from_form({key: [str(v) for v in form.getlist(key)] for key in form})
+
+
+@writes.post("/datasets/{dataset_id}/advice", response_class=HTMLResponse)
+def advice_create(
+    request: Request,
+    session: SessionDep,
+    dataset_id: str,
+    body: Annotated[dict[str, Any], Depends(_advice_body)],
+) -> Response:
+    """Queue an advice job for the dataset, and follow it on its job page."""
+    try:
+        record = advice.request_advice(session, dataset_id, AdviceRequest.model_validate(body))
+    except (ValidationError, Problem) as error:
+        return _failed(request, error)
+    assert record.job_id is not None
+    return _redirect_to_job(record.job_id)
+
+
+@writes.post("/datasets/{dataset_id}/advice/{advice_id}/train", response_class=HTMLResponse)
+def advice_train(
+    request: Request, session: SessionDep, dataset_id: str, advice_id: str
+) -> Response:
+    """Queue the training job the advice's spec describes, as POST /jobs would."""
+    try:
+        record, _ = advice.get_advice(session, dataset_id, advice_id)
+        if record.result is None:
+            raise Conflict(f"advice {advice_id} has no result yet: its job has not succeeded")
+        job = jobs.submit(session, JobSpec.model_validate(record.result["spec"]))
+    except (ValidationError, Problem) as error:
+        return _failed(request, error)
+    return _redirect_to_job(job.id)
 
 
 def _thumbnails(session: Any, dataset_id: str, labels: list[str]) -> dict[str, list[Any]]:
@@ -192,9 +318,7 @@ def job_list(
 
 
 @pages.get("/jobs/new", response_class=HTMLResponse)
-def job_form(
-    request: Request, session: SessionDep, dataset_id: str | None = None
-) -> HTMLResponse:
+def job_form(request: Request, session: SessionDep, dataset_id: str | None = None) -> HTMLResponse:
     return page(
         request,
         "job_new.html",
@@ -204,6 +328,26 @@ def job_form(
         models=models.list_models(session, Page(limit=100)).rows,
         weights=weights_files.list_weights(session, Page(limit=100)).rows,
     )
+
+
+@pages.get("/jobs/leakage", response_class=HTMLResponse)
+def job_leakage(
+    request: Request,
+    session: WritingSessionDep,
+    dataset_id: Annotated[str, Query(max_length=100)] = "",
+    seed: Text = "",
+    validation_split: Text = "",
+) -> HTMLResponse:
+    """The new-job form's warning: images whose copies the job's split would put on both
+    sides. Empty when none, and while the form names no dataset or an out-of-bounds split
+    (the form's own submission says what is wrong with those)."""
+    try:
+        query = split_query(seed, validation_split)
+        report = _report(session, dataset_id, query) if dataset_id else None
+    except Problem:
+        report = None
+    leakage = report.leakage if report is not None and report.leakage.count else None
+    return page(request, "partials/leakage.html", dataset_id=dataset_id, leakage=leakage)
 
 
 async def _form_spec(request: Request) -> dict[str, Any]:
@@ -260,7 +404,14 @@ def job_create(
 def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse:
     job, model_id = jobs.get_job(session, job_id)
     finished = job.status in jobs.FINISHED
-    return page(request, "job.html", job=job, model_id=model_id, finished=finished)
+    return page(
+        request,
+        "job.html",
+        job=job,
+        model_id=model_id,
+        finished=finished,
+        advice=job.kind == JobKind.ADVICE,  # measures a dataset: no epochs, no model
+    )
 
 
 @writes.post("/jobs/{job_id}/cancel")

@@ -245,11 +245,20 @@ function formatSeconds(seconds) {
   return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 
-function followJob(section) {
+// One progress event in words, and as the share done: a training job's steps of its epochs;
+// an advice job's steps of its feature passes (the backbone's weights, then random ones).
+function describeProgress(p, kind) {
+  if (kind === "advice") {
+    return [`feature pass ${p.stage}/${p.stages} · step ${p.step}/${p.steps}`,
+            (p.stage - 1 + p.step / Math.max(p.steps, 1)) / Math.max(p.stages, 1)];
+  }
+  return [`stage ${p.stage}/${p.stages} · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.steps}`,
+          (p.epoch - 1 + p.step / Math.max(p.steps, 1)) / Math.max(p.epochs, 1)];
+}
+
+function followEpochs(stream, section) {
   const charts = makeCharts();
   const epochs = document.querySelector("#epochs tbody");
-  const started = section.dataset.started ? Date.parse(section.dataset.started) : Date.now();
-  const stream = new EventSource(`/jobs/${section.dataset.job}/events`);
   const cell = (value) => (typeof value === "number" ? value.toFixed(4) : "—");
   stream.addEventListener("epoch", (event) => {
     const row = JSON.parse(event.data);
@@ -259,12 +268,16 @@ function followJob(section) {
       .forEach((value, index) => { line.insertCell().textContent = index < 2 ? value : cell(value); });
     section.dataset.points = String(charts.points());
   });
+}
+
+function followJob(section) {
+  const started = section.dataset.started ? Date.parse(section.dataset.started) : Date.now();
+  const stream = new EventSource(`/jobs/${section.dataset.job}/events`);
+  if (document.getElementById("epochs")) followEpochs(stream, section);  // advice jobs have none
   stream.addEventListener("progress", (event) => {
-    const p = JSON.parse(event.data);
-    const done = (p.epoch - 1 + p.step / Math.max(p.steps, 1)) / Math.max(p.epochs, 1);
+    const [words, done] = describeProgress(JSON.parse(event.data), section.dataset.kind);
     document.getElementById("job-progress").value = done;
-    document.getElementById("job-step").textContent =
-      `stage ${p.stage}/${p.stages} · epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.steps}`;
+    document.getElementById("job-step").textContent = words;
     const elapsed = (Date.now() - started) / 1000;
     document.getElementById("job-elapsed").textContent = `Elapsed ${formatSeconds(elapsed)}.`;
     document.getElementById("job-eta").textContent =
@@ -289,6 +302,8 @@ function followJob(section) {
         link.textContent = s.model_id;
         document.getElementById("job-model").hidden = false;
       }
+      const advice = document.getElementById("job-advice");
+      if (advice && s.status === "succeeded") advice.hidden = false;
     }
   });
   window.addEventListener("pagehide", () => stream.close());
