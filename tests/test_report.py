@@ -362,7 +362,9 @@ def test_the_stored_label_review_is_shown(service: Service) -> None:
     assert shown["job_id"] == review["job_id"] and shown["probe_accuracy"] == 0.85
     assert shown["created_at"].startswith("2026-11-29T12:00:00")
     assert report["mislabelled"]["note"].startswith("1 image of 40 checked looks mislabelled")
-    assert report["warnings"] == [report["mislabelled"]["note"] + ": see mislabelled.review.issues"]
+    assert report["warnings"] == [
+        report["mislabelled"]["note"] + ", each listed with the label it more likely has"
+    ]
 
 
 def test_an_unknown_dataset_is_404(service: Service) -> None:
