@@ -109,6 +109,15 @@ class JobMonitor:
             self.stop_reason = "cancelled"
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a job's success stores, fenced by its lease (False: the lease was lost), and
+    what the log calls it."""
+
+    store: Callable[[], bool]
+    stored: str
+
+
 @dataclass
 class Worker:
     db: Database
@@ -163,9 +172,9 @@ class Worker:
                 monitor.shutdown.set()
             try:
                 advice = claim.kind == jobs.JobKind.ADVICE
-                complete = self._advise(claim, monitor) if advice else self._train(claim, monitor)
+                outcome = self._advise(claim, monitor) if advice else self._train(claim, monitor)
             except TrainingStopped:
-                complete = None
+                outcome = None
             except (WeightsUnavailable, Problem) as error:
                 log.warning("job %s failed: %s", claim.job_id, error)
                 jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error))
@@ -177,12 +186,12 @@ class Worker:
                 return
             finally:
                 self._monitor = None
-        if complete is None or monitor.should_stop():
+        if outcome is None or monitor.should_stop():
             self._stopped(claim, monitor)
-        elif not complete():
+        elif not outcome.store():
             log.warning("job %s: lease lost before its result was stored", claim.job_id)
         else:
-            log.info("job %s succeeded", claim.job_id)
+            log.info("job %s succeeded: %s", claim.job_id, outcome.stored)
 
     def _stopped(self, claim: jobs.Claim, monitor: JobMonitor) -> None:
         if monitor.stop_reason == "cancelled":
@@ -194,7 +203,7 @@ class Worker:
             jobs.release_job(self.db, claim)
             log.info("job %s released to the queue", claim.job_id)
 
-    def _train(self, claim: jobs.Claim, monitor: JobMonitor) -> Callable[[], bool]:
+    def _train(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
         """Train the job; what stores its model (and the dataset's label review)."""
         import keras
 
@@ -243,16 +252,13 @@ class Worker:
         )
         # Compared after everything that moves weights: the stages, BN recompute, restores.
         layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
-        return partial(
-            jobs.complete_job,
-            self.db,
-            claim,
-            model=stored,
-            layers=layers,
-            label_review=_review_of_training(claim, spec, data, result),
+        review = _review_of_training(claim, spec, data, result)
+        store = partial(
+            jobs.complete_job, self.db, claim, model=stored, layers=layers, label_review=review
         )
+        return Outcome(store, f"model {stored.id}")
 
-    def _advise(self, claim: jobs.Claim, monitor: JobMonitor) -> Callable[[], bool]:
+    def _advise(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
         """Measure the dataset against the backbone; what stores the advice and the review."""
         from service.advice import Figures, advice_result
         from service.ml.labels import label_review
@@ -289,7 +295,7 @@ class Worker:
             if measured.key is not None
             else None
         )
-        return partial(
+        store = partial(
             jobs.complete_advice,
             self.db,
             claim,
@@ -297,6 +303,7 @@ class Worker:
             result=advice_result(figures, spec, features),
             label_review=review,
         )
+        return Outcome(store, f"advice for dataset {spec.dataset_id}")
 
 
 def load_dataset(db: Database, spec: JobSpec) -> Any:
