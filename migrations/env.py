@@ -19,6 +19,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # Batch mode recreates a table (copy, DROP, rename); with foreign keys on, the DROP
+            # cascades into the tables that reference it. Off, before the transaction begins
+            # (SQLite ignores the pragma inside one); the connection is discarded afterwards.
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

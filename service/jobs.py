@@ -2,10 +2,11 @@
 
     queued → running → succeeded | failed | cancelled
 
-Jobs come in two kinds on one queue: "train" (the spec is a JobSpec; success stores a model)
-and "advice" (the spec is an AdviceSpec; success stores the advice's result). One queue, so
-both get the same leases, retries, cancelling and events, and a worker's accelerator serves
-them in the order they were asked for.
+Jobs come in three kinds on one queue: "train" (the spec is a JobSpec; success stores a
+model), "advice" (the spec is an AdviceSpec; success stores the advice's result) and "export"
+(the spec is an ExportSpec; success stores the converted file in its export record). One
+queue, so all get the same leases, retries, cancelling and events, and a worker's accelerator
+serves them in the order they were asked for.
 
 The API and the worker both call this module and neither re-implements it:
 - the status enum and the transitions (enqueue, cancel; claim, heartbeat, release, end,
@@ -27,11 +28,11 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from service.problems import Conflict, Invalid, NotFound, Problem
-from service.spec import AdviceSpec, JobSpec
+from service.spec import AdviceSpec, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
@@ -39,6 +40,7 @@ from service.storage.tables import (
     Advice,
     Dataset,
     Job,
+    ModelExport,
     ModelLayer,
     TrainedModel,
     WeightsFile,
@@ -55,12 +57,13 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-SpecT = TypeVar("SpecT", JobSpec, AdviceSpec)
+SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec)
 
 
 class JobKind(StrEnum):
     TRAIN = "train"
     ADVICE = "advice"
+    EXPORT = "export"
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -162,6 +165,8 @@ def _needs(resource: Resource, dataset_id: str | None, spec: dict[str, Any]) -> 
     if isinstance(resource, Dataset):
         return dataset_id == resource.id
     prefix = "model" if isinstance(resource, TrainedModel) else "file"
+    if prefix == "model" and spec.get("model_id") == resource.id:
+        return True  # an export job converts it
     backbone = spec.get("backbone")
     weights = backbone.get("weights") if isinstance(backbone, dict) else None
     return weights == f"{prefix}:{resource.id}"
@@ -242,17 +247,36 @@ def get_job(session: Session, job_id: str) -> tuple[Job, str | None]:
 
 
 def enqueue(session: Session, spec: JobSpec | AdviceSpec, dataset: Dataset) -> Job:
-    """A new queued job for a spec whose references were checked."""
-    advice = isinstance(spec, AdviceSpec)
+    """A new queued training or advice job for a spec whose references were checked."""
+    if isinstance(spec, AdviceSpec):
+        name = f"advice-{dataset.name}-{spec.backbone.name}"
+        return _queue(session, JobKind.ADVICE, name, spec, dataset.id)
+    name = spec.name or f"{dataset.name}-{spec.backbone.name}"
+    return _queue(session, JobKind.TRAIN, name, spec, dataset.id)
+
+
+def enqueue_export(session: Session, spec: ExportSpec, model: TrainedModel) -> Job:
+    """A new queued export job for a model that exists. It holds the model's dataset like a
+    training job does: the parity check reads its validation images, so the dataset cannot
+    be deleted while the job waits."""
+    name = f"export-{model.name}-{spec.format}"[:200]
+    return _queue(session, JobKind.EXPORT, name, spec, model.dataset_id)
+
+
+def _queue(
+    session: Session,
+    kind: JobKind,
+    name: str,
+    spec: JobSpec | AdviceSpec | ExportSpec,
+    dataset_id: str | None,
+) -> Job:
     job = Job(
         id=new_id("j"),
-        kind=JobKind.ADVICE if advice else JobKind.TRAIN,
-        name=f"advice-{dataset.name}-{spec.backbone.name}"
-        if advice
-        else spec.name or f"{dataset.name}-{spec.backbone.name}",
+        kind=kind,
+        name=name,
         status=JobStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
-        dataset_id=dataset.id,
+        dataset_id=dataset_id,
         history=[],
         attempts=0,
         cancel_requested=False,
@@ -448,6 +472,21 @@ def _review(session: Session, dataset_id: str, label_review: dict[str, Any] | No
         )
 
 
+def next_version(session: Session, name: str) -> int:
+    """The version number the next model stored under `name` gets: one past the highest.
+
+    Called in the transaction that stores the model. SQLite runs one writer at a time; on
+    PostgreSQL a transaction-scoped advisory lock on the name makes two workers storing
+    models of one name take turns, so they never both pick the same number.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+    highest = session.scalar(
+        select(func.max(TrainedModel.version)).where(TrainedModel.name == name)
+    )
+    return (highest or 0) + 1
+
+
 def complete_job(
     db: Database,
     claim: Claim,
@@ -463,6 +502,7 @@ def complete_job(
     """
 
     def store(session: Session) -> None:
+        model.version = next_version(session, model.name)
         session.add(model)
         session.flush()
         session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
@@ -486,6 +526,34 @@ def complete_advice(
     def store(session: Session) -> None:
         session.execute(update(Advice).where(Advice.job_id == claim.job_id).values(result=result))
         _review(session, dataset_id, label_review)
+
+    return _complete(db, claim, store)
+
+
+def _export_values(session: Session, claim: Claim, **values: Any) -> None:
+    session.execute(update(ModelExport).where(ModelExport.job_id == claim.job_id).values(values))
+
+
+def record_export_report(db: Database, claim: Claim, report: dict[str, Any]) -> bool:
+    """Store an export's report (its parity figures) while the job still runs, so that an
+    export failed for missing its bar keeps the figures; False if the lease is not ours."""
+    with db.session(write=True) as session:
+        if session.scalars(select(Job.id).where(_owned(claim))).first() is None:
+            return False
+        _export_values(session, claim, report=report)
+        return True
+
+
+def complete_export(
+    db: Database, claim: Claim, *, data: bytes, sha256: str, report: dict[str, Any]
+) -> bool:
+    """Store the converted file and its report, and the job's success, in one transaction;
+    False (and nothing stored) when the lease is no longer this worker's."""
+
+    def store(session: Session) -> None:
+        _export_values(
+            session, claim, data=data, size_bytes=len(data), sha256=sha256, report=report
+        )
 
     return _complete(db, claim, store)
 

@@ -10,14 +10,18 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, undefer
 
-from service import jobs
+from service import jobs, registry
 from service.problems import Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import ModelLayer, TrainedModel
 
 
-def list_models(session: Session, page: Page) -> PageOf[TrainedModel]:
-    return fetch_page(session, select(TrainedModel), TrainedModel, page)
+def list_models(session: Session, page: Page, *, name: str | None = None) -> PageOf[TrainedModel]:
+    """Newest first; with `name`, only the versions of that named model."""
+    query = select(TrainedModel)
+    if name is not None:
+        query = query.where(TrainedModel.name == name)
+    return fetch_page(session, query, TrainedModel, page)
 
 
 def get_model(session: Session, model_id: str, *options: Any) -> TrainedModel:
@@ -108,9 +112,11 @@ def savedmodel_archive(session: Session, model_id: str) -> TrainedModel:
 
 
 def delete_model(session: Session, model_id: str) -> None:
-    """Conflict while a queued or running job starts from its backbone."""
+    """Conflict while a queued or running job starts from its backbone, or an alias points
+    to it."""
     model = get_model(session, model_id)
     jobs.ensure_unused(session, model)
+    registry.ensure_unaliased(session, model)
     session.execute(delete(ModelLayer).where(ModelLayer.model_id == model.id))
     session.delete(model)
     session.flush()

@@ -41,3 +41,8 @@ class Invalid(Problem):
 
 class Conflict(Problem):
     """The request conflicts with the current state (HTTP 409)."""
+
+
+class Unsupported(Problem):
+    """The service cannot do this with the software installed; the message names the
+    versions it needs (HTTP 501)."""

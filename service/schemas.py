@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.jobs import JobKind, JobStatus
-from service.spec import AdviceRequest, AdviceSpec, JobSpec
+from service.spec import AdviceRequest, AdviceSpec, ExportFormat, ExportSpec, JobSpec
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -365,7 +365,8 @@ class JobRead(BaseModel):
     kind: JobKind = Field(
         description='"train": trains a model (spec: the job spec); "advice": measures a '
         "dataset for POST /datasets/{dataset_id}/advice (spec: the advice request and "
-        "dataset_id). GET /jobs lists one kind at a time."
+        'dataset_id); "export": converts a model for POST /models/{model_id}/exports (spec: '
+        "model_id and format). GET /jobs lists one kind at a time."
     )
     name: str
     status: JobStatus
@@ -373,7 +374,15 @@ class JobRead(BaseModel):
     # tightened still reads; the worker says what no longer validates when it runs it.
     spec: Annotated[
         dict[str, Any],
-        WithJsonSchema({"anyOf": [inline_schema(JobSpec), inline_schema(AdviceSpec)]}),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    inline_schema(JobSpec),
+                    inline_schema(AdviceSpec),
+                    inline_schema(ExportSpec),
+                ]
+            }
+        ),
     ]
     progress: Progress | None
     history: list[dict[str, int | float]] = Field(
@@ -398,6 +407,7 @@ class ModelRead(BaseModel):
         {
             "id": "m_0123456789abcdef",
             "name": "flowers-mobilenet",
+            "version": 3,
             "job_id": "j_0123456789abcdef",
             "dataset_id": "d_0123456789abcdef",
             "backbone": "MobileNetV2",
@@ -410,7 +420,8 @@ class ModelRead(BaseModel):
         }
     )
     id: str
-    name: str
+    name: str = Field(description="The named model it is a version of: GET /registry/{name}.")
+    version: int = Field(description="1, 2, 3… per name, in the order they were stored.")
     job_id: str | None
     dataset_id: str | None
     backbone: str
@@ -697,9 +708,17 @@ class WeightsRead(BaseModel):
 
 
 class PredictForm(BaseModel):
-    """The multipart form's fields besides `files`."""
+    """The multipart form's fields besides `files`. The model is named one way: `model_id`,
+    `name` (its latest version), `name` + `version`, or `name` + `alias`."""
 
-    model_id: str
+    model_id: str | None = None
+    name: str | None = Field(None, max_length=200, description="A named model: GET /registry.")
+    version: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="With `name`: this version of it."
+    )
+    alias: str | None = Field(
+        None, max_length=64, description="With `name`: the version this alias points to."
+    )
     top_k: int = Field(5, ge=1, le=1000)
     threshold: float = Field(0.0, ge=0.0, le=1.0, description="Leave out labels below this.")
     explain: bool = Field(
@@ -731,6 +750,116 @@ class TFServingRequest(BaseModel):
 class TFServingResponse(BaseModel):
     model_config = _example({"predictions": [[0.93, 0.07]]})
     predictions: list[list[float]]
+
+
+class TFServingStatus(BaseModel):
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+class TFServingVersionStatus(BaseModel):
+    version: str = Field(description="The version number, as text (TF Serving's int64).")
+    state: Literal["AVAILABLE"] = Field(description="Every stored version can be served.")
+    status: TFServingStatus
+
+
+class TFServingModelStatus(BaseModel):
+    """TF Serving's GetModelStatus answer (`GET /v1/models/{name}`)."""
+
+    model_config = _example(
+        {
+            "model_version_status": [
+                {
+                    "version": "3",
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+    )
+    model_version_status: list[TFServingVersionStatus]
+
+
+# -- the registry: named models, versions, aliases (/registry) -------------------------------
+
+
+class RegisteredModel(BaseModel):
+    model_config = _example(
+        {
+            "name": "flowers-mobilenet",
+            "versions": 3,
+            "latest_version": 3,
+            "latest_model_id": "m_0123456789abcdef",
+            "updated_at": "2026-11-29T12:00:00Z",
+            "aliases": {"production": 2, "staging": 3},
+        }
+    )
+    name: str
+    versions: int = Field(description="How many versions are stored.")
+    latest_version: int
+    latest_model_id: str
+    updated_at: datetime = Field(description="When the latest version was stored.")
+    aliases: dict[str, int] = Field(description="Each alias and the version it points to.")
+
+
+class RegisteredVersion(BaseModel):
+    version: int
+    model_id: str
+    created_at: datetime
+    metrics: dict[str, float]
+    aliases: list[str] = Field(description="The aliases pointing to this version.")
+
+
+class NamedModelRead(BaseModel):
+    model_config = _example(
+        {
+            "name": "flowers-mobilenet",
+            "aliases": {"production": 2},
+            "versions": [
+                {
+                    "version": 2,
+                    "model_id": "m_0123456789abcdef",
+                    "created_at": "2026-11-29T12:00:00Z",
+                    "metrics": {"val_accuracy": 0.95, "val_loss": 0.15},
+                    "aliases": ["production"],
+                },
+                {
+                    "version": 1,
+                    "model_id": "m_fedcba9876543210",
+                    "created_at": "2026-11-28T12:00:00Z",
+                    "metrics": {"val_accuracy": 0.93, "val_loss": 0.2},
+                    "aliases": [],
+                },
+            ],
+        }
+    )
+    name: str
+    aliases: dict[str, int] = Field(description="Each alias and the version it points to.")
+    versions: list[RegisteredVersion] = Field(description="Newest first.")
+
+
+class AliasWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
+    version: int = Field(
+        ge=1, le=2**31 - 1, description="The version of the named model to point to."
+    )
+
+
+class AliasRead(BaseModel):
+    model_config = _example(
+        {
+            "name": "flowers-mobilenet",
+            "alias": "production",
+            "version": 3,
+            "model_id": "m_0123456789abcdef",
+            "updated_at": "2026-11-29T12:00:00Z",
+        }
+    )
+    name: str
+    alias: str
+    version: int
+    model_id: str
+    updated_at: datetime = Field(description="When it was last set or moved.")
 
 
 # -- strategy advice (POST /datasets/{dataset_id}/advice) ------------------------------------
@@ -804,4 +933,122 @@ class AdviceRead(BaseModel):
     error: str | None
     request: AdviceRequest
     result: AdviceResult | None = Field(description="Null until the advice job has succeeded.")
+    created_at: datetime
+
+
+# -- exports (POST /models/{model_id}/exports) -------------------------------------------------
+
+
+class ExportQuantization(BaseModel):
+    scale: float
+    zero_point: int
+
+
+class ExportTensor(BaseModel):
+    name: str
+    dtype: Literal["float32", "uint8", "int8"]
+    shape: list[int | None] = Field(description="null: any size (the batch).")
+    quantization: ExportQuantization | None = Field(
+        description="Integer tensors only: real = (q − zero_point) × scale."
+    )
+
+
+class ExportParity(BaseModel):
+    images: int = Field(description="The model's validation images, all of them.")
+    agreeing: int = Field(description="Images whose top class is the SavedModel's.")
+    agreement: float = Field(description="agreeing / images.")
+    bar: float = Field(description="The agreement the format must reach.")
+    passed: bool
+    max_abs_difference: float = Field(
+        description="The largest difference from the SavedModel's probability of any class "
+        "of any image."
+    )
+    mean_abs_difference: float
+    accuracy: float = Field(description="The export's top-1 accuracy on the true labels.")
+    savedmodel_accuracy: float = Field(description="The SavedModel's, on the same images.")
+
+
+class ExportReport(BaseModel):
+    format: ExportFormat
+    file: str = Field(description="The model's file in the archive.")
+    file_bytes: int
+    labels_file: str = Field(description="One class name a line, in the output's order.")
+    classes: list[str]
+    input: ExportTensor
+    output: ExportTensor
+    temperature: float = Field(description="Folded into the last layer, as `serve` applies it.")
+    calibration_images: int = Field(
+        description="tflite-int8: training-split images the quantization ranges were "
+        "calibrated on (else 0)."
+    )
+    parity: ExportParity
+    runtime: str = Field(description="What ran the file for the parity check.")
+    converter: str
+    seconds: dict[str, float] = Field(description="convert and check.")
+
+
+class ExportRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "x_0123456789abcdef",
+            "model_id": "m_0123456789abcdef",
+            "format": "tflite-int8",
+            "status": "ready",
+            "error": None,
+            "job_id": "j_0123456789abcdef",
+            "report": {
+                "format": "tflite-int8",
+                "file": "model.tflite",
+                "file_bytes": 2_931_264,
+                "labels_file": "labels.txt",
+                "classes": ["cats", "dogs"],
+                "input": {
+                    "name": "pixels",
+                    "dtype": "uint8",
+                    "shape": [None, 224, 224, 3],
+                    "quantization": {"scale": 1.0, "zero_point": 0},
+                },
+                "output": {
+                    "name": "probabilities",
+                    "dtype": "uint8",
+                    "shape": [None, 2],
+                    "quantization": {"scale": 0.00390625, "zero_point": 0},
+                },
+                "temperature": 1.42,
+                "calibration_images": 200,
+                "parity": {
+                    "images": 400,
+                    "agreeing": 397,
+                    "agreement": 0.9925,
+                    "bar": 0.98,
+                    "passed": True,
+                    "max_abs_difference": 0.041,
+                    "mean_abs_difference": 0.004,
+                    "accuracy": 0.9125,
+                    "savedmodel_accuracy": 0.915,
+                },
+                "runtime": "ai-edge-litert 2.3.0",
+                "converter": "tensorflow 2.21.0 TFLiteConverter",
+                "seconds": {"convert": 21.4, "check": 6.2},
+            },
+            "size_bytes": 2_934_101,
+            "sha256": "9f2c" + "0" * 60,
+            "created_at": "2026-11-29T12:00:00Z",
+        }
+    )
+    id: str
+    model_id: str
+    format: ExportFormat
+    status: Literal["queued", "running", "ready", "failed"] = Field(
+        description="Its job's: ready once it succeeded; failed when it failed (below its "
+        "parity bar, say), was cancelled or removed."
+    )
+    error: str | None
+    job_id: str | None = Field(description="The export job: GET /jobs/{job_id}/events follows it.")
+    report: ExportReport | None = Field(
+        description="Parity and the file's input and output; set once converted and checked, "
+        "on a failed export too when it was below its bar."
+    )
+    size_bytes: int | None = Field(description="The archive's size; null until ready.")
+    sha256: str | None = Field(description="The archive's; null until ready.")
     created_at: datetime

@@ -1,6 +1,7 @@
 """Classifying images with a stored model, whatever shape the request came in.
 
-The model row is read in a short transaction of its own, the images are decoded and resized
+The model row is resolved (`registry.resolve`: an id, or a name, version or alias) and read in
+a short transaction of its own, the images are decoded and resized
 exactly as training did, the model comes from the cache, and the pixels go through the
 dynamic batcher. Explaining (class activation maps) bypasses the batcher: it is asked for
 rarely, costs more, and answers more than probabilities. Problems are domain exceptions;
@@ -31,6 +32,8 @@ from service.ml.serving import (
     heatmap_overlay,
     png,
 )
+from service.problems import NotFound
+from service.registry import ModelRef, resolve
 from service.schemas import Heatmap, Score
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
@@ -104,52 +107,60 @@ class Serving:
     batcher: Batcher
     max_images: int
 
-    async def classify(self, model_id: str, images: Sequence[Image]) -> Classification:
-        """Class probabilities for the images, one row each, in order."""
+    async def classify(self, model: str | ModelRef, images: Sequence[Image]) -> Classification:
+        """Class probabilities for the images, one row each, in order. `model`: a model id, or
+        a reference resolved once, so the whole request runs on one version."""
         self._check_count(images)
         # One trip to a worker thread for the lookup, the decoding and the (cached) model.
-        model, pixels = await anyio.to_thread.run_sync(self._prepare, model_id, images)
-        probabilities = await self.batcher.predict(model.model_id, model.probabilities, pixels)
-        return Classification(model.model_id, model.classes, probabilities)
+        loaded, pixels = await anyio.to_thread.run_sync(self._prepare, model, images)
+        probabilities = await self.batcher.predict(loaded.model_id, loaded.probabilities, pixels)
+        return Classification(loaded.model_id, loaded.classes, probabilities)
 
-    async def explain(self, model_id: str, images: Sequence[Image], top_k: int) -> Classification:
+    async def explain(
+        self, model: str | ModelRef, images: Sequence[Image], top_k: int
+    ) -> Classification:
         """`classify`'s answer, with the class activation maps of each image's `top_k` best
         classes. One worker-thread trip does it all, outside the batcher: the model's
         `explain` signature, then the overlays' PNG encoding."""
         self._check_count(images)
-        return await anyio.to_thread.run_sync(self._explain, model_id, images, top_k)
+        return await anyio.to_thread.run_sync(self._explain, model, images, top_k)
 
     def _check_count(self, images: Sequence[Image]) -> None:
         if len(images) > self.max_images:
             raise TooManyImages(f"{len(images)} images sent; at most {self.max_images} per request")
 
-    def _explain(self, model_id: str, images: Sequence[Image], top_k: int) -> Classification:
-        model, pixels = self._prepare(model_id, images)
-        explanation = model.explanation(pixels, top_k)
+    def _explain(
+        self, model: str | ModelRef, images: Sequence[Image], top_k: int
+    ) -> Classification:
+        loaded, pixels = self._prepare(model, images)
+        explanation = loaded.explanation(pixels, top_k)
         return Classification(
-            model.model_id,
-            model.classes,
+            loaded.model_id,
+            loaded.classes,
             explanation.probabilities,
-            heatmaps(explanation, pixels, model.classes),
+            heatmaps(explanation, pixels, loaded.classes),
         )
 
-    def _prepare(self, model_id: str, images: Sequence[Image]) -> tuple[LoadedModel, np.ndarray]:
-        source = model_source(self.database, model_id)
+    def _prepare(
+        self, model: str | ModelRef, images: Sequence[Image]
+    ) -> tuple[LoadedModel, np.ndarray]:
+        source = model_source(self.database, model)
         pixels = decode_images(images, source.input_size)
         return self.cache.get(source), pixels
 
 
-def model_source(database: Database, model_id: str) -> ModelSource:
-    """What the cache needs to load the model, read in a short transaction of its own: a
-    prediction holds no database connection while it waits for the model."""
+def model_source(database: Database, model: str | ModelRef) -> ModelSource:
+    """What the cache needs to load the model (a model id, or a reference to resolve), read in
+    a short transaction of its own: a prediction holds no database connection while it waits
+    for the model."""
+    ref = model if isinstance(model, ModelRef) else ModelRef(model_id=model)
     with database.session() as session:
-        row = session.execute(
-            select(
-                TrainedModel.savedmodel_sha256, TrainedModel.classes, TrainedModel.input_size
-            ).where(TrainedModel.id == model_id)
-        ).first()
-    if row is None:
-        raise ModelNotFound(f"model_id: no model {model_id!r}")
+        try:
+            row = resolve(session, ref)
+        except NotFound as error:
+            raise ModelNotFound(str(error)) from None
+        model_id, sha256 = row.id, row.savedmodel_sha256
+        classes, input_size = list(row.classes), row.input_size
 
     def fetch_archive() -> bytes:
         with database.session() as reading:
@@ -159,9 +170,9 @@ def model_source(database: Database, model_id: str) -> ModelSource:
 
     return ModelSource(
         model_id=model_id,
-        sha256=row.savedmodel_sha256,
-        classes=list(row.classes),
-        input_size=row.input_size,
+        sha256=sha256,
+        classes=classes,
+        input_size=input_size,
         fetch_archive=fetch_archive,
     )
 

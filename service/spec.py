@@ -365,3 +365,29 @@ class AdviceSpec(AdviceRequest):
     """An advice job's stored spec: the request and the dataset it is for."""
 
     dataset_id: str
+
+
+# -- exports (POST /models/{model_id}/exports) -------------------------------------------------
+
+ExportFormat = Literal["keras", "tflite", "tflite-fp16", "tflite-int8", "onnx"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx")
+
+
+class ExportRequest(_Strict):
+    """The format to convert a trained model to."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"format": "tflite"}]}
+    )
+
+    format: ExportFormat = Field(
+        description='"keras" (a .keras file), "tflite" (float32), "tflite-fp16" (float16 '
+        'weights, float32 input and output), "tflite-int8" (full-integer: uint8 pixels in, '
+        'uint8 probabilities out) or "onnx" (via tf2onnx).'
+    )
+
+
+class ExportSpec(ExportRequest):
+    """An export job's stored spec: the model and the format."""
+
+    model_id: str

@@ -23,7 +23,7 @@ from sqlalchemy.orm import undefer
 from service import jobs
 from service.config import Settings
 from service.problems import Problem
-from service.spec import AdviceSpec, JobSpec
+from service.spec import AdviceSpec, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.features import DatabaseFeatureStore
 from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
@@ -171,8 +171,8 @@ class Worker:
             if self.shutdown.is_set():
                 monitor.shutdown.set()
             try:
-                advice = claim.kind == jobs.JobKind.ADVICE
-                outcome = self._advise(claim, monitor) if advice else self._train(claim, monitor)
+                run = {jobs.JobKind.ADVICE: self._advise, jobs.JobKind.EXPORT: self._export}
+                outcome = run.get(claim.kind, self._train)(claim, monitor)
             except TrainingStopped:
                 outcome = None
             except (WeightsUnavailable, Problem) as error:
@@ -257,6 +257,35 @@ class Worker:
             jobs.complete_job, self.db, claim, model=stored, layers=layers, label_review=review
         )
         return Outcome(store, f"model {stored.id}")
+
+    def _export(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
+        """Convert a model and check its parity; what stores the file. Below its bar the
+        figures are stored in the export's report and the job fails with them."""
+        from service import exports
+        from service.ml.convert import export_model
+        from service.ml.export import sha256
+
+        spec = jobs.runnable_spec(claim.spec, ExportSpec)
+        if spec.format == "onnx" and (reason := exports.onnx_unsupported()) is not None:
+            raise Problem(reason)
+        inputs = exports.load_export_inputs(self.db, spec)
+        bar = exports.PARITY_BARS[spec.format]
+        result = export_model(inputs, bar=bar, should_stop=monitor.should_stop)
+        if not result.passed:
+            jobs.record_export_report(self.db, claim, result.report)
+            raise Problem(
+                f"the {spec.format} export misses its parity bar: "
+                f"{exports.report_figures(result.report)}"
+            )
+        store = partial(
+            jobs.complete_export,
+            self.db,
+            claim,
+            data=result.archive,
+            sha256=sha256(result.archive),
+            report=result.report,
+        )
+        return Outcome(store, f"{spec.format} export of model {spec.model_id}")
 
     def _advise(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
         """Measure the dataset against the backbone; what stores the advice and the review."""

@@ -161,9 +161,11 @@ def stored_rows(service: Service) -> tuple[int, int]:
 
 def stored_model(job_id: str | None, **overrides: Any) -> TrainedModel:
     """A model row with placeholder contents, for tests of the queue rather than of Keras."""
+    model_id = new_id("m")
     values: dict[str, Any] = {
-        "id": new_id("m"),
-        "name": "placeholder",
+        "id": model_id,
+        "name": f"placeholder-{model_id}",
+        "version": 1,
         "job_id": job_id,
         "dataset_id": None,
         "backbone": "MobileNetV2",

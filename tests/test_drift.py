@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from alembic import command
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from service.ml.drift import relative_change
 from service.storage.db import Database
@@ -47,9 +47,12 @@ def test_models_stored_before_the_figures_read_null(tmp_path: Path) -> None:
     database = Database(settings.database_url)
     command.upgrade(database.alembic_config(), "0003")
     model = stored_model(None)
+    table = TrainedModel.__table__
+    # Revision 0003's columns (`version` came with 0006); unset ones take their defaults.
+    values = {c.name: getattr(model, c.key) for c in table.columns if c.name != "version"}
+    values = {name: value for name, value in values.items() if value is not None}
     with database.session(write=True) as session:
-        session.add(model)
-        session.flush()
+        session.execute(insert(table).values(values))
         session.execute(
             text(
                 'INSERT INTO model_layers (model_id, "index", name, path, class_name, '

@@ -247,13 +247,15 @@ def test_tampered_model_answers_503_and_the_others_keep_serving(
     service: Service = small_model["service"]
     source_id = small_model["job"]["model_id"]
     copy_id = "m_tampered000000"
-    columns = [c.name for c in TrainedModel.__table__.columns if c.name not in ("id", "job_id")]
+    # A version of a name of its own: (name, version) is unique.
+    own = ("id", "job_id", "name", "version")
+    columns = [c.name for c in TrainedModel.__table__.columns if c.name not in own]
     listed = ", ".join(columns)
     with service.database.session(write=True) as session:
         session.execute(
             text(
-                f"INSERT INTO models (id, job_id, {listed}) "
-                f"SELECT :copy, NULL, {listed} FROM models WHERE id = :source"
+                f"INSERT INTO models (id, job_id, name, version, {listed}) "
+                f"SELECT :copy, NULL, :copy, 1, {listed} FROM models WHERE id = :source"
             ),
             {"copy": copy_id, "source": source_id},
         )

@@ -16,10 +16,12 @@ from service.api.routes import (
     advice,
     backbones,
     datasets,
+    exports,
     health,
     jobs,
     models,
     predict,
+    registry,
     weights,
 )
 from service.config import Settings, get_settings
@@ -77,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web.install(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (backbones, datasets, advice, jobs, models, predict, weights):
+    routers = (backbones, datasets, advice, jobs, models, exports, predict, registry, weights)
+    for module in routers:
         app.include_router(module.router, dependencies=secured)
 
     app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from service.problems import BadContent, Conflict, Invalid, NotFound, Problem
+from service.problems import BadContent, Conflict, Invalid, NotFound, Problem, Unsupported
 
 
 def unprocessable(
@@ -70,7 +70,7 @@ _SAFE_ENCODERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
-STATUS = {BadContent: 400, NotFound: 404, Conflict: 409}
+STATUS = {BadContent: 400, NotFound: 404, Conflict: 409, Unsupported: 501}
 
 
 async def unprocessable_answer(request: Request, error: Exception) -> JSONResponse:
@@ -88,7 +88,7 @@ async def http_error_answer(request: Request, error: Exception) -> Response:
 
 
 async def problem_answer(request: Request, error: Exception) -> Response:
-    """The domain's problems: 400, 404, 409, or a 422 locating the field."""
+    """The domain's problems: 400, 404, 409, 501, or a 422 locating the field."""
     assert isinstance(error, Problem)
     if isinstance(error, Invalid):
         return await unprocessable_answer(

@@ -124,7 +124,7 @@ def explain_function(
     compute_maps = class_activation_maps if method == "cam" else grad_cam_maps
 
     def explain(pixels: tf.Tensor, classes: tf.Tensor) -> dict[str, tf.Tensor]:
-        features, probabilities = tapped(pixels)
+        features, probabilities = tapped(pixels, training=False)
         maps = compute_maps(features, head, classes)
         batch_and_n = tf.shape(classes)
         low = tf.shape(maps)[2:]
@@ -153,12 +153,15 @@ def input_specs(model: keras.Model) -> tuple[keras.InputSpec, keras.InputSpec]:
 
 
 def serve_function(model: keras.Model, temperature: float) -> Any:
-    """What `serve` runs: the model itself (as `model.export()` registers it) when there is
-    no temperature to apply, else its probabilities scaled by it."""
-    if temperature == 1.0:
-        return model.__call__
+    """What `serve` runs: the model in inference mode, its probabilities scaled by the
+    temperature (T == 1 adds nothing).
+
+    training=False, not the bare `model.__call__` that `model.export()` registers: Keras 3's
+    random augmentation layers default to training=True when a call does not say, so a model
+    trained with `augment` would answer a different random flip or rotation of the image each
+    time (the exports' parity check found it)."""
 
     def serve(pixels: tf.Tensor) -> tf.Tensor:
-        return scale_tensor(model(pixels), temperature)
+        return scale_tensor(model(pixels, training=False), temperature)
 
     return serve

@@ -17,8 +17,8 @@ def export_savedmodel(model: keras.Model, temperature: float = 1.0) -> bytes:
     """The model as a SavedModel, packed as a tar.gz, with two signatures:
 
     - `serve`: raw pixels (float32 0–255, [batch, h, w, 3]) → class probabilities, scaled by
-      the fitted `temperature` (`service.ml.calibrate`); with T == 1 it is exactly what
-      `model.export()` writes (same name, input signature and output), and it stays the
+      the fitted `temperature` (`service.ml.calibrate`), the model run in inference mode;
+      `model.export()`'s name, input signature and output, and it stays the
       `serving_default` TF Serving calls.
     - `explain`: the same pixels and class indices (int32 [batch, n]) → `probabilities` (as
       `serve` gives them), `heatmaps` [batch, n, h, w], `maps` [batch, n, fh, fw] and

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -133,10 +134,15 @@ class Job(Base):
 
 class TrainedModel(Base):
     __tablename__ = "models"
-    __table_args__ = (_newest_first("models"),)
+    __table_args__ = (
+        _newest_first("models"),
+        UniqueConstraint("name", "version", name="uq_models_name_version"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The named model it is a version of; versions count 1, 2, 3… per name, in store order.
     name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
     )
@@ -231,6 +237,40 @@ class FeatureSet(Base):
     dimensions: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable label (`production`, `staging`, …) on one version of a named model."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # RESTRICT: a version an alias points to cannot be deleted (the API answers 409 first).
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="RESTRICT"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ModelExport(Base):
+    """A trained model converted to another format by the worker's export job."""
+
+    __tablename__ = "model_exports"
+    __table_args__ = (UniqueConstraint("model_id", "format", name="uq_model_exports_model_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    # Parity with the SavedModel on the validation split, input/output types, labels: JSON.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

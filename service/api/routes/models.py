@@ -35,9 +35,16 @@ def model_read(model: TrainedModel) -> ModelRead:
     responses={200: {"headers": LINK_HEADER, "description": "A page of models"}},
 )
 def list_models(
-    session: SessionDep, request: Request, response: Response, page: PageDep
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    page: PageDep,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Only the versions of this named model")
+    ] = None,
 ) -> list[ModelRead]:
-    rows = link_next(models.list_models(session, page), page.limit, request, response)
+    found = models.list_models(session, page, name=name)
+    rows = link_next(found, page.limit, request, response)
     return [model_read(model) for model in rows]
 
 
@@ -122,7 +129,10 @@ def download_savedmodel(session: SessionDep, model_id: str) -> Response:
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**NOT_FOUND, 409: {"description": "A queued or running job starts from it"}},
+    responses={
+        **NOT_FOUND,
+        409: {"description": "A queued or running job starts from it, or an alias points to it"},
+    },
 )
 def delete_model(session: SessionDep, cache: ModelCacheDep, model_id: str) -> Response:
     models.delete_model(session, model_id)

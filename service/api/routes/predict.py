@@ -7,23 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from service.api.deps import ServingDep
+from service import registry
+from service.api.deps import ServingDep, SessionDep
 from service.api.errors import invalid, unprocessable
+from service.registry import ModelRef
 from service.schemas import (
     ImagePrediction,
     PredictForm,
     PredictionRead,
     PredictJSON,
+    TFServingModelStatus,
     TFServingRequest,
     TFServingResponse,
+    TFServingStatus,
+    TFServingVersionStatus,
     inline_schema,
 )
 from service.serving import (
@@ -65,12 +70,12 @@ def _as_http_errors() -> Iterator[None]:
 
 
 async def _classify(
-    serving: Serving, model_id: str, images: list[Image], explain_top_k: int = 0
+    serving: Serving, model: ModelRef, images: list[Image], explain_top_k: int = 0
 ) -> Classification:
     with _as_http_errors():
         if explain_top_k:
-            return await serving.explain(model_id, images, explain_top_k)
-        return await serving.classify(model_id, images)
+            return await serving.explain(model, images, explain_top_k)
+        return await serving.classify(model, images)
 
 
 def _b64(number: int, encoded: str) -> bytes:
@@ -127,8 +132,9 @@ PREDICT_BODY = {
         "multipart/form-data": {
             "schema": {
                 **_FORM,
-                "description": "model_id, files, optional top_k, threshold and explain",
-                "required": [*_FORM["required"], "files"],
+                "description": "model_id (or name, with optional version or alias), files, "
+                "optional top_k, threshold and explain",
+                "required": [*_FORM.get("required", []), "files"],
                 "properties": {
                     **_FORM["properties"],
                     "files": {
@@ -157,14 +163,17 @@ PREDICT_BODY = {
     response_model=PredictionRead,
     summary="Classify images: multipart files, or JSON with base64 images",
     description="Multipart: `model_id`, one or more `files`, optional `top_k`, `threshold` "
-    "and `explain`. JSON: `{model_id, instances: [{b64}], top_k, threshold, explain}`. Labels "
-    "scoring below `threshold` are left out of `top`. With `explain` true each returned label "
-    "carries its class activation map (`heatmap`: method, PNG overlay, low-resolution map).",
+    "and `explain`. JSON: `{model_id, instances: [{b64}], top_k, threshold, explain}`. Instead "
+    "of `model_id`, `name` picks a named model's latest version, `name` + `version` one "
+    "version, `name` + `alias` the version the alias points to: exactly one way, else 422 "
+    "naming the field that conflicts. Labels scoring below `threshold` are left out of "
+    "`top`. With `explain` true each returned label carries its class activation map "
+    "(`heatmap`: method, PNG overlay, low-resolution map).",
     openapi_extra={"requestBody": PREDICT_BODY},
     responses={
         **ERRORS,
         409: {"description": "`explain` asked of a model stored before models carried maps"},
-        422: {"description": "A field is missing or invalid"},
+        422: {"description": "A field is missing or invalid, or the model is named two ways"},
     },
 )
 async def predict(request: Request, serving: ServingDep) -> PredictionRead:
@@ -177,8 +186,14 @@ async def predict(request: Request, serving: ServingDep) -> PredictionRead:
         raise HTTPException(
             415, "send multipart/form-data (files) or application/json (base64 instances)"
         )
+    model = registry.reference(
+        model_id=parameters.model_id,
+        name=parameters.name,
+        version=parameters.version,
+        alias=parameters.alias,
+    )
     explain_top_k = parameters.top_k if parameters.explain else 0
-    result = await _classify(serving, parameters.model_id, images, explain_top_k)
+    result = await _classify(serving, model, images, explain_top_k)
     scores = result.top(parameters.top_k, parameters.threshold)
     return PredictionRead(
         model_id=result.model_id,
@@ -201,20 +216,120 @@ def _tf_serving_image(number: int, instance: Any) -> bytes:
     )
 
 
-@router.post(
-    "/v1/models/{model_id}:predict",
-    response_model=TFServingResponse,
-    summary="TF Serving's REST predict: {instances: [{b64}]} → {predictions: [[p0, p1, …]]}",
-    description="For existing TensorFlow Serving clients. Each prediction is the full "
+# TF Serving's paths. `{model_id}` takes a model id, as it always has, or else a model's name
+# (its latest version). Starlette's `{param}` never matches a '/', so `{model_id}:predict`
+# cannot swallow `…/versions/{n}:predict` or `…/labels/{label}:predict`, nor they it.
+ModelPath = Annotated[
+    str, Path(description="A model id, or a named model's name (then its latest version)")
+]
+NamePath = Annotated[str, Path(max_length=200, description="A named model: GET /registry")]
+# At most the largest 32-bit integer: the column's type on PostgreSQL and SQLite alike.
+VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="A version of the named model")]
+LabelPath = Annotated[
+    str, Path(max_length=64, description="An alias of the named model (TF Serving's label)")
+]
+TF_SERVING_PREDICT: dict[str, Any] = {
+    "response_model": TFServingResponse,
+    "description": "For existing TensorFlow Serving clients. Each prediction is the full "
     "probability vector in the order of the model's `classes`.",
-    responses=ERRORS,
-)
-async def tf_serving_predict(
-    serving: ServingDep, model_id: str, body: TFServingRequest
+    "responses": ERRORS,
+}
+TF_SERVING_STATUS: dict[str, Any] = {
+    "response_model": TFServingModelStatus,
+    "description": "TF Serving's model status: every version asked for is AVAILABLE, since "
+    "any stored version can be served.",
+    "responses": {404: {"description": "Unknown model, version or label"}},
+}
+
+
+async def _tf_serving_predict(
+    serving: Serving, model: ModelRef, body: TFServingRequest
 ) -> TFServingResponse:
     images = [
         Image(f"instances[{n}]", f"instances[{n}]", _tf_serving_image(n, instance))
         for n, instance in enumerate(body.instances)
     ]
-    result = await _classify(serving, model_id, images)
+    result = await _classify(serving, model, images)
     return TFServingResponse(predictions=result.probabilities.astype(float).tolist())
+
+
+@router.post(
+    "/v1/models/{model_id}:predict",
+    summary="TF Serving's REST predict: {instances: [{b64}]} → {predictions: [[p0, p1, …]]}",
+    **TF_SERVING_PREDICT,
+)
+async def tf_serving_predict(
+    serving: ServingDep, model_id: ModelPath, body: TFServingRequest
+) -> TFServingResponse:
+    return await _tf_serving_predict(serving, ModelRef(model_id=model_id, or_name=True), body)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}:predict",
+    summary="TF Serving's REST predict with one version of a named model",
+    **TF_SERVING_PREDICT,
+)
+async def tf_serving_predict_version(
+    serving: ServingDep, name: NamePath, version: VersionPath, body: TFServingRequest
+) -> TFServingResponse:
+    return await _tf_serving_predict(serving, ModelRef(name=name, version=version), body)
+
+
+@router.post(
+    "/v1/models/{name}/labels/{label}:predict",
+    summary="TF Serving's REST predict with the version an alias (label) points to",
+    **TF_SERVING_PREDICT,
+)
+async def tf_serving_predict_label(
+    serving: ServingDep, name: NamePath, label: LabelPath, body: TFServingRequest
+) -> TFServingResponse:
+    registry.check_alias(label, field="label")
+    return await _tf_serving_predict(serving, ModelRef(name=name, alias=label), body)
+
+
+def _model_status(versions: list[int]) -> TFServingModelStatus:
+    return TFServingModelStatus(
+        model_version_status=[
+            TFServingVersionStatus(
+                version=str(version), state="AVAILABLE", status=TFServingStatus()
+            )
+            for version in versions
+        ]
+    )
+
+
+@router.get(
+    "/v1/models/{model_id}",
+    summary="TF Serving's model status: every version of a named model, newest first",
+    **TF_SERVING_STATUS,
+)
+def tf_serving_status(session: SessionDep, model_id: ModelPath) -> TFServingModelStatus:
+    model = registry.resolve(session, ModelRef(model_id=model_id, or_name=True))
+    if model.id == model_id:  # named by its id: that one version
+        return _model_status([model.version])
+    return _model_status(registry.versions_of(session, model.name))
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}",
+    summary="TF Serving's model status of one version",
+    **TF_SERVING_STATUS,
+)
+def tf_serving_version_status(
+    session: SessionDep, name: NamePath, version: VersionPath
+) -> TFServingModelStatus:
+    model = registry.resolve(session, ModelRef(name=name, version=version))
+    return _model_status([model.version])
+
+
+@router.get(
+    "/v1/models/{name}/labels/{label}",
+    summary="TF Serving's model status of the version an alias (label) points to",
+    **TF_SERVING_STATUS,
+)
+def tf_serving_label_status(
+    session: SessionDep, name: NamePath, label: LabelPath
+) -> TFServingModelStatus:
+    registry.check_alias(label, field="label")
+    model = registry.resolve(session, ModelRef(name=name, alias=label))
+    return _model_status([model.version])
