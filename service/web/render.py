@@ -26,11 +26,30 @@ def _count(number: int | float | None) -> str:
     return "—" if number is None else f"{number:,}"
 
 
-def _percent(number: float | None) -> str:
-    return "—" if number is None else f"{100 * number:.1f} %"
+def _percent(number: float | None, digits: int = 1) -> str:
+    return "—" if number is None else f"{100 * number:.{digits}f} %"
 
 
-templates.env.filters.update(when=_when, count=_count, percent=_percent)
+def _size(number: int | None) -> str:
+    """Bytes for a person: 812 B, 3.4 kB, 9.1 MB (powers of 1000, as file managers show)."""
+    if number is None:
+        return "—"
+    for unit in ("B", "kB", "MB"):
+        if number < 1000:
+            return f"{number} {unit}" if unit == "B" else f"{number:.1f} {unit}"
+        number /= 1000
+    return f"{number:.1f} GB"
+
+
+def _fraction(number: float) -> str:
+    """A small figure such as a probability difference: four decimals, or two significant
+    digits when it is too small for them to show (3.1e-07, not 0.0000)."""
+    return f"{number:.4f}" if number == 0 or abs(number) >= 5e-5 else f"{number:.1e}"
+
+
+templates.env.filters.update(
+    when=_when, count=_count, percent=_percent, size=_size, fraction=_fraction
+)
 
 
 class LoginRequired(Exception):

@@ -2,8 +2,10 @@
 
 Pages are whole documents; htmx swaps the fragments (the layer table of a job preview, a
 confusion-matrix cell's images, predictions, a dataset's health report for another split, the
-new-job form's leakage warning). Live views read `/jobs/{id}/events`. Writes
-come from the service's own pages only: with a session they carry its CSRF token.
+new-job form's leakage warning, a model's exports while they convert). Live views read
+`/jobs/{id}/events`. Writes come from the service's own pages only: with a session they carry
+its CSRF token. A Problem a route does not catch is answered by the console's handler
+(service/web/__init__.py): for htmx, partials/error.html with the API's status for it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathPart
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session as DbSession
 
-from service import advice, datasets, jobs, models, reports, weights_files
+from service import advice, datasets, exports, jobs, models, registry, reports, weights_files
 from service.api.auth import (
     COOKIE,
     CSRF_HEADER,
@@ -32,7 +35,7 @@ from service.jobs import JobKind, JobStatus
 from service.problems import Conflict, Problem
 from service.schemas import AdviceResult, DatasetReport
 from service.serving import Image, ServingError
-from service.spec import AdviceRequest, JobSpec
+from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, JobSpec
 from service.storage.pages import Page
 from service.web.forms import (
     SplitQuery,
@@ -411,6 +414,8 @@ def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse
         model_id=model_id,
         finished=finished,
         advice=job.kind == JobKind.ADVICE,  # measures a dataset: no epochs, no model
+        # converts a model ({"model_id", "format"}): no epochs; its figures are on the model page
+        export=job.spec if job.kind == JobKind.EXPORT else None,
     )
 
 
@@ -439,6 +444,7 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         evaluation = None
     job = jobs.get_job(session, model.job_id)[0] if model.job_id else None
     source = (job.spec.get("backbone") or {}).get("weights") if job else None
+    aliases = registry.aliases_of(session, model.name)
     return page(
         request,
         "model.html",
@@ -447,7 +453,67 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         job=job,
         source=source,
         layers=models.model_layers(session, model_id)["layers"],
+        aliases=[alias for alias, version in aliases.items() if version == model.version],
+        **_export_rows(session, model_id),
     )
+
+
+def _export_rows(session: DbSession, model_id: str) -> dict[str, Any]:
+    """Every format with its export, if any: status, error, report (the parity figures) and
+    the bar it is held to; `converting` while one is queued or running (the table polls)."""
+    made = {record.format: (record, job) for record, job in exports.list_exports(session, model_id)}
+    rows = []
+    for format in EXPORT_FORMATS:
+        record, job = made.get(format, (None, None))
+        status, error = exports.export_status(job) if record is not None else (None, None)
+        rows.append(
+            {
+                "format": format,
+                "record": record,
+                "status": status,
+                "error": error,
+                "report": record.report if record is not None else None,
+                "bar": exports.PARITY_BARS[format],
+            }
+        )
+    return {
+        "exports": rows,
+        "converting": any(row["status"] in ("queued", "running") for row in rows),
+        "onnx_unsupported": exports.onnx_unsupported(),
+    }
+
+
+@pages.get("/models/{model_id}/exports", response_class=HTMLResponse)
+def model_exports(request: Request, session: SessionDep, model_id: str) -> HTMLResponse:
+    """The model page's exports table, polled while an export converts."""
+    model = models.get_model(session, model_id)
+    return page(request, "partials/exports.html", model=model, **_export_rows(session, model_id))
+
+
+@writes.post("/models/{model_id}/exports/{format}", response_class=HTMLResponse)
+def export_create(
+    request: Request,
+    session: SessionDep,
+    model_id: str,
+    format: Annotated[str, PathPart(max_length=20)],
+) -> Response:
+    """Queue an export job, as POST /models/{id}/exports does, and follow it on its page."""
+    try:
+        body = ExportRequest.model_validate({"format": format})
+    except ValidationError as error:
+        return _failed(request, error)
+    record = exports.request_export(session, model_id, body)
+    assert record.job_id is not None
+    return _redirect_to_job(record.job_id)
+
+
+@writes.post("/models/{model_id}/exports/{format}/delete")
+def export_delete(
+    session: SessionDep, model_id: str, format: Annotated[str, PathPart(max_length=20)]
+) -> Response:
+    """Delete an export (a queued or running one's job is cancelled), so it can be made again."""
+    exports.delete_export(session, model_id, format)
+    return Response(status_code=204, headers={"HX-Refresh": "true"})
 
 
 @pages.get("/models/{model_id}/layers", response_class=HTMLResponse)
@@ -507,6 +573,51 @@ def model_delete(request: Request, session: SessionDep, model_id: str) -> Respon
     models.delete_model(session, model_id)
     request.app.state.model_cache.evict(model_id)
     return Response(status_code=204, headers={"HX-Redirect": "/console/models"})
+
+
+# -- the registry: named models, their versions and aliases -----------------------------------
+
+
+@pages.get("/registry", response_class=HTMLResponse)
+def registry_list(request: Request, session: SessionDep) -> HTMLResponse:
+    return page(request, "registry.html", names=registry.list_names(session))
+
+
+@pages.get("/registry/{name:path}", response_class=HTMLResponse)
+def registry_page(request: Request, session: SessionDep, name: str) -> HTMLResponse:
+    """A named model: its versions (with their models' metrics) and aliases, and the form
+    that sets, moves and removes them."""
+    return page(
+        request,
+        "registry_name.html",
+        named=registry.named_model(session, name),
+        pattern=registry.ALIAS_PATTERN,
+        rule=registry.ALIAS_RULE,
+    )
+
+
+@writes.post("/registry/{name:path}/aliases", response_class=HTMLResponse)
+def alias_set(
+    request: Request,
+    session: SessionDep,
+    name: str,
+    alias: Annotated[str, Form(max_length=200)],
+    version: Annotated[str, Form(max_length=20)],
+) -> Response:
+    """Set an alias, or move it, as PUT /registry/{name}/aliases/{alias} does."""
+    number = version.strip()
+    if not number.isdigit() or not 1 <= int(number) <= 2**31 - 1:
+        message = f"{version!r} is not a version: pick one of the versions listed"
+        return page(request, "partials/error.html", 422, message=message)
+    registry.set_alias(session, name, alias.strip(), int(number))
+    return Response(status_code=204, headers={"HX-Refresh": "true"})
+
+
+@writes.post("/registry/{name:path}/aliases/{alias}/delete")
+def alias_delete(session: SessionDep, name: str, alias: str) -> Response:
+    """Remove an alias, as DELETE /registry/{name}/aliases/{alias} does; its version stays."""
+    registry.delete_alias(session, name, alias)
+    return Response(status_code=204, headers={"HX-Refresh": "true"})
 
 
 router.include_router(pages)

@@ -246,8 +246,12 @@ function formatSeconds(seconds) {
 }
 
 // One progress event in words, and as the share done: a training job's steps of its epochs;
-// an advice job's steps of its feature passes (the backbone's weights, then random ones).
+// an advice job's steps of its feature passes (the backbone's weights, then random ones). An
+// export job writes none; should one come, it is shown as steps, never as NaN.
 function describeProgress(p, kind) {
+  if (kind !== "train" && kind !== "advice") {
+    return [p.steps ? `step ${p.step}/${p.steps}` : "", p.steps ? p.step / p.steps : 0];
+  }
   if (kind === "advice") {
     return [`feature pass ${p.stage}/${p.stages} · step ${p.step}/${p.steps}`,
             (p.stage - 1 + p.step / Math.max(p.steps, 1)) / Math.max(p.stages, 1)];
@@ -325,9 +329,11 @@ document.addEventListener("DOMContentLoaded", () => {
   if (live) followJob(live);
   const history = document.getElementById("history-data");
   if (history) showHistory(history);
-  // Fragments answered with an error status still carry a message for the person.
+  // Fragments answered with an error status still carry a message for the person (501: what
+  // this installation cannot do, such as ONNX export, and which versions it needs).
   document.body.addEventListener("htmx:beforeSwap", (event) => {
-    if (event.detail.xhr.status >= 400 && event.detail.xhr.status < 500) {
+    const status = event.detail.xhr.status;
+    if ((status >= 400 && status < 500) || status === 501) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
     }
