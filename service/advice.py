@@ -70,6 +70,13 @@ def request_advice(session: Session, dataset_id: str, request: AdviceRequest) ->
     return advice
 
 
+def advice_status(job: Job | None) -> tuple[str, str | None]:
+    """(status, error) of an advice: its job's."""
+    if job is None:
+        return jobs.JobStatus.FAILED, "its job was removed"
+    return job.status, job.error
+
+
 def _with_jobs(query: Any) -> Any:
     return query.add_columns(Job).outerjoin(Job, Job.id == Advice.job_id)
 

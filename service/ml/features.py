@@ -99,16 +99,13 @@ def cached_or_extracted(
 ) -> tuple[np.ndarray, bool]:
     """The stored features of `image_ids` under `key` when all are there, else `extract()`'s
     (then stored). Also whether they came from the store."""
-    usable = store is not None and key is not None and image_ids is not None
-    if usable:
-        assert store is not None and key is not None and image_ids is not None
-        stored = store.load(key, image_ids)
-        if stored is not None:
-            return stored, True
+    if store is None or key is None or image_ids is None:
+        return extract(), False
+    stored = store.load(key, image_ids)
+    if stored is not None:
+        return stored, True
     features = extract()
-    if usable:
-        assert store is not None and key is not None and image_ids is not None
-        store.save(key, image_ids, features)
+    store.save(key, image_ids, features)
     return features, False
 
 

@@ -248,9 +248,7 @@ class ModelAlias(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     alias: Mapped[str] = mapped_column(String(64), primary_key=True)
     # RESTRICT: a version an alias points to cannot be deleted (the API answers 409 first).
-    model_id: Mapped[str] = mapped_column(
-        ForeignKey("models.id", ondelete="RESTRICT"), index=True
-    )
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

@@ -92,6 +92,12 @@ def _redirect_to_job(job_id: str) -> Response:
     return Response(status_code=204, headers={"HX-Redirect": f"/console/jobs/{job_id}"})
 
 
+async def _form_lists(request: Request) -> dict[str, list[str]]:
+    """The posted form, every field as the list of its values (a checkbox group repeats)."""
+    form = await request.form()
+    return {key: [str(value) for value in form.getlist(key)] for key in form}
+
+
 # -- login ------------------------------------------------------------------------------
 
 
@@ -210,9 +216,7 @@ def dataset_page(
         query=query,
         report=_report(session, dataset_id, query),
         advice=_latest_advice(session, dataset_id),
-        backbones=list(BACKBONES.values()),
-        models=models.list_models(session, Page(limit=100)).rows,
-        weights=weights_files.list_weights(session, Page(limit=100)).rows,
+        **_backbone_choices(session),
     )
 
 
@@ -247,18 +251,18 @@ def _latest_advice(session: DbSession, dataset_id: str) -> dict[str, Any] | None
     if not rows:
         return None
     record, job = rows[0]
+    state, error = advice.advice_status(job)
     return {
         "record": record,
         "job": job,
-        "status": job.status if job is not None else JobStatus.FAILED,
-        "error": job.error if job is not None else "its job was removed",
+        "status": state,
+        "error": error,
         "result": AdviceResult.model_validate(record.result) if record.result else None,
     }
 
 
 async def _advice_body(request: Request) -> dict[str, Any]:
-    form = await request.form()
-    return advice_from_form({key: [str(v) for v in form.getlist(key)] for key in form})
+    return advice_from_form(await _form_lists(request))
 
 
 @writes.post("/datasets/{dataset_id}/advice", response_class=HTMLResponse)
@@ -290,6 +294,16 @@ def advice_train(
     except (ValidationError, Problem) as error:
         return _failed(request, error)
     return _redirect_to_job(job.id)
+
+
+def _backbone_choices(session: DbSession) -> dict[str, list[Any]]:
+    """What a backbone's form offers: every backbone, and the stored models and weights files
+    its weights can come from."""
+    return {
+        "backbones": list(BACKBONES.values()),
+        "models": models.list_models(session, Page(limit=100)).rows,
+        "weights": weights_files.list_weights(session, Page(limit=100)).rows,
+    }
 
 
 def _thumbnails(session: Any, dataset_id: str, labels: list[str]) -> dict[str, list[Any]]:
@@ -327,9 +341,7 @@ def job_form(request: Request, session: SessionDep, dataset_id: str | None = Non
         "job_new.html",
         dataset_id=dataset_id,
         datasets=datasets.list_datasets(session, Page(limit=100)).rows,
-        backbones=list(BACKBONES.values()),
-        models=models.list_models(session, Page(limit=100)).rows,
-        weights=weights_files.list_weights(session, Page(limit=100)).rows,
+        **_backbone_choices(session),
     )
 
 
@@ -354,8 +366,7 @@ def job_leakage(
 
 
 async def _form_spec(request: Request) -> dict[str, Any]:
-    form = await request.form()
-    return spec_from_form({key: [str(v) for v in form.getlist(key)] for key in form})
+    return spec_from_form(await _form_lists(request))
 
 
 @writes.post("/jobs/preview", response_class=HTMLResponse)
@@ -400,7 +411,7 @@ def job_create(
         return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
     except Problem as problem:
         return page(request, "partials/error.html", 422, message=str(problem))
-    return Response(status_code=204, headers={"HX-Redirect": f"/console/jobs/{job.id}"})
+    return _redirect_to_job(job.id)
 
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -16,13 +16,14 @@ router = APIRouter(prefix="/datasets/{dataset_id}/advice", tags=["datasets"])
 
 
 def _advice_read(record: Advice, job: Job | None) -> AdviceRead:
+    state, error = advice.advice_status(job)
     return AdviceRead.model_validate(
         {
             "id": record.id,
             "dataset_id": record.dataset_id,
             "job_id": record.job_id,
-            "status": job.status if job is not None else "failed",
-            "error": job.error if job is not None else "its job was removed",
+            "status": state,
+            "error": error,
             "request": record.request,
             "result": record.result,
             "created_at": record.created_at,
