@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     )
 
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
+    batch_predict_size: int = Field(
+        32, ge=1, le=1024, description="Images per model call in a batch prediction job."
+    )
     predict_max_batch: int = Field(
         32, ge=1, description="Most images that concurrent /predict requests share one call."
     )

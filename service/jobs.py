@@ -2,11 +2,12 @@
 
     queued → running → succeeded | failed | cancelled
 
-Jobs come in three kinds on one queue: "train" (the spec is a JobSpec; success stores a
-model), "advice" (the spec is an AdviceSpec; success stores the advice's result) and "export"
-(the spec is an ExportSpec; success stores the converted file in its export record). One
-queue, so all get the same leases, retries, cancelling and events, and a worker's accelerator
-serves them in the order they were asked for.
+Jobs come in four kinds on one queue: "train" (the spec is a JobSpec; success stores a
+model), "advice" (the spec is an AdviceSpec; success stores the advice's result), "export"
+(the spec is an ExportSpec; success stores the converted file in its export record) and
+"predict" (the spec is a BatchPredictionSpec; success stores a batch's results). One
+queue, so all get the same leases, retries, cancelling and events, and a worker's
+accelerator serves them in the order they were asked for.
 
 The API and the worker both call this module and neither re-implements it:
 - the status enum and the transitions (enqueue, cancel; claim, heartbeat, release, end,
@@ -32,12 +33,13 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from service.problems import Conflict, Invalid, NotFound, Problem
-from service.spec import AdviceSpec, ExportSpec, JobSpec
+from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
     WEIGHTS_SOURCES,
     Advice,
+    BatchPrediction,
     Dataset,
     Job,
     ModelExport,
@@ -57,13 +59,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec)
+SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec, BatchPredictionSpec)
 
 
 class JobKind(StrEnum):
     TRAIN = "train"
     ADVICE = "advice"
     EXPORT = "export"
+    PREDICT = "predict"
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -166,7 +169,7 @@ def _needs(resource: Resource, dataset_id: str | None, spec: dict[str, Any]) -> 
         return dataset_id == resource.id
     prefix = "model" if isinstance(resource, TrainedModel) else "file"
     if prefix == "model" and spec.get("model_id") == resource.id:
-        return True  # an export job converts it
+        return True  # an export job converts it, a batch prediction job classifies with it
     backbone = spec.get("backbone")
     weights = backbone.get("weights") if isinstance(backbone, dict) else None
     return weights == f"{prefix}:{resource.id}"
@@ -263,11 +266,18 @@ def enqueue_export(session: Session, spec: ExportSpec, model: TrainedModel) -> J
     return _queue(session, JobKind.EXPORT, name, spec, model.dataset_id)
 
 
+def enqueue_prediction(session: Session, spec: BatchPredictionSpec, model: TrainedModel) -> Job:
+    """A new queued batch prediction job for a model that exists. It holds the dataset it
+    classifies, if any, like a training job does; the model is held through its spec."""
+    name = f"predict-{model.name}-v{model.version}"[:200]
+    return _queue(session, JobKind.PREDICT, name, spec, spec.dataset_id)
+
+
 def _queue(
     session: Session,
     kind: JobKind,
     name: str,
-    spec: JobSpec | AdviceSpec | ExportSpec,
+    spec: JobSpec | AdviceSpec | ExportSpec | BatchPredictionSpec,
     dataset_id: str | None,
 ) -> Job:
     job = Job(
@@ -553,6 +563,23 @@ def complete_export(
     def store(session: Session) -> None:
         _export_values(
             session, claim, data=data, size_bytes=len(data), sha256=sha256, report=report
+        )
+
+    return _complete(db, claim, store)
+
+
+def complete_prediction(
+    db: Database, claim: Claim, *, results: bytes, summary: dict[str, Any]
+) -> bool:
+    """Store a batch's results and counts, drop its uploaded zip (read, and never needed
+    again), and mark the job succeeded, in one transaction; False (and nothing stored) when
+    the lease is no longer this worker's."""
+
+    def store(session: Session) -> None:
+        session.execute(
+            update(BatchPrediction)
+            .where(BatchPrediction.job_id == claim.job_id)
+            .values(results=results, archive=None, **summary)
         )
 
     return _complete(db, claim, store)

@@ -1052,3 +1052,60 @@ class ExportRead(BaseModel):
     size_bytes: int | None = Field(description="The archive's size; null until ready.")
     sha256: str | None = Field(description="The archive's; null until ready.")
     created_at: datetime
+
+
+# -- batch prediction --------------------------------------------------------------------------
+
+
+class BadImage(BaseModel):
+    file: str
+    reason: str
+
+
+class BatchPredictionRead(BaseModel):
+    model_config = _example(
+        {
+            "id": "p_0123456789abcdef",
+            "status": "succeeded",
+            "error": None,
+            "job_id": "j_0123456789abcdef",
+            "model_id": "m_0123456789abcdef",
+            "model": {"name": "flowers", "alias": "production"},
+            "source": "zip",
+            "filename": "holiday.zip",
+            "dataset_id": None,
+            "top_k": 3,
+            "explain": False,
+            "images": 1204,
+            "classified": 1202,
+            "bad": [{"file": "notes.txt", "reason": "cannot identify image file"}],
+            "seconds": 41.7,
+            "images_per_second": 28.9,
+            "results": {
+                "jsonl": "/predictions/p_0123456789abcdef/results?format=jsonl",
+                "csv": "/predictions/p_0123456789abcdef/results?format=csv",
+            },
+            "created_at": "2026-11-29T15:00:00Z",
+            "finished_at": "2026-11-29T15:00:45Z",
+        }
+    )
+
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled (its job's)")
+    error: str | None
+    job_id: str | None = Field(description="Its job: progress on GET /jobs/{job_id}/events.")
+    model_id: str | None = Field(description="The version the request resolved to.")
+    model: dict[str, Any] = Field(description="How the request named the model.")
+    source: Literal["zip", "dataset"]
+    filename: str | None = Field(description="The uploaded zip's name.")
+    dataset_id: str | None
+    top_k: int
+    explain: bool
+    images: int | None = Field(description="Files looked at; null until the job succeeds.")
+    classified: int | None
+    bad: list[BadImage] = Field(description="Files that could not be classified, and why.")
+    seconds: float | None = Field(description="The job's time, reading the model included.")
+    images_per_second: float | None
+    results: dict[str, str] | None = Field(description="Where to download them, once done.")
+    created_at: datetime
+    finished_at: datetime | None

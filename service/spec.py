@@ -391,3 +391,17 @@ class ExportSpec(ExportRequest):
     """An export job's stored spec: the model and the format."""
 
     model_id: str
+
+
+# -- batch prediction (POST /predictions) ------------------------------------------------------
+
+
+class BatchPredictionSpec(_Strict):
+    """A batch prediction job's stored spec: the model it resolved to when it was asked for
+    (an alias that moves later does not move it), the record, and what to answer."""
+
+    prediction_id: str
+    model_id: str
+    top_k: int = Field(5, ge=1, le=1000)
+    explain: bool = False
+    dataset_id: str | None = None  # None: the images are the record's uploaded zip

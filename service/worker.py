@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -23,7 +24,7 @@ from sqlalchemy.orm import undefer
 from service import jobs
 from service.config import Settings
 from service.problems import Problem
-from service.spec import AdviceSpec, ExportSpec, JobSpec
+from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.features import DatabaseFeatureStore
 from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
@@ -81,6 +82,10 @@ class JobMonitor:
     def should_stop(self) -> bool:
         return self.stop_reason is not None or self.shutdown.is_set()
 
+    def flush(self) -> None:
+        """Write the latest progress now, not at the next beat: the job's last word on it."""
+        self._beat()
+
     # -- the heartbeat --------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -129,6 +134,8 @@ class Worker:
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:10]}"
         self.shutdown = threading.Event()
         self._monitor: JobMonitor | None = None
+        self._model_cache: Any = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def request_shutdown(self) -> None:
         """Stop after the current step; the job goes back to the jobs."""
@@ -171,7 +178,11 @@ class Worker:
             if self.shutdown.is_set():
                 monitor.shutdown.set()
             try:
-                run = {jobs.JobKind.ADVICE: self._advise, jobs.JobKind.EXPORT: self._export}
+                run = {
+                    jobs.JobKind.ADVICE: self._advise,
+                    jobs.JobKind.EXPORT: self._export,
+                    jobs.JobKind.PREDICT: self._predict,
+                }
                 outcome = run.get(claim.kind, self._train)(claim, monitor)
             except TrainingStopped:
                 outcome = None
@@ -286,6 +297,54 @@ class Worker:
             report=result.report,
         )
         return Outcome(store, f"{spec.format} export of model {spec.model_id}")
+
+    def _predict(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
+        """Classify a batch of images with the model it names; what stores the results."""
+        from service import predictions
+        from service.datasets import upload_limits
+        from service.ml.batch import classify
+        from service.ml.train import TrainingStopped
+
+        spec = jobs.runnable_spec(claim.spec, BatchPredictionSpec)
+        started = time.monotonic()
+        inputs = predictions.load_batch_inputs(self.db, spec, upload_limits(self.settings))
+        model = self._models().get(inputs.model)
+        writer = predictions.ResultWriter(model.classes, spec.top_k)
+        # The shape every job's progress has (GET /jobs/{id}): one pass, a step per image.
+        progress = {"stage": 1, "stages": 1, "epoch": 1, "epochs": 1, "steps": inputs.total}
+        monitor.on_progress({**progress, "step": 0})
+        batches = classify(
+            model,
+            inputs.items,
+            batch_size=self.settings.batch_predict_size,
+            explain_top_k=spec.top_k if spec.explain else 0,
+            should_stop=monitor.should_stop,
+        )
+        for answers in batches:
+            for answer in answers:
+                writer.add(answer)
+            monitor.on_progress({**progress, "step": writer.images})
+        monitor.flush()
+        if monitor.should_stop():
+            raise TrainingStopped()
+        store = partial(
+            jobs.complete_prediction,
+            self.db,
+            claim,
+            results=writer.lines.getvalue(),
+            summary=writer.summary(time.monotonic() - started),
+        )
+        return Outcome(store, f"{writer.images} images classified with model {model.model_id}")
+
+    def _models(self) -> Any:
+        """The worker's own cache of loaded models for batch prediction (unpacked in a scratch
+        folder of its own, so that workers and the API on one host never share one)."""
+        from service.ml.serving import ModelCache
+
+        if self._model_cache is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="worker-models-")
+            self._model_cache = ModelCache(Path(self._scratch.name), capacity=2)
+        return self._model_cache
 
     def _advise(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
         """Measure the dataset against the backbone; what stores the advice and the review."""

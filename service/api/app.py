@@ -21,6 +21,7 @@ from service.api.routes import (
     jobs,
     models,
     predict,
+    predictions,
     registry,
     weights,
 )
@@ -79,7 +80,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web.install(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    routers = (backbones, datasets, advice, jobs, models, exports, predict, registry, weights)
+    routers = (
+        backbones,
+        datasets,
+        advice,
+        jobs,
+        models,
+        exports,
+        predict,
+        predictions,
+        registry,
+        weights,
+    )
     for module in routers:
         app.include_router(module.router, dependencies=secured)
 
@@ -97,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path takes: uploads have their settings, the console's too."""
-    if path in ("/datasets", "/console/datasets"):
+    if path in ("/datasets", "/console/datasets", "/predictions", "/console/predictions"):
         return settings.max_dataset_bytes
     if path == "/predict" or path.startswith("/v1/models/"):
         return settings.max_predict_bytes

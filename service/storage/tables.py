@@ -272,6 +272,39 @@ class ModelExport(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class BatchPrediction(Base):
+    """Images classified by a batch prediction job: a zip uploaded with the request, or a
+    stored dataset; the results as JSON Lines once the job succeeds."""
+
+    __tablename__ = "batch_predictions"
+    __table_args__ = (_newest_first("batch_predictions"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    # The version the request resolved to; how it was named (id, name, version, alias) too.
+    model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), index=True
+    )
+    model_ref: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
+    filename: Mapped[str | None] = mapped_column(String(255))  # the uploaded zip's
+    top_k: Mapped[int] = mapped_column(Integer)
+    explain: Mapped[bool] = mapped_column(Boolean)
+    # The uploaded zip, kept until the job has read it and succeeded.
+    archive: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    # Once done: images looked at, classified, and those that could not be (file, reason).
+    images: Mapped[int | None] = mapped_column(Integer)
+    classified: Mapped[int | None] = mapped_column(Integer)
+    bad: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    results: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)  # JSON Lines
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class WeightsFile(Base):
     """A Keras weights file for a backbone, uploaded for machines that cannot download them."""
 

@@ -20,7 +20,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session as DbSession
 
-from service import advice, datasets, exports, jobs, models, registry, reports, weights_files
+from service import (
+    advice,
+    datasets,
+    exports,
+    jobs,
+    models,
+    predictions,
+    registry,
+    reports,
+    weights_files,
+)
 from service.api.auth import (
     COOKIE,
     CSRF_HEADER,
@@ -427,6 +437,8 @@ def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse
         advice=job.kind == JobKind.ADVICE,  # measures a dataset: no epochs, no model
         # converts a model ({"model_id", "format"}): no epochs; its figures are on the model page
         export=job.spec if job.kind == JobKind.EXPORT else None,
+        # classifies a batch ({"prediction_id", "model_id", …}): its results download here
+        batch=job.spec if job.kind == JobKind.PREDICT else None,
     )
 
 
@@ -629,6 +641,56 @@ def alias_delete(session: SessionDep, name: str, alias: str) -> Response:
     """Remove an alias, as DELETE /registry/{name}/aliases/{alias} does; its version stays."""
     registry.delete_alias(session, name, alias)
     return Response(status_code=204, headers={"HX-Refresh": "true"})
+
+
+# -- batch prediction ---------------------------------------------------------------------------
+
+
+@pages.get("/predictions", response_class=HTMLResponse)
+def batch_list(
+    request: Request,
+    session: SessionDep,
+    cursor: str | None = None,
+    model_id: Annotated[str | None, Query(max_length=32)] = None,
+) -> HTMLResponse:
+    """The batch predictions, newest first, and the form that asks for one."""
+    return page(
+        request,
+        "predictions.html",
+        page_of=predictions.list_batches(session, Page(limit=25, cursor=cursor)),
+        models=models.list_models(session, Page(limit=100)).rows,
+        datasets=datasets.list_datasets(session, Page(limit=100)).rows,
+        chosen=model_id,
+        status_of=predictions.batch_status,
+    )
+
+
+@writes.post("/predictions", response_class=HTMLResponse)
+def batch_create(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    model_id: Annotated[str, Form(max_length=32)],
+    top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+    explain: Annotated[bool, Form()] = False,
+    dataset_id: Annotated[str, Form(max_length=32)] = "",
+    file: UploadFile | None = None,
+) -> Response:
+    """Queue a batch prediction as POST /predictions does, and follow its job."""
+    upload = file if file is not None and file.filename else None  # no file chosen: ""
+    try:
+        asked = predictions.BatchRequest(
+            model=registry.reference(model_id=model_id or None),
+            top_k=top_k,
+            explain=explain,
+            dataset_id=dataset_id or None,
+            archive=upload.file.read() if upload is not None else None,
+            filename=upload.filename if upload is not None else None,
+        )
+        record = predictions.request_batch(session, asked, datasets.upload_limits(settings))
+    except Problem as problem:
+        return _failed(request, problem)
+    return Response(status_code=201, headers={"X-Location": f"/console/jobs/{record.job_id}"})
 
 
 router.include_router(pages)

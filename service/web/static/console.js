@@ -8,28 +8,30 @@ const csrf = () => ({
     document.querySelector('meta[name="csrf-token"]').content,
 });
 
-// -- datasets: upload with progress, drop a zip -------------------------------------------
+// -- datasets and batch predictions: upload with progress, drop a zip ------------------------
 
+// The batch form's zip is optional (a stored dataset instead): the service names what is
+// missing when neither is given.
 function setUpUpload(form) {
   const input = form.querySelector('input[type="file"]');
   const progress = form.querySelector("progress");
   const status = form.querySelector('[aria-live]');
   const send = () => {
-    if (!input.files.length) return;
+    if (input.required && !input.files.length) return;
     const body = new FormData(form);
     const request = new XMLHttpRequest();
     request.open("POST", form.dataset.upload);
     for (const [name, value] of Object.entries(csrf())) request.setRequestHeader(name, value);
     progress.hidden = false;
     progress.value = 0;
-    status.textContent = `Uploading ${input.files[0].name}…`;
+    status.textContent = input.files.length ? `Uploading ${input.files[0].name}…` : "Sending…";
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) progress.value = (100 * event.loaded) / event.total;
     };
     request.onload = () => {
       const location = request.getResponseHeader("X-Location");
       if (request.status === 201 && location) {
-        status.textContent = "Uploaded; checking every image…";
+        status.textContent = form.dataset.done || "Uploaded; checking every image…";
         window.location.assign(location);
       } else if (request.status === 401) {
         window.location.assign(`/login?next=${encodeURIComponent(location || "/console/datasets")}`);
@@ -246,9 +248,11 @@ function formatSeconds(seconds) {
 }
 
 // One progress event in words, and as the share done: a training job's steps of its epochs;
-// an advice job's steps of its feature passes (the backbone's weights, then random ones). An
-// export job writes none; should one come, it is shown as steps, never as NaN.
+// an advice job's steps of its feature passes (the backbone's weights, then random ones); a
+// batch prediction's images. An export job writes none; should one come, it is shown as
+// steps, never as NaN.
 function describeProgress(p, kind) {
+  if (kind === "predict") return [`image ${p.step}/${p.steps}`, p.steps ? p.step / p.steps : 0];
   if (kind !== "train" && kind !== "advice") {
     return [p.steps ? `step ${p.step}/${p.steps}` : "", p.steps ? p.step / p.steps : 0];
   }
@@ -306,8 +310,10 @@ function followJob(section) {
         link.textContent = s.model_id;
         document.getElementById("job-model").hidden = false;
       }
-      const advice = document.getElementById("job-advice");
-      if (advice && s.status === "succeeded") advice.hidden = false;
+      for (const id of ["job-advice", "job-results"]) {
+        const done = document.getElementById(id);
+        if (done && s.status === "succeeded") done.hidden = false;
+      }
     }
   });
   window.addEventListener("pagehide", () => stream.close());
@@ -319,8 +325,10 @@ function showHistory(script) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const upload = document.getElementById("upload");
-  if (upload) setUpUpload(upload);
+  for (const id of ["upload", "batch-form"]) {
+    const form = document.getElementById(id);
+    if (form) setUpUpload(form);
+  }
   const tryForm = document.getElementById("try");
   if (tryForm) setUpTry(tryForm);
   const jobForm = document.getElementById("job-form");

@@ -1,0 +1,310 @@
+"""Batch prediction: a zip of images, or a stored dataset, classified by the worker.
+
+`POST /predictions` resolves the model once (an alias that moves afterwards does not move a
+batch already asked for), stores the uploaded zip in the record and queues a job of kind
+"predict" on the jobs queue: the same leases, retries, cancelling and progress events as
+training. The worker classifies the images in batches, exactly as `/predict` would, and
+stores the results as JSON Lines; CSV is rendered from them when asked for. Images that
+cannot be read are listed with their reason, not fatal. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import jobs
+from service.ingest import BadArchive, Limits, _files, _Inflated, _read_capped
+from service.ml.batch import Answer, Item
+from service.ml.serving import ModelSource
+from service.problems import BadContent, Conflict, Invalid, NotFound
+from service.registry import ModelRef, resolve
+from service.serving import top_scores
+from service.spec import BatchPredictionSpec
+from service.storage.db import Database
+from service.storage.pages import Page, PageOf, fetch_page
+from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, TrainedModel, new_id
+
+ResultFormat = Literal["jsonl", "csv"]
+MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+# Dataset rows fetched per query (bounded IN lists, bounded memory).
+FETCH = 500
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What `POST /predictions` asks: the model, the images (a zip or a dataset), the answer."""
+
+    model: ModelRef
+    top_k: int
+    explain: bool
+    dataset_id: str | None = None
+    archive: bytes | None = None
+    filename: str | None = None
+
+
+# -- what the API and the console ask ---------------------------------------------------------
+
+
+def request_batch(session: Session, request: BatchRequest, limits: Limits) -> BatchPrediction:
+    """Check the request, store its record and queue its job. NotFound for the model or the
+    dataset, Invalid unless exactly one source is given, BadContent for a zip that is not one
+    or has no files."""
+    if (request.archive is None) == (request.dataset_id is None):
+        raise Invalid(
+            "send the images one way: a zip in `file`, or the `dataset_id` of a stored dataset",
+            field=("file",) if request.archive is None else ("dataset_id",),
+        )
+    model = resolve(session, request.model)
+    if request.dataset_id is not None and session.get(Dataset, request.dataset_id) is None:
+        raise NotFound(f"no dataset {request.dataset_id!r}", field=("dataset_id",))
+    if request.archive is not None:
+        count = len(_entries(request.archive, request.filename, limits))
+        if count == 0:
+            raise BadContent(f"{request.filename or 'file'}: the zip holds no files")
+    record = BatchPrediction(
+        id=new_id("p"),
+        model_id=model.id,
+        model_ref=_named(request.model),
+        dataset_id=request.dataset_id,
+        filename=request.filename,
+        top_k=request.top_k,
+        explain=request.explain,
+        archive=request.archive,
+    )
+    spec = BatchPredictionSpec(
+        prediction_id=record.id,
+        model_id=model.id,
+        top_k=request.top_k,
+        explain=request.explain,
+        dataset_id=request.dataset_id,
+    )
+    record.job_id = jobs.enqueue_prediction(session, spec, model).id
+    session.add(record)
+    session.flush()
+    return record
+
+
+def _named(ref: ModelRef) -> dict[str, Any]:
+    """How the request named the model, for the record."""
+    fields = {"model_id": ref.model_id, "name": ref.name, "version": ref.version}
+    return {key: value for key, value in {**fields, "alias": ref.alias}.items() if value}
+
+
+def batch_status(job: Job | None) -> tuple[str, str | None]:
+    """(status, error) of a batch prediction, from its job."""
+    if job is None:
+        return "failed", "its job was removed"
+    return job.status, job.error
+
+
+def list_batches(session: Session, page: Page) -> PageOf[tuple[BatchPrediction, Job | None]]:
+    """A page of batch predictions, newest first, each with its job."""
+    query = select(BatchPrediction, Job).outerjoin(Job, Job.id == BatchPrediction.job_id)
+    return fetch_page(session, query, BatchPrediction, page, scalars=False, key=lambda r: r[0])
+
+
+def get_batch(session: Session, prediction_id: str) -> tuple[BatchPrediction, Job | None]:
+    row = session.execute(
+        select(BatchPrediction, Job)
+        .outerjoin(Job, Job.id == BatchPrediction.job_id)
+        .where(BatchPrediction.id == prediction_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no batch prediction {prediction_id!r}")
+    return row[0], row[1]
+
+
+def delete_batch(session: Session, prediction_id: str) -> None:
+    """Delete the record and its results; a queued or running job is cancelled with it."""
+    record, job = get_batch(session, prediction_id)
+    if job is not None and job.status in jobs.ACTIVE:
+        jobs.cancel(session, job)
+    session.delete(record)
+    session.flush()
+
+
+def results(session: Session, prediction_id: str, format: ResultFormat) -> bytes:
+    """The results as JSON Lines or CSV: Conflict while the job is queued or running, NotFound
+    once it failed or was cancelled (there will be none)."""
+    record, job = get_batch(session, prediction_id)
+    status, error = batch_status(job)
+    if status in jobs.ACTIVE:
+        raise Conflict(f"batch prediction {prediction_id} is {status}; no results yet")
+    if status != jobs.JobStatus.SUCCEEDED:
+        why = f" ({error})" if error else ""
+        raise NotFound(f"batch prediction {prediction_id} {status}{why}; it has no results")
+    session.refresh(record, ["results"])
+    lines = record.results or b""
+    return lines if format == "jsonl" else to_csv(lines, record.top_k)
+
+
+def to_csv(lines: bytes, top_k: int) -> bytes:
+    """The JSON Lines results as CSV: one row per image, its `top_k` labels and scores in
+    columns label_1, score_1, …, and the error of an image that could not be classified."""
+    ranks = range(1, top_k + 1)
+    columns = ["file", "image_id", "label"]
+    columns += [f"{kind}_{rank}" for rank in ranks for kind in ("predicted", "score")]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, [*columns, "error"], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for line in lines.splitlines():
+        row = json.loads(line)
+        for rank, score in enumerate(row.get("top", []), start=1):
+            row[f"predicted_{rank}"], row[f"score_{rank}"] = score["label"], score["score"]
+        writer.writerow(row)
+    return out.getvalue().encode()
+
+
+# -- what the worker reads and writes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """A batch job's model and images: `total` of them, read lazily in order."""
+
+    spec: BatchPredictionSpec
+    model: ModelSource
+    total: int
+    items: Iterator[Item]
+
+
+def load_batch_inputs(db: Database, spec: BatchPredictionSpec, limits: Limits) -> BatchInputs:
+    """The model to load and the images to classify; NotFound when the record, the model or
+    the dataset went away since the job was queued."""
+    with db.session() as session:
+        record = session.get(BatchPrediction, spec.prediction_id)
+        if record is None:
+            raise NotFound(f"no batch prediction {spec.prediction_id!r}: it was deleted")
+        model = resolve(session, ModelRef(model_id=spec.model_id))
+        source = _model_source(db, model)
+        if spec.dataset_id is None:
+            session.refresh(record, ["archive"])
+            archive = record.archive or b""
+            entries = _entries(archive, record.filename, limits)
+            return BatchInputs(spec, source, len(entries), _zip_items(archive, entries, limits))
+        if session.get(Dataset, spec.dataset_id) is None:
+            raise NotFound(f"no dataset {spec.dataset_id!r}: it was deleted")
+        rows = session.execute(
+            select(DatasetImage.id, DatasetImage.filename, DatasetImage.label)
+            .where(DatasetImage.dataset_id == spec.dataset_id)
+            .order_by(DatasetImage.id)
+        ).all()
+    return BatchInputs(spec, source, len(rows), _dataset_items(db, rows))
+
+
+def _model_source(db: Database, model: TrainedModel) -> ModelSource:
+    model_id = model.id
+
+    def fetch_archive() -> bytes:
+        with db.session() as reading:
+            return reading.scalar(
+                select(TrainedModel.savedmodel).where(TrainedModel.id == model_id)
+            )
+
+    return ModelSource(
+        model_id=model.id,
+        sha256=model.savedmodel_sha256,
+        classes=list(model.classes),
+        input_size=model.input_size,
+        fetch_archive=fetch_archive,
+    )
+
+
+def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
+    """The zip's files in path order (no folders, no OS metadata); BadContent naming the
+    upload when it is not a zip, or unsafe."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+            return _files(opened, limits)
+    except BadArchive as error:
+        raise BadContent(f"{filename or 'file'}: {error}") from None
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise BadContent(f"{filename or 'file'}: not a zip archive") from None
+
+
+def _zip_items(archive: bytes, entries: list[Any], limits: Limits) -> Iterator[Item]:
+    """Each file of the zip, read one at a time under the upload's limits."""
+    inflated = _Inflated(limits.max_total_bytes)
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        for info, parts in entries:
+            about = {"file": "/".join(parts)}
+            try:
+                data = _read_capped(opened, info, limits.max_image_bytes, inflated)
+            except BadArchive as error:  # a zip bomb: stop reading, say so on each file left
+                yield Item(about, None, str(error))
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+                yield Item(about, None, f"corrupt entry: {error}")
+                continue
+            if data is None:
+                yield Item(about, None, f"larger than the {limits.max_image_bytes}-byte limit")
+            else:
+                yield Item(about, data)
+
+
+def _dataset_items(db: Database, rows: list[Any]) -> Iterator[Item]:
+    """The dataset's images in id order, their bytes fetched a bounded batch at a time."""
+    for start in range(0, len(rows), FETCH):
+        chunk = rows[start : start + FETCH]
+        with db.session() as session:
+            query = select(DatasetImage.id, DatasetImage.data).where(
+                DatasetImage.id.in_([row.id for row in chunk])
+            )
+            data = {row.id: row.data for row in session.execute(query)}
+        for row in chunk:
+            about = {"file": row.filename, "image_id": row.id, "label": row.label}
+            image = data.get(row.id)
+            yield Item(about, image, "" if image is not None else "deleted from the dataset")
+
+
+def result_row(answer: Answer, classes: list[str], top_k: int) -> dict[str, Any]:
+    """One image's line of the results: its file (and image id and label for a dataset), then
+    its `top_k` labels and scores, best first, each explained one with its map; or its error."""
+    row = dict(answer.item.about)
+    if answer.probabilities is None:
+        return {**row, "error": answer.error}
+    (top,) = top_scores(answer.probabilities[None, :], classes, top_k)
+    row["top"] = [score.model_dump(exclude_none=True) for score in top]
+    if answer.explained is not None:
+        indices, maps = answer.explained
+        row["heatmaps"] = {
+            classes[int(index)]: {"method": answer.method, "map": maps[n].astype(float).tolist()}
+            for n, index in enumerate(indices)
+        }
+    return row
+
+
+class ResultWriter:
+    """The results as they are made: one JSON line per image, and the bad images' list."""
+
+    def __init__(self, classes: list[str], top_k: int) -> None:
+        self.classes = classes
+        self.top_k = top_k
+        self.lines = io.BytesIO()
+        self.images = 0
+        self.bad: list[dict[str, str]] = []
+
+    def add(self, answer: Answer) -> None:
+        row = result_row(answer, self.classes, self.top_k)
+        self.lines.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+        self.images += 1
+        if "error" in row:
+            self.bad.append({"file": row["file"], "reason": row["error"]})
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """What the record stores beside the results: counts, bad images, the time taken."""
+        return {
+            "images": self.images,
+            "classified": self.images - len(self.bad),
+            "bad": self.bad,
+            "seconds": round(seconds, 3),
+        }
