@@ -1,17 +1,27 @@
-"""Serving speed: the real server against the same SavedModel called in-process.
+"""Serving speed: the real server against the same SavedModel called in-process, and against
+the app a tutorial would have a user write.
 
-    python bench/predict.py [--requests 200] [--seconds 10]
+    python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10]
 
 In one run on this machine: a MobileNetV2 at 224 px (random weights) is trained for one
-epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. The
-baseline is the very SavedModel the service stored, unpacked and called in this process on
-the same decoded, resized pixels. Printed:
-- latency: service p50, one image per request ÷ raw p50 for one image (goal ≤ 1.2);
+epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two
+baselines load the very SavedModel the service stored:
+- raw: called in this process on the same decoded, resized pixels;
+- tutorial: the FastAPI app of the tutorials, started here with uvicorn — a plain `def`
+  endpoint taking `list[UploadFile]`, PIL `open → convert("RGB") → resize`, `model.serve`
+  once per request, no batching (TUTORIAL_APP below).
+Printed at 224 px (images cut from scikit-learn's sample photographs):
+- latency: service p50, one image per request ÷ raw p50 for one image (goal ≤ 1.2), and ÷
+  the tutorial app's p50 (goal ≤ 1.0);
 - throughput: images/s with 16 concurrent clients, one image each ÷ raw images/s at batch 16
-  (goal ≥ 0.8);
+  (goal ≥ 0.8), and ÷ the tutorial app's with the same 16 clients (goal ≥ 1.5);
 - cold start: the first /predict of a model never loaded ÷ (tf.saved_model.load + first
   call) (goal ≤ 1.5);
 - control plane: p99 of GET /jobs/{id} while a worker trains on this machine (goal < 50 ms).
+Then the same latency and throughput for the raw model (decoding in this process, the
+service's `to_pixels`, 16 threads for a batch), the tutorial app and the service, at 224 px,
+1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
+them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
 The last line is machine-readable.
 """
 
@@ -28,7 +38,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +52,37 @@ from PIL import Image
 
 SIZE = 224
 CONCURRENT_CLIENTS = 16
+# (name, width, height) of the JPEGs each system is timed on.
+INPUTS = (("224 px", SIZE, SIZE), ("1920×1080", 1920, 1080), ("4000×3000", 4000, 3000))
+PHOTO = "4000×3000"
+
+# The app a tutorial has a user write, verbatim in spirit: written to a file and run with
+# uvicorn by this bench, on the SavedModel the service stored (MODEL_DIR).
+TUTORIAL_APP = """
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+from fastapi import FastAPI, UploadFile
+from PIL import Image
+
+SIZE = int(os.environ["SIZE"])
+model = tf.saved_model.load(os.environ["MODEL_DIR"])
+app = FastAPI()
+
+
+@app.post("/predict")
+def predict(files: list[UploadFile]):
+    images = [Image.open(io.BytesIO(file.file.read())).convert("RGB") for file in files]
+    batch = np.stack([np.asarray(image.resize((SIZE, SIZE))) for image in images])
+    probabilities = model.serve(batch.astype(np.float32)).numpy()
+    return {
+        "predictions": [
+            {"class": int(row.argmax()), "score": float(row.max())} for row in probabilities
+        ]
+    }
+"""
 
 
 def jpeg(seed: int, side: int = SIZE) -> bytes:
@@ -47,6 +91,28 @@ def jpeg(seed: int, side: int = SIZE) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def photo_jpegs(count: int, width: int, height: int, seed: int = 0) -> list[bytes]:
+    """JPEGs (quality 90) cut from scikit-learn's two sample photographs (640×427) at random
+    and scaled to width × height; above the photographs' size, with ±12 grey levels of grain,
+    so they weigh what a phone's photos weigh (a 12 MP one about 3 MB)."""
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(seed)
+    sources = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
+    photos = []
+    for number in range(count):
+        source = sources[number % len(sources)]
+        left, top = int(rng.integers(0, 160)), int(rng.integers(0, 107))
+        crop = Image.fromarray(source[top : top + 320, left : left + 480])
+        pixels = np.asarray(crop.resize((width, height), Image.Resampling.BICUBIC), np.int16)
+        if width * height > crop.width * crop.height:
+            pixels = pixels + rng.integers(-12, 13, pixels.shape, dtype=np.int16)
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
 
 
 def free_port() -> int:
@@ -111,7 +177,9 @@ def raw_figures(savedmodel_dir: Path, pixels: np.ndarray, requests: int) -> dict
     return {"cold": cold, "p50": percentile(single, 50), "throughput": throughput}
 
 
-def service_figures(base: str, model_id: str, images: list[bytes], requests: int) -> dict:
+def http_figures(base: str, model_id: str, images: list[bytes], requests: int) -> dict:
+    """p50 of one image per request, and images/s with 16 clients, from POST /predict (the
+    tutorial app reads the same bodies: it ignores `model_id` and `top_k`)."""
     # Bodies encoded once, as a client that keeps its requests would: the clock then
     # measures the service, not the client's multipart encoder.
     bodies = []
@@ -161,6 +229,36 @@ def service_figures(base: str, model_id: str, images: list[bytes], requests: int
     return {"cold": cold, "p50": percentile(single, 50), "throughput": throughput}
 
 
+def raw_decoding_figures(
+    savedmodel_dir: Path, images: list[bytes], requests: int
+) -> dict[str, float]:
+    """The raw model with the decode in this process (`to_pixels`): p50 for one image, and
+    images/s for batches of 16 decoded on 16 threads, as 16 clients' images would be."""
+    import tensorflow as tf
+
+    from service.ml.images import to_pixels
+
+    loaded = tf.saved_model.load(str(savedmodel_dir))
+
+    def pixels(image: bytes) -> np.ndarray:
+        return to_pixels(image, SIZE).astype(np.float32)
+
+    loaded.serve(pixels(images[0])[None])
+    single = []
+    for number in range(requests):
+        started = time.perf_counter()
+        loaded.serve(pixels(images[number % len(images)])[None]).numpy()
+        single.append(time.perf_counter() - started)
+    rounds = max(3, requests // CONCURRENT_CLIENTS)
+    batch = [images[n % len(images)] for n in range(CONCURRENT_CLIENTS)]
+    with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            loaded.serve(np.stack(list(pool.map(pixels, batch)))).numpy()
+        throughput = rounds * CONCURRENT_CLIENTS / (time.perf_counter() - started)
+    return {"p50": percentile(single, 50), "throughput": throughput}
+
+
 def control_plane(base: str, job_id: str, seconds: float) -> list[float]:
     timings = []
     with httpx.Client(base_url=base, timeout=30) as client:
@@ -175,112 +273,143 @@ def control_plane(base: str, job_id: str, seconds: float) -> list[float]:
     return timings
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0, help="control-plane sampling")
-    args = parser.parse_args()
+def wait_until_up(url: str, process: subprocess.Popen, what: str) -> None:
+    for _ in range(1200):
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before answering")
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} never answered {url}")
 
-    from service.ml.export import unpack_archive
-    from service.ml.images import to_pixels
-    from service.storage.db import Database
-    from service.storage.tables import TrainedModel
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
-    environment = {
-        **os.environ,
-        "DATA_DIR": str(scratch),
-        "DATABASE_URL": "",
-        "AUTO_MIGRATE": "true",
-        "POLL_SECONDS": "0.2",
-    }
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    api = subprocess.Popen(
-        [sys.executable, "-m", "service", "api", "--port", str(port)],
+def start_process(arguments: list[str], environment: dict, cwd: Path | None = None) -> Any:
+    return subprocess.Popen(
+        [sys.executable, *arguments],
         env=environment,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    workers: list[subprocess.Popen] = []
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        dataset = (
-            httpx.post(
-                f"{base}/datasets",
-                files={"file": ("bench.zip", dataset_zip(per_class=4), "application/zip")},
-                timeout=120,
-            )
-            .raise_for_status()
-            .json()
+
+
+def train_model(base: str, environment: dict, workers: list) -> tuple[str, str]:
+    """(dataset id, model id): a MobileNetV2 at 224 px trained for one epoch by a worker."""
+    dataset = (
+        httpx.post(
+            f"{base}/datasets",
+            files={"file": ("bench.zip", dataset_zip(per_class=4), "application/zip")},
+            timeout=120,
         )
-        backbone = {"name": "MobileNetV2", "weights": None, "input_size": SIZE}
-        job_id, worker = run_job(
-            base,
-            {
-                "dataset_id": dataset["id"],
-                "backbone": backbone,
-                "freeze": {"mode": "backbone"},
-                "training": {"epochs": 1, "batch_size": 8},
-            },
-            environment,
+        .raise_for_status()
+        .json()
+    )
+    job_id, worker = run_job(
+        base,
+        {
+            "dataset_id": dataset["id"],
+            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": SIZE},
+            "freeze": {"mode": "backbone"},
+            "training": {"epochs": 1, "batch_size": 8},
+        },
+        environment,
+    )
+    workers.append(worker)
+    job = wait_for_status(base, job_id, {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    print(f"model {job['model_id']}: MobileNetV2 at {SIZE} px, stored by the worker")
+    return dataset["id"], job["model_id"]
+
+
+def stored_savedmodel(scratch: Path, model_id: str) -> Path:
+    """The SavedModel the service stored, unpacked as the baselines load it."""
+    from service.ml.export import unpack_archive
+    from service.storage.db import Database
+    from service.storage.tables import TrainedModel
+
+    database = Database(f"sqlite:///{scratch / 'service.db'}")
+    with database.session() as session:
+        blob = session.scalar(
+            TrainedModel.__table__.select()
+            .with_only_columns(TrainedModel.savedmodel)
+            .where(TrainedModel.id == model_id)
         )
-        workers.append(worker)
-        job = wait_for_status(base, job_id, {"succeeded", "failed"})
-        assert job["status"] == "succeeded", job
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        model_id = job["model_id"]
-        print(f"model {model_id}: MobileNetV2 at {SIZE} px, stored by the worker")
+    database.dispose()
+    raw_dir = scratch / "raw-savedmodel"
+    unpack_archive(blob, raw_dir)
+    return raw_dir
 
-        database = Database(f"sqlite:///{scratch / 'service.db'}")
-        with database.session() as session:
-            blob = session.scalar(
-                TrainedModel.__table__.select()
-                .with_only_columns(TrainedModel.savedmodel)
-                .where(TrainedModel.id == model_id)
-            )
-        database.dispose()
-        raw_dir = scratch / "raw-savedmodel"
-        unpack_archive(blob, raw_dir)
-        images = [jpeg(1000 + n) for n in range(32)]
-        pixels = np.stack([to_pixels(image, SIZE) for image in images]).astype(np.float32)
 
-        served = service_figures(base, model_id, images, args.requests)
-        raw = raw_figures(raw_dir, pixels, args.requests)
+def control_plane_while_training(
+    base: str, dataset_id: str, environment: dict, workers: list, seconds: float
+) -> list[float]:
+    """GET /jobs/{id} timings while a worker trains (top of the backbone: no feature cache)."""
+    job_id, worker = run_job(
+        base,
+        {
+            "dataset_id": dataset_id,
+            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": 96},
+            "freeze": {"mode": "partial", "trainable_from": -30},
+            "training": {"epochs": 1000, "batch_size": 4},
+        },
+        environment,
+    )
+    workers.append(worker)
+    wait_for_status(base, job_id, {"running"})
+    time.sleep(8)  # past start-up: the worker is in its epochs
+    timings = control_plane(base, job_id, seconds)
+    httpx.post(f"{base}/jobs/{job_id}/cancel", timeout=30)
+    return timings
 
-        # The control plane while a worker trains (top of the backbone, so no feature cache).
-        job_id, worker = run_job(
-            base,
-            {
-                "dataset_id": dataset["id"],
-                "backbone": {**backbone, "input_size": 96},
-                "freeze": {"mode": "partial", "trainable_from": -30},
-                "training": {"epochs": 1000, "batch_size": 4},
-            },
-            environment,
+
+Figures = dict[str, dict[str, float]]
+
+
+def per_input(
+    measure: dict[str, Callable[[list[bytes], int], dict]], requests: int, photo_requests: int
+) -> dict[str, Figures]:
+    """Each system's figures on each input size: {input: {system: figures}}."""
+    figures: dict[str, Figures] = {}
+    for name, width, height in INPUTS:
+        small = width * height <= SIZE * SIZE
+        images = photo_jpegs(32 if small else 4, width, height, seed=width)
+        count = requests if small else photo_requests
+        figures[name] = {system: call(images, count) for system, call in measure.items()}
+        print(f"measured {name}: {len(images[0]) / 1e6:.2f} MB per JPEG, {count} requests")
+    return figures
+
+
+def print_inputs(figures: dict[str, Figures]) -> None:
+    print(f"\n{'':12}{'p50 one image (ms)':>36}{'images/s, 16 clients':>36}")
+    columns = ("raw", "tutorial", "service", "÷tut")
+    print(f"{'':12}" + "".join(f"{c:>9}" for c in columns) * 2)
+    for name, systems in figures.items():
+        p50 = [systems[s]["p50"] * 1000 for s in ("raw", "tutorial", "service")]
+        rate = [systems[s]["throughput"] for s in ("raw", "tutorial", "service")]
+        print(
+            f"{name:12}"
+            + "".join(f"{v:9.1f}" for v in p50)
+            + f"{p50[2] / p50[1]:9.3f}"
+            + "".join(f"{v:9.1f}" for v in rate)
+            + f"{rate[2] / rate[1]:9.3f}"
         )
-        workers.append(worker)
-        wait_for_status(base, job_id, {"running"})
-        time.sleep(8)  # past start-up: the worker is in its epochs
-        timings = control_plane(base, job_id, args.seconds)
-        httpx.post(f"{base}/jobs/{job_id}/cancel", timeout=30)
-    finally:
-        for process in [*workers, api]:
-            process.send_signal(signal.SIGTERM)
-        for process in [*workers, api]:
-            process.wait(timeout=60)
 
+
+def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -> None:
     latency = served["p50"] / raw["p50"]
     throughput = served["throughput"] / raw["throughput"]
     cold = served["cold"] / raw["cold"]
     jobs_p99 = percentile(timings, 99) * 1000
-    print(f"{'':32}{'service':>12}{'raw':>12}{'ratio':>8}  goal")
+    small, photo = inputs[INPUTS[0][0]], inputs[PHOTO]
+    tutorial_latency = small["service"]["p50"] / small["tutorial"]["p50"]
+    tutorial_throughput = small["service"]["throughput"] / small["tutorial"]["throughput"]
+    photo_latency = photo["service"]["p50"] / photo["tutorial"]["p50"]
+    print(f"\n{'':32}{'service':>12}{'raw':>12}{'ratio':>8}  goal")
     print(
         f"{'p50 one image (ms)':32}{served['p50'] * 1000:12.2f}{raw['p50'] * 1000:12.2f}"
         f"{latency:8.3f}  ≤ 1.2"
@@ -295,9 +424,72 @@ def main() -> None:
         f"({len(timings)} requests, p50 {percentile(timings, 50) * 1000:.2f})"
     )
     print(
-        f"latency_ratio={latency:.3f} throughput_ratio={throughput:.3f} "
-        f"cold_start_ratio={cold:.3f} jobs_p99_ms={jobs_p99:.2f}"
+        f"service ÷ tutorial app: p50 {tutorial_latency:.3f} (≤ 1.0), 16 clients "
+        f"{tutorial_throughput:.3f} (≥ 1.5) at 224 px; p50 {photo_latency:.3f} (≤ 0.5) at 12 MP"
     )
+    print(
+        f"latency_ratio={latency:.3f} throughput_ratio={throughput:.3f} "
+        f"cold_start_ratio={cold:.3f} jobs_p99_ms={jobs_p99:.2f} "
+        f"tutorial_latency_ratio={tutorial_latency:.3f} "
+        f"tutorial_throughput_ratio={tutorial_throughput:.3f} "
+        f"photo_latency_ratio={photo_latency:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--photo-requests", type=int, default=40, help="per system, per size")
+    parser.add_argument("--seconds", type=float, default=10.0, help="control-plane sampling")
+    args = parser.parse_args()
+
+    from service.ml.images import to_pixels
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+    environment = {
+        **os.environ,
+        "DATA_DIR": str(scratch),
+        "DATABASE_URL": "",
+        "AUTO_MIGRATE": "true",
+        "POLL_SECONDS": "0.2",
+    }
+    port, tutorial_port = free_port(), free_port()
+    base, tutorial_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{tutorial_port}"
+    processes = [start_process(["-m", "service", "api", "--port", str(port)], environment)]
+    workers: list[subprocess.Popen] = []
+    try:
+        wait_until_up(f"{base}/readyz", processes[0], "the service")
+        dataset_id, model_id = train_model(base, environment, workers)
+        raw_dir = stored_savedmodel(scratch, model_id)
+        (scratch / "tutorial_app.py").write_text(TUTORIAL_APP)
+        tutorial_environment = {**environment, "MODEL_DIR": str(raw_dir), "SIZE": str(SIZE)}
+        tutorial_arguments = ["-m", "uvicorn", "tutorial_app:app", "--port", str(tutorial_port)]
+        processes.append(start_process(tutorial_arguments, tutorial_environment, cwd=scratch))
+        wait_until_up(f"{tutorial_base}/openapi.json", processes[1], "the tutorial app")
+
+        images = photo_jpegs(32, SIZE, SIZE, seed=SIZE)
+        pixels = np.stack([to_pixels(image, SIZE) for image in images]).astype(np.float32)
+        served = http_figures(base, model_id, images, args.requests)
+        raw = raw_figures(raw_dir, pixels, args.requests)
+        inputs = per_input(
+            {
+                "raw": lambda images, count: raw_decoding_figures(raw_dir, images, count),
+                "tutorial": lambda images, count: http_figures(
+                    tutorial_base, model_id, images, count
+                ),
+                "service": lambda images, count: http_figures(base, model_id, images, count),
+            },
+            args.requests,
+            args.photo_requests,
+        )
+        timings = control_plane_while_training(base, dataset_id, environment, workers, args.seconds)
+    finally:
+        for process in [*workers, *processes]:
+            process.send_signal(signal.SIGTERM)
+        for process in [*workers, *processes]:
+            process.wait(timeout=60)
+    print_inputs(inputs)
+    print_summary(served, raw, timings, inputs)
 
 
 if __name__ == "__main__":

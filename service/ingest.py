@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO
 
-from service.ml.images import ImageFacts, UndecodableImage, decode, image_facts
+from service.ml.images import PHASH_SIDE, ImageFacts, UndecodableImage, decode, image_facts
 
 # What operating systems add when they compress a folder: left out silently, not "skipped".
 # (Dot-files and dot-folders — `.DS_Store`, `._1.jpg`, `.git/` — are left out too.)
@@ -76,7 +76,7 @@ def is_os_junk(parts: tuple[str, ...]) -> bool:
 Entry = tuple[zipfile.ZipInfo, tuple[str, ...]]
 
 
-def _files(archive: zipfile.ZipFile, limits: Limits) -> list[Entry]:
+def archive_files(archive: zipfile.ZipFile, limits: Limits) -> list[Entry]:
     """Every file to look at, in path order; BadArchive for what makes the whole zip unsafe."""
     infos = archive.infolist()
     if len(infos) > limits.max_files:
@@ -112,7 +112,7 @@ def class_folder_depth(image_paths: list[tuple[str, ...]]) -> int:
 
 
 @dataclass
-class _Inflated:
+class Inflated:
     """Every byte the zip has inflated to so far, kept or not, against the upload's limit."""
 
     limit: int
@@ -124,8 +124,8 @@ class _Inflated:
             raise BadArchive(f"zip unpacks to more than {self.limit} bytes")
 
 
-def _read_capped(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, inflated: _Inflated
+def read_capped(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, inflated: Inflated
 ) -> bytes | None:
     """The member's bytes, or None past `cap` — counted while reading, not from the header."""
     chunks = []
@@ -157,11 +157,11 @@ class _Member:
 
 
 def _read_member(
-    archive: zipfile.ZipFile, entry: Entry, limits: Limits, inflated: _Inflated
+    archive: zipfile.ZipFile, entry: Entry, limits: Limits, inflated: Inflated
 ) -> _Member:
     info, parts = entry
     try:
-        data = _read_capped(archive, info, limits.max_image_bytes, inflated)
+        data = read_capped(archive, info, limits.max_image_bytes, inflated)
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
         return _Member(info, parts, reason=f"corrupt entry: {error}")
     if data is None:
@@ -170,7 +170,9 @@ def _read_member(
         )
     try:
         # The name says nothing: a JPEG called .png is an image, a .jpg may not be.
-        image = decode(data)
+        # Reduced to the hash's size: a JPEG's every byte is still decoded, so a truncated or
+        # corrupt one is refused as at full size, at a fraction of a photo's full decode.
+        image = decode(data, reduce_to=PHASH_SIDE)
     except UndecodableImage as error:
         return _Member(info, parts, reason=str(error))
     # Measured from this decode: the health report's facts cost no second one.
@@ -187,10 +189,11 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, ValueError):
         raise BadArchive("file is not a zip archive") from None
-    inflated = _Inflated(limits.max_total_bytes)
+    inflated = Inflated(limits.max_total_bytes)
     with archive:
         members = [
-            _read_member(archive, entry, limits, inflated) for entry in _files(archive, limits)
+            _read_member(archive, entry, limits, inflated)
+            for entry in archive_files(archive, limits)
         ]
     depth = class_folder_depth([member.parts for member in members if member.data is not None])
     result = Archive()

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs
-from service.ingest import BadArchive, Limits, _files, _Inflated, _read_capped
+from service.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
 from service.ml.batch import Answer, Item
 from service.ml.serving import ModelSource
 from service.problems import BadContent, Conflict, Invalid, NotFound
@@ -224,7 +224,7 @@ def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
     upload when it is not a zip, or unsafe."""
     try:
         with zipfile.ZipFile(io.BytesIO(archive)) as opened:
-            return _files(opened, limits)
+            return archive_files(opened, limits)
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None
     except (zipfile.BadZipFile, OSError, ValueError):
@@ -233,12 +233,12 @@ def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
 
 def _zip_items(archive: bytes, entries: list[Any], limits: Limits) -> Iterator[Item]:
     """Each file of the zip, read one at a time under the upload's limits."""
-    inflated = _Inflated(limits.max_total_bytes)
+    inflated = Inflated(limits.max_total_bytes)
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         for info, parts in entries:
             about = {"file": "/".join(parts)}
             try:
-                data = _read_capped(opened, info, limits.max_image_bytes, inflated)
+                data = read_capped(opened, info, limits.max_image_bytes, inflated)
             except BadArchive as error:  # a zip bomb: stop reading, say so on each file left
                 yield Item(about, None, str(error))
                 continue

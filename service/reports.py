@@ -26,7 +26,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from service.datasets import get_dataset
-from service.ml.images import UndecodableImage, decode, image_facts
+from service.ml.images import PHASH_SIDE, UndecodableImage, decode, image_facts
 from service.ml.split import stratified_split
 from service.schemas import (
     Balance,
@@ -151,7 +151,7 @@ def _measure(image_id: int, data: bytes) -> dict[str, Any]:
     tightened since upload) keeps only its SHA-256: it is measured, and still found as an
     exact copy; the checks that need pixels pass it by."""
     try:
-        facts = image_facts(data, decode(data))
+        facts = image_facts(data, decode(data, reduce_to=PHASH_SIDE))  # as at upload
     except UndecodableImage:
         blank = dict.fromkeys(("phash", "width", "height", "mode"))
         return {"id": image_id, "sha256": hashlib.sha256(data).hexdigest(), **blank}

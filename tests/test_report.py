@@ -283,9 +283,9 @@ def test_near_copies_across_the_split_are_leakage_too(service: Service) -> None:
 def test_ingest_measures_the_facts_from_its_one_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def counted(data: bytes) -> Image.Image:
+    def counted(data: bytes, **options: Any) -> Image.Image:
         calls.append(len(data))
-        return decode(data)
+        return decode(data, **options)
 
     decode = ingest.decode
     monkeypatch.setattr(ingest, "decode", counted)
