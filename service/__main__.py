@@ -9,8 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from service.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,15 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="0: any free port")
     demo.add_argument("--epochs", type=int, default=5)
     return parser
-
-
-def configure_logging(level: str) -> None:
-    """The service's own lines at `level`; libraries (Alembic, TensorFlow, httpx) only from
-    WARNING up, unless `level` is DEBUG."""
-    numeric = logging.getLevelName(level)
-    libraries = logging.DEBUG if numeric == logging.DEBUG else logging.WARNING
-    logging.basicConfig(level=libraries, format=LOG_FORMAT, force=True)
-    logging.getLogger("service").setLevel(numeric)
 
 
 def settings_problem(error: ValidationError) -> str:
@@ -54,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(settings_problem(error), file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "demo":
         from service.demo import run_demo
 
@@ -79,7 +69,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             from service.api.app import create_app
 
             open_database(settings.database_url, auto_migrate=settings.auto_migrate).dispose()
-            uvicorn.run(create_app(settings), host=args.host, port=args.port)
+            # JSON lines: uvicorn's own loggers go through ours instead of its text handlers.
+            json_lines = settings.log_format == "json"
+            if json_lines:
+                logging.getLogger("uvicorn").setLevel(settings.log_level)
+            uvicorn.run(
+                create_app(settings),
+                host=args.host,
+                port=args.port,
+                log_config=None if json_lines else uvicorn.config.LOGGING_CONFIG,
+            )
         else:
             from service.worker import run_worker
 

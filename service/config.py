@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="Where the SQLite file and caches live.")
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Where workers keep training checkpoints to resume from; every worker "
+        "must reach it (a shared directory across hosts). Empty: <data_dir>/checkpoints.",
+    )
     database_url: str = Field(
         "", description="SQLAlchemy URL; empty means sqlite:///<data_dir>/service.db."
     )
@@ -75,6 +80,50 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often /jobs/{id}/events reads the job for news."
     )
 
+    # -- a worker's devices (service/worker.py:configure_devices, service/workers.py) -------
+    worker_devices: list[int] | None = Field(
+        None,
+        description="The GPUs a worker trains on, as indices of those TensorFlow sees (JSON "
+        "list: [0, 1]); unset: all of them; []: none (CPU only).",
+    )
+    worker_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs a worker says it has: it claims only jobs asking for at most as "
+        "many, and trains on at most the first that many of WORKER_DEVICES; unset: the GPUs "
+        "it trains on; 0: CPU only.",
+    )
+
+    # -- operating it (service/metrics.py, service/logs.py, service/webhooks.py) ------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="json: one JSON object per log line, with job, model, worker and "
+        "request ids when known.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="A worker's /metrics port (0: the worker serves none)."
+    )
+    metrics_open_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Client networks (CIDR, JSON list) that may read /metrics without the API "
+        "key: a Prometheus scraping from inside the cluster.",
+    )
+    webhook_secret: str | None = Field(
+        None, description="Signs webhook events (HMAC-SHA256); unset: events are sent unsigned."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one webhook POST may take."
+    )
+    webhook_retry_seconds: float = Field(
+        1.0, gt=0, description="The wait before a failed webhook's first retry; doubles per try."
+    )
+    webhook_give_up_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A webhook event not accepted this long after the job ended "
+        "is recorded as failed.",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -87,6 +136,16 @@ class Settings(BaseSettings):
             raise ValueError("API_KEY must be at least 16 characters")
         return value or None
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if not self.database_url:
@@ -96,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
 
 @lru_cache

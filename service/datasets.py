@@ -4,13 +4,14 @@ tables for it."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import IO
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, load_only
 
-from service import jobs
+from service import jobs, metrics
 from service.config import Settings
 from service.ingest import BadArchive, Limits, read_image_zip
 from service.ml.images import UndecodableImage, thumbnail
@@ -49,6 +50,7 @@ def create_dataset(
         archive = read_image_zip(upload, limits)
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None
+    metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
     dataset = Dataset(
         id=new_id("d"),
         name=name or (filename or "dataset").removesuffix(".zip"),

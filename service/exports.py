@@ -139,7 +139,7 @@ def request_export(session: Session, model_id: str, request: ExportRequest) -> M
             )
         session.delete(found[0])
         session.flush()
-    spec = ExportSpec(model_id=model.id, format=request.format)
+    spec = ExportSpec(model_id=model.id, format=request.format, webhook_url=request.webhook_url)
     job = jobs.enqueue_export(session, spec, model)
     record = ModelExport(id=new_id("x"), model_id=model.id, format=request.format, job_id=job.id)
     session.add(record)

@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
+from service import webhooks
 from service.problems import Conflict, Invalid, NotFound, Problem
 from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, JobSpec
 from service.storage.db import Database
@@ -246,6 +247,12 @@ def get_job(session: Session, job_id: str) -> tuple[Job, str | None]:
     return row[0], row[1]
 
 
+def status_of(db: Database, job_id: str) -> str:
+    """The job's status as committed now ("" for a job that is gone)."""
+    with db.session() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) or ""
+
+
 # -- transitions the API makes --------------------------------------------------------------
 
 
@@ -253,9 +260,9 @@ def enqueue(session: Session, spec: JobSpec | AdviceSpec, dataset: Dataset) -> J
     """A new queued training or advice job for a spec whose references were checked."""
     if isinstance(spec, AdviceSpec):
         name = f"advice-{dataset.name}-{spec.backbone.name}"
-        return _queue(session, JobKind.ADVICE, name, spec, dataset.id)
+        return _queue(session, JobKind.ADVICE, name, spec, dataset.id, gpus=spec.resources.gpus)
     name = spec.name or f"{dataset.name}-{spec.backbone.name}"
-    return _queue(session, JobKind.TRAIN, name, spec, dataset.id)
+    return _queue(session, JobKind.TRAIN, name, spec, dataset.id, gpus=spec.resources.gpus)
 
 
 def enqueue_export(session: Session, spec: ExportSpec, model: TrainedModel) -> Job:
@@ -279,17 +286,23 @@ def _queue(
     name: str,
     spec: JobSpec | AdviceSpec | ExportSpec | BatchPredictionSpec,
     dataset_id: str | None,
+    *,
+    gpus: int = 0,
 ) -> Job:
+    """A new queued job; `gpus`: what a worker needs to claim it (resources.gpus)."""
     job = Job(
         id=new_id("j"),
         kind=kind,
         name=name,
         status=JobStatus.QUEUED,
-        spec=spec.model_dump(mode="json"),
+        # The URL is the job's column, not part of what to run (service/webhooks.py).
+        spec=spec.model_dump(mode="json", exclude={"webhook_url"}),
         dataset_id=dataset_id,
         history=[],
         attempts=0,
         cancel_requested=False,
+        gpus=gpus,
+        webhook_url=str(spec.webhook_url) if spec.webhook_url is not None else None,
     )
     session.add(job)
     session.flush()
@@ -318,6 +331,7 @@ class Claim:
     spec: dict[str, Any]
     name: str = ""
     kind: str = JobKind.TRAIN
+    created_at: datetime | None = None  # when it was queued: its wait, for the metrics
 
 
 @dataclass(frozen=True)
@@ -332,14 +346,19 @@ def claim_next_job(
     worker_id: str,
     lease_seconds: float,
     max_attempts: int,
+    gpus: int = 0,
     now: datetime | None = None,
 ) -> Claim | None:
     """Take the oldest queued job, or a running one whose lease ran out, in one transaction
-    (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE SKIP LOCKED).
+
+    Only jobs asking for at most `gpus` GPUs (the worker's own count) are taken; a dead
+    job that is only to be ended (cancelled, or out of attempts) is ended by any worker.
+    """
     now = now or utcnow()
     with db.session(write=True) as session:
         while True:
-            job = _next_claimable(session, db, now)
+            job = _next_claimable(session, db, now, gpus=gpus, max_attempts=max_attempts)
             if job is None:
                 return None
             if job.status == JobStatus.RUNNING and job.cancel_requested:
@@ -369,16 +388,19 @@ def claim_next_job(
                 spec=job.spec,
                 name=job.name,
                 kind=job.kind,
+                created_at=job.created_at,
             )
 
 
-def _next_claimable(session: Session, db: Database, now: datetime) -> Job | None:
+def _next_claimable(
+    session: Session, db: Database, now: datetime, *, gpus: int, max_attempts: int
+) -> Job | None:
+    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now)
+    # What claim_next_job only ends, never runs: no devices needed for that.
+    to_end = expired & (Job.cancel_requested | (Job.attempts >= max_attempts))
     query = (
         select(Job)
-        .where(
-            (Job.status == JobStatus.QUEUED)
-            | ((Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now))
-        )
+        .where(((Job.status == JobStatus.QUEUED) | expired) & ((Job.gpus <= gpus) | to_end))
         .order_by(Job.created_at, Job.id)
         .limit(1)
     )
@@ -393,6 +415,9 @@ def _finish(job: Job, status: JobStatus, now: datetime, *, error: str | None) ->
     job.finished_at = now
     job.lease_owner = None
     job.lease_expires_at = None
+    session = object_session(job)
+    assert session is not None  # every caller loaded the job in its transaction
+    webhooks.announce(session, job)
 
 
 def _owned(claim: Claim) -> Any:
@@ -423,6 +448,18 @@ def heartbeat(
         if history_row is not None:
             job.history = [*job.history, history_row]
         return Heartbeat(lease_held=True, cancel_requested=job.cancel_requested)
+
+
+def restore_history(db: Database, claim: Claim, history: list[dict[str, Any]]) -> bool:
+    """Set the history of a job resumed from a checkpoint to the checkpoint's epochs: the
+    attempt before may have recorded one more that is now done again, and each epoch is
+    listed once. False if the lease is no longer ours."""
+    with db.session(write=True) as session:
+        job = session.scalars(select(Job).where(_owned(claim))).first()
+        if job is None:
+            return False
+        job.history = list(history)
+        return True
 
 
 def end_job(db: Database, claim: Claim, *, status: JobStatus, error: str | None = None) -> bool:
@@ -472,6 +509,9 @@ def _complete(db: Database, claim: Claim, store: Callable[[Session], None]) -> b
         if not _succeed(session, claim):
             return False
         store(session)
+        job = session.get(Job, claim.job_id, populate_existing=True)
+        assert job is not None  # _succeed just updated it
+        webhooks.announce(session, job)
         return True
 
 

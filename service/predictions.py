@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import jobs
+from service import jobs, metrics
 from service.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
 from service.ml.batch import Answer, Item
 from service.ml.serving import ModelSource
@@ -49,6 +49,7 @@ class BatchRequest:
     dataset_id: str | None = None
     archive: bytes | None = None
     filename: str | None = None
+    webhook_url: str | None = None  # announce the job's end there (service/webhooks.py)
 
 
 # -- what the API and the console ask ---------------------------------------------------------
@@ -70,6 +71,7 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
         count = len(_entries(request.archive, request.filename, limits))
         if count == 0:
             raise BadContent(f"{request.filename or 'file'}: the zip holds no files")
+        metrics.observe_upload("predictions", len(request.archive))
     record = BatchPrediction(
         id=new_id("p"),
         model_id=model.id,
@@ -86,6 +88,7 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
         top_k=request.top_k,
         explain=request.explain,
         dataset_id=request.dataset_id,
+        webhook_url=request.webhook_url,
     )
     record.job_id = jobs.enqueue_prediction(session, spec, model).id
     session.add(record)

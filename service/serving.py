@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import anyio.to_thread
 import numpy as np
 from sqlalchemy import select
 
+from service import logs, metrics
 from service.ml.batching import Batcher
 from service.ml.images import UndecodableImage, to_pixels
 from service.ml.serving import (
@@ -111,9 +113,12 @@ class Serving:
         """Class probabilities for the images, one row each, in order. `model`: a model id, or
         a reference resolved once, so the whole request runs on one version."""
         self._check_count(images)
+        started = time.perf_counter()
         # One trip to a worker thread for the lookup, the decoding and the (cached) model.
         loaded, pixels = await anyio.to_thread.run_sync(self._prepare, model, images)
+        logs.bind(model_id=loaded.model_id)
         probabilities = await self.batcher.predict(loaded.model_id, loaded.probabilities, pixels)
+        metrics.observe_predict(loaded.model_id, time.perf_counter() - started)
         return Classification(loaded.model_id, loaded.classes, probabilities)
 
     async def explain(
@@ -123,7 +128,11 @@ class Serving:
         classes. One worker-thread trip does it all, outside the batcher: the model's
         `explain` signature, then the overlays' PNG encoding."""
         self._check_count(images)
-        return await anyio.to_thread.run_sync(self._explain, model, images, top_k)
+        started = time.perf_counter()
+        answer = await anyio.to_thread.run_sync(self._explain, model, images, top_k)
+        logs.bind(model_id=answer.model_id)
+        metrics.observe_predict(answer.model_id, time.perf_counter() - started)
+        return answer
 
     def _check_count(self, images: Sequence[Image]) -> None:
         if len(images) > self.max_images:

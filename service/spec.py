@@ -6,9 +6,17 @@ layer names (`freeze.trainable_from`) is made by the API with `ml.build.backbone
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    field_validator,
+    model_validator,
+)
 
 from service.backbones import BACKBONES
 
@@ -18,6 +26,15 @@ WEIGHTS_DESCRIPTION = (
 )
 WEIGHTS_PREFIXES = ("model:", "file:")
 MAX_STAGES = 10
+
+# Where a job's end is announced (service/webhooks.py): http or https, as long as the column.
+WebhookUrl = Annotated[
+    AnyUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"], host_required=True)
+]
+WEBHOOK_DESCRIPTION = (
+    "Announce the job's end (succeeded, failed, cancelled) with a signed POST to this http(s) "
+    "URL: docs/api.md, Webhooks."
+)
 
 
 def _valid_unicode(value: Any) -> Any:
@@ -199,6 +216,12 @@ class TrainingSpec(_Strict):
         "scaling: the served probabilities become softmax(log p / T), the top class never "
         "changes); nothing is fitted without a validation split.",
     )
+    mixed_precision: bool = Field(
+        False,
+        description="Compute in 16 bits, keeping the weights in float32: mixed_float16 on a "
+        "GPU (with loss scaling), mixed_bfloat16 on a CPU. The last Dense and its softmax stay "
+        "float32, and the stored model takes float32 pixels as always.",
+    )
 
     @field_validator("class_weight")
     @classmethod
@@ -230,6 +253,18 @@ class FineTuneStage(_Strict):
     epochs: int = Field(5, ge=1, le=1000)
     learning_rate: float = Field(1e-5, gt=0, le=10)
     optimizer: Optimizer | None = Field(None, description="Default: training.optimizer.")
+
+
+class Resources(_Strict):
+    """Accelerators a job needs: only a worker with at least as many claims it."""
+
+    gpus: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs the job needs; a worker with fewer (WORKER_GPUS) never claims it, "
+        "and the job waits queued while no such worker runs.",
+    )
 
 
 class Stage(BaseModel):
@@ -281,6 +316,10 @@ class JobSpec(_Strict):
         "low learning rate.",
         examples=[[{"freeze": {"mode": "partial", "trainable_from": -20}, "epochs": 5}]],
     )
+    resources: Resources = Field(
+        default_factory=Resources, description="Accelerators the job needs to be claimed."
+    )
+    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
 
     @model_validator(mode="after")
     def _batchnorm_default(self) -> JobSpec:
@@ -359,6 +398,10 @@ class AdviceRequest(_Strict):
         description="From how many images in the median class the dataset counts as much data.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sample, folds and random init.")
+    resources: Resources = Field(
+        default_factory=Resources, description="Accelerators the job needs to be claimed."
+    )
+    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
 
 
 class AdviceSpec(AdviceRequest):
@@ -385,6 +428,7 @@ class ExportRequest(_Strict):
         'weights, float32 input and output), "tflite-int8" (full-integer: uint8 pixels in, '
         'uint8 probabilities out) or "onnx" (via tf2onnx).'
     )
+    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
 
 
 class ExportSpec(ExportRequest):
@@ -405,3 +449,4 @@ class BatchPredictionSpec(_Strict):
     top_k: int = Field(5, ge=1, le=1000)
     explain: bool = False
     dataset_id: str | None = None  # None: the images are the record's uploaded zip
+    webhook_url: WebhookUrl | None = None

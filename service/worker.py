@@ -21,25 +21,75 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
-from service import jobs
+from service import jobs, logs, metrics, webhooks, workers
 from service.config import Settings
+from service.ml import checkpoint
 from service.problems import Problem
 from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.features import DatabaseFeatureStore
-from service.storage.tables import WEIGHTS_SOURCES, DatasetImage, TrainedModel, new_id
+from service.storage.tables import (
+    WEIGHTS_SOURCES,
+    DatasetImage,
+    Job,
+    TrainedModel,
+    new_id,
+    utcnow,
+)
 
 log = logging.getLogger("service.worker")
 
 
-def configure_devices() -> str:
-    """Memory growth on every GPU (so several processes can share one); say what we train on."""
+# -- devices (service/workers.py: the pure rules; here what TensorFlow is told) -------------
+
+
+def configure_devices(settings: Settings) -> list[workers.Device]:
+    """The devices this worker trains on: the GPUs WORKER_DEVICES and WORKER_GPUS pick
+    (the others hidden from TensorFlow, memory growth on these so several processes can
+    share one), or the CPU when it keeps none. Call it before TensorFlow starts its runtime:
+    a multi-GPU job mirrors its model over exactly the GPUs left visible."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    return f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    found = tf.config.list_physical_devices("GPU")
+    kept = [
+        found[index]
+        for index in workers.chosen_gpus(len(found), settings.worker_devices, settings.worker_gpus)
+    ]
+    try:
+        if kept != found:
+            tf.config.set_visible_devices(kept, "GPU")
+        for gpu in kept:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as error:  # the runtime has started (a worker inside another process)
+        log.warning("devices left as they are: %s", error)
+        kept = tf.config.get_visible_devices("GPU")
+    if not kept:
+        cpu = tf.config.list_physical_devices("CPU")[0].name
+        return [workers.Device("CPU", cpu, workers.host_memory_bytes())]
+    memory = _gpu_memory_bytes(len(kept))
+    return [
+        workers.Device(
+            "GPU",
+            gpu.name,
+            memory[number] if number < len(memory) else None,
+            tf.config.experimental.get_device_details(gpu).get("device_name"),
+        )
+        for number, gpu in enumerate(kept)
+    ]
+
+
+def _gpu_memory_bytes(count: int) -> list[int | None]:
+    """Each visible GPU's memory as TensorFlow's allocator may use it, in visible order.
+    TensorFlow's public API does not say (get_memory_info counts use, not size): this asks
+    the device list, which starts the runtime (after configure_devices has set it up)."""
+    try:
+        from tensorflow.python.client import device_lib
+
+        local = device_lib.list_local_devices()
+    except Exception:  # a private module: no memory figure rather than no worker
+        log.warning("GPU memory unknown", exc_info=True)
+        return [None] * count
+    return [device.memory_limit for device in local if device.device_type == "GPU"]
 
 
 class JobMonitor:
@@ -78,6 +128,7 @@ class JobMonitor:
 
     def on_epoch(self, row: dict[str, float]) -> None:
         self._beat(history_row=row)
+        metrics.observe_epoch(row.get("seconds", 0.0))
 
     def should_stop(self) -> bool:
         return self.stop_reason is not None or self.shutdown.is_set()
@@ -128,11 +179,14 @@ class Worker:
     db: Database
     settings: Settings
     worker_id: str = ""
+    # The GPUs it claims jobs for; None: found on the first claim (see `claim_gpus`).
+    gpus: int | None = None
 
     def __post_init__(self) -> None:
         if not self.worker_id:
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:10]}"
         self.shutdown = threading.Event()
+        self._presence: workers.Presence | None = None
         self._monitor: JobMonitor | None = None
         self._model_cache: Any = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
@@ -144,10 +198,40 @@ class Worker:
             self._monitor.shutdown.set()
 
     def run_forever(self) -> None:
-        log.info("worker %s training on %s", self.worker_id, configure_devices())
-        while not self.shutdown.is_set():
-            if not self.run_once():
-                self.shutdown.wait(self.settings.poll_seconds)
+        # -- devices and presence (service/workers.py): the worker's row in GET /workers,
+        # registered now, beating while it runs, stopped when it returns.
+        devices = configure_devices(self.settings)
+        self.gpus = workers.claimed_gpus(self.settings.worker_gpus, devices)
+        log.info(
+            "worker %s training on %s; claims jobs asking for up to %d GPU(s)",
+            self.worker_id,
+            workers.describe_devices(devices),
+            self.gpus,
+        )
+        presence = workers.Presence(
+            self.db,
+            worker_id=self.worker_id,
+            devices=devices,
+            gpus=self.gpus,
+            lease_seconds=self.settings.lease_seconds,
+        )
+        with presence:
+            self._presence = presence
+            self.prune_checkpoints()
+            while not self.shutdown.is_set():
+                if not self.run_once():
+                    self.shutdown.wait(self.settings.poll_seconds)
+        self._presence = None
+
+    def claim_gpus(self) -> int:
+        """The GPUs it claims jobs for: set by run_forever from its devices; for a worker
+        driven by run_once alone (tests, benches), WORKER_GPUS or the GPUs TensorFlow shows."""
+        if self.gpus is None:
+            import tensorflow as tf
+
+            shown = len(tf.config.get_visible_devices("GPU"))
+            self.gpus = shown if self.settings.worker_gpus is None else self.settings.worker_gpus
+        return self.gpus
 
     def run_until_idle(self) -> int:
         """Process jobs until none is waiting; the number processed."""
@@ -162,11 +246,25 @@ class Worker:
             worker_id=self.worker_id,
             lease_seconds=self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
+            gpus=self.claim_gpus(),
         )
         if claim is None:
             return False
-        log.info("job %s: attempt %d", claim.job_id, claim.attempt)
-        self.process(claim)
+        if self._presence is not None:  # GET /workers names the job at once
+            self._presence.working_on(claim.job_id)
+        # -- eyes on it: the job's ids on every log line, its wait and run time measured.
+        model_id = claim.spec.get("model_id")  # an export's or a batch prediction's
+        with logs.context(job_id=claim.job_id, worker=self.worker_id, model_id=model_id):
+            if claim.created_at is not None:
+                metrics.observe_claim(claim.kind, (utcnow() - claim.created_at).total_seconds())
+            log.info("job %s: attempt %d", claim.job_id, claim.attempt)
+            started = time.monotonic()
+            self.process(claim)
+            metrics.observe_run(
+                claim.kind, jobs.status_of(self.db, claim.job_id), time.monotonic() - started
+            )
+        if self._presence is not None:
+            self._presence.working_on(None)
         return True
 
     def process(self, claim: jobs.Claim) -> None:
@@ -188,12 +286,14 @@ class Worker:
                 outcome = None
             except (WeightsUnavailable, Problem) as error:
                 log.warning("job %s failed: %s", claim.job_id, error)
-                jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error))
+                if jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=str(error)):
+                    self._forget_checkpoint(claim)
                 return
             except Exception as error:
                 log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
                 message = f"{type(error).__name__}: {error}"
-                jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=message)
+                if jobs.end_job(self.db, claim, status=jobs.JobStatus.FAILED, error=message):
+                    self._forget_checkpoint(claim)
                 return
             finally:
                 self._monitor = None
@@ -202,11 +302,13 @@ class Worker:
         elif not outcome.store():
             log.warning("job %s: lease lost before its result was stored", claim.job_id)
         else:
+            self._forget_checkpoint(claim)
             log.info("job %s succeeded: %s", claim.job_id, outcome.stored)
 
     def _stopped(self, claim: jobs.Claim, monitor: JobMonitor) -> None:
         if monitor.stop_reason == "cancelled":
-            jobs.end_job(self.db, claim, status=jobs.JobStatus.CANCELLED)
+            if jobs.end_job(self.db, claim, status=jobs.JobStatus.CANCELLED):
+                self._forget_checkpoint(claim)
             log.info("job %s cancelled", claim.job_id)
         elif monitor.stop_reason == "lease lost":
             log.warning("job %s: lease taken over; its new holder carries on", claim.job_id)
@@ -227,8 +329,18 @@ class Worker:
         data = load_dataset(self.db, spec)
         keras.backend.clear_session()
         store = DatabaseFeatureStore(self.db, spec.dataset_id)
+        saved = self._resume_point(claim, spec, data)
         with backbone_weights(self.db, spec) as weights:
-            result = train(spec, data, monitor, backbone_weights=weights, feature_store=store)
+            result = train(
+                spec,
+                data,
+                monitor,
+                backbone_weights=weights,
+                feature_store=store,
+                checkpoint_dir=saved,
+            )
+        if result.replicas > 1:
+            log.info("job %s trained on %d replicas", claim.job_id, result.replicas)
         evaluation = result.evaluation
         if evaluation is not None and result.validation_probabilities is not None:
             # Named by dataset row, so a client can show the images behind each matrix cell.
@@ -268,6 +380,44 @@ class Worker:
             jobs.complete_job, self.db, claim, model=stored, layers=layers, label_review=review
         )
         return Outcome(store, f"model {stored.id}")
+
+    def _forget_checkpoint(self, claim: jobs.Claim) -> None:
+        """The job has ended: nothing will resume from its checkpoint."""
+        checkpoint.remove(self.settings.checkpoints / claim.job_id)
+
+    def prune_checkpoints(self) -> None:
+        """Remove checkpoints of jobs that ended without this worker's knowing (cancelled
+        while no worker held them, or ended by a worker that died before removing them)."""
+        folder = self.settings.checkpoints
+        if not folder.is_dir():
+            return
+        names = [entry.name for entry in folder.iterdir() if entry.is_dir()]
+        with self.db.session() as session:
+            live = set(
+                session.scalars(
+                    select(Job.id).where(Job.id.in_(names), Job.status.in_(jobs.ACTIVE))
+                )
+            )
+        for name in names:
+            if name not in live:
+                checkpoint.remove(folder / name)
+
+    def _resume_point(self, claim: jobs.Claim, spec: JobSpec, data: Any) -> Path:
+        """The job's checkpoint folder; when an earlier attempt left a checkpoint there, the
+        job's history is set back to its epochs (training resumes after them)."""
+        folder = self.settings.checkpoints / claim.job_id
+        mark = checkpoint.fingerprint(spec.model_dump_json(), data.ids, len(data.labels))
+        state = checkpoint.read_state(folder, mark)
+        if state is not None:
+            jobs.restore_history(self.db, claim, state.history)
+            where = "its end" if state.stage_done else f"epoch {state.epochs_done}"
+            log.info(
+                "job %s: resuming from its checkpoint (stage %d, after %s)",
+                claim.job_id,
+                state.stage,
+                where,
+            )
+        return folder
 
     def _export(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
         """Convert a model and check its parity; what stores the file. Below its bar the
@@ -514,5 +664,10 @@ def run_worker(db: Database, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
+    # -- eyes on it: metrics on METRICS_PORT, and this process's share of webhook delivery.
+    if settings.metrics_port:
+        metrics.serve_worker_metrics(settings)
+    deliverer = webhooks.Deliverer(db, settings).start()
     worker.run_forever()
+    deliverer.stop()
     log.info("worker %s stopped after %.0f s", worker.worker_id, time.monotonic() - started)

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import web
+from service import metrics, web
 from service.api import errors, openapi
 from service.api.auth import require_api_key
 from service.api.limits import BodySizeLimit
+from service.api.request_ids import RequestIds
 from service.api.routes import (
     advice,
     backbones,
@@ -24,7 +25,9 @@ from service.api.routes import (
     predictions,
     registry,
     weights,
+    workers,
 )
+from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache, configure_tensorflow_threads
@@ -48,8 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.model_cache = ModelCache(settings.cache_dir / "models", settings.model_cache_size)
         app.state.batcher = Batcher(
-            max_batch=settings.predict_max_batch, max_wait=settings.predict_max_wait_ms / 1000
+            max_batch=settings.predict_max_batch,
+            max_wait=settings.predict_max_wait_ms / 1000,
+            on_batch=metrics.observe_batch,
         )
+        app.state.metrics_registry = metrics.api_registry(database, app.state.model_cache)
         app.state.serving = Serving(
             database=database,
             cache=app.state.model_cache,
@@ -79,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     web.install(app)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)  # its own guard: the key, or an open network
     secured = [Depends(require_api_key)]
     routers = (
         backbones,
@@ -91,11 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictions,
         registry,
         weights,
+        workers,
     )
     for module in routers:
         app.include_router(module.router, dependencies=secured)
 
     app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))
+    app.add_middleware(RequestIds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

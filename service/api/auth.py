@@ -115,3 +115,18 @@ def require_api_key(
         "missing or wrong API key: send 'Authorization: Bearer <key>'",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+def require_metrics_access(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """As `require_api_key`, except for clients in METRICS_OPEN_NETWORKS: a Prometheus inside
+    the cluster scrapes without the key. The address is the TCP peer's (behind a proxy, the
+    proxy's, unless uvicorn is told to trust its forwarded headers)."""
+    from service.metrics import in_open_network
+
+    settings: Settings = request.app.state.settings
+    if request.client is not None and in_open_network(settings, request.client.host):
+        return
+    require_api_key(request, credentials)

@@ -34,11 +34,19 @@ class _Lane:
 
 
 class Batcher:
-    def __init__(self, *, max_batch: int, max_wait: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_wait: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._lanes: dict[str, _Lane] = {}
         self.batches = 0  # how many model calls were made, for tests and benchmarks
+        # Told each model call's image count (the API's metrics), without importing them.
+        self.on_batch = on_batch
 
     async def predict(self, key: str, predict: Predict, pixels: np.ndarray) -> np.ndarray:
         """`predict(pixels)` for this request, run together with others for the same key."""
@@ -68,6 +76,8 @@ class Batcher:
                         waiting.answer.set_exception(error)
                 continue
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(pixels))
             start = 0
             for waiting in batch:
                 end = start + len(waiting.pixels)

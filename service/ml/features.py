@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -83,12 +83,17 @@ class FeatureExtractor:
     ) -> np.ndarray:
         """Features of every image of `pixels` (batches whose first element is the pixels), in
         order; `on_batch(k)` after batch k — it may raise to stop."""
-        outputs = []
-        for number, batch in enumerate(pixels, start=1):
-            outputs.append(self.extractor.predict_on_batch(batch[0]))
-            if on_batch is not None:
-                on_batch(number)
-        return np.concatenate(outputs)
+        import keras
+
+        class Batches(keras.callbacks.Callback):
+            def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
+                if on_batch is not None:
+                    on_batch(batch + 1)
+
+        # predict, not predict_on_batch: under MirroredStrategy the latter answers every
+        # replica's copy of the batch (Keras 3.15). float32 whatever the network computes in.
+        features = self.extractor.predict(pixels, verbose=0, callbacks=[Batches()])
+        return np.asarray(features, np.float32)
 
 
 def cached_or_extracted(

@@ -101,24 +101,34 @@ class ModelCache:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        # Counted for service/metrics.py, which reads them at scrape time.
+        self.hits = 0  # answered from memory (or by a concurrent request's load)
         self.loads = 0
+        self.evictions = 0  # dropped to stay within `capacity`
+
+    def __len__(self) -> int:
+        return len(self._models)
 
     def get(self, source: ModelSource) -> LoadedModel:
         with self._lock:
             model = self._touch(source.model_id)
             if model is not None:
+                self.hits += 1
                 return model
             loading = self._loading.setdefault(source.model_id, threading.Lock())
         with loading:
             try:
                 with self._lock:
                     model = self._touch(source.model_id)
+                    if model is not None:
+                        self.hits += 1
                 if model is None:
                     model = self._load(source)
                     with self._lock:
                         self._models[source.model_id] = model
                         while len(self._models) > self.capacity:
                             self._models.popitem(last=False)
+                            self.evictions += 1
                 return model
             finally:
                 with self._lock:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from service.ml import checkpoint
 from service.ml.build import Network, apply_freeze, build_network
 from service.ml.calibrate import Calibration, calibrate, not_fitted
 from service.ml.drift import Snapshot, snapshot
@@ -28,6 +30,8 @@ DECODED_CACHE_BYTES = 2 * 1024**3
 FEATURE_CACHE_BYTES = 2 * 1024**3
 # Enough batches for stable BatchNormalization statistics; more only costs time.
 BN_STATISTICS_MAX_BATCHES = 200
+# Each epoch's shuffle is seeded with seed × this + the epoch's number: distinct per epoch.
+EPOCH_SEED_STRIDE = 1_000_003
 # Decimals kept of each probability in the evaluation's samples: every validation image's
 # scores are stored with the model, so their size counts; four are more than a person reads.
 SAMPLE_SCORE_DECIMALS = 4
@@ -86,6 +90,7 @@ class TrainingResult:
     # whether they came from the feature store rather than the backbone.
     features: tuple[np.ndarray, np.ndarray] | None = None
     features_reused: bool = False
+    replicas: int = 1  # devices the model trained on at once (MirroredStrategy)
 
 
 def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -115,25 +120,11 @@ def _targets(
     return onehot, weights[labels].astype(np.float32)
 
 
-def _batched(
-    dataset: tf.data.Dataset, count: int, batch_size: int, shuffle_seed: int | None
+def decoded_elements(
+    images: Sequence[bytes], targets: tuple[np.ndarray, ...], *, size: int
 ) -> tf.data.Dataset:
-    # The same seed and count give the same order whatever the elements are: the cached
-    # features meet the head in the order the pixels would have.
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size)
-
-
-def pixel_dataset(
-    images: Sequence[bytes],
-    targets: tuple[np.ndarray, ...],
-    *,
-    size: int,
-    batch_size: int,
-    shuffle_seed: int | None = None,
-) -> tf.data.Dataset:
-    """Batches of (float32 raw pixels 0–255, *targets): decoded and resized like /predict."""
+    """(uint8 raw pixels, *targets) per image, decoded and resized like /predict; kept in
+    memory once decoded when they fit."""
 
     def decode(data: bytes) -> np.ndarray:
         return to_pixels(bytes(data), size)
@@ -146,12 +137,56 @@ def pixel_dataset(
     dataset = dataset.map(decode_tensor, num_parallel_calls=tf.data.AUTOTUNE)
     if len(images) * size * size * 3 <= DECODED_CACHE_BYTES:
         dataset = dataset.cache()
-    dataset = _batched(dataset, len(images), batch_size, shuffle_seed)
-    dataset = dataset.map(
-        lambda pixels, *rest: (tf.cast(pixels, tf.float32), *rest),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset
+
+
+def _as_float(pixels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    return (tf.cast(pixels, tf.float32), *rest)
+
+
+def pixel_dataset(
+    images: Sequence[bytes], targets: tuple[np.ndarray, ...], *, size: int, batch_size: int
+) -> tf.data.Dataset:
+    """Batches of (float32 raw pixels 0–255, *targets) in order."""
+    dataset = decoded_elements(images, targets, size=size).batch(batch_size)
+    return dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class _Epochs:
+    """A training split's examples, batched anew for each epoch in an order fixed by the
+    seed and the epoch's number alone: epoch e is shuffled alike whether training started at
+    epoch 1 or resumed at e from a checkpoint."""
+
+    elements: tf.data.Dataset  # one example each: (pixels or features, *targets)
+    count: int
+    batch_size: int
+    seed: int
+    pixels: bool  # uint8 pixels, cast to float32 once batched
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.count / self.batch_size)
+
+    def batches(self, first: int, stop: int) -> tf.data.Dataset:
+        """The batches of epochs first … stop-1 (0-based), one epoch after the other."""
+        # Each epoch's seed is a Python int: a tensor seed breaks tf.random's (0, 0) check
+        # under global seed 0. Joined pairwise, so the pipeline nests log2(epochs) deep.
+        parts = [self._epoch(number) for number in range(first, stop)]
+        while len(parts) > 1:
+            pairs = zip(parts[::2], parts[1::2], strict=False)
+            joined = [left.concatenate(right) for left, right in pairs]
+            parts = joined + (parts[-1:] if len(parts) % 2 else [])
+        dataset = parts[0] if parts else self.elements.take(0).batch(self.batch_size)
+        if self.pixels:
+            dataset = dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def _epoch(self, number: int) -> tf.data.Dataset:
+        # Never 0 ("no seed"), not even for the BN statistics pass (epoch -1).
+        seed = self.seed * EPOCH_SEED_STRIDE + number + 2
+        shuffled = self.elements.shuffle(self.count, seed=seed, reshuffle_each_iteration=False)
+        return shuffled.batch(self.batch_size)
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -168,6 +203,9 @@ class _ProgressCallback(keras.callbacks.Callback):
         self.started = 0.0
         self.stopped = False
         self.history: list[dict[str, float]] = []
+        # Called with each epoch's row recorded, before it is announced: a checkpoint then
+        # holds every epoch the job's history shows.
+        self.on_recorded: Callable[[], None] | None = None
 
     def _report(self, step: int) -> None:
         self.observer.on_progress(
@@ -202,6 +240,8 @@ class _ProgressCallback(keras.callbacks.Callback):
             "seconds": round(time.perf_counter() - self.started, 3),
         }
         self.history.append(row)
+        if self.on_recorded is not None:
+            self.on_recorded()
         self.observer.on_epoch(row)
 
 
@@ -236,22 +276,31 @@ class _Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def pixels(self, spec: JobSpec, shuffle_seed: int | None) -> tf.data.Dataset:
+    def pixels(self, spec: JobSpec) -> tf.data.Dataset:
+        """In order: for evaluating, and for extracting features."""
         return pixel_dataset(
-            self.images,
-            self.targets,
-            size=spec.input_size,
-            batch_size=spec.training.batch_size,
-            shuffle_seed=shuffle_seed,
+            self.images, self.targets, size=spec.input_size, batch_size=spec.training.batch_size
         )
+
+    def epochs(self, spec: JobSpec) -> _Epochs:
+        """For fitting: shuffled by the seed, each epoch in its own order."""
+        elements = decoded_elements(self.images, self.targets, size=spec.input_size)
+        batch_size, seed = spec.training.batch_size, spec.training.seed
+        return _Epochs(elements, len(self), batch_size, seed, pixels=True)
 
 
 @dataclass
 class _Splits:
     train: _Split
     validation: _Split
-    train_pixels: tf.data.Dataset  # shuffled by the seed, afresh each epoch
+    train_epochs: _Epochs
     validation_pixels: tf.data.Dataset | None  # None when no image was held out
+
+    @property
+    def statistics_pixels(self) -> tf.data.Dataset:
+        """A shuffled pass over the training split, for BatchNormalization's statistics: an
+        epoch number of its own, so it draws no epoch's order."""
+        return self.train_epochs.batches(-1, 0)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.validation)}
@@ -291,8 +340,8 @@ def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
     return _Splits(
         train=train_split,
         validation=val_split,
-        train_pixels=train_split.pixels(spec, training.seed),
-        validation_pixels=val_split.pixels(spec, None) if len(val_split) else None,
+        train_epochs=train_split.epochs(spec),
+        validation_pixels=val_split.pixels(spec) if len(val_split) else None,
     )
 
 
@@ -304,6 +353,8 @@ def train(
     backbone_weights: str | Path | None,
     feature_cache: bool = True,
     feature_store: FeatureStore | None = None,
+    checkpoint_dir: Path | None = None,
+    devices: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Train as the Keras transfer-learning guide does, everything fixed by the job's seed.
 
@@ -317,18 +368,76 @@ def train(
     4. Evaluate the final model on the validation split: loss, accuracy, the temperature
        fitted on it (`service.ml.calibrate`), the per-class report.
 
+    With two or more `devices` (default: the visible GPUs) it trains on all of them at once
+    (MirroredStrategy); with `training.mixed_precision`, in 16 bits.
+
+    With `checkpoint_dir`, a checkpoint is written there after every epoch and stage, and a
+    checkpoint found there at the start (of this spec and these images) is resumed from:
+    the stages it finished are skipped, the one it was in goes on from its last epoch with
+    its optimizer and early stopping as they were. Each epoch's order depends on the seed
+    and the epoch alone, so a resumed job ends where an uninterrupted one would.
+
     Raises TrainingStopped if the observer stopped it.
     """
     keras.utils.set_random_seed(spec.training.seed)
+    strategy = distribution(devices)
+    with strategy.scope():
+        result = _train_in_scope(
+            spec, data, observer, backbone_weights, feature_cache, feature_store, checkpoint_dir
+        )
+    result.replicas = strategy.num_replicas_in_sync
+    return result
+
+
+def distribution(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
+    """MirroredStrategy over `devices`, or else over the visible GPUs when there are two or
+    more; otherwise the default strategy: one device, the path of every single-GPU or CPU
+    worker. Under MirroredStrategy each batch (the global batch, `batch_size`) is split across
+    the replicas and their gradients summed, so the learning rate means what it means on one."""
+    if devices is None:
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")]
+    if len(devices) < 2:
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(list(devices))
+
+
+def precision_policy(training: TrainingSpec) -> str:
+    """The Keras dtype policy the network is built with: mixed float16 where a GPU computes
+    it (its tensor cores), bfloat16 on a CPU (same range as float32: no loss scaling)."""
+    if not training.mixed_precision:
+        return "float32"
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+def _train_in_scope(
+    spec: JobSpec,
+    data: LabelledImages,
+    observer: TrainingObserver,
+    backbone_weights: str | Path | None,
+    feature_cache: bool,
+    feature_store: FeatureStore | None,
+    checkpoint_dir: Path | None,
+) -> TrainingResult:
     splits = _prepare_splits(spec, data)
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
     clock = time.perf_counter()
-    network = build_network(spec, len(data.classes), backbone_weights)
+    # Layers take the global policy when built: set for this network only, then put back.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision_policy(spec.training))
+    try:
+        network = build_network(spec, len(data.classes), backbone_weights)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     initial_weights = snapshot(network.backbone) if spec.backbone.pretrained else None
     seconds["build"] = time.perf_counter() - clock
     frozen = _FrozenFeatures(spec, splits, observer, feature_store, data.ids, seconds)
+    saver = None
+    if checkpoint_dir is not None:
+        mark = checkpoint.fingerprint(spec.model_dump_json(), data.ids, len(data.labels))
+        saver = _Checkpoints(checkpoint_dir, mark, network.model)
+    progress = _progress(spec, splits, observer)
     history, cached_stages, recomputed = _fit_stages(
-        spec, network, splits, _progress(spec, splits, observer), frozen, feature_cache
+        spec, network, splits, progress, frozen, feature_cache, saver
     )
     clock = time.perf_counter()
     metrics, evaluation, calibration = _final_metrics(
@@ -370,35 +479,132 @@ def _fit_stages(
     progress: _ProgressCallback,
     frozen: _FrozenFeatures,
     feature_cache: bool,
+    saver: _Checkpoints | None,
 ) -> tuple[list[dict[str, float]], list[int], int]:
-    """Fit the stages in turn. Returns the history (epochs numbered across stages), the
-    stages fitted on cached features, and how many BN layers had their statistics recomputed.
+    """Fit the stages in turn, after those a checkpoint says were done. Returns the history
+    (epochs numbered across stages), the stages fitted on cached features, and how many BN
+    layers had their statistics recomputed.
     """
     # Augmentation must see the pixels every epoch, so then nothing is cached.
     cacheable = feature_cache and not spec.training.augmenting
-    cached_stages: list[int] = []
-    recomputed = 0
+    resumed = saver.resumed if saver is not None else None
+    book = saver or _Checkpoints.none()
+    if resumed is not None:
+        progress.history = list(resumed.state.history)
     for stage in spec.stages:
         apply_freeze(network.backbone, stage.freeze)
         if stage.freeze.mode != "backbone":
             frozen.drop()  # the backbone trains: its features go stale
+        if resumed is not None and resumed.state.finished(stage.number):
+            continue
+        if resumed is not None:
+            restore(network.model.variables, resumed.variables)
         inputs = (
             frozen.stage_inputs(network) if cacheable and stage.freeze.mode == "backbone" else None
         )
         if inputs is None:
-            inputs = _StageInputs(network.model, splits.train_pixels, splits.validation_pixels)
-        else:
-            cached_stages.append(stage.number)
-        _fit_stage(inputs, stage, spec.training, progress, frozen.seconds)
+            inputs = _StageInputs(network.model, splits.train_epochs, splits.validation_pixels)
+        elif stage.number not in book.cached_stages:
+            book.cached_stages.append(stage.number)
+        _fit_stage(inputs, stage, spec.training, progress, frozen.seconds, saver, resumed)
+        resumed = None
         # BN layers that trained this stage: their moving statistics lag far behind.
-        recomputed += recompute_batchnorm_statistics(network.model, splits.train_pixels)
-    return progress.history, cached_stages, recomputed
+        book.recomputed += recompute_batchnorm_statistics(network.model, splits.statistics_pixels)
+        if saver is not None:
+            saver.write(stage.number, progress.history, done=True)
+    return progress.history, book.cached_stages, book.recomputed
+
+
+def restore(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:
+    """Give each variable its value from a checkpoint, in the same order."""
+    if len(variables) != len(arrays):
+        raise ValueError(
+            f"the checkpoint holds {len(arrays)} arrays for {len(variables)} variables"
+        )
+    for variable, value in zip(variables, arrays, strict=True):
+        variable.assign(value)
+
+
+class _Checkpoints:
+    """Writes a checkpoint after every epoch and every stage (service/ml/checkpoint.py), and
+    holds the one training resumed from, if any."""
+
+    def __init__(self, directory: Path | None, mark: str, model: keras.Model | None) -> None:
+        self.directory = directory
+        self.mark = mark
+        self.model = model
+        self.resumed = checkpoint.load(directory, mark) if directory is not None else None
+        state = self.resumed.state if self.resumed is not None else None
+        self.cached_stages: list[int] = list(state.cached_stages) if state else []
+        self.recomputed = state.recomputed if state else 0
+
+    @classmethod
+    def none(cls) -> _Checkpoints:
+        """Bookkeeping alone, for training without checkpoints."""
+        return cls(None, "", None)
+
+    def write(
+        self,
+        stage: int,
+        history: list[dict[str, float]],
+        *,
+        done: bool,
+        fitting: keras.Model | None = None,
+        early: _EarlyStopping | None = None,
+    ) -> None:
+        assert self.directory is not None and self.model is not None
+        state = checkpoint.TrainingState(
+            fingerprint=self.mark,
+            stage=stage,
+            stage_done=done,
+            epochs_done=len(history),
+            history=list(history),
+            cached_stages=list(self.cached_stages),
+            recomputed=self.recomputed,
+            early_stopping=early.state() if early is not None and not done else None,
+        )
+        optimizer = fitting.optimizer.variables if fitting is not None and not done else []
+        best = early.best_weights if early is not None and not done else None
+        checkpoint.save(
+            self.directory,
+            checkpoint.Checkpoint(
+                state,
+                variables=[np.asarray(variable) for variable in self.model.variables],
+                optimizer=[np.asarray(variable) for variable in optimizer],
+                best=list(best or []),
+            ),
+        )
+
+
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping, whose counters a checkpoint keeps and gives back on resume."""
+
+    def __init__(self, resumed: tuple[dict[str, Any], list[np.ndarray]] | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.resumed = resumed
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.resumed is not None:
+            state, best = self.resumed
+            self.wait, self.best_epoch = state["wait"], state["best_epoch"]
+            self.best = state["best"]
+            self.best_weights = best or None
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else float(self.best)
+        return {
+            "wait": self.wait,
+            "best": best,
+            "best_epoch": self.best_epoch,
+            "stopped": self.stopped_epoch > 0,
+        }
 
 
 @dataclass
 class _StageInputs:
     model: keras.Model
-    train: tf.data.Dataset
+    train: _Epochs
     validation: tf.data.Dataset | None
     cached: bool = False
 
@@ -425,7 +631,7 @@ class _FrozenFeatures:
         # Stored features are those of the backbone as loaded: only while no stage trained it.
         self.key = feature_key(spec.backbone, spec.head.pooling)
         self.extractor: FeatureExtractor | None = None
-        self.datasets: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = None
+        self.datasets: tuple[_Epochs, tf.data.Dataset | None] | None = None
         self.features: tuple[np.ndarray, np.ndarray] | None = None
         self.reused = False
 
@@ -453,30 +659,27 @@ class _FrozenFeatures:
                 raise TrainingStopped()
 
         # In order, unshuffled: the features are shuffled as the pixels would have been.
-        parts = [extractor.extract(self.splits.train.pixels(self.spec, None), check)]
+        parts = [extractor.extract(self.splits.train.pixels(self.spec), check)]
         if self.splits.validation_pixels is not None:
             parts.append(extractor.extract(self.splits.validation_pixels, check))
         return np.concatenate(parts)
 
-    def _datasets(
-        self, extractor: FeatureExtractor
-    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    def _datasets(self, extractor: FeatureExtractor) -> tuple[_Epochs, tf.data.Dataset | None]:
         features, self.reused = cached_or_extracted(
             self.store, self.key, self.ids, lambda: self._extract(extractor)
         )
         if self.key is not None:  # the untouched backbone's: worth a label review
             self.features = (self.splits.positions, features)
-        batch_size = self.spec.training.batch_size
-
-        def batches(rows: np.ndarray, split: _Split, seed: int | None) -> tf.data.Dataset:
-            dataset = tf.data.Dataset.from_tensor_slices((rows, *split.targets))
-            return _batched(dataset, len(rows), batch_size, seed).prefetch(tf.data.AUTOTUNE)
-
+        training = self.spec.training
         count = len(self.splits.train)
-        train_set = batches(features[:count], self.splits.train, self.spec.training.seed)
+        rows = (features[:count], *self.splits.train.targets)
+        elements = tf.data.Dataset.from_tensor_slices(rows)
+        train_set = _Epochs(elements, count, training.batch_size, training.seed, pixels=False)
         if self.splits.validation_pixels is None:
             return train_set, None
-        return train_set, batches(features[count:], self.splits.validation, None)
+        validation = (features[count:], *self.splits.validation.targets)
+        val_set = tf.data.Dataset.from_tensor_slices(validation).batch(training.batch_size)
+        return train_set, val_set.prefetch(tf.data.AUTOTUNE)
 
 
 def _fit_stage(
@@ -485,41 +688,58 @@ def _fit_stage(
     training: TrainingSpec,
     progress: _ProgressCallback,
     seconds: dict[str, float],
+    saver: _Checkpoints | None,
+    resumed: checkpoint.Checkpoint | None,
 ) -> None:
-    """Compile and fit one stage, its epochs numbered on from the stages before it."""
+    """Compile and fit one stage, its epochs numbered on from the stages before it; from a
+    checkpoint taken within it, with its optimizer and early stopping as they were."""
     compile_for_stage(inputs.model, stage, training)
-    callbacks = _callbacks(training, progress)
+    early_state = resumed.state.early_stopping if resumed is not None else None
+    if resumed is not None and resumed.optimizer:
+        inputs.model.optimizer.build(inputs.model.trainable_variables)
+        restore(inputs.model.optimizer.variables, resumed.optimizer)
+    if early_state is not None and early_state["stopped"]:  # it had stopped the stage
+        if resumed is not None and resumed.best:
+            inputs.model.set_weights(resumed.best)
+        return
+    early = None
+    if training.early_stopping is not None:
+        early = _EarlyStopping(
+            (early_state, resumed.best) if early_state is not None and resumed else None,
+            monitor=training.early_stopping.monitor,
+            patience=training.early_stopping.patience,
+            min_delta=training.early_stopping.min_delta,
+            restore_best_weights=True,
+        )
+    # Early stopping first: its verdict on an epoch is in the checkpoint written with it.
+    callbacks: list[keras.callbacks.Callback] = [*([early] if early else []), progress]
+    if saver is not None:
+        progress.on_recorded = partial(
+            saver.write,
+            stage.number,
+            progress.history,
+            done=False,
+            fitting=inputs.model,
+            early=early,
+        )
     progress.stage = stage.number
-    done = len(progress.history)
+    done = len(progress.history)  # resumed within the stage: some of its epochs among them
+    end = stage.epochs + sum(1 for row in progress.history if row["stage"] < stage.number)
     clock = time.perf_counter()
     inputs.model.fit(
-        inputs.train,
+        inputs.train.batches(done, end),
+        steps_per_epoch=inputs.train.steps,
         validation_data=inputs.validation,
         initial_epoch=done,
-        epochs=done + stage.epochs,
+        epochs=end,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, by the seed
         verbose=0,
     )
+    progress.on_recorded = None
     seconds["fit"] += time.perf_counter() - clock
     if progress.stopped:
         raise TrainingStopped()
-
-
-def _callbacks(
-    training: TrainingSpec, progress: _ProgressCallback
-) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [progress]
-    if training.early_stopping is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=training.early_stopping.monitor,
-                patience=training.early_stopping.patience,
-                min_delta=training.early_stopping.min_delta,
-                restore_best_weights=True,
-            )
-        )
-    return callbacks
 
 
 def _final_metrics(

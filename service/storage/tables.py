@@ -110,7 +110,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    # "train" (spec: a JobSpec) or "advice" (spec: an AdviceRequest); one queue for both.
+    # "train", "advice", "export" or "predict" (service/jobs.py): one queue for all.
     kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
@@ -128,8 +128,51 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Accelerators the job asks for: a worker with fewer never claims it.
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Where the job's end is announced (a signed POST), if anywhere.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
 
     model: Mapped[TrainedModel | None] = relationship(back_populates="job", lazy="raise")
+
+
+class WorkerRow(Base):
+    """A worker process as it said it was: its devices, and its latest heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the lease owner's name
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # [{"kind": "GPU", "name": "/physical_device:GPU:0", "memory_bytes": …}, …]
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    gpus: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the host's RAM
+    job_id: Mapped[str | None] = mapped_column(String(32))  # the job it runs now
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One announcement of a job's end to its webhook URL, and how delivering it went."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)  # the body POSTed
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Every attempt: {"at", "status_code" | null, "error" | null, "seconds"}.
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TrainedModel(Base):

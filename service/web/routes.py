@@ -30,6 +30,7 @@ from service import (
     registry,
     reports,
     weights_files,
+    workers,
 )
 from service.api.auth import (
     COOKIE,
@@ -168,13 +169,19 @@ def logout() -> Response:
 
 
 @pages.get("", response_class=HTMLResponse)
-def home(request: Request, session: SessionDep) -> HTMLResponse:
+def home(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     return page(
         request,
         "home.html",
         datasets=datasets.list_datasets(session, Page(limit=5)).rows,
         jobs=jobs.list_jobs(session, Page(limit=5)).rows,
         models=models.list_models(session, Page(limit=5)).rows,
+        # The workers' section: what GET /workers lists, the stopped ones left out.
+        workers=[
+            view
+            for view in workers.list_workers(session, lease_seconds=settings.lease_seconds)
+            if view.status != workers.WorkerStatus.STOPPED
+        ],
     )
 
 

@@ -13,6 +13,7 @@ from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.datasets import upload_limits
 from service.predictions import BatchRequest, ResultFormat
 from service.schemas import BatchPredictionRead
+from service.spec import WEBHOOK_DESCRIPTION, WebhookUrl
 from service.storage.tables import BatchPrediction, Job
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
@@ -82,6 +83,7 @@ def create_batch(
     ] = False,
     dataset_id: Annotated[str | None, Form(max_length=32)] = None,
     file: Annotated[UploadFile | None, File(description="A .zip of images")] = None,
+    webhook_url: Annotated[WebhookUrl | None, Form(description=WEBHOOK_DESCRIPTION)] = None,
 ) -> BatchPredictionRead:
     request = BatchRequest(
         model=registry.reference(model_id=model_id, name=name, version=version, alias=alias),
@@ -90,6 +92,7 @@ def create_batch(
         dataset_id=dataset_id,
         archive=file.file.read() if file is not None else None,
         filename=(file.filename or "images.zip") if file is not None else None,
+        webhook_url=str(webhook_url) if webhook_url is not None else None,
     )
     record = predictions.request_batch(session, request, upload_limits(settings))
     return batch_read(*predictions.get_batch(session, record.id))
