@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         32 * MiB, gt=0, description="Largest single image, in a zip or sent to /predict."
     )
     max_dataset_files: int = Field(200_000, gt=0, description="Most members in one zip.")
+    # -- server-side dataset import (service/imports.py) --
+    import_root: Path | None = Field(
+        None,
+        description="The directory POST /datasets/import may read class folders from (only "
+        "inside it, symlinks that leave it refused). Empty: import is off.",
+    )
     max_predict_bytes: int = Field(64 * MiB, gt=0, description="Largest /predict body.")
     max_predict_files: int = Field(64, gt=0, description="Most images in one /predict.")
     max_weights_bytes: int = Field(

@@ -1,19 +1,29 @@
-"""Datasets: create one from an uploaded zip, list, read, delete; list its images and read
-one (or a thumbnail of it). The API and the console both call these; neither touches the
-tables for it."""
+"""Datasets: create one from an uploaded zip, add a zip's images to one, list, read, delete;
+list its images and read one (or a thumbnail of it). The API and the console both call
+these; neither touches the tables for it."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, load_only
 
 from service import jobs, metrics
 from service.config import Settings
-from service.ingest import BadArchive, Limits, read_image_zip
+from service.ingest import (
+    BadArchive,
+    Limits,
+    Planned,
+    count_labels,
+    open_zip,
+    require_classes,
+    scan_zip,
+    zip_images,
+)
 from service.ml.images import UndecodableImage, thumbnail
 from service.problems import BadContent, Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
@@ -23,6 +33,12 @@ from service.storage.tables import Dataset, DatasetImage, new_id
 # sending it to the database would fail there rather than answer "no such image".
 MAX_IMAGE_ID = 2**31 - 1
 THUMBNAIL_SIZES = range(16, 1025)  # longer side, px
+# An insert batch ends at whichever comes first: the API's memory during an upload is about
+# one batch, whatever the upload's size.
+BATCH_ROWS = 256
+BATCH_BYTES = 16 << 20
+HASH_CHUNK = 500  # hashes per lookup: well under any database's parameter limit
+DUPLICATE = "already in the dataset (the same bytes)"
 
 # By their first bytes: ingest kept only images that decode as one of these formats.
 _SIGNATURES = (
@@ -45,38 +61,150 @@ def create_dataset(
     session: Session, *, upload: IO[bytes], filename: str | None, name: str | None, limits: Limits
 ) -> Dataset:
     """Read the zip (class folders of images) and store every image; BadContent naming the
-    file when the upload as a whole is refused, and then nothing is stored."""
+    file when the upload as a whole is refused, and then nothing is stored (the request's
+    transaction rolls back the rows already flushed)."""
     try:
-        archive = read_image_zip(upload, limits)
+        with open_zip(upload) as archive:
+            # Pass 1 before the first query: on SQLite a writing session takes the database's
+            # write lock with its first statement, and decoding a large zip takes a while.
+            plan = scan_zip(archive, limits)
+            require_classes(plan.class_counts)
+            dataset = Dataset(
+                id=new_id("d"),
+                name=name or (filename or "dataset").removesuffix(".zip"),
+                num_images=0,
+                classes=[],
+                skipped=plan.skipped,
+            )
+            # A savepoint: a caller that answers the error and commits (the console) still
+            # keeps none of the rows flushed before it.
+            with session.begin_nested():
+                session.add(dataset)
+                session.flush()
+                images = zip_images(archive, plan.images, limits)
+                add_images(session, dataset, plan.images, images)
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None
     metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
-    dataset = Dataset(
-        id=new_id("d"),
-        name=name or (filename or "dataset").removesuffix(".zip"),
-        num_images=len(archive.images),
-        classes=[{"name": label, "count": count} for label, count in archive.class_counts.items()],
-        skipped=archive.skipped,
-    )
-    session.add(dataset)
-    session.flush()
-    session.add_all(
-        DatasetImage(
-            dataset_id=dataset.id,
-            label=image.label,
-            filename=image.filename,
-            data=image.data,
-            size_bytes=len(image.data),
-            sha256=image.facts.sha256,
-            phash=image.facts.phash,
-            width=image.facts.width,
-            height=image.facts.height,
-            mode=image.facts.mode,
-        )
-        for image in archive.images
-    )
-    session.flush()
     return dataset
+
+
+@dataclass
+class Appended:
+    """What an append did: the dataset as it is now, what it added, what it skipped."""
+
+    dataset: Dataset
+    added: dict[str, int]
+    skipped: list[dict[str, str]]
+
+
+def append_images(
+    session: Session, dataset_id: str, *, upload: IO[bytes], filename: str | None, limits: Limits
+) -> Appended:
+    """Add a zip's images to a dataset: the same checks and skip reasons as creation, classes
+    merged, counts updated. An image whose bytes the dataset (or this zip, earlier in path
+    order) already holds is skipped as a duplicate, so a part that failed can be sent again.
+    Conflict while a queued or running job uses the dataset: it trains on what it was
+    created with, and appending under it would change its split half-way."""
+    try:
+        with open_zip(upload) as archive:
+            plan = scan_zip(archive, limits)  # before the first query: see create_dataset
+            require_classes(plan.class_counts, at_least=1)
+            dataset = locked_dataset(session, dataset_id)
+            jobs.ensure_unused(session, dataset)
+            new, duplicates = unseen_images(session, dataset.id, plan.images)
+            with session.begin_nested():  # as in create_dataset: all of it or none
+                add_images(session, dataset, new, zip_images(archive, new, limits))
+    except BadArchive as error:
+        raise BadContent(f"{filename or 'file'}: {error}") from None
+    metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
+    dataset.skipped = [*dataset.skipped, *plan.skipped]
+    session.flush()
+    return Appended(dataset, count_labels(image.label for image in new), plan.skipped + duplicates)
+
+
+def locked_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset, its row locked on PostgreSQL until the transaction ends: two appends at
+    once would otherwise both miss each other's images and both count from the same
+    classes. (SQLite's writing session already holds the database's write lock.)"""
+    dataset = session.get(Dataset, dataset_id, with_for_update=True)
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return dataset
+
+
+def unseen_images(
+    session: Session, dataset_id: str, images: list[Planned]
+) -> tuple[list[Planned], list[dict[str, str]]]:
+    """The images whose bytes are new to the dataset and to the upload, and the others as
+    skipped files. Looked up by hash a chunk at a time (ix_dataset_images_dataset_id_sha256)."""
+    known: set[str] = set()
+    hashes = sorted({image.facts.sha256 for image in images})
+    for start in range(0, len(hashes), HASH_CHUNK):
+        chunk = hashes[start : start + HASH_CHUNK]
+        known.update(
+            value
+            for value in session.scalars(
+                select(DatasetImage.sha256).where(
+                    DatasetImage.dataset_id == dataset_id, DatasetImage.sha256.in_(chunk)
+                )
+            )
+            if value is not None
+        )
+    new: list[Planned] = []
+    duplicates: list[dict[str, str]] = []
+    for image in images:
+        if image.facts.sha256 in known:
+            duplicates.append({"path": image.path, "reason": DUPLICATE})
+        else:
+            known.add(image.facts.sha256)
+            new.append(image)
+    return new, duplicates
+
+
+def add_images(
+    session: Session,
+    dataset: Dataset,
+    images: list[Planned],
+    contents: Iterable[tuple[Planned, bytes]],
+) -> None:
+    """Insert `contents` (the bytes of `images`, read one at a time) in bounded batches, and
+    count `images` into the dataset's classes. Batches are plain INSERTs: no ORM object keeps
+    an image's bytes once its batch is sent, so memory stays flat whatever the dataset's
+    size. Nothing is committed here: the caller's transaction keeps all or nothing."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for image, data in contents:
+        batch.append(_row(dataset.id, image, data))
+        size += len(data)
+        if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+            session.execute(insert(DatasetImage), batch)
+            batch, size = [], 0
+    if batch:
+        session.execute(insert(DatasetImage), batch)
+    counts = {entry["name"]: entry["count"] for entry in dataset.classes}
+    for label, count in count_labels(image.label for image in images).items():
+        counts[label] = counts.get(label, 0) + count
+    # A new list, not the old one changed in place: the JSON column sees an assignment.
+    dataset.classes = [{"name": label, "count": counts[label]} for label in sorted(counts)]
+    dataset.num_images = sum(counts.values())
+    session.flush()
+
+
+def _row(dataset_id: str, image: Planned, data: bytes) -> dict[str, Any]:
+    facts = image.facts
+    return {
+        "dataset_id": dataset_id,
+        "label": image.label,
+        "filename": image.filename,
+        "data": data,
+        "size_bytes": len(data),
+        "sha256": facts.sha256,
+        "phash": facts.phash,
+        "width": facts.width,
+        "height": facts.height,
+        "mode": facts.mode,
+    }
 
 
 def list_datasets(session: Session, page: Page) -> PageOf[Dataset]:

@@ -2,14 +2,21 @@
 
 No database and no HTTP here: it returns the images, or raises `BadArchive` saying why the
 whole upload is refused. Files that are not images are skipped and listed, not fatal.
+
+Two passes keep memory flat whatever the zip's size: `scan_zip` reads and decodes every
+member once and keeps only its verdict (path, facts, or why it is skipped), because the
+class-folder layout is decided by all image paths; `zip_images` then reads the kept images
+again one at a time for the caller to store in bounded batches (service/datasets.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from service.ml.images import PHASH_SIDE, ImageFacts, UndecodableImage, decode, image_facts
 
@@ -49,10 +56,7 @@ class Archive:
 
     @property
     def class_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for image in self.images:
-            counts[image.label] = counts.get(image.label, 0) + 1
-        return dict(sorted(counts.items()))
+        return count_labels(image.label for image in self.images)
 
 
 def member_parts(name: str) -> tuple[str, ...]:
@@ -146,76 +150,150 @@ def read_capped(
 
 
 @dataclass(frozen=True)
-class _Member:
-    """One file of the zip, read: its bytes and facts if they decode as an image, else why not."""
+class Checked:
+    """Pass 1's verdict on one file: its facts if it decodes as an image, else why not.
 
-    info: zipfile.ZipInfo
+    `key` is what pass 2 reads again (a zip member's ZipInfo, a file's Path); the bytes are
+    not kept, so a scan's memory grows with the number of files, not their size.
+    """
+
+    key: Any
+    path: str
     parts: tuple[str, ...]
-    data: bytes | None = None
     facts: ImageFacts | None = None
     reason: str = ""
 
 
-def _read_member(
-    archive: zipfile.ZipFile, entry: Entry, limits: Limits, inflated: Inflated
-) -> _Member:
-    info, parts = entry
-    try:
-        data = read_capped(archive, info, limits.max_image_bytes, inflated)
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
-        return _Member(info, parts, reason=f"corrupt entry: {error}")
+@dataclass(frozen=True)
+class Planned:
+    """An image to store: where to read it again, its class, its name and its facts."""
+
+    key: Any
+    path: str
+    label: str
+    filename: str
+    facts: ImageFacts
+
+
+@dataclass
+class Plan:
+    """The images of an upload or a directory, decided but not read: pass 2 reads them."""
+
+    images: list[Planned] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        return count_labels(image.label for image in self.images)
+
+
+def count_labels(labels: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_image(data: bytes | None, cap: int) -> tuple[ImageFacts | None, str]:
+    """The facts of bytes that decode as an image, or why they are skipped."""
     if data is None:
-        return _Member(
-            info, parts, reason=f"larger than the {limits.max_image_bytes}-byte image limit"
-        )
+        return None, f"larger than the {cap}-byte image limit"
     try:
         # The name says nothing: a JPEG called .png is an image, a .jpg may not be.
         # Reduced to the hash's size: a JPEG's every byte is still decoded, so a truncated or
         # corrupt one is refused as at full size, at a fraction of a photo's full decode.
         image = decode(data, reduce_to=PHASH_SIDE)
     except UndecodableImage as error:
-        return _Member(info, parts, reason=str(error))
+        return None, str(error)
     # Measured from this decode: the health report's facts cost no second one.
-    return _Member(info, parts, data=data, facts=image_facts(data, image))
+    return image_facts(data, image), ""
 
 
-def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
-    """The images by class folder, and every other file with the reason it was skipped.
+def _check_member(
+    archive: zipfile.ZipFile, entry: Entry, limits: Limits, inflated: Inflated
+) -> Checked:
+    info, parts = entry
+    try:
+        data = read_capped(archive, info, limits.max_image_bytes, inflated)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+        return Checked(info, info.filename, parts, reason=f"corrupt entry: {error}")
+    facts, reason = check_image(data, limits.max_image_bytes)
+    return Checked(info, info.filename, parts, facts, reason)
+
+
+def plan_images(checked: Iterable[Checked]) -> Plan:
+    """Class folders decided by every image's path (`class_folder_depth`); the rest skipped."""
+    members = list(checked)
+    depth = class_folder_depth([member.parts for member in members if member.facts is not None])
+    plan = Plan()
+    for member in members:
+        inside = member.parts[depth:]
+        if member.facts is None:
+            plan.skipped.append({"path": member.path, "reason": member.reason})
+        elif len(inside) < 2:
+            plan.skipped.append({"path": member.path, "reason": "not inside a class folder"})
+        else:
+            plan.images.append(
+                Planned(member.key, member.path, inside[0], "/".join(inside), member.facts)
+            )
+    return plan
+
+
+def open_zip(file: IO[bytes]) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise BadArchive("file is not a zip archive") from None
+
+
+def scan_zip(archive: zipfile.ZipFile, limits: Limits) -> Plan:
+    """Pass 1: every file read and decoded once, only its verdict kept.
 
     Every file is read and decoded before the layout is decided, so every byte the zip
     inflates to counts against the limits, wherever in the zip it lies.
     """
-    try:
-        archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise BadArchive("file is not a zip archive") from None
     inflated = Inflated(limits.max_total_bytes)
-    with archive:
-        members = [
-            _read_member(archive, entry, limits, inflated)
-            for entry in archive_files(archive, limits)
+    return plan_images(
+        _check_member(archive, entry, limits, inflated) for entry in archive_files(archive, limits)
+    )
+
+
+def zip_images(
+    archive: zipfile.ZipFile, images: Iterable[Planned], limits: Limits
+) -> Iterator[tuple[Planned, bytes]]:
+    """Pass 2: each planned image's bytes, read again one at a time. BadArchive if a member
+    no longer reads as it did in pass 1 (its hash is checked): never store unchecked bytes."""
+    inflated = Inflated(limits.max_total_bytes)
+    for image in images:
+        try:
+            data = read_capped(archive, image.key, limits.max_image_bytes, inflated)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+            raise BadArchive(f"{image.path!r} could not be read again: {error}") from None
+        yield image, verified(image, data)
+
+
+def verified(image: Planned, data: bytes | None) -> bytes:
+    if data is None or hashlib.sha256(data).hexdigest() != image.facts.sha256:
+        raise BadArchive(f"{image.path!r} changed while it was being read")
+    return data
+
+
+def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
+    """The images by class folder (their bytes in memory: for small zips and tests; the
+    service stores uploads with `scan_zip` and `zip_images`, one image at a time), and every
+    other file with the reason it was skipped."""
+    with open_zip(file) as archive:
+        plan = scan_zip(archive, limits)
+        require_classes(plan.class_counts)
+        images = [
+            ArchiveImage(image.label, image.filename, data, image.facts)
+            for image, data in zip_images(archive, plan.images, limits)
         ]
-    depth = class_folder_depth([member.parts for member in members if member.data is not None])
-    result = Archive()
-    for member in members:
-        inside = member.parts[depth:]
-        if member.data is None or member.facts is None:
-            result.skipped.append({"path": member.info.filename, "reason": member.reason})
-        elif len(inside) < 2:
-            result.skipped.append(
-                {"path": member.info.filename, "reason": "not inside a class folder"}
-            )
-        else:
-            result.images.append(
-                ArchiveImage(inside[0], "/".join(inside), member.data, member.facts)
-            )
-    _require_classes(result)
-    return result
+    return Archive(images, plan.skipped)
 
 
-def _require_classes(result: Archive) -> None:
-    classes = result.class_counts
-    if len(classes) < 2:
+def require_classes(classes: dict[str, int], at_least: int = 2) -> None:
+    if len(classes) < at_least:
         found = ", ".join(f"{name!r}" for name in classes) or "none"
         raise BadArchive(
             "a dataset needs at least 2 class folders with images "

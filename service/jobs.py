@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, object_session
 
 from service import webhooks
 from service.problems import Conflict, Invalid, NotFound, Problem
-from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, JobSpec
+from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, ImportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
@@ -60,7 +60,7 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec, BatchPredictionSpec)
+SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec, BatchPredictionSpec, ImportSpec)
 
 
 class JobKind(StrEnum):
@@ -68,6 +68,7 @@ class JobKind(StrEnum):
     ADVICE = "advice"
     EXPORT = "export"
     PREDICT = "predict"
+    IMPORT = "import"  # a server-side directory into a dataset (service/imports.py)
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -280,11 +281,27 @@ def enqueue_prediction(session: Session, spec: BatchPredictionSpec, model: Train
     return _queue(session, JobKind.PREDICT, name, spec, spec.dataset_id)
 
 
+# -- server-side import (service/imports.py) ----------------------------------------------
+
+
+def enqueue_import(session: Session, spec: ImportSpec, folder: str) -> Job:
+    """A new queued import job. Growing a dataset, it holds it like a training job does (no
+    append, delete or other import under it); creating one, its `dataset_id` is set when
+    the dataset is stored, in the transaction that marks the job succeeded."""
+    return _queue(session, JobKind.IMPORT, f"import-{folder}"[:200], spec, spec.dataset_id)
+
+
+def complete_import(db: Database, claim: Claim, store: Callable[[Session], None]) -> bool:
+    """Store the imported images and the job's success in one transaction; False (and
+    nothing stored) when the lease is no longer this worker's."""
+    return _complete(db, claim, store)
+
+
 def _queue(
     session: Session,
     kind: JobKind,
     name: str,
-    spec: JobSpec | AdviceSpec | ExportSpec | BatchPredictionSpec,
+    spec: JobSpec | AdviceSpec | ExportSpec | BatchPredictionSpec | ImportSpec,
     dataset_id: str | None,
     *,
     gpus: int = 0,

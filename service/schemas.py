@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.jobs import JobKind, JobStatus
-from service.spec import AdviceRequest, AdviceSpec, ExportFormat, ExportSpec, JobSpec
+from service.spec import (
+    AdviceRequest,
+    AdviceSpec,
+    ExportFormat,
+    ExportSpec,
+    ImportSpec,
+    JobSpec,
+)
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -103,6 +110,26 @@ class DatasetRead(BaseModel):
     classes: list[ClassCount]
     skipped: list[SkippedFile]
     created_at: datetime
+
+
+class DatasetImagesAdded(BaseModel):
+    """What POST /datasets/{dataset_id}/images answers."""
+
+    model_config = _example(
+        {
+            "dataset": DatasetRead.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+            "added": [{"name": "cats", "count": 12}, {"name": "birds", "count": 30}],
+            "skipped": [
+                {"path": "cats/001.jpg", "reason": "already in the dataset (the same bytes)"}
+            ],
+        }
+    )
+    dataset: DatasetRead = Field(description="The dataset with the images added.")
+    added: list[ClassCount] = Field(description="Images added, per class.")
+    skipped: list[SkippedFile] = Field(
+        description="Files of this zip not added, and why: not an image, outside a class "
+        "folder, or already in the dataset (so a part can safely be sent again)."
+    )
 
 
 class DatasetImageRead(BaseModel):
@@ -355,6 +382,7 @@ class JobRead(BaseModel):
             ],
             "error": None,
             "model_id": None,
+            "dataset_id": "d_0123456789abcdef",
             "attempts": 1,
             "created_at": "2026-11-28T12:00:00Z",
             "started_at": "2026-11-28T12:00:01Z",
@@ -366,7 +394,9 @@ class JobRead(BaseModel):
         description='"train": trains a model (spec: the job spec); "advice": measures a '
         "dataset for POST /datasets/{dataset_id}/advice (spec: the advice request and "
         'dataset_id); "export": converts a model for POST /models/{model_id}/exports (spec: '
-        "model_id and format). GET /jobs lists one kind at a time."
+        'model_id and format); "import": reads a server-side folder into a dataset for POST '
+        "/datasets/import (spec: the request and the resolved directory). GET /jobs lists one "
+        "kind at a time."
     )
     name: str
     status: JobStatus
@@ -380,6 +410,7 @@ class JobRead(BaseModel):
                     inline_schema(JobSpec),
                     inline_schema(AdviceSpec),
                     inline_schema(ExportSpec),
+                    inline_schema(ImportSpec),
                 ]
             }
         ),
@@ -390,6 +421,10 @@ class JobRead(BaseModel):
     )
     error: str | None
     model_id: str | None
+    dataset_id: str | None = Field(
+        description="The dataset it reads; an import's is set when it succeeds: the dataset "
+        "it created or grew."
+    )
     attempts: int
     created_at: datetime
     started_at: datetime | None

@@ -280,6 +280,7 @@ class Worker:
                     jobs.JobKind.ADVICE: self._advise,
                     jobs.JobKind.EXPORT: self._export,
                     jobs.JobKind.PREDICT: self._predict,
+                    jobs.JobKind.IMPORT: self._import,
                 }
                 outcome = run.get(claim.kind, self._train)(claim, monitor)
             except TrainingStopped:
@@ -485,6 +486,32 @@ class Worker:
             summary=writer.summary(time.monotonic() - started),
         )
         return Outcome(store, f"{writer.images} images classified with model {model.model_id}")
+
+    def _import(self, claim: jobs.Claim, monitor: JobMonitor) -> Outcome:
+        """Check every file of a server-side folder (pass 1, with progress); what stores the
+        images, re-read, with the job's success (service/imports.py)."""
+        from service import imports
+        from service.datasets import upload_limits
+        from service.ml.train import TrainingStopped
+        from service.spec import ImportSpec
+
+        spec = jobs.runnable_spec(claim.spec, ImportSpec)
+        limits = upload_limits(self.settings)
+
+        def progress(done: int, total: int) -> None:
+            # The shape every job's progress has (GET /jobs/{id}): one pass, a step per file.
+            monitor.on_progress(
+                {"stage": 1, "stages": 1, "epoch": 1, "epochs": 1, "step": done, "steps": total}
+            )
+
+        plan = imports.scan_directory(
+            spec, self.settings, limits, on_progress=progress, should_stop=monitor.should_stop
+        )
+        monitor.flush()
+        if plan is None or monitor.should_stop():
+            raise TrainingStopped()
+        done = partial(imports.finish_import, self.db, claim, spec, plan, limits.max_image_bytes)
+        return Outcome(done, f"{len(plan.images)} images imported from {spec.path}")
 
     def _models(self) -> Any:
         """The worker's own cache of loaded models for batch prediction (unpacked in a scratch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -116,9 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+APPEND = re.compile(r"(/console)?/datasets/[^/]+/images")
+
+
 def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path takes: uploads have their settings, the console's too."""
     if path in ("/datasets", "/console/datasets", "/predictions", "/console/predictions"):
+        return settings.max_dataset_bytes
+    if APPEND.fullmatch(path):  # images added to a dataset: a dataset's upload in parts
         return settings.max_dataset_bytes
     if path == "/predict" or path.startswith("/v1/models/"):
         return settings.max_predict_bytes

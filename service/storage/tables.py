@@ -84,6 +84,8 @@ class Dataset(Base):
 
 class DatasetImage(Base):
     __tablename__ = "dataset_images"
+    # Appends skip images the dataset already holds, looked up by hash (service/datasets.py).
+    __table_args__ = (Index("ix_dataset_images_dataset_id_sha256", "dataset_id", "sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset_id: Mapped[str] = mapped_column(

@@ -24,6 +24,7 @@ from service import (
     advice,
     datasets,
     exports,
+    imports,
     jobs,
     models,
     predictions,
@@ -46,7 +47,7 @@ from service.jobs import JobKind, JobStatus
 from service.problems import Conflict, Problem
 from service.schemas import AdviceResult, DatasetReport
 from service.serving import Image, ServingError
-from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, JobSpec
+from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, ImportRequest, JobSpec
 from service.storage.pages import Page
 from service.web.forms import (
     SplitQuery,
@@ -186,9 +187,12 @@ def home(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLRe
 
 
 @pages.get("/datasets", response_class=HTMLResponse)
-def dataset_list(request: Request, session: SessionDep, cursor: str | None = None) -> HTMLResponse:
+def dataset_list(
+    request: Request, session: SessionDep, settings: SettingsDep, cursor: str | None = None
+) -> HTMLResponse:
     listed = datasets.list_datasets(session, Page(limit=25, cursor=cursor))
-    return page(request, "datasets.html", page_of=listed)
+    importing = settings.import_root is not None  # the import form only where it can work
+    return page(request, "datasets.html", page_of=listed, importing=importing)
 
 
 @writes.post("/datasets", response_class=HTMLResponse)
@@ -210,6 +214,41 @@ def dataset_upload(
     except Problem as problem:
         return page(request, "partials/error.html", 400, message=str(problem))
     return Response(status_code=201, headers={"X-Location": f"/console/datasets/{dataset.id}"})
+
+
+@writes.post("/datasets/import", response_class=HTMLResponse)
+def dataset_import(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    path: Annotated[str, Form(max_length=4000)],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> Response:
+    """Queue a server-side import (service/imports.py) and show its job's page."""
+    try:
+        body = ImportRequest(path=path, name=name or None)
+        job = imports.submit_import(session, settings, body)
+    except (ValidationError, Problem) as error:
+        return _failed(request, error)
+    return _redirect_to_job(job.id)
+
+
+@writes.post("/datasets/{dataset_id}/images", response_class=HTMLResponse)
+def dataset_add_images(
+    request: Request, session: SessionDep, settings: SettingsDep, dataset_id: str, file: UploadFile
+) -> Response:
+    """Append a zip to the dataset (as POST /datasets/{id}/images), then reload its page."""
+    try:
+        datasets.append_images(
+            session,
+            dataset_id,
+            upload=file.file,
+            filename=file.filename,
+            limits=datasets.upload_limits(settings),
+        )
+    except Problem as problem:  # nothing of the zip was kept: append_images' savepoint
+        return page(request, "partials/error.html", status_of(problem), message=str(problem))
+    return Response(status_code=201, headers={"X-Location": f"/console/datasets/{dataset_id}"})
 
 
 @pages.get("/datasets/{dataset_id}", response_class=HTMLResponse)

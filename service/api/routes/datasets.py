@@ -5,12 +5,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import datasets, reports
+from service import datasets, imports, reports
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import DatasetImageRead, DatasetRead, DatasetReport
+from service.schemas import (
+    ClassCount,
+    DatasetImageRead,
+    DatasetImagesAdded,
+    DatasetRead,
+    DatasetReport,
+    JobRead,
+    SkippedFile,
+)
+from service.spec import ImportRequest
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
-from service.storage.tables import Dataset, DatasetImage
+from service.storage.tables import Dataset, DatasetImage, Job
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -40,6 +49,72 @@ def create_dataset(
     return datasets.create_dataset(
         session, upload=file.file, filename=file.filename, name=name, limits=limits
     )
+
+
+@router.post(
+    "/{dataset_id}/images",
+    response_model=DatasetImagesAdded,
+    summary="Add a zip of class folders to a dataset",
+    description="The same checks and skip reasons as creating one; classes merge. An image "
+    "whose bytes the dataset already holds is skipped (`already in the dataset`), so a large "
+    "dataset can be sent in parts and a failed part sent again. Nothing is stored when the "
+    "zip as a whole is refused.",
+    responses={
+        **NOT_FOUND,
+        400: {"description": "Not a zip, no image in a class folder, or an unsafe member path"},
+        409: {"description": "A queued or running job uses the dataset"},
+        413: {"description": "Over the upload size limit"},
+    },
+)
+def add_images(
+    session: SessionDep,
+    settings: SettingsDep,
+    dataset_id: str,
+    file: Annotated[UploadFile, File(description="A .zip: one folder per class, images inside")],
+) -> DatasetImagesAdded:
+    appended = datasets.append_images(
+        session,
+        dataset_id,
+        upload=file.file,
+        filename=file.filename,
+        limits=datasets.upload_limits(settings),
+    )
+    return added_read(appended)
+
+
+def added_read(appended: datasets.Appended) -> DatasetImagesAdded:
+    return DatasetImagesAdded(
+        dataset=DatasetRead.model_validate(appended.dataset),
+        added=[ClassCount(name=name, count=count) for name, count in appended.added.items()],
+        skipped=[SkippedFile(**entry) for entry in appended.skipped],
+    )
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Import a folder of class folders on the service's host, as a job",
+    description="`path` is a directory under IMPORT_ROOT; nothing outside it is read "
+    "(symlinks leading out are skipped). The worker checks every file (the job's progress: "
+    "a step per file), then stores the images and sets the job's `dataset_id`. With "
+    "`dataset_id` the images are added to that dataset, duplicates skipped.",
+    responses={
+        404: {"description": "Unknown dataset (`dataset_id`)"},
+        409: {"description": "Import is off (no IMPORT_ROOT), or a job uses the dataset"},
+        422: {"description": "The path is outside IMPORT_ROOT or not a directory"},
+    },
+)
+def import_dataset(
+    session: SessionDep, settings: SettingsDep, response: Response, body: ImportRequest
+) -> JobRead:
+    job = imports.submit_import(session, settings, body)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return JobRead.model_validate({**_job_fields(job), "model_id": None})
+
+
+def _job_fields(job: Job) -> dict[str, object]:
+    return {name: getattr(job, name) for name in JobRead.model_fields if name != "model_id"}
 
 
 @router.get(

@@ -1,0 +1,211 @@
+"""Server-side import: a directory of class folders on the service's host becomes a dataset
+(or grows one), for data that never passes through HTTP.
+
+The API checks the path and queues a job of kind "import" (`submit_import`); the worker
+reads the directory in the two passes of an upload (service/ingest.py): `scan_directory`
+decodes every file once and keeps only its verdict, reporting progress; `store_import` then
+reads the kept images again and inserts them in bounded batches in the one transaction that
+marks the job succeeded, so a failed or cancelled import leaves nothing behind.
+
+Nothing outside IMPORT_ROOT is read: the requested directory is resolved (every symlink
+followed) and must lie inside the root's real path; inside it, a symlinked folder is not
+followed and a symlinked file is read only when its target lies inside the root too, and
+files are opened without following a link at the last step (O_NOFOLLOW).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy.orm import Session
+
+from service import datasets, jobs
+from service.config import Settings
+from service.ingest import (
+    BadArchive,
+    Checked,
+    Limits,
+    Plan,
+    Planned,
+    check_image,
+    is_os_junk,
+    plan_images,
+    require_classes,
+    verified,
+)
+from service.problems import BadContent, Conflict, Invalid
+from service.spec import ImportRequest, ImportSpec
+from service.storage.db import Database
+from service.storage.tables import Dataset, Job, new_id
+
+log = logging.getLogger("service.imports")
+
+OFF = "server-side import is off: the operator allows it by setting IMPORT_ROOT"
+LINK_OUT = "a symbolic link to outside IMPORT_ROOT"
+LINKED_FOLDER = "a symbolically linked folder: not followed"
+
+
+# -- the API: check the path, queue the job ---------------------------------------------------
+
+
+def import_root(settings: Settings) -> Path:
+    """IMPORT_ROOT's real path; Conflict when import is off or the root is missing."""
+    if settings.import_root is None:
+        raise Conflict(OFF)
+    root = settings.import_root.resolve()
+    if not root.is_dir():
+        raise Conflict(f"IMPORT_ROOT {str(settings.import_root)!r} is not a directory")
+    return root
+
+
+def resolve_directory(root: Path, path: str) -> Path:
+    """The real directory `path` (relative to `root`, or absolute) names; Invalid, naming
+    `path`, for one outside `root` after every symlink is followed, or not a directory."""
+    requested = Path(path)
+    if ".." in requested.parts:
+        raise Invalid(f"{path!r} contains '..'", field=("path",))
+    real = (requested if requested.is_absolute() else root / requested).resolve()
+    if not real.is_relative_to(root):
+        raise Invalid(f"{path!r} is outside IMPORT_ROOT", field=("path",))
+    if not real.is_dir():
+        raise Invalid(f"{path!r} is not a directory under IMPORT_ROOT", field=("path",))
+    return real
+
+
+def submit_import(session: Session, settings: Settings, request: ImportRequest) -> Job:
+    """Queue an import job of the directory the request names. Appending to a dataset that
+    a queued or running job uses is refused (Conflict), as an upload's append is."""
+    directory = resolve_directory(import_root(settings), request.path)
+    if request.dataset_id is not None:
+        jobs.ensure_unused(session, datasets.get_dataset(session, request.dataset_id))
+    spec = ImportSpec(**request.model_dump(), directory=str(directory))
+    return jobs.enqueue_import(session, spec, directory.name)
+
+
+# -- the worker: pass 1, then pass 2 in the job's last transaction -------------------------
+
+
+def list_files(directory: Path, limits: Limits) -> list[tuple[Path, tuple[str, ...]]]:
+    """Every file under `directory` (and every symlinked folder, to skip) in path order."""
+    entries = sorted(_walk(directory), key=lambda entry: entry[1])
+    if len(entries) > limits.max_files:
+        raise BadArchive(f"the folder has {len(entries)} files; the limit is {limits.max_files}")
+    return entries
+
+
+def check_file(root: Path, path: Path, parts: tuple[str, ...], cap: int) -> Checked:
+    """Pass 1's verdict on one file: skipped (with why) when a link leads out of `root` or it
+    is not an image; its key is its real path, which pass 2 reads again."""
+    shown = "/".join(parts)
+    if path.is_symlink() and path.is_dir():
+        return Checked(path, shown, parts, reason=LINKED_FOLDER)
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        return Checked(path, shown, parts, reason=LINK_OUT)
+    facts, reason = check_image(_read(real, cap), cap)
+    return Checked(real, shown, parts, facts, reason)
+
+
+def _walk(directory: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    # followlinks=False: a symlinked folder is listed (to be skipped), never entered.
+    for top, folders, files in os.walk(directory, followlinks=False):
+        here = Path(top)
+        # Never entered: what an OS adds (`.git/`, `__MACOSX/`), as a zip's is left out.
+        folders[:] = [name for name in folders if not is_os_junk((name,))]
+        names = files + [name for name in folders if (here / name).is_symlink()]
+        for name in names:
+            parts = PurePosixPath(here.relative_to(directory).as_posix(), name).parts
+            parts = tuple(part for part in parts if part != ".")
+            if not is_os_junk(parts):
+                yield here / name, parts
+
+
+def _read(path: Path, cap: int) -> bytes | None:
+    """The file's bytes, or None past `cap`; never through a link swapped in since it was
+    resolved (O_NOFOLLOW). An unreadable file reads as empty: it is skipped as no image."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return b""
+    with os.fdopen(descriptor, "rb") as file:
+        data = file.read(cap + 1)
+    return None if len(data) > cap else data
+
+
+def scan_directory(
+    spec: ImportSpec,
+    settings: Settings,
+    limits: Limits,
+    *,
+    on_progress: Callable[[int, int], None],
+    should_stop: Callable[[], bool],
+) -> Plan | None:
+    """Pass 1, reporting (files checked, files found) after each; None when asked to stop.
+    BadContent when the folder as a whole cannot be imported."""
+    root = import_root(settings)
+    directory = resolve_directory(root, spec.path)  # the root may have moved since
+    try:
+        entries = list_files(directory, limits)
+    except BadArchive as error:
+        raise BadContent(f"{spec.path}: {error}") from None
+    checked = []
+    for done, (path, parts) in enumerate(entries, 1):
+        if should_stop():
+            return None
+        checked.append(check_file(root, path, parts, limits.max_image_bytes))
+        on_progress(done, len(entries))
+    plan = plan_images(checked)
+    try:
+        require_classes(plan.class_counts, at_least=1 if spec.dataset_id else 2)
+    except BadArchive as error:
+        raise BadContent(f"{spec.path}: {error}") from None
+    return plan
+
+
+def read_images(images: Iterable[Planned], cap: int) -> Iterator[tuple[Planned, bytes]]:
+    """Pass 2: each image's bytes again, one at a time; BadArchive if one changed since."""
+    for image in images:
+        yield image, verified(image, _read(image.key, cap))
+
+
+def store_import(
+    session: Session, claim: jobs.Claim, spec: ImportSpec, plan: Plan, *, cap: int
+) -> None:
+    """Create the dataset (or lock the one to grow), insert the images, and record the
+    dataset on the job (`jobs.dataset_id`, so GET /jobs/{id} names it)."""
+    if spec.dataset_id is None:
+        dataset = Dataset(
+            id=new_id("d"),
+            name=spec.name or Path(spec.directory).name or "import",
+            num_images=0,
+            classes=[],
+            skipped=plan.skipped,
+        )
+        session.add(dataset)
+        session.flush()
+        new = plan.images
+    else:
+        dataset = datasets.locked_dataset(session, spec.dataset_id)
+        new, _ = datasets.unseen_images(session, dataset.id, plan.images)
+        dataset.skipped = [*dataset.skipped, *plan.skipped]
+    datasets.add_images(session, dataset, new, read_images(new, cap))
+    job = session.get(Job, claim.job_id)
+    assert job is not None  # the caller just marked it succeeded
+    job.dataset_id = dataset.id
+    session.flush()
+
+
+def finish_import(db: Database, claim: jobs.Claim, spec: ImportSpec, plan: Plan, cap: int) -> bool:
+    """Pass 2 and the job's success in one transaction; False when the lease was lost. A
+    file that changed since pass 1 fails the job instead, with nothing stored."""
+    store = partial(store_import, claim=claim, spec=spec, plan=plan, cap=cap)
+    try:
+        return jobs.complete_import(db, claim, store)
+    except BadArchive as error:  # raised inside the transaction, so it was rolled back
+        log.warning("import job %s failed: %s", claim.job_id, error)
+        jobs.end_job(db, claim, status=jobs.JobStatus.FAILED, error=f"{spec.path}: {error}")
+        return True  # the job's end is stored: nothing left for the worker to do
