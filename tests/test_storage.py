@@ -46,3 +46,25 @@ def test_processes_refuse_a_schema_behind_head(tmp_path: Path, capsys) -> None:
         response = client.get("/readyz")
         assert response.status_code == 503 and "migrate" in response.json()["detail"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_sqlite_rows_keep_their_blobs_last(tmp_path: Path) -> None:
+    """SQLite reads a column after a large value by walking its overflow pages: a migration
+    that adds a column to a table with a blob must move the blob back to the end (see
+    migrations/versions/20261129_0010_blobs_last.py), or reading the row's small columns
+    costs a read of the blob."""
+    from sqlalchemy import LargeBinary
+
+    from service.storage.tables import Base
+
+    database = Database(f"sqlite:///{tmp_path / 'service.db'}")
+    database.upgrade()
+    with database.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            blobs = [c.name for c in table.columns if isinstance(c.type, LargeBinary)]
+            if not blobs:
+                continue
+            rows = connection.exec_driver_sql(f"PRAGMA table_info({table.name})").all()
+            stored = [row[1] for row in rows]
+            assert sorted(stored[-len(blobs) :]) == sorted(blobs), (table.name, stored)
+    database.dispose()
