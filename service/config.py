@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         1024 * MiB, gt=0, description="Largest weights file sent to /weights."
     )
 
+    # -- training datasets larger than memory (service/storage/shards.py) -------------------
+    train_in_memory_bytes: int = Field(
+        1024 * MiB,
+        ge=0,
+        description="A training job reads a dataset of up to this many encoded bytes into "
+        "the worker's memory; a larger one streams from a shard cache the worker builds once "
+        "under <data_dir>/cache/datasets.",
+    )
+
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
     batch_predict_size: int = Field(
         32, ge=1, le=1024, description="Images per model call in a batch prediction job."

@@ -327,7 +327,7 @@ class Worker:
         from service.ml.train import prediction_samples, train
 
         spec = jobs.runnable_spec(claim.spec)
-        data = load_dataset(self.db, spec)
+        data = load_dataset(self.db, spec, self.settings)
         keras.backend.clear_session()
         store = DatabaseFeatureStore(self.db, spec.dataset_id)
         saved = self._resume_point(claim, spec, data)
@@ -571,17 +571,30 @@ class Worker:
         return Outcome(store, f"advice for dataset {spec.dataset_id}")
 
 
-def load_dataset(db: Database, spec: JobSpec) -> Any:
+def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) -> Any:
     """The job's images and labels, after the same reference checks the API made when the
-    job was queued: what it names may have changed since."""
+    job was queued: what it names may have changed since.
+
+    A dataset of up to TRAIN_IN_MEMORY_BYTES encoded bytes (or any, without `settings`) is
+    read into memory in one query; a larger one comes as a `ShardedImages` over this host's
+    shard cache (service/storage/shards.py), built from the database in bounded batches the
+    first time: then only ids, labels and filenames are held here."""
+    from sqlalchemy import func
+
     from service.ml.train import LabelledImages
 
     with db.session() as session:
         dataset = jobs.check_references(session, spec)
         classes = [entry["name"] for entry in dataset.classes]
+        where = DatasetImage.dataset_id == dataset.id
+        total = session.scalar(
+            select(func.coalesce(func.sum(DatasetImage.size_bytes), 0)).where(where)
+        )
+        if settings is not None and total > settings.train_in_memory_bytes:
+            return _streamed_dataset(db, settings, dataset.id, classes)
         rows = session.execute(
             select(DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.data)
-            .where(DatasetImage.dataset_id == dataset.id)
+            .where(where)
             .order_by(DatasetImage.id)
         ).all()
     index = {name: number for number, name in enumerate(classes)}
@@ -590,6 +603,34 @@ def load_dataset(db: Database, spec: JobSpec) -> Any:
         labels=np.array([index[row.label] for row in rows], dtype=np.int32),
         classes=classes,
         ids=[row.id for row in rows],
+        filenames=[row.filename for row in rows],
+    )
+
+
+def _streamed_dataset(db: Database, settings: Settings, dataset_id: str, classes: list[str]) -> Any:
+    """A large dataset's labels and names, its images read from the shard cache."""
+    from service.ml.train import LabelledImages
+    from service.storage import shards
+
+    with db.session() as session:
+        rows = session.execute(
+            select(
+                DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.size_bytes
+            )
+            .where(DatasetImage.dataset_id == dataset_id)
+            .order_by(DatasetImage.id)
+        ).all()
+    # Caches of deleted datasets go first: the disk they hold may be what this one needs.
+    shards.prune_dataset_caches(db, settings.cache_dir)
+    ids = [row.id for row in rows]
+    root = shards.dataset_cache_root(settings.cache_dir)
+    images = shards.dataset_shards(db, root, dataset_id, ids, [row.size_bytes for row in rows])
+    index = {name: number for number, name in enumerate(classes)}
+    return LabelledImages(
+        images=images,
+        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
+        classes=classes,
+        ids=ids,
         filenames=[row.filename for row in rows],
     )
 

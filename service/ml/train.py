@@ -1,5 +1,20 @@
 """Training: the tf.data pipeline, staged fitting with its observer, feature caching for
-frozen backbones, the BN-statistics fix, and the evaluation on the validation split."""
+frozen backbones, the BN-statistics fix, and the evaluation on the validation split.
+
+The images come one of two ways (`LabelledImages.images`), and the model is the same:
+
+- **in memory**, a list of encoded images: they become one string tensor, decoded once and
+  kept decoded (under DECODED_CACHE_BYTES); each epoch shuffles the decoded examples.
+- **streamed**, a `ShardedImages` over the worker's local shard cache (a dataset larger than
+  TRAIN_IN_MEMORY_BYTES; service/storage/shards.py): the examples start as positions in the
+  split, each read from disk and decoded with the same `to_pixels` when the pipeline needs
+  it. Decoded pixels are kept in memory under the same DECODED_CACHE_BYTES bound (then the
+  pipeline is the in-memory one but for where the bytes come from); above it each epoch
+  shuffles the positions, not pixels, before reading and decoding, so the shuffle buffer
+  holds integers. A shuffle's order depends on its seed and the number of elements alone,
+  not on what they are: either way epoch e sees the same images in the same order as the
+  in-memory path, and a job resumed from a checkpoint still ends as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +36,7 @@ from service.ml.calibrate import Calibration, calibrate, not_fitted
 from service.ml.drift import Snapshot, snapshot
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.images import to_pixels
+from service.ml.shards import ShardedImages
 from service.ml.split import stratified_split
 from service.spec import JobSpec, Stage, TrainingSpec
 
@@ -51,9 +67,13 @@ class TrainingStopped(Exception):
     """The observer asked training to stop (cancelled, or the job's lease was lost)."""
 
 
+# A dataset's encoded images: in memory, or read one by one from the local shard cache.
+Images = Sequence[bytes] | ShardedImages
+
+
 @dataclass
 class LabelledImages:
-    images: list[bytes]
+    images: Images
     labels: np.ndarray  # int32 class indices
     classes: list[str]
     # The stored dataset's row of each image, when they came from one: the worker names the
@@ -120,11 +140,21 @@ def _targets(
     return onehot, weights[labels].astype(np.float32)
 
 
+def _decoded_fit(count: int, size: int) -> bool:
+    """Whether `count` images decoded at `size` px may be kept in memory."""
+    return count * size * size * 3 <= DECODED_CACHE_BYTES
+
+
 def decoded_elements(
-    images: Sequence[bytes], targets: tuple[np.ndarray, ...], *, size: int
+    images: Images, targets: tuple[np.ndarray, ...], *, size: int
 ) -> tf.data.Dataset:
     """(uint8 raw pixels, *targets) per image, decoded and resized like /predict; kept in
     memory once decoded when they fit."""
+    if isinstance(images, ShardedImages):
+        dataset = _positions(images, targets).map(
+            _reader(images, size), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return dataset.cache() if _decoded_fit(len(images), size) else dataset
 
     def decode(data: bytes) -> np.ndarray:
         return to_pixels(bytes(data), size)
@@ -135,9 +165,28 @@ def decoded_elements(
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(images), tf.string), *targets))
     dataset = dataset.map(decode_tensor, num_parallel_calls=tf.data.AUTOTUNE)
-    if len(images) * size * size * 3 <= DECODED_CACHE_BYTES:
+    if _decoded_fit(len(images), size):
         dataset = dataset.cache()
     return dataset
+
+
+def _positions(images: ShardedImages, targets: tuple[np.ndarray, ...]) -> tf.data.Dataset:
+    """(position in `images`, *targets) per image: what a streamed pipeline shuffles."""
+    return tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), *targets))
+
+
+def _reader(images: ShardedImages, size: int) -> Callable[..., tuple[tf.Tensor, ...]]:
+    """Maps (position, *targets) to (uint8 pixels, *targets): read from disk, then decoded
+    as the in-memory path decodes."""
+
+    def read(position: np.int64) -> np.ndarray:
+        return to_pixels(images[int(position)], size)
+
+    def read_tensor(position: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        pixels = tf.numpy_function(read, [position], tf.uint8, stateful=False)
+        return (tf.ensure_shape(pixels, (size, size, 3)), *rest)
+
+    return read_tensor
 
 
 def _as_float(pixels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -145,7 +194,7 @@ def _as_float(pixels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
 
 
 def pixel_dataset(
-    images: Sequence[bytes], targets: tuple[np.ndarray, ...], *, size: int, batch_size: int
+    images: Images, targets: tuple[np.ndarray, ...], *, size: int, batch_size: int
 ) -> tf.data.Dataset:
     """Batches of (float32 raw pixels 0–255, *targets) in order."""
     dataset = decoded_elements(images, targets, size=size).batch(batch_size)
@@ -163,6 +212,9 @@ class _Epochs:
     batch_size: int
     seed: int
     pixels: bool  # uint8 pixels, cast to float32 once batched
+    # Streamed and not kept decoded: elements are (position, *targets), each epoch's
+    # shuffled positions then read and decoded by this.
+    decode: Callable[..., tuple[tf.Tensor, ...]] | None = None
 
     @property
     def steps(self) -> int:
@@ -177,7 +229,7 @@ class _Epochs:
             pairs = zip(parts[::2], parts[1::2], strict=False)
             joined = [left.concatenate(right) for left, right in pairs]
             parts = joined + (parts[-1:] if len(parts) % 2 else [])
-        dataset = parts[0] if parts else self.elements.take(0).batch(self.batch_size)
+        dataset = parts[0] if parts else self._read(self.elements.take(0)).batch(self.batch_size)
         if self.pixels:
             dataset = dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
@@ -186,7 +238,12 @@ class _Epochs:
         # Never 0 ("no seed"), not even for the BN statistics pass (epoch -1).
         seed = self.seed * EPOCH_SEED_STRIDE + number + 2
         shuffled = self.elements.shuffle(self.count, seed=seed, reshuffle_each_iteration=False)
-        return shuffled.batch(self.batch_size)
+        return self._read(shuffled).batch(self.batch_size)
+
+    def _read(self, elements: tf.data.Dataset) -> tf.data.Dataset:
+        if self.decode is None:
+            return elements
+        return elements.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -268,7 +325,7 @@ def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) 
 class _Split:
     """One side of the split: its images, their labels, and the targets the model fits."""
 
-    images: list[bytes]
+    images: Images  # the split's own, in the order of `index`
     labels: np.ndarray
     targets: tuple[np.ndarray, ...]
     index: np.ndarray  # positions in the data, ascending
@@ -284,8 +341,12 @@ class _Split:
 
     def epochs(self, spec: JobSpec) -> _Epochs:
         """For fitting: shuffled by the seed, each epoch in its own order."""
-        elements = decoded_elements(self.images, self.targets, size=spec.input_size)
-        batch_size, seed = spec.training.batch_size, spec.training.seed
+        batch_size, seed, size = spec.training.batch_size, spec.training.seed, spec.input_size
+        if isinstance(self.images, ShardedImages) and not _decoded_fit(len(self), size):
+            elements = _positions(self.images, self.targets)
+            decode = _reader(self.images, size)
+            return _Epochs(elements, len(self), batch_size, seed, pixels=True, decode=decode)
+        elements = decoded_elements(self.images, self.targets, size=size)
         return _Epochs(elements, len(self), batch_size, seed, pixels=True)
 
 
@@ -326,13 +387,13 @@ def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
     )
     num_classes = len(data.classes)
     train_split = _Split(
-        [data.images[i] for i in train_index],
+        _subset(data.images, train_index),
         train_labels,
         _targets(train_labels, num_classes, weights),
         train_index,
     )
     val_split = _Split(
-        [data.images[i] for i in val_index],
+        _subset(data.images, val_index),
         val_labels,
         _targets(val_labels, num_classes, None),
         val_index,
@@ -343,6 +404,13 @@ def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
         train_epochs=train_split.epochs(spec),
         validation_pixels=val_split.pixels(spec) if len(val_split) else None,
     )
+
+
+def _subset(images: Images, index: np.ndarray) -> Images:
+    """The images at these positions: copied references in memory, a view of the cache."""
+    if isinstance(images, ShardedImages):
+        return images.subset(index)
+    return [images[i] for i in index]
 
 
 def train(
