@@ -18,9 +18,10 @@ from tests.conftest import Service, colour_images, job_body, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # Largest difference allowed between the 1- and 2-replica runs' losses, and probabilities:
-# the same sums in another order (each replica's half, then their all-reduce), in float32.
-LOSS_TOLERANCE = 1e-4
-PROBABILITY_TOLERANCE = 1e-4
+# the same sums in another order (each replica's half, then their all-reduce), in float32,
+# compounded over the fine-tuning epochs (measured: 0 on cached features, under 1e-4 after).
+LOSS_TOLERANCE = 5e-4
+PROBABILITY_TOLERANCE = 5e-4
 
 TWO_REPLICAS = """
 import json, sys
