@@ -324,7 +324,7 @@ class Worker:
         from service.ml import export
         from service.ml.build import describe_layers, parameter_counts
         from service.ml.drift import with_drift
-        from service.ml.train import prediction_samples, train
+        from service.ml.train import train
 
         spec = jobs.runnable_spec(claim.spec)
         data = load_dataset(self.db, spec, self.settings)
@@ -342,17 +342,6 @@ class Worker:
             )
         if result.replicas > 1:
             log.info("job %s trained on %d replicas", claim.job_id, result.replicas)
-        evaluation = result.evaluation
-        if evaluation is not None and result.validation_probabilities is not None:
-            # Named by dataset row, so a client can show the images behind each matrix cell.
-            index = result.validation_index
-            samples = prediction_samples(
-                [data.ids[i] for i in index],
-                data.labels[index],
-                result.validation_probabilities,
-                data.classes,
-            )
-            evaluation = {**evaluation, "samples": samples}
         model = result.network.model
         trainable, non_trainable = parameter_counts(model)
         # The temperature fitted on the validation split, folded into the exported graph.
@@ -366,7 +355,7 @@ class Worker:
             input_size=spec.input_size,
             classes=data.classes,
             metrics=result.metrics,
-            evaluation=evaluation,
+            evaluation=_with_samples(result, data),
             trainable_params=trainable,
             non_trainable_params=non_trainable,
             size_bytes=len(savedmodel),
@@ -633,6 +622,23 @@ def _streamed_dataset(db: Database, settings: Settings, dataset_id: str, classes
         ids=ids,
         filenames=[row.filename for row in rows],
     )
+
+
+def _with_samples(result: Any, data: Any) -> dict[str, Any] | None:
+    """The evaluation with each validation image's scores, named by its dataset row, so a
+    client can show the images behind each cell of the confusion matrix."""
+    from service.ml.train import prediction_samples
+
+    if result.evaluation is None or result.validation_probabilities is None:
+        return result.evaluation
+    index = result.validation_index
+    samples = prediction_samples(
+        [data.ids[i] for i in index],
+        data.labels[index],
+        result.validation_probabilities,
+        data.classes,
+    )
+    return {**result.evaluation, "samples": samples}
 
 
 # A training job's label review probes at most this many images (a stratified sample).

@@ -85,25 +85,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     openapi.install(app)
     web.install(app)
+    _include_routers(app)
+    _add_middleware(app, settings)
+    return app
+
+
+# Every JSON router but health's and metrics' (their own guards) requires the API key.
+SECURED = (
+    backbones,
+    datasets,
+    advice,
+    jobs,
+    models,
+    exports,
+    predict,
+    predictions,
+    registry,
+    weights,
+    workers,
+)
+
+
+def _include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     app.include_router(metrics_route.router)  # its own guard: the key, or an open network
-    secured = [Depends(require_api_key)]
-    routers = (
-        backbones,
-        datasets,
-        advice,
-        jobs,
-        models,
-        exports,
-        predict,
-        predictions,
-        registry,
-        weights,
-        workers,
-    )
-    for module in routers:
-        app.include_router(module.router, dependencies=secured)
+    for module in SECURED:
+        app.include_router(module.router, dependencies=[Depends(require_api_key)])
 
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))
     app.add_middleware(RequestIds)
     if settings.cors_origins:
@@ -114,7 +124,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Link"],  # list pagination
         )
-    return app
 
 
 APPEND = re.compile(r"(/console)?/datasets/[^/]+/images")
