@@ -184,7 +184,8 @@ def advised_spec(figures: Figures, spec: AdviceSpec, strategy: int) -> dict[str,
         "training": training,
         "fine_tune": fine_tune,
     }
-    return JobSpec.model_validate(advised).model_dump(mode="json", exclude_none=False)
+    # As a job's spec is stored: where its end is announced is the requester's to add.
+    return JobSpec.model_validate(advised).model_dump(mode="json", exclude={"webhook_url"})
 
 
 def reasons(figures: Figures, spec: AdviceSpec, cell: dict[str, Any]) -> list[str]:
