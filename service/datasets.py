@@ -32,6 +32,8 @@ from service.storage.tables import Dataset, DatasetImage, new_id
 # Image ids are a 32-bit INTEGER column on PostgreSQL: a larger one cannot name a row, and
 # sending it to the database would fail there rather than answer "no such image".
 MAX_IMAGE_ID = 2**31 - 1
+# Image rows whose bytes one query reads: bounded IN lists.
+FETCH = 500
 THUMBNAIL_SIZES = range(16, 1025)  # longer side, px
 # An insert batch ends at whichever comes first: the API's memory during an upload is about
 # one batch, whatever the upload's size.
@@ -225,6 +227,18 @@ def delete_dataset(session: Session, dataset_id: str) -> None:
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset.id))
     session.delete(dataset)
     session.flush()
+
+
+def image_data(session: Session, dataset_id: str, ids: Sequence[int]) -> dict[int, bytes]:
+    """The bytes of those of `ids` the dataset still holds, by id, read `FETCH` at a time
+    (the caller bounds the memory by how many ids it asks for)."""
+    data: dict[int, bytes] = {}
+    for start in range(0, len(ids), FETCH):
+        query = select(DatasetImage.id, DatasetImage.data).where(
+            DatasetImage.dataset_id == dataset_id, DatasetImage.id.in_(ids[start : start + FETCH])
+        )
+        data.update((row.id, row.data) for row in session.execute(query))
+    return data
 
 
 def list_images(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 from service import jobs
+from service.datasets import image_data
 from service.models import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
 from service.spec import ExportRequest, ExportSpec, JobSpec
@@ -38,8 +39,6 @@ PARITY_BARS: dict[str, float] = {
 # Training-split images the int8 quantizer calibrates its ranges on (a stratified sample):
 # TensorFlow's guide asks for "a few hundred"; more costs conversion time for little gain.
 REPRESENTATIVE_IMAGES = 200
-# Image rows fetched per query (bounded IN lists).
-FETCH = 500
 
 # What tf2onnx converts, newest release first: (tf2onnx from, TensorFlow below). Releases
 # before 1.17 cannot read Keras 3 models, TensorFlow's default from 2.16
@@ -259,12 +258,7 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
 
 def _images(session: Session, dataset_id: str, ids: list[int], what: str) -> list[bytes]:
     """The images' bytes in `ids` order; a Problem when the dataset lost any of them."""
-    data: dict[int, bytes] = {}
-    for start in range(0, len(ids), FETCH):
-        query = select(DatasetImage.id, DatasetImage.data).where(
-            DatasetImage.dataset_id == dataset_id, DatasetImage.id.in_(ids[start : start + FETCH])
-        )
-        data.update((row.id, row.data) for row in session.execute(query))
+    data = image_data(session, dataset_id, ids)
     missing = len(set(ids) - set(data))
     if missing:
         raise Problem(

@@ -21,22 +21,20 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import jobs, metrics
+from service import datasets, jobs, metrics
 from service.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
 from service.ml.batch import Answer, Item
 from service.ml.serving import ModelSource
 from service.problems import BadContent, Conflict, Invalid, NotFound
 from service.registry import ModelRef, resolve
-from service.serving import top_scores
+from service.serving import stored_source, top_scores
 from service.spec import BatchPredictionSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
-from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, TrainedModel, new_id
+from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, new_id
 
 ResultFormat = Literal["jsonl", "csv"]
 MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
-# Dataset rows fetched per query (bounded IN lists, bounded memory).
-FETCH = 500
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ def load_batch_inputs(db: Database, spec: BatchPredictionSpec, limits: Limits) -
         if record is None:
             raise NotFound(f"no batch prediction {spec.prediction_id!r}: it was deleted")
         model = resolve(session, ModelRef(model_id=spec.model_id))
-        source = _model_source(db, model)
+        source = stored_source(db, model)
         if spec.dataset_id is None:
             session.refresh(record, ["archive"])
             archive = record.archive or b""
@@ -201,25 +199,7 @@ def load_batch_inputs(db: Database, spec: BatchPredictionSpec, limits: Limits) -
             .where(DatasetImage.dataset_id == spec.dataset_id)
             .order_by(DatasetImage.id)
         ).all()
-    return BatchInputs(spec, source, len(rows), _dataset_items(db, rows))
-
-
-def _model_source(db: Database, model: TrainedModel) -> ModelSource:
-    model_id = model.id
-
-    def fetch_archive() -> bytes:
-        with db.session() as reading:
-            return reading.scalar(
-                select(TrainedModel.savedmodel).where(TrainedModel.id == model_id)
-            )
-
-    return ModelSource(
-        model_id=model.id,
-        sha256=model.savedmodel_sha256,
-        classes=list(model.classes),
-        input_size=model.input_size,
-        fetch_archive=fetch_archive,
-    )
+    return BatchInputs(spec, source, len(rows), _dataset_items(db, spec.dataset_id, rows))
 
 
 def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
@@ -254,15 +234,13 @@ def _zip_items(archive: bytes, entries: list[Any], limits: Limits) -> Iterator[I
                 yield Item(about, data)
 
 
-def _dataset_items(db: Database, rows: list[Any]) -> Iterator[Item]:
-    """The dataset's images in id order, their bytes fetched a bounded batch at a time."""
-    for start in range(0, len(rows), FETCH):
-        chunk = rows[start : start + FETCH]
+def _dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[Item]:
+    """The dataset's images in id order, their bytes read a bounded batch at a time, each
+    batch in a short transaction of its own."""
+    for start in range(0, len(rows), datasets.FETCH):
+        chunk = rows[start : start + datasets.FETCH]
         with db.session() as session:
-            query = select(DatasetImage.id, DatasetImage.data).where(
-                DatasetImage.id.in_([row.id for row in chunk])
-            )
-            data = {row.id: row.data for row in session.execute(query)}
+            data = datasets.image_data(session, dataset_id, [row.id for row in chunk])
         for row in chunk:
             about = {"file": row.filename, "image_id": row.id, "label": row.label}
             image = data.get(row.id)

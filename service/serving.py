@@ -168,8 +168,13 @@ def model_source(database: Database, model: str | ModelRef) -> ModelSource:
             row = resolve(session, ref)
         except NotFound as error:
             raise ModelNotFound(str(error)) from None
-        model_id, sha256 = row.id, row.savedmodel_sha256
-        classes, input_size = list(row.classes), row.input_size
+        return stored_source(database, row)
+
+
+def stored_source(database: Database, row: TrainedModel) -> ModelSource:
+    """What the cache needs to load a model row: its columns now, its archive (17 MB and
+    more) only if the cache has to load it, in a session of its own."""
+    model_id = row.id
 
     def fetch_archive() -> bytes:
         with database.session() as reading:
@@ -179,9 +184,9 @@ def model_source(database: Database, model: str | ModelRef) -> ModelSource:
 
     return ModelSource(
         model_id=model_id,
-        sha256=sha256,
-        classes=classes,
-        input_size=input_size,
+        sha256=row.savedmodel_sha256,
+        classes=list(row.classes),
+        input_size=row.input_size,
         fetch_archive=fetch_archive,
     )
 

@@ -130,6 +130,13 @@ class JobMonitor:
         self._beat(history_row=row)
         metrics.observe_epoch(row.get("seconds", 0.0))
 
+    def on_pass(self, step: int, steps: int) -> None:
+        """Progress of a job that makes one pass over its items (images, files), in the shape
+        every job's progress has (GET /jobs/{id}): a step per item."""
+        self.on_progress(
+            {"stage": 1, "stages": 1, "epoch": 1, "epochs": 1, "step": step, "steps": steps}
+        )
+
     def should_stop(self) -> bool:
         return self.stop_reason is not None or self.shutdown.is_set()
 
@@ -450,9 +457,7 @@ class Worker:
         inputs = predictions.load_batch_inputs(self.db, spec, upload_limits(self.settings))
         model = self._models().get(inputs.model)
         writer = predictions.ResultWriter(model.classes, spec.top_k)
-        # The shape every job's progress has (GET /jobs/{id}): one pass, a step per image.
-        progress = {"stage": 1, "stages": 1, "epoch": 1, "epochs": 1, "steps": inputs.total}
-        monitor.on_progress({**progress, "step": 0})
+        monitor.on_pass(0, inputs.total)
         batches = classify(
             model,
             inputs.items,
@@ -463,7 +468,7 @@ class Worker:
         for answers in batches:
             for answer in answers:
                 writer.add(answer)
-            monitor.on_progress({**progress, "step": writer.images})
+            monitor.on_pass(writer.images, inputs.total)
         monitor.flush()
         if monitor.should_stop():
             raise TrainingStopped()
@@ -487,14 +492,12 @@ class Worker:
         spec = jobs.runnable_spec(claim.spec, ImportSpec)
         limits = upload_limits(self.settings)
 
-        def progress(done: int, total: int) -> None:
-            # The shape every job's progress has (GET /jobs/{id}): one pass, a step per file.
-            monitor.on_progress(
-                {"stage": 1, "stages": 1, "epoch": 1, "epochs": 1, "step": done, "steps": total}
-            )
-
         plan = imports.scan_directory(
-            spec, self.settings, limits, on_progress=progress, should_stop=monitor.should_stop
+            spec,
+            self.settings,
+            limits,
+            on_progress=monitor.on_pass,
+            should_stop=monitor.should_stop,
         )
         monitor.flush()
         if plan is None or monitor.should_stop():
@@ -643,13 +646,12 @@ def _with_samples(result: Any, data: Any) -> dict[str, Any] | None:
 
 # A training job's label review probes at most this many images (a stratified sample).
 REVIEW_MAX_IMAGES = 10_000
-# Image rows fetched per query when reading a sample's bytes (bounded IN lists).
-SAMPLE_FETCH = 500
 
 
 def load_sample(db: Database, spec: AdviceSpec) -> tuple[Any, list[int]]:
     """A stratified sample of at most `spec.max_images` of the dataset's images (only theirs
     are read), and the whole dataset's images per class."""
+    from service.datasets import image_data
     from service.ml.features import stratified_sample
     from service.ml.train import LabelledImages
 
@@ -664,11 +666,7 @@ def load_sample(db: Database, spec: AdviceSpec) -> tuple[Any, list[int]]:
         index = {name: number for number, name in enumerate(classes)}
         labels = np.array([index[row.label] for row in rows], dtype=np.int32)
         chosen = [rows[i] for i in stratified_sample(labels, spec.max_images, spec.seed)]
-        data: dict[int, bytes] = {}
-        for start in range(0, len(chosen), SAMPLE_FETCH):
-            ids = [row.id for row in chosen[start : start + SAMPLE_FETCH]]
-            query = select(DatasetImage.id, DatasetImage.data).where(DatasetImage.id.in_(ids))
-            data.update((row.id, row.data) for row in session.execute(query))
+        data = image_data(session, dataset.id, [row.id for row in chosen])
     sample = LabelledImages(
         images=[data[row.id] for row in chosen],
         labels=np.array([index[row.label] for row in chosen], dtype=np.int32),
