@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from service.ml.export import sha256, unpack_archive
+from service.ml.frozen import frozen_serve
 
 # How much of the overlay is the heat map's colour; the rest is the image.
 OVERLAY_ALPHA = 0.5
@@ -53,6 +54,7 @@ class LoadedModel:
     input_size: int
     serve: Callable[[Any], Any]
     explain: Callable[[Any, Any], Any] | None = None
+    frozen: bool = False  # `serve` is the frozen graph (service/ml/frozen.py), not as stored
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of raw pixels, shape (n, size, size, 3)."""
@@ -159,12 +161,14 @@ class ModelCache:
             scratch.rename(directory)
         loaded = tf.saved_model.load(str(directory))
         self.loads += 1
+        frozen = frozen_serve(source.model_id, loaded.serve, source.input_size)
         return LoadedModel(
             model_id=source.model_id,
             classes=source.classes,
             input_size=source.input_size,
-            serve=_keep_alive(loaded, loaded.serve),
+            serve=frozen or _keep_alive(loaded, loaded.serve),
             explain=_keep_alive(loaded, loaded.explain) if hasattr(loaded, "explain") else None,
+            frozen=frozen is not None,
         )
 
     def evict(self, model_id: str) -> None:
@@ -208,8 +212,10 @@ def configure_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:
 
     They go through the environment variables TensorFlow reads when it first runs an op, not
     `tf.config`: that would import TensorFlow at start-up, and whatever first runs an op (a
-    model load, a backbone built for /backbones/{name}/layers) gets them. A process that has
-    already run an op is left as it is.
+    model load, a backbone built for /backbones/{name}/layers) gets them. The `api` command
+    sets them before it serves, so they are the API process's own and no process it shares an
+    environment with (a test's workers) inherits them. A process that has already run an op is
+    left as it is.
     """
     for variable, threads in (
         ("TF_NUM_INTRAOP_THREADS", intra_op),
