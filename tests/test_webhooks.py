@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,10 @@ def test_a_batch_cancelled_while_queued_is_announced_then_given_up(hooked: Servi
             time.sleep(0.02)
     (row,) = deliveries(hooked, batch["job_id"])
     # Tries at 0, 0.2 and 0.6 s would be due; the third lies past 0.5 s: two, then failed.
-    assert row.status == "failed" and row.attempts == 2
+    # One, when a loaded machine makes the first try over 0.3 s late: its retry lies past.
+    assert row.status == "failed" and row.attempts == len(row.log)
+    late = (datetime.fromisoformat(row.log[0]["at"]) - row.created_at).total_seconds()
+    assert row.attempts in ({2} if late < 0.25 else {1} if late > 0.35 else {1, 2}), late
     assert all(attempt["error"] and attempt["status_code"] is None for attempt in row.log)
     _success_is_announced_in_its_transaction(hooked, model.id)
 
