@@ -67,7 +67,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             import uvicorn
 
             from service.api.app import create_app
+            from service.ml.serving import configure_tensorflow_threads
 
+            configure_tensorflow_threads(
+                intra_op=settings.serving_intra_op_threads, inter_op=settings.tf_inter_op_threads
+            )
             open_database(settings.database_url, auto_migrate=settings.auto_migrate).dispose()
             # JSON lines: uvicorn's own loggers go through ours instead of its text handlers.
             json_lines = settings.log_format == "json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -76,8 +77,24 @@ class Settings(BaseSettings):
         description="How long a /predict batch waits to fill; 0: requests arriving while a "
         "batch runs form the next one, and a request alone never waits.",
     )
+    predict_recheck_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long /predict takes a model id it has found as still there before "
+        "reading its row again (rows never change; a model deleted through another API "
+        "process stops being served within this). 0: every request reads it.",
+    )
+    predict_lanes: int = Field(
+        0,
+        ge=0,
+        description="Model calls one model runs at once in the API, each on its own batch; "
+        "0: one per CPU core the API may use.",
+    )
     tf_intra_op_threads: int = Field(
-        0, ge=0, description="TensorFlow threads inside one op in the API (0: all cores)."
+        0,
+        ge=0,
+        description="TensorFlow threads inside one op in the API (0: its CPU cores shared "
+        "out among the lanes, at least 1 each).",
     )
     tf_inter_op_threads: int = Field(
         0, ge=0, description="TensorFlow ops run at once in the API (0: TensorFlow's choice)."
@@ -174,6 +191,21 @@ class Settings(BaseSettings):
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.data_dir / "checkpoints"
+
+    @property
+    def serving_lanes(self) -> int:
+        return self.predict_lanes or usable_cores()
+
+    @property
+    def serving_intra_op_threads(self) -> int:
+        return self.tf_intra_op_threads or max(1, usable_cores() // self.serving_lanes)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @lru_cache

@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, load_only
 
 from service.problems import Conflict, Invalid, NotFound
 from service.storage.tables import ModelAlias, TrainedModel, utcnow
@@ -95,24 +96,29 @@ def reference(
     return ModelRef(model_id=model_id, name=name, version=version, alias=alias)
 
 
-def resolve(session: Session, ref: ModelRef) -> TrainedModel:
+def resolve(
+    session: Session, ref: ModelRef, *, only: Sequence[InstrumentedAttribute[Any]] = ()
+) -> TrainedModel:
     """The model row `ref` names; NotFound naming what does not exist.
 
     Read once per request: a prediction keeps the version it resolved to even if an alias
-    moves while it runs, and the next request sees the move.
+    moves while it runs, and the next request sees the move. `only`: the columns the caller
+    reads, when it reads few (serving reads four; the others carry JSON to decode).
     """
+    options = [load_only(*only)] if only else []
     if ref.model_id is not None:
-        model = session.get(TrainedModel, ref.model_id)
+        model = session.get(TrainedModel, ref.model_id, options=options)
         if model is not None:
             return model
         if ref.or_name and _latest_version(session, ref.model_id) is not None:
-            return resolve(session, ModelRef(name=ref.model_id))
+            return resolve(session, ModelRef(name=ref.model_id), only=only)
         what = "no model with id or name" if ref.or_name else "no model"
         raise NotFound(f"{what} {ref.model_id!r}", field=("model_id",))
     name = ref.name
     assert name is not None  # `reference` and the routes give an id or a name
     if ref.alias is not None:
-        query = select(TrainedModel).join(ModelAlias, ModelAlias.model_id == TrainedModel.id)
+        query = select(TrainedModel).options(*options)
+        query = query.join(ModelAlias, ModelAlias.model_id == TrainedModel.id)
         model = session.scalar(query.where(ModelAlias.name == name, ModelAlias.alias == ref.alias))
         if model is None:
             _require_name(session, name)
@@ -122,7 +128,7 @@ def resolve(session: Session, ref: ModelRef) -> TrainedModel:
                 field=("alias",),
             )
         return model
-    query = select(TrainedModel).where(TrainedModel.name == name)
+    query = select(TrainedModel).options(*options).where(TrainedModel.name == name)
     if ref.version is not None:
         model = session.scalar(query.where(TrainedModel.version == ref.version))
     else:

@@ -11,11 +11,13 @@ loads a model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import anyio.to_thread
 import numpy as np
@@ -56,6 +58,10 @@ __all__ = [
     "model_source",
     "top_scores",
 ]
+
+
+# Model ids `Serving` remembers as found, at most.
+FOUND_LIMIT = 10_000
 
 
 class ServingError(Exception):
@@ -102,22 +108,32 @@ class Classification:
 
 @dataclass(frozen=True)
 class Serving:
-    """What classifying needs: where models are stored, the loaded ones, the batcher."""
+    """What classifying needs: where models are stored, the loaded ones, the batcher.
+
+    `recheck_seconds`: how long a model id looked up is taken as found without reading its
+    row again. A row never changes once stored; it can only be deleted, and `evict` forgets
+    it here at once, so the window only delays when another API process stops serving a
+    model deleted through this one or the console. 0: every request reads the row. Names,
+    versions and aliases are resolved by every request, as they move.
+    """
 
     database: Database
     cache: ModelCache
     batcher: Batcher
     max_images: int
+    recheck_seconds: float = 0.0
+    _found: dict[str, tuple[ModelSource, float]] = field(default_factory=dict, repr=False)
 
     async def classify(self, model: str | ModelRef, images: Sequence[Image]) -> Classification:
         """Class probabilities for the images, one row each, in order. `model`: a model id, or
         a reference resolved once, so the whole request runs on one version."""
         self._check_count(images)
         started = time.perf_counter()
-        # One trip to a worker thread for the lookup, the decoding and the (cached) model.
-        loaded, pixels = await anyio.to_thread.run_sync(self._prepare, model, images)
+        # One trip to a worker thread for the lookup, the decoding, the (cached) model and
+        # joining its lane; the lane's thread answers the future.
+        loaded, answer = await anyio.to_thread.run_sync(self._submit, model, images)
         logs.bind(model_id=loaded.model_id)
-        probabilities = await self.batcher.predict(loaded.model_id, loaded.probabilities, pixels)
+        probabilities = await asyncio.wrap_future(answer)
         metrics.observe_predict(loaded.model_id, time.perf_counter() - started)
         return Classification(loaded.model_id, loaded.classes, probabilities)
 
@@ -150,12 +166,36 @@ class Serving:
             heatmaps(explanation, pixels, loaded.classes),
         )
 
+    def _submit(
+        self, model: str | ModelRef, images: Sequence[Image]
+    ) -> tuple[LoadedModel, Future[np.ndarray]]:
+        loaded, pixels = self._prepare(model, images)
+        return loaded, self.batcher.submit(loaded.model_id, loaded.probabilities, pixels)
+
     def _prepare(
         self, model: str | ModelRef, images: Sequence[Image]
     ) -> tuple[LoadedModel, np.ndarray]:
-        source = model_source(self.database, model)
+        source = self._source(model)
         pixels = decode_images(images, source.input_size)
         return self.cache.get(source), pixels
+
+    def _source(self, model: str | ModelRef) -> ModelSource:
+        model_id = model if isinstance(model, str) else model.model_id
+        now = time.monotonic()
+        found = self._found.get(model_id) if model_id is not None else None
+        if found is not None and now - found[1] < self.recheck_seconds:
+            return found[0]
+        source = model_source(self.database, model)
+        if self.recheck_seconds > 0 and source.model_id == model_id:
+            if len(self._found) >= FOUND_LIMIT:
+                self._found.clear()  # ids of models deleted elsewhere do not pile up
+            self._found[model_id] = (source, now)
+        return source
+
+    def evict(self, model_id: str) -> None:
+        """Forget a deleted model: its row here, its loaded graph and unpacked files."""
+        self._found.pop(model_id, None)
+        self.cache.evict(model_id)
 
 
 def model_source(database: Database, model: str | ModelRef) -> ModelSource:
@@ -165,10 +205,19 @@ def model_source(database: Database, model: str | ModelRef) -> ModelSource:
     ref = model if isinstance(model, ModelRef) else ModelRef(model_id=model)
     with database.session() as session:
         try:
-            row = resolve(session, ref)
+            row = resolve(session, ref, only=SOURCE_COLUMNS)
         except NotFound as error:
             raise ModelNotFound(str(error)) from None
         return stored_source(database, row)
+
+
+# What `stored_source` reads of a model row.
+SOURCE_COLUMNS = (
+    TrainedModel.id,
+    TrainedModel.savedmodel_sha256,
+    TrainedModel.classes,
+    TrainedModel.input_size,
+)
 
 
 def stored_source(database: Database, row: TrainedModel) -> ModelSource:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
+from service import serving as serving_module
+from service.config import Settings, usable_cores
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache
+from service.registry import ModelRef
 from service.serving import BadImage, Image, ModelNotFound, Serving, TooManyImages, model_source
 
 
@@ -52,6 +56,52 @@ def test_batcher_passes_a_failure_to_every_request_of_its_batch() -> None:
         return await asyncio.gather(*calls, return_exceptions=True)
 
     assert all(isinstance(result, ValueError) for result in asyncio.run(run()))
+
+
+def test_a_lane_runs_as_many_batches_at_once_as_it_has_threads() -> None:
+    both_inside = threading.Barrier(2, timeout=10)  # broken unless two calls overlap
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        both_inside.wait()
+        return pixels * 2
+
+    batcher = Batcher(max_batch=1, max_wait=0, threads=2)
+    answers = [batcher.submit("m", predict, np.full((1, 1), n)) for n in range(2)]
+    assert [answer.result(timeout=10)[0, 0] for answer in answers] == [0, 2]
+    batcher.close()
+
+
+def test_a_lane_skips_requests_given_up_on_and_ends_its_threads_when_idle() -> None:
+    first_running, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        seen.extend(int(v) for v in pixels[:, 0])
+        first_running.set()
+        release.wait(10)
+        return pixels
+
+    batcher = Batcher(max_batch=8, max_wait=0, threads=1, idle_seconds=0.05)
+    first = batcher.submit("idle", predict, np.full((1, 1), 1))
+    assert first_running.wait(10)
+    gone = batcher.submit("idle", predict, np.full((1, 1), 2))
+    kept = batcher.submit("idle", predict, np.full((1, 1), 3))
+    assert gone.cancel()  # its client went while it waited
+    release.set()
+    assert first.result(10)[0, 0] == 1 and kept.result(10)[0, 0] == 3
+    assert seen == [1, 3]
+
+    def lane_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("lane-idle-")]
+
+    deadline = time.monotonic() + 10
+    while lane_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not lane_threads()
+    assert batcher.submit("idle", predict, np.full((1, 1), 4)).result(10)[0, 0] == 4  # a new one
+    batcher.close()
+    with pytest.raises(RuntimeError, match="the batcher is closed"):
+        batcher.submit("idle", predict, np.full((1, 1), 5))
 
 
 def multipart(model_id: str, images: list[bytes], **fields: str) -> dict[str, Any]:
@@ -162,7 +212,8 @@ def test_bad_json_and_tf_serving_requests_are_4xx(small_model: dict[str, Any]) -
     assert response.status_code == 415
 
 
-def test_cache_loads_once_under_concurrent_first_requests(small_model: dict[str, Any], tmp_path
+def test_cache_loads_once_under_concurrent_first_requests(
+    small_model: dict[str, Any], tmp_path
 ) -> None:
     service = small_model["service"]
     model_id = small_model["job"]["model_id"]
@@ -227,6 +278,65 @@ def test_serving_classifies_without_the_http_layer(small_model: dict[str, Any], 
     ]:
         with pytest.raises(error, match=re.escape(message)):
             asyncio.run(serving.classify(model, sent))
+
+
+def test_a_found_model_id_is_read_again_only_after_recheck_seconds_or_an_eviction(
+    small_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = small_model["service"]
+    model_id = small_model["job"]["model_id"]
+    images = [Image("files[0] 'x.png'", "x.png", small_model["images"]["red"][0])]
+    reads: list[Any] = []
+
+    def counted(database: Any, model: Any) -> Any:
+        reads.append(model)
+        return model_source(database, model)
+
+    monkeypatch.setattr(serving_module, "model_source", counted)
+
+    def serving(recheck_seconds: float) -> Serving:
+        return Serving(
+            database=service.database,
+            cache=ModelCache(tmp_path / "cache", capacity=1),
+            batcher=Batcher(max_batch=8, max_wait=0),
+            max_images=2,
+            recheck_seconds=recheck_seconds,
+        )
+
+    trusting = serving(recheck_seconds=0.5)
+    asyncio.run(trusting.classify(model_id, images))  # loads the model: may take the window
+    time.sleep(0.6)
+    reads.clear()
+    for _ in range(3):
+        asyncio.run(trusting.classify(model_id, images))
+    assert len(reads) == 1
+    trusting.evict(model_id)  # as deleting the model does
+    asyncio.run(trusting.classify(model_id, images))
+    assert len(reads) == 2
+    time.sleep(0.6)
+    asyncio.run(trusting.classify(model_id, images))
+    assert len(reads) == 3
+    # A name moves with every new version: it is resolved by every request.
+    name = service.client.get(f"/models/{model_id}").json()["name"]
+    for _ in range(2):
+        asyncio.run(trusting.classify(ModelRef(name=name), images))
+    assert len(reads) == 5
+
+    reads.clear()
+    strict = serving(recheck_seconds=0)
+    for _ in range(2):
+        asyncio.run(strict.classify(model_id, images))
+    assert len(reads) == 2
+
+
+def test_the_api_shares_its_cores_out_among_the_lanes() -> None:
+    cores = usable_cores()
+    automatic = Settings(_env_file=None)
+    assert (automatic.serving_lanes, automatic.serving_intra_op_threads) == (cores, 1)
+    one_lane = Settings(_env_file=None, predict_lanes=1)
+    assert (one_lane.serving_lanes, one_lane.serving_intra_op_threads) == (1, cores)
+    chosen = Settings(_env_file=None, predict_lanes=3, tf_intra_op_threads=5)
+    assert (chosen.serving_lanes, chosen.serving_intra_op_threads) == (3, 5)
 
 
 API_WITHOUT_TENSORFLOW = """

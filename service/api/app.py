@@ -31,7 +31,7 @@ from service.api.routes import (
 from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
 from service.ml.batching import Batcher
-from service.ml.serving import ModelCache, configure_tensorflow_threads
+from service.ml.serving import ModelCache
 from service.serving import Serving
 from service.storage.db import open_database
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batcher = Batcher(
             max_batch=settings.predict_max_batch,
             max_wait=settings.predict_max_wait_ms / 1000,
+            threads=settings.serving_lanes,
             on_batch=metrics.observe_batch,
         )
         app.state.metrics_registry = metrics.api_registry(database, app.state.model_cache)
@@ -62,13 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=app.state.model_cache,
             batcher=app.state.batcher,
             max_images=settings.max_predict_files,
-        )
-        configure_tensorflow_threads(
-            intra_op=settings.tf_intra_op_threads, inter_op=settings.tf_inter_op_threads
+            recheck_seconds=settings.predict_recheck_seconds,
         )
         try:
             yield
         finally:
+            app.state.batcher.close()
             database.dispose()
 
     app = FastAPI(
@@ -80,25 +80,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         generate_unique_id_function=openapi.operation_id,
+        # /docs lists the tags in this order, not in the order their routes are matched.
+        openapi_tags=[{"name": name} for name in TAG_ORDER],
     )
     app.state.settings = settings
     errors.install(app)
     openapi.install(app)
-    web.install(app)
     _include_routers(app)
     _add_middleware(app, settings)
     return app
 
 
+TAG_ORDER = (
+    "health",
+    "backbones",
+    "datasets",
+    "jobs",
+    "models",
+    "predict",
+    "registry",
+    "weights",
+    "workers",
+)
+
 # Every JSON router but health's and metrics' (their own guards) requires the API key.
+# Prediction's comes first, before the console's too: a request is matched against each route
+# in order, and /predict is the one asked most often and fastest answered.
 SECURED = (
+    predict,
     backbones,
     datasets,
     advice,
     jobs,
     models,
     exports,
-    predict,
     predictions,
     registry,
     weights,
@@ -107,10 +122,11 @@ SECURED = (
 
 
 def _include_routers(app: FastAPI) -> None:
-    app.include_router(health.router)
-    app.include_router(metrics_route.router)  # its own guard: the key, or an open network
     for module in SECURED:
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    app.include_router(health.router)
+    app.include_router(metrics_route.router)  # its own guard: the key, or an open network
+    web.install(app)
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:

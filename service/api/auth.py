@@ -88,11 +88,16 @@ def cookie_session(request: Request) -> Session | None:
 _bearer = HTTPBearer(auto_error=False, description="Needed when the API_KEY setting is given.")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """The bearer key, or a session cookie (with its CSRF token for a change)."""
+    """The bearer key, or a session cookie (with its CSRF token for a change). `async`, as
+    the checks are quick: a plain `def` would cost every request a trip to the thread pool."""
+    check_api_key(request, credentials)
+
+
+def check_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return
@@ -117,7 +122,7 @@ def require_api_key(
     )
 
 
-def require_metrics_access(
+async def require_metrics_access(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -129,4 +134,4 @@ def require_metrics_access(
     settings: Settings = request.app.state.settings
     if request.client is not None and in_open_network(settings, request.client.host):
         return
-    require_api_key(request, credentials)
+    check_api_key(request, credentials)

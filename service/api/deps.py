@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers: settings, the database session, the model cache."""
+"""Dependencies shared by the routers: settings, the database session, serving."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.ml.serving import ModelCache
 from service.serving import Serving
 from service.storage.db import Database
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# Dependencies that only read the app's state are `async`: FastAPI runs a plain `def` one in
+# its thread pool, a round trip to another thread in every request that uses it.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
@@ -34,11 +36,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_model_cache(request: Request) -> ModelCache:
-    return request.app.state.model_cache
-
-
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
@@ -47,5 +45,4 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 # scope="function": the transaction commits before the answer is sent, so a client told 201
 # can read what it created at once, and a failed commit is an error answer, not a lost write.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -640,7 +640,7 @@ async def model_try(
 @writes.post("/models/{model_id}/delete")
 def model_delete(request: Request, session: SessionDep, model_id: str) -> Response:
     models.delete_model(session, model_id)
-    request.app.state.model_cache.evict(model_id)
+    request.app.state.serving.evict(model_id)
     return Response(status_code=204, headers={"HX-Redirect": "/console/models"})
 
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from service import models
-from service.api.deps import ModelCacheDep, SessionDep
+from service.api.deps import ServingDep, SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
 from service.storage.tables import TrainedModel
@@ -134,7 +134,7 @@ def download_savedmodel(session: SessionDep, model_id: str) -> Response:
         409: {"description": "A queued or running job starts from it, or an alias points to it"},
     },
 )
-def delete_model(session: SessionDep, cache: ModelCacheDep, model_id: str) -> Response:
+def delete_model(session: SessionDep, serving: ServingDep, model_id: str) -> Response:
     models.delete_model(session, model_id)
-    cache.evict(model_id)
+    serving.evict(model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
