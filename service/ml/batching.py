@@ -8,9 +8,9 @@ that long for a batch to fill, trading latency for larger batches.
 
 Threads rather than tasks on the event loop: the next batch starts the moment a thread is
 free, not when the loop next gets to it between parsing requests and writing answers. How
-many run at once is the caller's choice (the API's: one per CPU core, each op on one core,
-as TensorFlow Serving advises for CPUs; measured in docs/operations.md). A thread ends after
-`idle_seconds` with nothing to do, and later requests start others.
+many run at once is the caller's choice (the API's: one per CPU core, as TensorFlow Serving's
+batching guide advises for CPUs, each op on one core; measured in docs/scaling.md). A thread
+ends after `idle_seconds` with nothing to do, and later requests start others.
 """
 
 from __future__ import annotations
