@@ -198,6 +198,9 @@ def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Serv
     preview = service.client.post("/jobs/preview", json=body).json()
     assert [stage["stage"] for stage in preview["stages"]] == [1, 2]
     job_id = service.client.post("/jobs", json=body).json()["id"]
+    # The stream reads the job every 0.5 s by default: longer than this tiny first stage.
+    app = service.client.app
+    app.state.settings = app.state.settings.model_copy(update={"events_poll_seconds": 0.05})
 
     worker = threading.Thread(target=service.worker.run_until_idle)
     with service.client.stream("GET", f"/jobs/{job_id}/events") as response:
@@ -208,7 +211,9 @@ def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Serv
     names = [name for name, _ in live]
     assert names[0] == "status" and live[0][1]["status"] in ("queued", "running")
     assert "progress" in names
-    assert {event["stage"] for name, event in live if name == "progress"} == {1, 2}
+    # Stage 1 may end between two reads even so; its epochs below are always streamed.
+    stages = {event["stage"] for name, event in live if name == "progress"}
+    assert 2 in stages and stages <= {1, 2}
     epochs = [event for name, event in live if name == "epoch"]
     assert [(row["epoch"], row["stage"]) for row in epochs] == [(1, 1), (2, 1), (3, 2)]
     assert live[-1] == ("status", live[-1][1]) and live[-1][1]["status"] == "succeeded"
