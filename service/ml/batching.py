@@ -101,15 +101,17 @@ class Batcher:
         while (batch := self._next_batch(key, lane)) is not None:
             if not batch:
                 continue  # every request of it was cancelled (its client went)
+            pixels = np.concatenate([waiting.pixels for waiting in batch])
             try:
-                probabilities = batch[0].predict(np.concatenate([w.pixels for w in batch]))
+                probabilities = batch[0].predict(pixels)
             except Exception as error:
                 for waiting in batch:
                     waiting.answer.set_exception(error)
                 continue
-            self.batches += 1
+            with self._lock:  # the lane's threads count together
+                self.batches += 1
             if self.on_batch is not None:
-                self.on_batch(sum(len(w.pixels) for w in batch))
+                self.on_batch(len(pixels))
             start = 0
             for waiting in batch:
                 end = start + len(waiting.pixels)
