@@ -1,7 +1,7 @@
 """List speed at size: the first page of GET /jobs and GET /models with 20,000 jobs and 5,000
 models in SQLite, against the same call on a database of 10 rows each.
 
-    python bench/lists.py [--jobs 20000] [--models 5000] [--repeat 30]
+    python bench/lists.py [--jobs 20000] [--models 5000] [--repeat 30] [--quick]
 
 Both databases are built in this run (migrated by Alembic, rows inserted in bulk: jobs with
 a normalised spec and a 5-epoch history, models with small stand-in BLOBs — the lists never
@@ -28,6 +28,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
+from bench.quick import parse_args
 from service.api.app import create_app
 from service.config import Settings
 from service.spec import JobSpec
@@ -79,6 +80,7 @@ def populate(database: Database, jobs: int, models: int) -> None:
                 {
                     "id": f"m_{n:016x}",
                     "name": f"model-{n}",
+                    "version": 1,  # each name stored once: its first version
                     "job_id": f"j_{n:016x}",
                     "dataset_id": "d_bench",
                     "backbone": "MobileNetV2",
@@ -147,7 +149,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--models", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=30)
-    args = parser.parse_args()
+    args = parse_args(parser, {"jobs": 200, "models": 50, "repeat": 3})
     with tempfile.TemporaryDirectory() as small, tempfile.TemporaryDirectory() as large:
         print("baseline: 10 rows each")
         base = measure(Path(small), 10, 10, args.repeat)
