@@ -1,7 +1,7 @@
 """Advice time: what `POST /datasets/{id}/advice` costs the worker per 1,000 images, against
 one plain pass of the backbone over the same images (the least any measurement could cost).
 
-    python bench/advice.py [--images 1000] [--size 96]
+    python bench/advice.py [--images 1000] [--size 96] [--folds 5] [--quick]
 
 MobileNetV2 at 96 px with a weights file (ImageNet weights cannot be downloaded here; a
 seeded random weights file costs the same to run), so the advice makes both of its passes
@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from bench.quick import parse_args
 from service.ml.features import MemoryFeatureStore
 from service.ml.images import to_pixels
 from service.ml.probe import measure
@@ -85,13 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--size", type=int, default=96)
-    args = parser.parse_args()
+    parser.add_argument("--folds", type=int, default=5, help="k of the k-fold probes")
+    args = parse_args(parser, {"images": 20, "size": 32, "folds": 2})
     sample = images(args.images, args.size)
     spec = AdviceSpec.model_validate(
         {
             "dataset_id": "d_bench",
             "backbone": {"name": "MobileNetV2", "weights": "file:w", "input_size": args.size},
             "max_images": args.images,
+            "folds": args.folds,
         }
     )
     with tempfile.TemporaryDirectory() as directory:

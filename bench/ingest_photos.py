@@ -2,6 +2,7 @@
 the full decode it replaced, both measured in this run.
 
     python bench/ingest_photos.py [--photos 200] [--distinct 20] [--repeat 1]
+                                  [--photo-size 4000 3000] [--quick]
 
 Photos: scikit-learn's two sample photographs (640×427), cropped and tinted at random,
 upscaled to 4000×3000 with ±12 grey levels of grain, so they weigh what phone photos weigh
@@ -39,6 +40,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from bench.quick import parse_args
 from service import ingest
 from service.ingest import Archive, Limits, read_image_zip
 from service.ml import images
@@ -48,7 +50,7 @@ LIMITS = Limits(max_files=100_000, max_image_bytes=1 << 26, max_total_bytes=1 <<
 SOURCES = ("china.jpg", "flower.jpg")
 
 
-def photo(rng: np.random.Generator, grain: int) -> Image.Image:
+def photo(rng: np.random.Generator, grain: int, size: tuple[int, int] = PHOTO_SIZE) -> Image.Image:
     """A crop of a sample photograph, tinted a little, upscaled to twelve megapixels, with
     sensor-like grain: an upscale alone is smoother, so lighter to decode, than a photo."""
     source = load_sample_image(SOURCES[int(rng.integers(len(SOURCES)))])
@@ -56,18 +58,25 @@ def photo(rng: np.random.Generator, grain: int) -> Image.Image:
     left, top = int(rng.integers(0, width // 8)), int(rng.integers(0, height // 8))
     crop = source[top : top + height * 7 // 8, left : left + width * 7 // 8].astype(np.float32)
     tinted = np.clip(crop * rng.uniform(0.85, 1.15, 3), 0, 255).astype(np.uint8)
-    large = np.asarray(Image.fromarray(tinted).resize(PHOTO_SIZE, Image.Resampling.BICUBIC))
+    large = np.asarray(Image.fromarray(tinted).resize(size, Image.Resampling.BICUBIC))
     noise = rng.integers(-grain, grain + 1, large.shape, dtype=np.int16)
     return Image.fromarray(np.clip(large + noise, 0, 255).astype(np.uint8))
 
 
-def photo_zip(folder: Path, count: int, distinct: int, grain: int, seed: int = 0) -> bytes:
+def photo_zip(
+    folder: Path,
+    count: int,
+    distinct: int,
+    grain: int,
+    seed: int = 0,
+    size: tuple[int, int] = PHOTO_SIZE,
+) -> bytes:
     """The zip of `count` photos, `distinct` of them encoded (and written to `folder`)."""
     rng = np.random.default_rng(seed)
     paths = []
     for number in range(distinct):
         path = folder / f"{number:03d}.jpg"
-        photo(rng, grain).save(path, "JPEG", quality=90)
+        photo(rng, grain, size).save(path, "JPEG", quality=90)
         paths.append(path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -143,15 +152,21 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--grain", type=int, default=12, help="± grey levels of noise")
-    args = parser.parse_args()
+    parser.add_argument("--photo-size", type=int, nargs=2, default=PHOTO_SIZE, help="W H, px")
+    args = parse_args(parser, {"photos": 6, "distinct": 2, "repeat": 1, "photo_size": (1024, 768)})
+    width, height = args.photo_size
     with tempfile.TemporaryDirectory() as directory:
         content = photo_zip(
-            Path(directory), args.photos, min(args.distinct, args.photos), args.grain
+            Path(directory),
+            args.photos,
+            min(args.distinct, args.photos),
+            args.grain,
+            size=(width, height),
         )
         photos = [path.read_bytes() for path in sorted(Path(directory).glob("*.jpg"))]
     megabytes = np.mean([len(data) for data in photos]) / 1e6
     print(
-        f"{args.photos} photos of {PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} ({megabytes:.1f} MB each): "
+        f"{args.photos} photos of {width}×{height} ({megabytes:.1f} MB each): "
         f"{len(content) >> 20} MiB zip"
     )
     new_seconds, old_seconds, new, old = ingest_both_ways(content, args.repeat)

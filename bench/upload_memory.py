@@ -6,7 +6,7 @@ the API process's VmRSS from /proc, and prints the idle figure, the peak, their 
 the upload's throughput. `--code DIR` runs another checkout's code (e.g. `git archive HEAD`
 unpacked somewhere) with the same zip, for a before/after comparison.
 
-    .venv/bin/python bench/upload_memory.py --mb 950
+    .venv/bin/python bench/upload_memory.py --mb 950 [--quick]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.quick import parse_args  # noqa: E402
 
 
 def make_zip(path: Path, megabytes: int, side: int = 1024) -> None:
@@ -43,6 +47,12 @@ def make_zip(path: Path, megabytes: int, side: int = 1024) -> None:
             archive.writestr(f"noise/{'ab'[number % 2]}/{number:05d}.jpg", data)
             total += len(data)
             number += 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:
@@ -100,14 +110,21 @@ def measure(code: Path, upload: Path, port: int) -> tuple[int, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=950, help="the zip's size, MB")
-    parser.add_argument("--zip", type=Path, default=Path("/tmp/upload_memory.zip"))
+    parser.add_argument("--side", type=int, default=1024, help="the JPEGs' side, px")
+    parser.add_argument(
+        "--zip",
+        type=Path,
+        default=None,
+        help="made once (default: upload_memory_<mb>mb.zip in /tmp)",
+    )
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to run")
-    parser.add_argument("--port", type=int, default=8765)
-    args = parser.parse_args()
-    if not args.zip.exists():
-        make_zip(args.zip, args.mb)
-    size = args.zip.stat().st_size
-    idle, peak, seconds = measure(args.code.resolve(), args.zip, args.port)
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
+    args = parse_args(parser, {"mb": 2, "side": 256, "port": 0})
+    upload = args.zip or Path(tempfile.gettempdir()) / f"upload_memory_{args.mb}mb_{args.side}.zip"
+    if not upload.exists():
+        make_zip(upload, args.mb, args.side)
+    size = upload.stat().st_size
+    idle, peak, seconds = measure(args.code.resolve(), upload, args.port or free_port())
     mb = 1_000_000
     print(
         f"upload {size / mb:.0f} MB in {seconds:.1f} s ({size / mb / seconds:.1f} MB/s); "
