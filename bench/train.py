@@ -1,6 +1,6 @@
 """Training speed: feature caching for frozen backbones, and the worker's overhead per epoch.
 
-    python bench/train.py [--per-class 150] [--size 96] [--epochs 10]
+    python bench/train.py [--per-class 150] [--size 96] [--epochs 10] [--quick]
 
 One data set, one process, both sides measured here and now:
 - cache_ratio: a frozen-backbone job in the service's trainer, one backbone pass over the
@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from bench.quick import parse_args
 from service.ml.build import build_network
 from service.ml.images import to_pixels
 from service.ml.train import LabelledImages, compile_for_stage, stratified_split, train
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--overhead-epochs", type=int, default=4)
-    args = parser.parse_args()
+    args = parse_args(parser, {"per_class": 8, "size": 32, "epochs": 2, "overhead_epochs": 2})
 
     data = make_images(args.per_class, args.size + 32)
     common = {
@@ -158,7 +159,7 @@ def main() -> None:
     phases = result.seconds
     cached_seconds = phases["features"] + phases["fit"]
     print(
-        f"cached: backbone pass + 10 head epochs:  {cached_seconds:8.2f} s "
+        f"cached: backbone pass + {args.epochs} head epochs: {cached_seconds:8.2f} s "
         f"({phases['features']:.2f} + {phases['fit']:.2f})"
     )
     print(
