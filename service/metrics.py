@@ -17,7 +17,6 @@ keeps plain counters, and the collectors below read them.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +38,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
+from service.security import in_open_network, key_matches
 from service.storage.db import Database
 from service.storage.tables import Job, WebhookDelivery, WorkerRow, utcnow
 
@@ -226,22 +226,9 @@ def exposition(*registries: CollectorRegistry) -> bytes:
 # -- who may scrape ---------------------------------------------------------------------------
 
 
-def in_open_network(settings: Settings, host: str | None) -> bool:
-    """Whether a client address lies in `METRICS_OPEN_NETWORKS` (then no API key is asked)."""
-    if not host or not settings.metrics_open_networks:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in settings.metrics_open_networks)
-
-
 def worker_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     """The worker's /metrics as a WSGI app, guarded as the API's is: an open network, or
     the API key as a bearer token (a worker has no console sessions)."""
-    from service.api.auth import key_matches
-
     metrics = make_wsgi_app(REGISTRY)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

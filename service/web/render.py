@@ -11,8 +11,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from service.api.auth import COOKIE, CSRF_HEADER, Session, cookie_session
 from service.config import Settings
+from service.security import COOKIE, CSRF_HEADER, Session, csrf_token, read_session
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -66,7 +66,7 @@ def console_session(request: Request) -> Session | None:
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return None
-    session = cookie_session(request)
+    session = read_session(settings, request.cookies.get(COOKIE))
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target, expired=COOKIE in request.cookies)
@@ -84,13 +84,13 @@ def login_redirect(request: Request, error: Exception) -> Response:
 
 def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    session = cookie_session(request) if settings.api_key else None
+    session = read_session(settings, request.cookies.get(COOKIE))
     return templates.TemplateResponse(
         request,
         template,
         {
             "csrf_header": CSRF_HEADER,
-            "csrf_token": session.csrf_token(settings) if session else "",
+            "csrf_token": csrf_token(settings, session) if session else "",
             "logged_in": session is not None,
             "path": request.url.path,
             **context,

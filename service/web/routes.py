@@ -10,7 +10,6 @@ its CSRF token. A Problem a route does not catch is answered by the console's ha
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -33,19 +32,13 @@ from service import (
     weights_files,
     workers,
 )
-from service.api.auth import (
-    COOKIE,
-    CSRF_HEADER,
-    Session,
-    key_matches,
-    new_session,
-)
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import status_of
 from service.backbones import BACKBONES
 from service.jobs import JobKind, JobStatus
 from service.problems import Conflict, Problem
 from service.schemas import AdviceResult, DatasetReport
+from service.security import COOKIE, CSRF_HEADER, Session, csrf_matches, key_matches, new_session
 from service.serving import Image, ServingError
 from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, ImportRequest, JobSpec
 from service.storage.pages import Page
@@ -66,8 +59,8 @@ def console_write(request: Request, user: SessionUser) -> None:
     """A change from a page: with a session, it must carry the page's CSRF token."""
     if user is None:
         return
-    sent = request.headers.get(CSRF_HEADER, "")
-    if not hmac.compare_digest(sent, user.csrf_token(request.app.state.settings)):
+    sent = request.headers.get(CSRF_HEADER)
+    if not csrf_matches(request.app.state.settings, user, sent):
         raise HTTPException(403, f"missing or wrong {CSRF_HEADER}: reload the page")
 
 

@@ -1,0 +1,124 @@
+"""Who may call, as primitives: the API key, the console's session cookie, its CSRF token, and
+the networks that may read `/metrics` without the key.
+
+Owned by neither the API (service/api/auth.py turns these into FastAPI dependencies) nor the
+console (service/web/), and used by both and by the worker's metrics server; it knows no
+routes and no requests, only strings, so each rule is written once and tested without an app.
+
+With `API_KEY` set, the console's login page exchanges the key for a signed, expiring session
+cookie (HttpOnly, SameSite=Strict), which the API accepts as well as the header, so that the
+browser's EventSource and image tags work. A request authenticated by the cookie alone that
+changes something must also carry the session's CSRF token in `X-CSRF-Token`: the cookie is
+sent by the browser on its own, the token only by the service's own pages.
+
+The signing key is derived from the API key, so changing the key ends every session. Every
+secret is compared as bytes: `hmac.compare_digest` refuses `str`s with non-ASCII characters
+by raising, and a header or cookie is whatever the client sends (Starlette decodes headers
+as Latin-1), so comparing `str`s would turn a stray byte into a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from service.config import Settings
+
+COOKIE = "transfer_session"
+CSRF_HEADER = "X-CSRF-Token"
+# Methods that change nothing, so a cookie alone may make them (RFC 9110's safe methods).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Session:
+    """A console login: its random nonce (what the CSRF token is derived from) and when it
+    ends, in seconds since the epoch."""
+
+    nonce: str
+    expires: int
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether two secrets are equal, in time independent of where they differ; any text,
+    non-ASCII and lone surrogates included, is compared rather than refused."""
+    return hmac.compare_digest(_bytes(given), _bytes(expected))
+
+
+def _bytes(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (which UTF-8 cannot encode) still gives distinct bytes.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def key_matches(settings: Settings, given: str) -> bool:
+    """Whether `given` is the API key (which must be set)."""
+    assert settings.api_key is not None
+    return same_secret(given, settings.api_key)
+
+
+def _key(settings: Settings) -> bytes:
+    assert settings.api_key is not None
+    return hashlib.sha256(f"console-session:{settings.api_key}".encode()).digest()
+
+
+def _sign(settings: Settings, message: str) -> str:
+    digest = hmac.new(_key(settings), _bytes(message), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def new_session(settings: Settings, *, now: float | None = None) -> tuple[Session, str]:
+    """A fresh session and its cookie value, lasting `SESSION_SECONDS` from `now`."""
+    started = time.time() if now is None else now
+    session = Session(
+        nonce=secrets.token_urlsafe(16), expires=int(started) + settings.session_seconds
+    )
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"n": session.nonce, "e": session.expires}).encode()
+    ).decode()
+    return session, f"{payload}.{_sign(settings, payload)}"
+
+
+def read_session(
+    settings: Settings, cookie: str | None, *, now: float | None = None
+) -> Session | None:
+    """The session a cookie carries, if it is this service's, unexpired at `now` and signed
+    with the current key; else None (whatever the cookie holds: it is the client's text)."""
+    if not cookie or settings.api_key is None or "." not in cookie:
+        return None
+    payload, signature = cookie.rsplit(".", 1)
+    if not same_secret(signature, _sign(settings, payload)):
+        return None
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(payload))
+        session = Session(nonce=str(fields["n"]), expires=int(fields["e"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return session if session.expires > (time.time() if now is None else now) else None
+
+
+def csrf_token(settings: Settings, session: Session) -> str:
+    """The token the service's own pages send with a change made under `session`."""
+    return _sign(settings, f"csrf:{session.nonce}")
+
+
+def csrf_matches(settings: Settings, session: Session, sent: str | None) -> bool:
+    """Whether `sent` (the `X-CSRF-Token` header, None when missing) is the session's token."""
+    return same_secret(sent or "", csrf_token(settings, session))
+
+
+def in_open_network(settings: Settings, host: str | None) -> bool:
+    """Whether a client address lies in `METRICS_OPEN_NETWORKS` (then `/metrics` asks no API
+    key). A missing or unparsable address is in none."""
+    if not host or not settings.metrics_open_networks:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in settings.metrics_open_networks)
