@@ -268,6 +268,27 @@ def test_every_route_but_the_open_ones_needs_the_key(tmp_path: Path) -> None:
         service.close()
 
 
+def test_non_ascii_credentials_are_refused_not_a_500(tmp_path: Path) -> None:
+    """A header or cookie is whatever the client sends: a non-ASCII CSRF token, session
+    cookie or key is wrong like any other (it once raised inside hmac.compare_digest)."""
+    key = "k" * 32
+    service = Service(make_settings(tmp_path, api_key=key))
+    try:
+        client = service.client
+        assert client.post("/login", data={"api_key": "é" * 20}).status_code == 401
+        assert client.post("/login", data={"api_key": key}).status_code == 200
+        token = {"X-CSRF-Token": "é".encode()}
+        assert client.post("/jobs", json={}, headers=token).status_code == 403
+        assert client.post("/logout", headers=token).status_code == 403
+        client.cookies.clear()
+        forged = {"Cookie": "transfer_session=eA.é".encode()}
+        assert client.get("/datasets", headers=forged).status_code == 401
+        bearer = {"Authorization": "Bearer é".encode()}
+        assert client.get("/datasets", headers=bearer).status_code == 401
+    finally:
+        service.close()
+
+
 def test_cors_answers_only_the_allowed_origins(tmp_path: Path) -> None:
     service = Service(make_settings(tmp_path, cors_origins=["https://app.example"]))
     try:
