@@ -1,7 +1,9 @@
 """The domain's errors: what the service refuses, and why, in words a person can act on.
 
-Service functions raise these; the API maps them to HTTP statuses (api/errors.py), the
-console shows them on the page, and the worker fails a job with the same message.
+Service functions raise these (classifying too: an unknown model, an unreadable image, too
+many images, a corrupt stored model); one table maps each kind to its HTTP status
+(api/errors.py), which the API answers and the console shows its page with, and the worker
+fails a job with the same message.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class Conflict(Problem):
     """The request conflicts with the current state (HTTP 409)."""
 
 
+class TooLarge(Problem):
+    """More was sent than the service takes at once: images per request (HTTP 413)."""
+
+
 class Unsupported(Problem):
     """The service cannot do this with the software installed; the message names the
     versions it needs (HTTP 501)."""
+
+
+class Unavailable(Problem):
+    """What the request needs is there but cannot be used now: a stored model failing its
+    checksum. Others still serve (HTTP 503)."""

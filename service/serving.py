@@ -4,9 +4,10 @@ The model row is resolved (`registry.resolve`: an id, or a name, version or alia
 a short transaction of its own, the images are decoded and resized
 exactly as training did, the model comes from the cache, and the pixels go through the
 dynamic batcher. Explaining (class activation maps) bypasses the batcher: it is asked for
-rarely, costs more, and answers more than probabilities. Problems are domain exceptions;
-the HTTP layer maps them to status codes. TensorFlow is imported only when the cache first
-loads a model.
+rarely, costs more, and answers more than probabilities. What cannot be classified is a
+domain problem (service/problems.py), whose status the API and the console take from the
+same table; the model cache's own errors become problems here. TensorFlow is imported only
+when the cache first loads a model.
 """
 
 from __future__ import annotations
@@ -36,22 +37,16 @@ from service.ml.serving import (
     heatmap_overlay,
     png,
 )
-from service.problems import NotFound
+from service.problems import BadContent, Conflict, TooLarge, Unavailable
 from service.registry import ModelRef, resolve
 from service.schemas import Heatmap, Score
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
 
 __all__ = [
-    "BadImage",
     "Classification",
-    "ExplanationUnavailable",
     "Image",
-    "ModelCorrupt",
-    "ModelNotFound",
     "Serving",
-    "ServingError",
-    "TooManyImages",
     "decode_base64",
     "decode_images",
     "heatmaps",
@@ -62,22 +57,6 @@ __all__ = [
 
 # Model ids `Serving` remembers as found, at most.
 FOUND_LIMIT = 10_000
-
-
-class ServingError(Exception):
-    """A request that cannot be classified; the message says why, for the client."""
-
-
-class ModelNotFound(ServingError):
-    pass
-
-
-class BadImage(ServingError):
-    """An image that cannot be decoded; the message names it (`files[1] 'bad.png': …`)."""
-
-
-class TooManyImages(ServingError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -152,13 +131,16 @@ class Serving:
 
     def _check_count(self, images: Sequence[Image]) -> None:
         if len(images) > self.max_images:
-            raise TooManyImages(f"{len(images)} images sent; at most {self.max_images} per request")
+            raise TooLarge(f"{len(images)} images sent; at most {self.max_images} per request")
 
     def _explain(
         self, model: str | ModelRef, images: Sequence[Image], top_k: int
     ) -> Classification:
         loaded, pixels = self._prepare(model, images)
-        explanation = loaded.explanation(pixels, top_k)
+        try:
+            explanation = loaded.explanation(pixels, top_k)
+        except ExplanationUnavailable as error:
+            raise Conflict(str(error)) from None
         return Classification(
             loaded.model_id,
             loaded.classes,
@@ -177,7 +159,10 @@ class Serving:
     ) -> tuple[LoadedModel, np.ndarray]:
         source = self._source(model)
         pixels = decode_images(images, source.input_size)
-        return self.cache.get(source), pixels
+        try:
+            return self.cache.get(source), pixels
+        except ModelCorrupt as error:  # the cache's, which batch jobs meet too: a problem here
+            raise Unavailable(str(error)) from None
 
     def _source(self, model: str | ModelRef) -> ModelSource:
         model_id = model if isinstance(model, str) else model.model_id
@@ -201,14 +186,10 @@ class Serving:
 def model_source(database: Database, model: str | ModelRef) -> ModelSource:
     """What the cache needs to load the model (a model id, or a reference to resolve), read in
     a short transaction of its own: a prediction holds no database connection while it waits
-    for the model."""
+    for the model. An unknown model is the registry's NotFound."""
     ref = model if isinstance(model, ModelRef) else ModelRef(model_id=model)
     with database.session() as session:
-        try:
-            row = resolve(session, ref, only=SOURCE_COLUMNS)
-        except NotFound as error:
-            raise ModelNotFound(str(error)) from None
-        return stored_source(database, row)
+        return stored_source(database, resolve(session, ref, only=SOURCE_COLUMNS))
 
 
 # What `stored_source` reads of a model row.
@@ -247,7 +228,7 @@ def decode_images(images: Sequence[Image], size: int) -> np.ndarray:
         try:
             batch[number] = to_pixels(image.data, size)
         except UndecodableImage as error:
-            raise BadImage(f"{image.where}: {error}") from None
+            raise BadContent(f"{image.where}: {error}") from None
     return batch
 
 
@@ -278,7 +259,7 @@ def decode_base64(where: str, encoded: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise BadImage(f"{where}: not valid base64") from None
+        raise BadContent(f"{where}: not valid base64") from None
 
 
 def top_scores(

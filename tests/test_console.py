@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from service.web import routes as console
+from service.web.forms import spec_from_form
 from tests.browser import API_KEY, LiveService, PageProblems, start_live_service
-from tests.conftest import colour_image, colour_images, png_bytes
+from tests.conftest import Service, colour_image, colour_images, png_bytes, stored_model
 
 TIMEOUT_MS = 240_000
 
@@ -308,3 +309,56 @@ def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> N
         problems.check()
     finally:
         live.stop()
+
+
+# -- the console answers a problem with the API's status for it ---------------------------------
+
+
+def test_try_it_on_a_model_failing_its_checksum_is_503_naming_it_as_the_api_answers(
+    service: Service,
+) -> None:
+    row = stored_model(None)  # its stored bytes (b"m") are not what its sha256 says
+    with service.database.session(write=True) as session:
+        session.add(row)
+    model_id = row.id
+    image = png_bytes(colour_image(0, np.random.default_rng(0)))
+    files = [("files", ("red.png", image, "image/png"))]
+    api = service.client.post("/predict", data={"model_id": model_id}, files=files)
+    assert api.status_code == 503 and model_id in api.json()["detail"]
+    tried = service.client.post(
+        f"/console/models/{model_id}/predict", files=files, headers={"HX-Request": "true"}
+    )
+    assert tried.status_code == 503, tried.text
+    assert model_id in tried.text and "sha256" in tried.text
+
+
+def test_a_malformed_cursor_is_a_422_on_every_console_list_as_in_the_api(
+    service: Service,
+) -> None:
+    for listed in ("datasets", "jobs", "models", "predictions"):
+        api = service.client.get(f"/{listed}", params={"cursor": "nonsense"})
+        assert api.status_code == 422, (listed, api.text)
+        shown = service.client.get(f"/console/{listed}", params={"cursor": "nonsense"})
+        assert shown.status_code == 422, (listed, shown.status_code)
+        assert "not a cursor this service gave" in shown.text
+
+
+def test_console_writes_naming_what_does_not_exist_are_404_as_in_the_api(
+    service: Service,
+) -> None:
+    dataset_id = service.upload(colour_images(per_class=2))["id"]
+    image = png_bytes(colour_image(0, np.random.default_rng(0)))
+    missing_dataset = {"dataset_id": "d_missing", "weights": "none"}
+    missing_model = {"dataset_id": dataset_id, "weights": "model:m_missing"}
+    for form, what in ((missing_dataset, "d_missing"), (missing_model, "m_missing")):
+        spec = spec_from_form({key: [value] for key, value in form.items()})
+        for path in ("/jobs", "/jobs/preview"):
+            assert service.client.post(path, json=spec).status_code == 404
+            answer = service.client.post(f"/console{path}", data=form)
+            assert answer.status_code == 404, (path, form, answer.text)
+            assert what in answer.text
+    files = [("files", ("red.png", image, "image/png"))]
+    api = service.client.post("/predict", data={"model_id": "m_missing"}, files=files)
+    assert api.status_code == 404
+    tried = service.client.post("/console/models/m_missing/predict", files=files)
+    assert tried.status_code == 404 and "m_missing" in tried.text

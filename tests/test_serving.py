@@ -20,8 +20,9 @@ from service import serving as serving_module
 from service.config import Settings, usable_cores
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache
+from service.problems import BadContent, NotFound, TooLarge
 from service.registry import ModelRef
-from service.serving import BadImage, Image, ModelNotFound, Serving, TooManyImages, model_source
+from service.serving import Image, Serving, model_source
 
 
 def test_batcher_gathers_concurrent_requests_and_answers_each_in_order() -> None:
@@ -272,9 +273,9 @@ def test_serving_classifies_without_the_http_layer(small_model: dict[str, Any], 
     ]
     bad = [images[0], Image("files[1] 'bad.png'", "bad.png", b"nope")]
     for model, sent, error, message in [
-        ("m_missing", images, ModelNotFound, "model_id: no model 'm_missing'"),
-        (model_id, images * 2, TooManyImages, "4 images sent; at most 2 per request"),
-        (model_id, bad, BadImage, "files[1] 'bad.png': "),
+        ("m_missing", images, NotFound, "model_id: no model 'm_missing'"),
+        (model_id, images * 2, TooLarge, "4 images sent; at most 2 per request"),
+        (model_id, bad, BadContent, "files[1] 'bad.png': "),
     ]:
         with pytest.raises(error, match=re.escape(message)):
             asyncio.run(serving.classify(model, sent))

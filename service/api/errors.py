@@ -16,7 +16,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from service.problems import BadContent, Conflict, Invalid, NotFound, Problem, Unsupported
+from service.problems import (
+    BadContent,
+    Conflict,
+    Invalid,
+    NotFound,
+    Problem,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+)
 
 
 def unprocessable(
@@ -70,7 +79,18 @@ _SAFE_ENCODERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
-STATUS = {BadContent: 400, NotFound: 404, Conflict: 409, Unsupported: 501}
+# The one mapping of the domain's problems to HTTP, for the API and the console alike; a
+# subclass (storage's BadCursor is an Invalid) answers as its nearest kind listed here.
+STATUS: dict[type[Problem], int] = {
+    Problem: 400,
+    BadContent: 400,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    Unsupported: 501,
+    Unavailable: 503,
+}
 
 
 async def unprocessable_answer(request: Request, error: Exception) -> JSONResponse:
@@ -88,7 +108,8 @@ async def http_error_answer(request: Request, error: Exception) -> Response:
 
 
 async def problem_answer(request: Request, error: Exception) -> Response:
-    """The domain's problems: 400, 404, 409, 501, or a 422 locating the field."""
+    """The domain's problems: their status from STATUS, a 422 in FastAPI's shape locating
+    the field."""
     assert isinstance(error, Problem)
     if isinstance(error, Invalid):
         return await unprocessable_answer(
@@ -99,7 +120,7 @@ async def problem_answer(request: Request, error: Exception) -> Response:
 
 def status_of(problem: Problem) -> int:
     """The HTTP status a domain problem is answered with, for the API and the console."""
-    return 422 if isinstance(problem, Invalid) else STATUS.get(type(problem), 400)
+    return next(STATUS[kind] for kind in type(problem).__mro__ if kind in STATUS)
 
 
 def install(app: FastAPI) -> None:

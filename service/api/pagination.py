@@ -7,8 +7,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request, Response
 
-from service.api.errors import invalid
-from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, Page, PageOf
+from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT, Page, PageOf
 
 Row = TypeVar("Row")
 
@@ -26,10 +25,7 @@ def page_params(
     ] = None,
 ) -> Page:
     page = Page(limit=limit, cursor=cursor)
-    try:
-        page.after  # noqa: B018 -- decoded now, so a bad cursor is a 422 naming it
-    except BadCursor as error:
-        raise invalid(["cursor"], str(error), part="query") from None
+    page.after  # noqa: B018 -- decoded now: a bad cursor is a 422 naming it (BadCursor)
     return page
 
 

@@ -18,6 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
+from service.problems import Invalid
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
@@ -29,8 +31,13 @@ class Keyed(Protocol):
     created_at: Any
 
 
-class BadCursor(ValueError):
-    """A cursor this service did not give."""
+class BadCursor(Invalid):
+    """A cursor this service did not give: the request's `cursor` query parameter, a 422
+    wherever a list is asked for, the API's or the console's."""
+
+    def __init__(self) -> None:
+        message = 'not a cursor this service gave; follow the Link header\'s rel="next" URL'
+        super().__init__(message, field=("cursor",), part="query")
 
 
 @dataclass(frozen=True)
@@ -63,9 +70,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError(cursor)
         return moment, row_id
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise BadCursor(
-            'not a cursor this service gave; follow the Link header\'s rel="next" URL'
-        ) from None
+        raise BadCursor() from None
 
 
 def fetch_page(

@@ -39,7 +39,7 @@ from service.jobs import JobKind, JobStatus
 from service.problems import Conflict, Problem
 from service.schemas import AdviceResult, DatasetReport
 from service.security import COOKIE, CSRF_HEADER, Session, csrf_matches, key_matches, new_session
-from service.serving import Image, ServingError
+from service.serving import Image
 from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, ImportRequest, JobSpec
 from service.storage.pages import Page
 from service.web.forms import (
@@ -205,7 +205,7 @@ def dataset_upload(
             limits=datasets.upload_limits(settings),
         )
     except Problem as problem:
-        return page(request, "partials/error.html", 400, message=str(problem))
+        return _failed(request, problem)
     return Response(status_code=201, headers={"X-Location": f"/console/datasets/{dataset.id}"})
 
 
@@ -425,10 +425,8 @@ def job_preview(
     try:
         spec = JobSpec.model_validate(body)
         stages = jobs.preview(session, spec)
-    except ValidationError as error:
-        return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
-    except Problem as problem:
-        return page(request, "partials/error.html", 422, message=str(problem))
+    except (ValidationError, Problem) as error:
+        return _failed(request, error)
     rows = [{**row, "block": _block(row)} for row in stages[-1]["layers"]]
     backbone_rows = [row for row in rows if row["block"] not in ("input", "head")]
     classes = len(datasets.get_dataset(session, spec.dataset_id).classes)
@@ -456,10 +454,8 @@ def job_create(
 ) -> Response:
     try:
         job = jobs.submit(session, JobSpec.model_validate(body))
-    except ValidationError as error:
-        return page(request, "partials/error.html", 422, message=jobs.what_fails(error))
-    except Problem as problem:
-        return page(request, "partials/error.html", 422, message=str(problem))
+    except (ValidationError, Problem) as error:
+        return _failed(request, error)
     return _redirect_to_job(job.id)
 
 
@@ -624,8 +620,8 @@ async def model_try(
             result = await serving.explain(model_id, images, top_k)
         else:
             result = await serving.classify(model_id, images)
-    except ServingError as error:
-        return page(request, "partials/error.html", 400, message=str(error))
+    except Problem as problem:
+        return _failed(request, problem)
     tops = result.top(min(top_k, len(result.classes)))
     return page(request, "partials/predictions.html", answers=list(zip(images, tops, strict=True)))
 

@@ -1,12 +1,10 @@
 """Classification over HTTP: multipart uploads, JSON with base64 images, and TF Serving's REST
-shape. This module only reads the three body shapes and maps problems to status codes; the
-classifying itself is `service.serving`'s.
+shape. This module only reads the three body shapes; the classifying itself is
+`service.serving`'s, whose problems are answered as every other route's are (api/errors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request
@@ -31,17 +29,7 @@ from service.schemas import (
     TFServingVersionStatus,
     inline_schema,
 )
-from service.serving import (
-    BadImage,
-    Classification,
-    ExplanationUnavailable,
-    Image,
-    ModelCorrupt,
-    ModelNotFound,
-    Serving,
-    TooManyImages,
-    decode_base64,
-)
+from service.serving import Classification, Image, Serving, decode_base64
 
 router = APIRouter(tags=["predict"])
 
@@ -51,36 +39,18 @@ ERRORS = {
     413: {"description": "Over the size or file-count limit"},
     503: {"description": "The stored model fails its integrity check; others still serve"},
 }
-STATUS = {
-    BadImage: 400,
-    ModelNotFound: 404,
-    ExplanationUnavailable: 409,
-    TooManyImages: 413,
-    ModelCorrupt: 503,
-}
-
-
-@contextmanager
-def _as_http_errors() -> Iterator[None]:
-    try:
-        yield
-    except tuple(STATUS) as error:
-        status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
-        raise HTTPException(status, str(error)) from None
 
 
 async def _classify(
     serving: Serving, model: ModelRef, images: list[Image], explain_top_k: int = 0
 ) -> Classification:
-    with _as_http_errors():
-        if explain_top_k:
-            return await serving.explain(model, images, explain_top_k)
-        return await serving.classify(model, images)
+    if explain_top_k:
+        return await serving.explain(model, images, explain_top_k)
+    return await serving.classify(model, images)
 
 
 def _b64(number: int, encoded: str) -> bytes:
-    with _as_http_errors():
-        return decode_base64(f"instances[{number}].b64", encoded)
+    return decode_base64(f"instances[{number}].b64", encoded)
 
 
 async def _read_json(request: Request) -> tuple[PredictJSON, list[Image]]:
