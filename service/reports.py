@@ -425,8 +425,8 @@ def _mislabelled(stored: dict[str, Any] | None, dataset_id: str) -> Mislabelled:
 # -- warnings -------------------------------------------------------------------------------
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
 def _names(images: Sequence[ReportImage], most: int = 3) -> str:
@@ -472,8 +472,8 @@ def _class_warnings(report: DatasetReport) -> list[str]:
     if small:
         counts = ", ".join(f"{entry.name} ({entry.count})" for entry in small)
         found.append(
-            f"{_count(len(small), 'class')} {_verb(len(small), 'has', 'have')} fewer than "
-            f"{MIN_CLASS_IMAGES} images, too few to learn and validate on: {counts}"
+            f"{_count(len(small), 'class', 'classes')} {_verb(len(small), 'has', 'have')} "
+            f"fewer than {MIN_CLASS_IMAGES} images, too few to learn and validate on: {counts}"
         )
     return found
 

@@ -195,6 +195,13 @@ def test_a_dataset_without_problems_has_no_warnings_even_at_3_to_2(service: Serv
     }
 
 
+def test_several_small_classes_are_counted_in_plain_english(service: Service) -> None:
+    rng = np.random.default_rng(2)
+    files = {name: data for label in "abc" for name, data in noise_files(rng, label, 3).items()}
+    report = get_report(service, upload(service, files))
+    assert "3 classes have fewer than 20 images" in "\n".join(report["warnings"])
+
+
 # -- leakage: the worker's split ----------------------------------------------------------
 
 
