@@ -75,8 +75,19 @@ def progress_bar(progress: dict, last: dict, width: int = 30) -> str:
     )
 
 
+def epoch_line(row: dict, progress: dict) -> str:
+    """A finished epoch as one line: the bar as that epoch left it (a reader may have missed
+    the epoch's last steps, or every step when it connected late)."""
+    steps = progress.get("steps") or 1
+    at_end = {"epochs": row["epoch"], **progress, "epoch": row["epoch"], "step": steps}
+    return progress_bar(at_end, row).strip()
+
+
 def follow_events(client: httpx.Client, job_id: str) -> None:
-    """Draw the progress bar from the job's Server-Sent Events until its final status."""
+    """Draw the progress bar from the job's Server-Sent Events until its final status: in a
+    terminal, redrawn in place; elsewhere (a file, a pipe, CI's log) a carriage return is no
+    redraw, so one line per finished epoch instead."""
+    live = sys.stdout.isatty()
     progress: dict = {}
     last: dict = {}
     event = ""
@@ -92,10 +103,14 @@ def follow_events(client: httpx.Client, job_id: str) -> None:
                 progress = data
             elif event == "epoch":
                 last = data
-            print(progress_bar(progress, last), end="", flush=True)
+            if live:
+                print(progress_bar(progress, last), end="", flush=True)
+            elif event == "epoch":
+                print(epoch_line(data, progress), flush=True)
             if event == "status" and data["status"] not in ("queued", "running"):
                 break
-    print()
+    if live:
+        print()
 
 
 def run_demo(*, data_dir: str, port: int, epochs: int) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def run(tmp_path: Path, *args: str, **environment: str) -> subprocess.CompletedProcess[str]:
@@ -61,3 +65,31 @@ def test_the_demo_trains_by_transfer_where_imagenet_weights_can_be_had() -> None
     assert online.stages[1].learning_rate < online.stages[0].learning_rate
     offline = JobSpec.model_validate(job_body("d_1", 3, offline_reason="no network"))
     assert offline.backbone.weights is None and offline.freeze.mode == "none"
+
+
+def test_the_demo_writes_one_line_per_epoch_where_its_output_is_no_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import httpx
+
+    from service.demo import follow_events
+
+    def event(name: str, data: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+    stream = event("status", {"status": "running"})
+    for epoch in (1, 2, 3):
+        for step in range(1, 101):
+            stream += event("progress", {"epoch": epoch, "epochs": 3, "step": step, "steps": 100})
+        row = {"epoch": epoch, "stage": 1, "loss": 0.5, "accuracy": 0.25 * epoch}
+        stream += event("epoch", row)
+    stream += event("status", {"status": "succeeded"})
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, text=stream))
+    with httpx.Client(transport=answer, base_url="http://demo") as client:
+        follow_events(client, "j_1")
+    written = capsys.readouterr().out
+    assert "\r" not in written
+    lines = written.splitlines()
+    assert len(lines) == 3, lines
+    assert all(f"epoch {n}/3" in line for n, line in enumerate(lines, start=1))
+    assert "accuracy 0.750" in lines[2]
