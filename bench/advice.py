@@ -29,11 +29,11 @@ import numpy as np
 from PIL import Image
 
 from bench.quick import parse_args
+from service.advice.spec import AdviceSpec
+from service.ml.data import LabelledImages
 from service.ml.features import MemoryFeatureStore
 from service.ml.images import to_pixels
-from service.ml.probe import measure
-from service.ml.train import LabelledImages
-from service.spec import AdviceSpec
+from service.ml.probe import ProbeSettings, measure
 
 CLASSES = 5
 
@@ -106,10 +106,11 @@ def main() -> None:
         baseline = baseline_seconds(sample, args.size, weights)
         store = MemoryFeatureStore()
         clock = time.perf_counter()
-        first = measure(spec, sample, Quiet(), backbone_weights=weights, store=store)
+        settings = ProbeSettings(backbone=spec.backbone, folds=spec.folds, seed=spec.seed)
+        first = measure(settings, sample, Quiet(), backbone_weights=weights, store=store)
         advice = time.perf_counter() - clock
         clock = time.perf_counter()
-        again = measure(spec, sample, Quiet(), backbone_weights=weights, store=store)
+        again = measure(settings, sample, Quiet(), backbone_weights=weights, store=store)
         cached = time.perf_counter() - clock
     per = 1000 / args.images
     print(f"MobileNetV2 at {args.size} px, {args.images} images, {CLASSES} classes")

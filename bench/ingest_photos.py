@@ -41,8 +41,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from bench.quick import parse_args
-from service import ingest
-from service.ingest import Archive, Limits, read_image_zip
+from service.datasets import ingest
+from service.datasets.ingest import Archive, Limits, read_image_zip
 from service.ml import images
 
 PHOTO_SIZE = (4000, 3000)

@@ -31,9 +31,9 @@ from sqlalchemy import insert
 from bench.quick import parse_args
 from service.api.app import create_app
 from service.config import Settings
-from service.spec import JobSpec
 from service.storage.db import Database
 from service.storage.tables import Dataset, Job, TrainedModel
+from service.training.spec import JobSpec
 
 SPEC = JobSpec.model_validate(
     {"dataset_id": "d_bench", "backbone": {"name": "MobileNetV2", "input_size": 96}}

@@ -37,9 +37,10 @@ from PIL import Image
 from sqlalchemy import update
 
 from bench.quick import parse_args
-from service import ingest, reports
-from service.datasets import create_dataset
-from service.ingest import Limits, read_image_zip
+from service import reports
+from service.datasets import ingest
+from service.datasets.ingest import Limits, read_image_zip
+from service.datasets.service import create_dataset
 from service.ml.images import ImageFacts
 from service.storage.db import Database
 from service.storage.tables import DatasetImage

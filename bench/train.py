@@ -34,9 +34,11 @@ from PIL import Image
 
 from bench.quick import parse_args
 from service.ml.build import build_network
+from service.ml.data import LabelledImages
 from service.ml.images import to_pixels
-from service.ml.train import LabelledImages, compile_for_stage, stratified_split, train
-from service.spec import JobSpec
+from service.ml.split import stratified_split
+from service.ml.train import compile_for_stage, train
+from service.training.spec import JobSpec
 
 CLASSES = {"red": 0, "green": 1, "blue": 2}
 
@@ -108,8 +110,9 @@ def worker_epochs(spec: JobSpec, data: LabelledImages, scratch: Path) -> list[fl
 
     from service.api.app import create_app
     from service.config import Settings
+    from service.job_kinds import KINDS
+    from service.jobs.runner import Worker
     from service.storage.db import Database
-    from service.worker import Worker
 
     settings = Settings(_env_file=None, data_dir=scratch, database_url="", api_key=None)
     database = Database(settings.database_url)
@@ -124,7 +127,7 @@ def worker_epochs(spec: JobSpec, data: LabelledImages, scratch: Path) -> list[fl
         body = spec.model_dump(mode="json") | {"dataset_id": dataset["id"]}
         job_id = client.post("/jobs", json=body).json()["id"]
         keras.backend.clear_session()
-        Worker(database, settings).run_until_idle()
+        Worker(database, settings, KINDS).run_until_idle()
         job = client.get(f"/jobs/{job_id}").json()
     database.dispose()
     assert job["status"] == "succeeded", job

@@ -84,11 +84,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 log_config=None if json_lines else uvicorn.config.LOGGING_CONFIG,
             )
         else:
-            from service.worker import run_worker
+            from service.job_kinds import KINDS
+            from service.jobs.runner import run_worker
 
-            run_worker(
-                open_database(settings.database_url, auto_migrate=settings.auto_migrate), settings
-            )
+            database = open_database(settings.database_url, auto_migrate=settings.auto_migrate)
+            run_worker(database, settings, KINDS)
     except SchemaNotCurrent as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

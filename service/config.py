@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         1024 * MiB, gt=0, description="Largest weights file sent to /weights."
     )
 
-    # -- training datasets larger than memory (service/storage/shards.py) -------------------
+    # -- training datasets larger than memory (service/storage/shard_cache.py) -------------------
     train_in_memory_bytes: int = Field(
         1024 * MiB,
         ge=0,

@@ -38,6 +38,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
+from service.job_kinds import KINDS as REGISTERED_KINDS
+from service.jobs.queue import JobStatus
 from service.security import in_open_network, key_matches
 from service.storage.db import Database
 from service.storage.tables import Job, WebhookDelivery, WorkerRow, utcnow
@@ -50,9 +52,9 @@ log = logging.getLogger("service.metrics")
 __all__ = ["CONTENT_TYPE_LATEST"]
 
 # The statuses and kinds every scrape reports, at 0 when there are none, so a series does not
-# vanish when its last job moves on (service/jobs.py's JobStatus and JobKind).
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-KINDS = ("train", "advice", "export", "predict")
+# vanish when its last job moves on (the engine's JobStatus, the service's registered kinds).
+STATUSES = tuple(JobStatus)
+KINDS = REGISTERED_KINDS.names
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 QUEUE_WAIT = Histogram(

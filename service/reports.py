@@ -25,10 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
-from service.datasets import get_dataset
-from service.ml.images import PHASH_SIDE, UndecodableImage, decode, image_facts
-from service.ml.split import stratified_split
-from service.schemas import (
+from service.datasets.schemas import (
     Balance,
     ClassCount,
     DatasetReport,
@@ -45,6 +42,9 @@ from service.schemas import (
     SmallClasses,
     SmallImages,
 )
+from service.datasets.service import get_dataset
+from service.ml.images import PHASH_SIDE, UndecodableImage, decode, image_facts
+from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
 
 # Below this many images a class is too small to learn from and validate on at once.

@@ -37,9 +37,9 @@ from service.ml.serving import (
     heatmap_overlay,
     png,
 )
+from service.models.registry import ModelRef, resolve
+from service.predictions.schemas import Heatmap, Score
 from service.problems import BadContent, Conflict, TooLarge, Unavailable
-from service.registry import ModelRef, resolve
-from service.schemas import Heatmap, Score
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
 

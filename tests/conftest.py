@@ -191,14 +191,15 @@ class Service:
         from fastapi.testclient import TestClient
 
         from service.api.app import create_app
-        from service.worker import Worker
+        from service.job_kinds import KINDS
+        from service.jobs.runner import Worker
 
         self.settings = settings
         self.database = Database(settings.database_url)
         self.database.upgrade()
         self.client = TestClient(create_app(settings))
         self.client.__enter__()
-        self.worker = Worker(self.database, settings)
+        self.worker = Worker(self.database, settings, KINDS)
 
     def close(self) -> None:
         self.client.__exit__(None, None, None)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service.advice import Figures, advised_spec, quadrant, similarity
+from service.advice.service import Figures, advised_spec, quadrant, similarity
+from service.advice.spec import AdviceSpec
 from service.ml.features import MemoryFeatureStore, stratified_sample
 from service.ml.labels import fold_count, likely_mislabelled
-from service.spec import AdviceSpec, JobSpec
+from service.training.spec import JobSpec
 from tests.conftest import (
     Service,
     colour_image,
@@ -133,7 +134,7 @@ def api(service: Service) -> Service:
 
 
 def test_features_are_stored_merged_and_read_in_order(api: Service) -> None:
-    from service.storage.features import DatabaseFeatureStore
+    from service.storage.feature_store import DatabaseFeatureStore
 
     dataset = api.upload(colour_images(3))
     store = DatabaseFeatureStore(api.database, dataset["id"])
@@ -381,7 +382,8 @@ def test_a_frozen_stage_reuses_stored_features(tmp_path: Path) -> None:
     planted features prove they are read, not recomputed."""
     import keras
 
-    from service.ml.train import LabelledImages, train
+    from service.ml.data import LabelledImages
+    from service.ml.train import train
     from tests.test_drift import seeded_backbone_file
 
     weights = tmp_path / "backbone.weights.h5"

@@ -99,7 +99,7 @@ OVERCONFIDENT = {
 
 
 def weak_colours(per_class: int, seed: int) -> Any:
-    from service.ml.train import LabelledImages
+    from service.ml.data import LabelledImages
 
     rng = np.random.default_rng(seed)
     images, labels = [], []
@@ -118,7 +118,7 @@ def train_overconfident(**training: Any) -> Any:
     import keras
 
     from service.ml.train import train
-    from service.spec import JobSpec
+    from service.training.spec import JobSpec
     from tests.test_training import Recorder
 
     keras.backend.clear_session()

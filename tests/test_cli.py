@@ -57,7 +57,7 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_status_2(tmp_path: Path) -
 
 def test_the_demo_trains_by_transfer_where_imagenet_weights_can_be_had() -> None:
     from service.demo import job_body
-    from service.spec import JobSpec
+    from service.training.spec import JobSpec
 
     online = JobSpec.model_validate(job_body("d_1", 3, offline_reason=None))
     assert online.backbone.weights == "imagenet" and online.freeze.mode == "backbone"

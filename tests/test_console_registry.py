@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
-from service import exports
+from service.exports import service as exports
 from tests.browser import LiveService, PageProblems
 from tests.conftest import job_body
 from tests.test_console import TIMEOUT_MS, dataset_zip, sign_in

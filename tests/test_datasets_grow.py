@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from service import datasets
-from service.ingest import BadArchive
+from service.datasets import service as datasets
+from service.datasets.ingest import BadArchive
 from service.storage.tables import DatasetImage
 from tests.conftest import (
     Service,

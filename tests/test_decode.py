@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 from sklearn.datasets import load_sample_image
 
-from service.ingest import Limits, read_image_zip
+from service.datasets.ingest import Limits, read_image_zip
 from service.ml.images import (
     PHASH_SIDE,
     REDUCING_GAP,
@@ -241,8 +241,10 @@ def test_a_model_trained_on_the_full_decode_agrees_with_itself_on_the_reduced_on
     """
     import keras
 
+    from service.ml import pipeline
     from service.ml import train as training
-    from service.spec import JobSpec
+    from service.ml.data import LabelledImages
+    from service.training.spec import JobSpec
 
     images, labels, classes = photo_crops(per_class=100)
     body = {
@@ -253,10 +255,10 @@ def test_a_model_trained_on_the_full_decode_agrees_with_itself_on_the_reduced_on
         "training": {"epochs": 20, "batch_size": 16, "validation_split": 0.5, "seed": 0},
     }
     keras.backend.clear_session()
-    monkeypatch.setattr(training, "to_pixels", full_size_pixels)
+    monkeypatch.setattr(pipeline, "to_pixels", full_size_pixels)
     result = training.train(
         JobSpec.model_validate(body),
-        training.LabelledImages(images=images, labels=labels, classes=classes),
+        LabelledImages(images=images, labels=labels, classes=classes),
         _Quiet(),
         backbone_weights=None,
     )

@@ -30,8 +30,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
 from service.ml.export import export_savedmodel
-from service.ml.train import LabelledImages, train
-from service.spec import JobSpec
+from service.ml.data import LabelledImages
+from service.ml.train import train
+from service.training.spec import JobSpec
 from tests.conftest import colour_images
 
 class Quiet:

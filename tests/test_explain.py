@@ -24,7 +24,7 @@ def build(pooling: str, dense: list[int], size: int = 64, classes: int = 3) -> A
     import keras
 
     from service.ml.build import build_network
-    from service.spec import JobSpec
+    from service.training.spec import JobSpec
 
     keras.backend.clear_session()
     spec = JobSpec.model_validate(
@@ -168,7 +168,7 @@ def test_explain_of_a_model_stored_before_maps_is_a_409(service: Service, tmp_pa
     import keras
 
     from service.ml.build import build_network
-    from service.spec import JobSpec
+    from service.training.spec import JobSpec
 
     keras.backend.clear_session()
     spec = JobSpec.model_validate(
@@ -213,7 +213,7 @@ def scene(rng: np.random.Generator, colour: tuple[int, int, int] | None) -> tupl
 
 
 def scenes(per_class: int, seed: int) -> tuple[Any, list[tuple[int, int]]]:
-    from service.ml.train import LabelledImages
+    from service.ml.data import LabelledImages
 
     rng = np.random.default_rng(seed)
     images, labels, corners = [], [], []
@@ -239,7 +239,7 @@ def test_heatmap_peaks_on_the_object_that_decides_the_class(tmp_path: Path) -> N
 
     from service.ml.images import to_pixels
     from service.ml.train import train
-    from service.spec import JobSpec
+    from service.training.spec import JobSpec
     from tests.test_training import Recorder
 
     keras.backend.clear_session()

@@ -16,11 +16,14 @@ import pytest
 from packaging.version import Version
 from sqlalchemy import delete, update
 
-from service import exports, jobs
+from service import jobs
 from service.backbones import BACKBONES
+from service.exports import service as exports
+from service.exports.spec import EXPORT_FORMATS
 from service.ml.images import to_pixels
-from service.spec import EXPORT_FORMATS, JobSpec
 from service.storage.tables import Dataset, DatasetImage, ModelExport, TrainedModel
+from service.training.service import queue_training
+from service.training.spec import JobSpec
 from tests.conftest import (
     Service,
     colour_images,
@@ -160,7 +163,7 @@ def placeholder_model(service: Service, per_class: int = 2) -> tuple[str, str, l
     with service.database.session(write=True) as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
-        job = jobs.enqueue(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
+        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
         job.status = jobs.JobStatus.SUCCEEDED
         model = stored_model(
             job.id,

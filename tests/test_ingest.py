@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from service.ingest import Archive, BadArchive, Limits, read_image_zip
+from service.datasets.ingest import Archive, BadArchive, Limits, read_image_zip
 from tests.conftest import colour_images, make_zip, png_bytes
 
 LIMITS = Limits(max_files=1000, max_image_bytes=1 << 20, max_total_bytes=16 << 20)

@@ -50,7 +50,7 @@ def test_one_in_use_rule_for_datasets_weights_and_models(service: Service) -> No
     assert service.client.delete(f"/datasets/{dataset_id}").status_code == 204
 
 
-def old_row(service: Service, dataset_id: str) -> str:
+def old_row(service: Service, dataset_id: str, kind: str = "train") -> str:
     """A job queued by an older version: a backbone and a field this one no longer knows."""
     job_id = new_id("j")
     spec = {
@@ -62,6 +62,7 @@ def old_row(service: Service, dataset_id: str) -> str:
         session.add(
             Job(
                 id=job_id,
+                kind=kind,
                 name="old",
                 status=JobStatus.QUEUED,
                 spec=spec,
@@ -92,6 +93,30 @@ def test_old_rows_read_as_stored_and_fail_with_a_reason_when_run(service: Servic
     assert "no longer validates" in failed["error"]
     assert "backbone.name" in failed["error"] and "AlexNet" in failed["error"]
     assert "colour_jitter" in failed["error"]
+
+
+def test_a_job_of_a_kind_this_service_does_not_run_reads_and_fails_naming_it(
+    service: Service,
+) -> None:
+    """Queued by another version of the service (a kind added later, or removed): it reads
+    as stored, and the worker fails it naming the kind instead of training it."""
+    dataset_id = service.upload(colour_images(per_class=3))["id"]
+    job_id = old_row(service, dataset_id, kind="retrain")
+
+    read = service.client.get(f"/jobs/{job_id}")
+    assert read.status_code == 200, read.text
+    assert read.json()["kind"] == "retrain"
+    assert service.client.get("/jobs").status_code == 200
+    assert service.client.get("/jobs", params={"kind": "retrain"}).status_code == 422
+
+    assert service.worker.run_once()
+    failed = service.client.get(f"/jobs/{job_id}").json()
+    assert failed["status"] == "failed"
+    assert "job kind 'retrain' is not registered" in failed["error"]
+    assert "train" in failed["error"].split("(it runs:")[1]
+    with service.database.session() as session:  # nothing was trained or stored for it
+        assert session.get(Job, job_id).finished_at is not None  # type: ignore[union-attr]
+    assert service.client.get("/models").json() == []
 
 
 def follow(client: Any, url: str) -> tuple[list[list[str]], list[str]]:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from service import jobs
-from service.spec import JobSpec
 from service.storage.tables import BatchPrediction, Dataset, Job
+from service.training.service import queue_training
+from service.training.spec import JobSpec
 from tests.conftest import Service, colour_images, count_rows, job_body, make_zip, stored_model
 
 
@@ -140,7 +141,7 @@ def placeholder(service: Service) -> tuple[str, str]:
     with service.database.session(write=True) as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
-        job = jobs.enqueue(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
+        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
         job.status = jobs.JobStatus.SUCCEEDED
         model = stored_model(job.id, dataset_id=dataset_id, name="colours")
         session.add(model)

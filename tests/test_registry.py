@@ -20,10 +20,12 @@ import pytest
 from alembic import command
 from sqlalchemy import delete, func, insert, select
 
-from service import jobs, registry
-from service.registry import ModelRef
+from service import jobs
+from service.models import registry
+from service.models.registry import ModelRef
 from service.storage.db import Database
 from service.storage.tables import ModelAlias, ModelLayer, TrainedModel, new_id, utcnow
+from service.training.task import store_model
 from tests.conftest import Service, colour_images, count_rows, job_body, stored_model
 
 
@@ -31,7 +33,7 @@ def store(service: Service, name: str) -> str:
     """A placeholder model stored as the worker stores one: numbered in its transaction."""
     with service.database.session(write=True) as session:
         model = stored_model(None, name=name)
-        model.version = jobs.next_version(session, name)
+        model.version = registry.next_version(session, name)
         session.add(model)
     return model.id
 
@@ -55,7 +57,7 @@ def test_versions_count_per_name_in_the_order_models_were_stored(service: Servic
         )
         assert claim is not None
         model = stored_model(claim.job_id, name=name, version=99)  # numbered on storing
-        assert jobs.complete_job(service.database, claim, model=model, layers=[])
+        assert jobs.complete(service.database, claim, store_model(model, []))
         stored.append(model.id)
 
     flowers = service.client.get("/models", params={"name": "flowers", "limit": 2})
@@ -99,12 +101,12 @@ def test_the_migration_numbers_stored_models_per_name_in_store_order(database_ur
         numbered = dict(session.execute(select(TrainedModel.id, TrainedModel.version)).all())
         assert numbered == {"m_c": 1, "m_b": 2, "m_a": 3, "m_z": 1}
         assert session.scalar(select(func.count()).select_from(ModelLayer)) == 1
-        assert jobs.next_version(session, "a") == 4
+        assert registry.next_version(session, "a") == 4
     database.dispose()
 
 
 def test_concurrent_stores_of_one_name_take_turns_for_a_number(service: Service) -> None:
-    """On PostgreSQL the advisory lock in `next_version` is what keeps two stores apart (the
+    """On PostgreSQL the counter row `next_version` upserts is what keeps two stores apart (the
     pause between reading the highest number and writing makes a race certain without it);
     SQLite takes its one write lock up front."""
     stores = 6
@@ -116,7 +118,7 @@ def test_concurrent_stores_of_one_name_take_turns_for_a_number(service: Service)
             barrier.wait()
             with service.database.session(write=True) as session:
                 model = stored_model(None, name="raced")
-                model.version = jobs.next_version(session, "raced")
+                model.version = registry.next_version(session, "raced")
                 time.sleep(0.05)
                 session.add(model)
         except BaseException as error:  # reported below, not lost in the thread
@@ -168,6 +170,17 @@ def test_an_alias_is_set_read_moved_and_removed(service: Service) -> None:
     gone = client.get("/registry/pets/aliases/staging.v2-rc_1")
     assert gone.status_code == 404 and "staging.v2-rc_1" in gone.json()["detail"]
     assert client.get(f"/models/{ids[2]}").status_code == 200  # the version stays
+
+
+def test_a_deleted_version_number_is_never_given_again(service: Service) -> None:
+    """As MLflow does: a client that cached "version 2" never gets a different model by it."""
+    first, second = store(service, "kept"), store(service, "kept")
+    assert service.client.delete(f"/models/{second}").status_code == 204
+    third = store(service, "kept")
+    assert service.client.get(f"/models/{third}").json()["version"] == 3
+    listed = service.client.get("/registry/kept").json()["versions"]
+    assert [(v["version"], v["model_id"]) for v in listed] == [(3, third), (1, first)]
+    assert service.client.get(f"/models/{first}").json()["version"] == 1
 
 
 def test_readers_see_the_old_version_or_the_new_while_an_alias_moves(service: Service) -> None:

@@ -118,6 +118,7 @@ import json, sys, time
 from service import jobs
 from service.storage.db import Database
 from service.storage.tables import TrainedModel, new_id
+from service.training.task import store_model
 
 database, me = Database(sys.argv[1]), sys.argv[2]
 runs = []
@@ -130,7 +131,7 @@ while (claim := jobs.claim_next_job(database, worker_id=me, lease_seconds=60, ma
         non_trainable_params=0, size_bytes=1, savedmodel_sha256="0" * 64, savedmodel=b"m",
         backbone_weights=b"w",
     )
-    stored = jobs.complete_job(database, claim, model=model, layers=[])
+    stored = jobs.complete(database, claim, store_model(model, []))
     runs.append([claim.job_id, started, time.time(), beat.lease_held and stored])
 print(json.dumps(runs))
 """
@@ -198,6 +199,7 @@ import sys
 from service import jobs
 from service.storage.db import Database
 from service.storage.tables import TrainedModel, new_id
+from service.training.task import store_model
 
 database = Database(sys.argv[1])
 claim = jobs.claim_next_job(database, worker_id="doomed", lease_seconds=60, max_attempts=3)
@@ -208,7 +210,7 @@ model = TrainedModel(
     savedmodel=b"s" * (400 * 1024 * 1024), backbone_weights=b"w",
 )
 print("storing", flush=True)
-jobs.complete_job(database, claim, model=model, layers=[])
+jobs.complete(database, claim, store_model(model, []))
 print("stored", flush=True)
 """
 

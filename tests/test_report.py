@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from service import ingest, reports
+from service import reports
+from service.datasets import ingest
 from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
 from tests.conftest import Service, make_zip, post_zip
@@ -72,7 +73,8 @@ def worker_split(
     service: Service, dataset_id: str, seed: int, fraction: float
 ) -> tuple[set[int], set[int]]:
     """Image ids (training, validation) as the worker splits them: rows in id order, classes
-    numbered in the dataset's order (worker.load_dataset, then train._prepare_splits)."""
+    numbered in the dataset's order (training.task.load_dataset, then
+    ml.pipeline.prepare_splits)."""
     with service.database.session() as session:
         classes = [entry["name"] for entry in session.get(Dataset, dataset_id).classes]
         rows = session.execute(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.spec import JobSpec
+from service.training.spec import JobSpec
 from tests.conftest import Service, colour_images, job_body, make_settings, wait_for
 from tests.test_reliability import LEASE_SECONDS, job_state, start_worker
 
@@ -36,7 +36,7 @@ class Observer:
 
 
 def labelled() -> Any:
-    from service.ml.train import LabelledImages
+    from service.ml.data import LabelledImages
 
     images = colour_images(per_class=6)
     classes = sorted(images)
@@ -70,7 +70,8 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
     """Stopped in the fine-tuning stage's first epoch: resumed, the frozen stage is skipped
     and the fine-tuning stage goes on with its optimizer and early stopping's counters."""
     from service.ml.checkpoint import read_state
-    from service.ml.train import TrainingStopped, train
+    from service.ml.data import TrainingStopped
+    from service.ml.train import train
 
     spec = JobSpec.model_validate(job_body("d_resume", **STAGED))
     data = labelled()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.exc import InvalidRequestError
 
-from service import datasets
+from service.datasets import service as datasets
 from tests.conftest import Service, colour_images, make_zip, png_bytes, stored_model
 
 # (width, height, format) of the images of the shapes dataset, per class
@@ -183,7 +183,7 @@ def test_bad_image_requests_are_4xx_naming_the_field(service: Service) -> None:
 
 
 def test_prediction_samples_round_and_take_the_argmax() -> None:
-    from service.ml.train import prediction_samples
+    from service.ml.evaluate import prediction_samples
 
     probabilities = np.array([[0.123456, 0.876544], [0.6, 0.4], [0.49999, 0.50001]], np.float32)
     rows = prediction_samples([7, 9, 12], np.array([1, 1, 0]), probabilities, ["a", "b"])

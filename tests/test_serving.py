@@ -20,8 +20,8 @@ from service import serving as serving_module
 from service.config import Settings, usable_cores
 from service.ml.batching import Batcher
 from service.ml.serving import ModelCache
+from service.models.registry import ModelRef
 from service.problems import BadContent, NotFound, TooLarge
-from service.registry import ModelRef
 from service.serving import Image, Serving, model_source
 
 

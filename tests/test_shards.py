@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.ml.shards import ShardedImages, write_shards
-from service.spec import JobSpec
-from service.storage import shards
+from service.storage import shard_cache as shards
+from service.storage.shard_files import ShardedImages, write_shards
 from service.storage.tables import DatasetImage
+from service.training.spec import JobSpec
 from tests.conftest import Service, colour_images, job_body, make_settings
 from tests.test_training import labelled, train_in_process, without_timing
 
@@ -53,7 +53,7 @@ STREAMED = {
 
 
 def sharded(data: Any, folder: Path) -> Any:
-    from service.ml.train import LabelledImages
+    from service.ml.data import LabelledImages
 
     write_shards(folder, [data.images])
     return LabelledImages(ShardedImages(folder), data.labels, data.classes, ids=data.ids)
@@ -63,14 +63,14 @@ def test_streamed_images_train_the_same_model_on_the_same_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kept decoded, or not (then each epoch shuffles positions, then reads and decodes)."""
-    from service.ml import train as training
+    from service.ml import pipeline
 
     data = labelled(per_class=6)
     body = job_body("d", **STREAMED)
     memory = train_in_process(body, data, feature_cache=False)
     streamed = sharded(data, tmp_path / "s")
     kept = train_in_process(body, streamed, feature_cache=False)
-    monkeypatch.setattr(training, "DECODED_CACHE_BYTES", 0)
+    monkeypatch.setattr(pipeline, "DECODED_CACHE_BYTES", 0)
     read_each_epoch = train_in_process(body, streamed, feature_cache=False)
     for result in (kept, read_each_epoch):
         np.testing.assert_array_equal(result.validation_index, memory.validation_index)
@@ -89,7 +89,7 @@ def spec_of(dataset_id: str) -> JobSpec:
 def test_worker_caches_a_large_dataset_once_and_drops_it_with_the_dataset(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.worker import load_dataset
+    from service.training.task import load_dataset
 
     settings = make_settings(tmp_path, train_in_memory_bytes=1)
     service = Service(settings)
@@ -122,7 +122,7 @@ def test_worker_caches_a_large_dataset_once_and_drops_it_with_the_dataset(
 
 def test_a_grown_dataset_gets_a_fresh_cache(tmp_path: Path) -> None:
     """Another set of image ids, another snapshot; the older one is removed."""
-    from service.worker import load_dataset
+    from service.training.task import load_dataset
 
     settings = make_settings(tmp_path, train_in_memory_bytes=1)
     service = Service(settings)
@@ -171,16 +171,18 @@ def test_a_streamed_job_resumed_from_its_checkpoint_ends_as_one_held_in_memory(
 ) -> None:
     """Positions shuffled, then read and decoded, every epoch; stopped in the fine-tuning
     stage and resumed: the losses and weights of an uninterrupted in-memory run."""
+    from service.ml import pipeline
     from service.ml import train as training
+    from service.ml.data import TrainingStopped
     from tests.test_resume import STAGED, Observer
     from tests.test_resume import labelled as resume_data
 
     spec = JobSpec.model_validate(job_body("d_resume", **STAGED))
     data = resume_data()
     whole = training.train(spec, data, Observer(), backbone_weights=None)
-    monkeypatch.setattr(training, "DECODED_CACHE_BYTES", 0)
+    monkeypatch.setattr(pipeline, "DECODED_CACHE_BYTES", 0)
     streamed, folder = sharded(data, tmp_path / "s"), tmp_path / "checkpoint"
-    with pytest.raises(training.TrainingStopped):
+    with pytest.raises(TrainingStopped):
         training.train(spec, streamed, Observer(3), backbone_weights=None, checkpoint_dir=folder)
     resumed = training.train(
         spec, streamed, Observer(), backbone_weights=None, checkpoint_dir=folder

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.spec import MAX_STAGES, FreezeSpec, JobSpec, TrainingSpec
+from service.training.spec import MAX_STAGES, FreezeSpec, JobSpec, TrainingSpec
 
 
 def spec(**parts: Any) -> JobSpec:

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from service.ml.images import to_pixels
-from service.spec import JobSpec
 from service.storage.tables import TrainedModel
+from service.training.spec import JobSpec
 from tests.conftest import SIZE, Service, colour_images, job_body
 
 
@@ -37,7 +37,7 @@ class Recorder:
 
 
 def labelled(per_class: int, seed: int = 0) -> Any:
-    from service.ml.train import LabelledImages
+    from service.ml.data import LabelledImages
 
     images = colour_images(per_class, seed)
     classes = sorted(images)
@@ -160,8 +160,8 @@ def test_early_stopping_restores_the_best_epoch() -> None:
 
 
 def test_class_weights_balanced_from_counts_or_by_name() -> None:
-    from service.ml.train import class_weights
-    from service.spec import TrainingSpec
+    from service.ml.pipeline import class_weights
+    from service.training.spec import TrainingSpec
 
     labels = np.array([0] * 6 + [1] * 2 + [2] * 4)
     balanced = class_weights(TrainingSpec(class_weight="balanced"), labels, ["a", "b", "c"])

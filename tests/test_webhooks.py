@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from service import jobs, webhooks
+from service.predictions.task import store_results
 from service.storage.tables import Job, WebhookDelivery
 from tests.conftest import (
     Service,
@@ -196,8 +197,8 @@ def test_a_batch_cancelled_while_queued_is_announced_then_given_up(hooked: Servi
 
 
 def _success_is_announced_in_its_transaction(hooked: Service, model_id: str) -> None:
-    """The worker's success path (jobs.complete_prediction), without a model to run: the
-    delivery is recorded, pending, in the transaction that stores the success."""
+    """The worker's success path (jobs.complete, storing a batch's results), without a model
+    to run: the delivery is recorded, pending, in the transaction that stores the success."""
     answer = hooked.client.post(
         "/predictions",
         data={"model_id": model_id, "webhook_url": "https://example.org/h"},
@@ -207,7 +208,9 @@ def _success_is_announced_in_its_transaction(hooked: Service, model_id: str) -> 
     claim = jobs.claim_next_job(hooked.database, worker_id="w", lease_seconds=30, max_attempts=3)
     assert claim is not None and claim.job_id == answer.json()["job_id"]
     assert deliveries(hooked, claim.job_id) == []  # running: nothing to announce yet
-    assert jobs.complete_prediction(hooked.database, claim, results=b"", summary={})
+    assert jobs.complete(
+        hooked.database, claim, store_results(claim.job_id, results=b"", summary={})
+    )
     (row,) = deliveries(hooked, claim.job_id)
     assert row.event["status"] == "succeeded" and row.event["model_id"] == model_id
     assert row.status == "pending" and row.url == "https://example.org/h"

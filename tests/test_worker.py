@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from service import jobs
 from service.storage.tables import Job, TrainedModel, utcnow
+from service.training.task import store_model
 from tests.conftest import Service, colour_images, job_body, make_settings, stored_model
 
 
@@ -40,7 +41,7 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     assert not jobs.heartbeat(service.database, first, lease_seconds=30).lease_held
     assert not jobs.end_job(service.database, first, status=jobs.JobStatus.FAILED, error="stale")
     stale_model = stored_model(job_id, id="m_stale")
-    assert not jobs.complete_job(service.database, first, model=stale_model, layers=[])
+    assert not jobs.complete(service.database, first, store_model(stale_model, []))
     assert service.client.get("/models/m_stale").status_code == 404
     expire()
     assert jobs.claim_next_job(service.database, **claims) is None
@@ -99,7 +100,7 @@ def test_recomputed_statistics_are_batch_averages() -> None:
     import keras
     import tensorflow as tf
 
-    from service.ml.train import recompute_batchnorm_statistics
+    from service.ml.batchnorm import recompute_batchnorm_statistics
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.999)(inputs))

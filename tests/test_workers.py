@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from service import jobs, workers
+from service import jobs
+from service.jobs import presence as workers
 from service.storage.tables import Job, WorkerRow, utcnow
 from tests.conftest import Service, colour_images, job_body, make_settings, wait_for
 
@@ -30,7 +31,8 @@ def queue(service: Service, dataset_id: str, gpus: int | None) -> str:
 
 
 def test_a_cpu_worker_leaves_gpu_jobs_to_a_gpu_worker(service: Service, tmp_path: Path) -> None:
-    from service.worker import Worker
+    from service.job_kinds import KINDS
+    from service.jobs.runner import Worker
 
     dataset_id = service.upload(colour_images(per_class=2))["id"]
     gpu_job = queue(service, dataset_id, gpus=1)  # the oldest: first in line
@@ -44,7 +46,7 @@ def test_a_cpu_worker_leaves_gpu_jobs_to_a_gpu_worker(service: Service, tmp_path
     assert jobs.claim_next_job(service.database, worker_id="cpu", gpus=0, **CLAIM) is None
     # A worker loop told it has no GPU finds nothing it may run, and trains nothing.
     settings = make_settings(tmp_path, database_url=service.settings.database_url, worker_gpus=0)
-    assert not Worker(service.database, settings).run_once()
+    assert not Worker(service.database, settings, KINDS).run_once()
     assert service.client.get(f"/jobs/{gpu_job}").json()["status"] == "queued"
 
     gpu = jobs.claim_next_job(service.database, worker_id="gpu", gpus=1, **CLAIM)
@@ -78,13 +80,14 @@ def listed(service: Service) -> dict[str, dict]:
 
 
 def test_workers_register_beat_and_stop(service: Service, tmp_path: Path) -> None:
-    from service.worker import Worker
+    from service.job_kinds import KINDS
+    from service.jobs.runner import Worker
 
     # Told it has one GPU (it trains on the CPU here); a short lease makes it beat often.
     settings = make_settings(
         tmp_path, database_url=service.settings.database_url, worker_gpus=1, lease_seconds=0.6
     )
-    worker = Worker(service.database, settings, worker_id="w-test")
+    worker = Worker(service.database, settings, KINDS, worker_id="w-test")
     thread = threading.Thread(target=worker.run_forever)
     thread.start()
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from service.backbones import get_backbone
-from service.spec import AugmentSpec, FreezeSpec, HeadSpec, JobSpec
+from service.training.spec import AugmentSpec, FreezeSpec, HeadSpec, JobSpec
 
 # Keras names layers from process-wide counters; builds in the API are serialised so that
 # clear_session() keeps the names a client sees stable.

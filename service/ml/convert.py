@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -38,12 +38,10 @@ import tensorflow as tf
 
 from service.backbones import get_backbone
 from service.ml.build import Network, build_network
+from service.ml.data import ExportInputs
 from service.ml.export import unpack_archive
 from service.ml.images import to_pixels
-from service.spec import JobSpec
-
-if TYPE_CHECKING:
-    from service.exports import ExportInputs
+from service.training.spec import JobSpec
 
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 pixels [n, h, w, 3] → probabilities [n, K]
 
@@ -381,7 +379,7 @@ def parity(
 
 
 def _stop_if(should_stop: Callable[[], bool]) -> None:
-    from service.ml.train import TrainingStopped
+    from service.ml.data import TrainingStopped
 
     if should_stop():
         raise TrainingStopped

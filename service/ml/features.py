@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from service.spec import BackboneSpec
+from service.training.spec import BackboneSpec
 
 if TYPE_CHECKING:
     import keras
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class FeatureStore(Protocol):
-    """Where features outlive a job (the worker's is the database: service/storage/features.py)."""
+    """Where features outlive a job (the worker's is the database:
+    service/storage/feature_store.py)."""
 
     def load(self, key: str, image_ids: Sequence[int]) -> np.ndarray | None:
         """The features of `image_ids` in that order, or None unless all are stored."""

@@ -9,23 +9,36 @@ global average), so a job with this backbone and an average-pooling head reuses 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from service.ml.build import build_network
+from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.labels import Probe, chance_accuracy, fold_count, probe
-from service.ml.train import LabelledImages, TrainingObserver, TrainingStopped, pixel_dataset
-from service.problems import Invalid
-from service.spec import AdviceSpec, JobSpec
+from service.ml.pipeline import pixel_dataset
+from service.training.spec import BackboneSpec, JobSpec
 
 BATCH_SIZE = 32
 POOLING = "avg"
+
+
+class TooFewImages(ValueError):
+    """A class has fewer than two images in the sample: no k-fold probe can score it."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What a measurement is asked for: the backbone, the probe's k, and the seed of the
+    folds and of the random weights."""
+
+    backbone: BackboneSpec
+    folds: int
+    seed: int
 
 
 @dataclass
@@ -41,92 +54,95 @@ class Measurement:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _extraction_spec(spec: AdviceSpec, pretrained: bool) -> JobSpec:
-    backbone = spec.backbone.model_dump()
+def _extraction_spec(settings: ProbeSettings, pretrained: bool) -> JobSpec:
+    backbone = settings.backbone.model_dump()
     if not pretrained:
         backbone["weights"] = None
     return JobSpec.model_validate(
         {
-            "dataset_id": spec.dataset_id,
+            "dataset_id": "probe",  # a job spec's, never read: the network is all it builds
             "backbone": backbone,
             "head": {"pooling": POOLING, "dropout": 0.0},
-            "training": {"seed": spec.seed},
+            "training": {"seed": settings.seed},
         }
     )
 
 
-def _features(
-    spec: AdviceSpec,
-    pixels: tf.data.Dataset,
-    num_classes: int,
-    weights: str | Path | None,
-    on_batch: Callable[[int], None],
-) -> tuple[np.ndarray, int]:
-    """The pooled features of the images of `pixels`, and how many layers the backbone has."""
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(spec.seed)
-    network = build_network(_extraction_spec(spec, weights is not None), num_classes, weights)
-    return FeatureExtractor(network).extract(pixels, on_batch), len(network.backbone.layers)
+@dataclass
+class _Extraction:
+    """The two passes over one sample's pixels (pretrained, then random weights), each
+    reporting its batches to the observer and stopping when it asks."""
+
+    settings: ProbeSettings
+    sample: LabelledImages
+    observer: TrainingObserver
+    passes: int
+    backbone_layers: int = 0
+
+    def __post_init__(self) -> None:
+        # One pixel dataset for both passes: decoded once, then read from its in-memory cache.
+        self.pixels = pixel_dataset(
+            self.sample.images,
+            (),
+            size=self.settings.backbone.input_size or 0,
+            batch_size=BATCH_SIZE,
+        )
+        self.steps = -(-len(self.sample.labels) // BATCH_SIZE)
+
+    def features(self, weights: str | Path | None, phase: int) -> np.ndarray:
+        """The pooled features of the sample's images with these backbone weights."""
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(self.settings.seed)
+        spec = _extraction_spec(self.settings, weights is not None)
+        network = build_network(spec, len(self.sample.classes), weights)
+        self.backbone_layers = len(network.backbone.layers)
+        return FeatureExtractor(network).extract(self.pixels, partial(self._report, phase))
+
+    def _report(self, phase: int, step: int) -> None:
+        if self.observer.should_stop():
+            raise TrainingStopped()
+        self.observer.on_progress(
+            {
+                "stage": phase,
+                "stages": self.passes,
+                "epoch": 1,
+                "epochs": 1,
+                "step": step,
+                "steps": self.steps,
+            }
+        )
 
 
 def measure(
-    spec: AdviceSpec,
+    settings: ProbeSettings,
     sample: LabelledImages,
     observer: TrainingObserver,
     *,
     backbone_weights: str | Path | None,
     store: FeatureStore | None,
 ) -> Measurement:
-    """Probe the sample's pretrained and random-weights features; Invalid when a class has
-    fewer than two images in the sample (no k-fold probe can score it)."""
+    """Probe the sample's pretrained and random-weights features; TooFewImages when a class
+    has fewer than two images in the sample."""
     labels = sample.labels
-    folds = fold_count(labels, spec.folds)
+    folds = fold_count(labels, settings.folds)
     if folds == 0:
         small = [name for i, name in enumerate(sample.classes) if np.sum(labels == i) < 2]
-        raise Invalid(f"a k-fold probe needs at least 2 images per class; {small} have fewer")
-    passes = 2 if spec.backbone.pretrained else 1
-    steps = -(-len(labels) // BATCH_SIZE)
-
-    def progress(phase: int) -> Callable[[int], None]:
-        def report(step: int) -> None:
-            if observer.should_stop():
-                raise TrainingStopped()
-            observer.on_progress(
-                {
-                    "stage": phase,
-                    "stages": passes,
-                    "epoch": 1,
-                    "epochs": 1,
-                    "step": step,
-                    "steps": steps,
-                }
-            )
-
-        return report
-
-    # One pixel dataset for both passes: decoded once, then read from its in-memory cache.
-    pixels = pixel_dataset(
-        sample.images, (), size=spec.backbone.input_size or 0, batch_size=BATCH_SIZE
-    )
-
-    def extract(weights: str | Path | None, phase: int) -> np.ndarray:
-        features, layers[0] = _features(spec, pixels, len(sample.classes), weights, progress(phase))
-        return features
-
-    layers = [0]
+        raise TooFewImages(f"a k-fold probe needs at least 2 images per class; {small} have fewer")
+    pretrained = settings.backbone.pretrained
+    extraction = _Extraction(settings, sample, observer, passes=2 if pretrained else 1)
     clock = time.perf_counter()
-    key = feature_key(spec.backbone, POOLING)
+    key = feature_key(settings.backbone, POOLING)
     features, reused = cached_or_extracted(
-        store, key, sample.ids, lambda: extract(backbone_weights, 1)
+        store, key, sample.ids, lambda: extraction.features(backbone_weights, 1)
     )
     # Random weights of the same architecture: what the architecture alone gives a probe.
-    random_features = extract(None, 2) if spec.backbone.pretrained else features
+    random_features = extraction.features(None, 2) if pretrained else features
     seconds = {"features": time.perf_counter() - clock}
     clock = time.perf_counter()
-    pretrained_probe = probe(features, labels, folds=folds, seed=spec.seed)
+    pretrained_probe = probe(features, labels, folds=folds, seed=settings.seed)
     random_probe = (
-        probe(random_features, labels, folds=folds, seed=spec.seed)
-        if spec.backbone.pretrained
+        probe(random_features, labels, folds=folds, seed=settings.seed)
+        if pretrained
         else pretrained_probe
     )
     seconds["probe"] = time.perf_counter() - clock
@@ -136,7 +152,7 @@ def measure(
         random=random_probe,
         chance=chance_accuracy(labels),
         features=features,
-        backbone_layers=layers[0],
+        backbone_layers=extraction.backbone_layers,
         key=key,
         reused=reused,
         seconds=seconds,

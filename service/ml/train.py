@@ -1,12 +1,13 @@
 """Training: the tf.data pipeline, staged fitting with its observer, feature caching for
-frozen backbones, the BN-statistics fix, and the evaluation on the validation split.
+frozen backbones, and the final metrics on the validation split (pipeline.py builds the
+inputs, evaluate.py scores them, batchnorm.py fixes the BN statistics).
 
 The images come one of two ways (`LabelledImages.images`), and the model is the same:
 
 - **in memory**, a list of encoded images: they become one string tensor, decoded once and
   kept decoded (under DECODED_CACHE_BYTES); each epoch shuffles the decoded examples.
 - **streamed**, a `ShardedImages` over the worker's local shard cache (a dataset larger than
-  TRAIN_IN_MEMORY_BYTES; service/storage/shards.py): the examples start as positions in the
+  TRAIN_IN_MEMORY_BYTES; service/storage/shard_cache.py): the examples start as positions in the
   split, each read from disk and decoded with the same `to_pixels` when the pipeline needs
   it. Decoded pixels are kept in memory under the same DECODED_CACHE_BYTES bound (then the
   pipeline is the in-memory one but for where the bytes come from); above it each epoch
@@ -24,62 +25,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from service.ml import checkpoint
+from service.ml.batchnorm import recompute_batchnorm_statistics
 from service.ml.build import Network, apply_freeze, build_network
 from service.ml.calibrate import Calibration, calibrate, not_fitted
+from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.drift import Snapshot, snapshot
+from service.ml.evaluate import evaluate
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
-from service.ml.images import to_pixels
-from service.ml.shards import ShardedImages
-from service.ml.split import stratified_split
-from service.spec import JobSpec, Stage, TrainingSpec
+from service.ml.pipeline import Epochs, Splits, prepare_splits
+from service.training.spec import JobSpec, Stage, TrainingSpec
 
-# Decoded training pixels are kept in memory across epochs up to this size, else re-decoded.
-DECODED_CACHE_BYTES = 2 * 1024**3
 # Backbone features are cached for frozen stages up to this size, else the stage runs whole.
 FEATURE_CACHE_BYTES = 2 * 1024**3
-# Enough batches for stable BatchNormalization statistics; more only costs time.
-BN_STATISTICS_MAX_BATCHES = 200
-# Each epoch's shuffle is seeded with seed × this + the epoch's number: distinct per epoch.
-EPOCH_SEED_STRIDE = 1_000_003
-# Decimals kept of each probability in the evaluation's samples: every validation image's
-# scores are stored with the model, so their size counts; four are more than a person reads.
-SAMPLE_SCORE_DECIMALS = 4
-
-
-class TrainingObserver(Protocol):
-    """What the trainer tells the outside world, and how it learns it should stop."""
-
-    def on_progress(self, progress: dict[str, int]) -> None: ...
-
-    def on_epoch(self, row: dict[str, float]) -> None: ...
-
-    def should_stop(self) -> bool: ...
-
-
-class TrainingStopped(Exception):
-    """The observer asked training to stop (cancelled, or the job's lease was lost)."""
-
-
-# A dataset's encoded images: in memory, or read one by one from the local shard cache.
-Images = Sequence[bytes] | ShardedImages
-
-
-@dataclass
-class LabelledImages:
-    images: Images
-    labels: np.ndarray  # int32 class indices
-    classes: list[str]
-    # The stored dataset's row of each image, when they came from one: the worker names the
-    # validation images by these, and features are cached under them.
-    ids: list[int] | None = None
-    filenames: list[str] | None = None
 
 
 @dataclass
@@ -111,139 +75,6 @@ class TrainingResult:
     features: tuple[np.ndarray, np.ndarray] | None = None
     features_reused: bool = False
     replicas: int = 1  # devices the model trained on at once (MirroredStrategy)
-
-
-def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]) -> np.ndarray:
-    """One weight per class: "balanced" from the training split's counts, or as given."""
-    if training.class_weight == "balanced":
-        from sklearn.utils.class_weight import compute_class_weight
-
-        present = np.unique(labels)
-        weights = np.ones(len(classes))
-        weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-        return weights
-    weights = np.ones(len(classes))
-    for name, value in (training.class_weight or {}).items():
-        if name not in classes:
-            raise ValueError(f"training.class_weight names {name!r}, not a class of the dataset")
-        weights[classes.index(name)] = value
-    return weights
-
-
-def _targets(
-    labels: np.ndarray, num_classes: int, weights: np.ndarray | None
-) -> tuple[np.ndarray, ...]:
-    """One-hot targets (label smoothing needs them), with per-image weights when given."""
-    onehot = np.eye(num_classes, dtype=np.float32)[labels]
-    if weights is None:
-        return (onehot,)
-    return onehot, weights[labels].astype(np.float32)
-
-
-def _decoded_fit(count: int, size: int) -> bool:
-    """Whether `count` images decoded at `size` px may be kept in memory."""
-    return count * size * size * 3 <= DECODED_CACHE_BYTES
-
-
-def decoded_elements(
-    images: Images, targets: tuple[np.ndarray, ...], *, size: int
-) -> tf.data.Dataset:
-    """(uint8 raw pixels, *targets) per image, decoded and resized like /predict; kept in
-    memory once decoded when they fit."""
-    if isinstance(images, ShardedImages):
-        dataset = _positions(images, targets).map(
-            _reader(images, size), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        return dataset.cache() if _decoded_fit(len(images), size) else dataset
-
-    def decode(data: bytes) -> np.ndarray:
-        return to_pixels(bytes(data), size)
-
-    def decode_tensor(data: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        pixels = tf.numpy_function(decode, [data], tf.uint8, stateful=False)
-        return (tf.ensure_shape(pixels, (size, size, 3)), *rest)
-
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(images), tf.string), *targets))
-    dataset = dataset.map(decode_tensor, num_parallel_calls=tf.data.AUTOTUNE)
-    if _decoded_fit(len(images), size):
-        dataset = dataset.cache()
-    return dataset
-
-
-def _positions(images: ShardedImages, targets: tuple[np.ndarray, ...]) -> tf.data.Dataset:
-    """(position in `images`, *targets) per image: what a streamed pipeline shuffles."""
-    return tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), *targets))
-
-
-def _reader(images: ShardedImages, size: int) -> Callable[..., tuple[tf.Tensor, ...]]:
-    """Maps (position, *targets) to (uint8 pixels, *targets): read from disk, then decoded
-    as the in-memory path decodes."""
-
-    def read(position: np.int64) -> np.ndarray:
-        return to_pixels(images[int(position)], size)
-
-    def read_tensor(position: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        pixels = tf.numpy_function(read, [position], tf.uint8, stateful=False)
-        return (tf.ensure_shape(pixels, (size, size, 3)), *rest)
-
-    return read_tensor
-
-
-def _as_float(pixels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
-    return (tf.cast(pixels, tf.float32), *rest)
-
-
-def pixel_dataset(
-    images: Images, targets: tuple[np.ndarray, ...], *, size: int, batch_size: int
-) -> tf.data.Dataset:
-    """Batches of (float32 raw pixels 0–255, *targets) in order."""
-    dataset = decoded_elements(images, targets, size=size).batch(batch_size)
-    return dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-@dataclass(frozen=True)
-class _Epochs:
-    """A training split's examples, batched anew for each epoch in an order fixed by the
-    seed and the epoch's number alone: epoch e is shuffled alike whether training started at
-    epoch 1 or resumed at e from a checkpoint."""
-
-    elements: tf.data.Dataset  # one example each: (pixels or features, *targets)
-    count: int
-    batch_size: int
-    seed: int
-    pixels: bool  # uint8 pixels, cast to float32 once batched
-    # Streamed and not kept decoded: elements are (position, *targets), each epoch's
-    # shuffled positions then read and decoded by this.
-    decode: Callable[..., tuple[tf.Tensor, ...]] | None = None
-
-    @property
-    def steps(self) -> int:
-        return math.ceil(self.count / self.batch_size)
-
-    def batches(self, first: int, stop: int) -> tf.data.Dataset:
-        """The batches of epochs first … stop-1 (0-based), one epoch after the other."""
-        # Each epoch's seed is a Python int: a tensor seed breaks tf.random's (0, 0) check
-        # under global seed 0. Joined pairwise, so the pipeline nests log2(epochs) deep.
-        parts = [self._epoch(number) for number in range(first, stop)]
-        while len(parts) > 1:
-            pairs = zip(parts[::2], parts[1::2], strict=False)
-            joined = [left.concatenate(right) for left, right in pairs]
-            parts = joined + (parts[-1:] if len(parts) % 2 else [])
-        dataset = parts[0] if parts else self._read(self.elements.take(0)).batch(self.batch_size)
-        if self.pixels:
-            dataset = dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
-    def _epoch(self, number: int) -> tf.data.Dataset:
-        # Never 0 ("no seed"), not even for the BN statistics pass (epoch -1).
-        seed = self.seed * EPOCH_SEED_STRIDE + number + 2
-        shuffled = self.elements.shuffle(self.count, seed=seed, reshuffle_each_iteration=False)
-        return self._read(shuffled).batch(self.batch_size)
-
-    def _read(self, elements: tf.data.Dataset) -> tf.data.Dataset:
-        if self.decode is None:
-            return elements
-        return elements.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -321,98 +152,6 @@ def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) 
     )
 
 
-@dataclass
-class _Split:
-    """One side of the split: its images, their labels, and the targets the model fits."""
-
-    images: Images  # the split's own, in the order of `index`
-    labels: np.ndarray
-    targets: tuple[np.ndarray, ...]
-    index: np.ndarray  # positions in the data, ascending
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def pixels(self, spec: JobSpec) -> tf.data.Dataset:
-        """In order: for evaluating, and for extracting features."""
-        return pixel_dataset(
-            self.images, self.targets, size=spec.input_size, batch_size=spec.training.batch_size
-        )
-
-    def epochs(self, spec: JobSpec) -> _Epochs:
-        """For fitting: shuffled by the seed, each epoch in its own order."""
-        batch_size, seed, size = spec.training.batch_size, spec.training.seed, spec.input_size
-        if isinstance(self.images, ShardedImages) and not _decoded_fit(len(self), size):
-            elements = _positions(self.images, self.targets)
-            decode = _reader(self.images, size)
-            return _Epochs(elements, len(self), batch_size, seed, pixels=True, decode=decode)
-        elements = decoded_elements(self.images, self.targets, size=size)
-        return _Epochs(elements, len(self), batch_size, seed, pixels=True)
-
-
-@dataclass
-class _Splits:
-    train: _Split
-    validation: _Split
-    train_epochs: _Epochs
-    validation_pixels: tf.data.Dataset | None  # None when no image was held out
-
-    @property
-    def statistics_pixels(self) -> tf.data.Dataset:
-        """A shuffled pass over the training split, for BatchNormalization's statistics: an
-        epoch number of its own, so it draws no epoch's order."""
-        return self.train_epochs.batches(-1, 0)
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "validation": len(self.validation)}
-
-    @property
-    def positions(self) -> np.ndarray:
-        """Positions in the data of the training images, then of the validation images."""
-        return np.concatenate([self.train.index, self.validation.index])
-
-
-def _prepare_splits(spec: JobSpec, data: LabelledImages) -> _Splits:
-    """Hold out part of each class for validation, and make the pixel datasets of both sides.
-
-    Class weights go into the training targets only: the validation loss stays the plain one.
-    """
-    training = spec.training
-    train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
-    train_labels, val_labels = data.labels[train_index], data.labels[val_index]
-    weights = (
-        class_weights(training, train_labels, data.classes)
-        if training.class_weight is not None
-        else None
-    )
-    num_classes = len(data.classes)
-    train_split = _Split(
-        _subset(data.images, train_index),
-        train_labels,
-        _targets(train_labels, num_classes, weights),
-        train_index,
-    )
-    val_split = _Split(
-        _subset(data.images, val_index),
-        val_labels,
-        _targets(val_labels, num_classes, None),
-        val_index,
-    )
-    return _Splits(
-        train=train_split,
-        validation=val_split,
-        train_epochs=train_split.epochs(spec),
-        validation_pixels=val_split.pixels(spec) if len(val_split) else None,
-    )
-
-
-def _subset(images: Images, index: np.ndarray) -> Images:
-    """The images at these positions: copied references in memory, a view of the cache."""
-    if isinstance(images, ShardedImages):
-        return images.subset(index)
-    return [images[i] for i in index]
-
-
 def train(
     spec: JobSpec,
     data: LabelledImages,
@@ -486,7 +225,7 @@ def _train_in_scope(
     feature_store: FeatureStore | None,
     checkpoint_dir: Path | None,
 ) -> TrainingResult:
-    splits = _prepare_splits(spec, data)
+    splits = prepare_splits(spec, data)
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
     clock = time.perf_counter()
     # Layers take the global policy when built: set for this network only, then put back.
@@ -531,7 +270,7 @@ def _train_in_scope(
     )
 
 
-def _progress(spec: JobSpec, splits: _Splits, observer: TrainingObserver) -> _ProgressCallback:
+def _progress(spec: JobSpec, splits: Splits, observer: TrainingObserver) -> _ProgressCallback:
     return _ProgressCallback(
         observer,
         stages=len(spec.stages),
@@ -543,7 +282,7 @@ def _progress(spec: JobSpec, splits: _Splits, observer: TrainingObserver) -> _Pr
 def _fit_stages(
     spec: JobSpec,
     network: Network,
-    splits: _Splits,
+    splits: Splits,
     progress: _ProgressCallback,
     frozen: _FrozenFeatures,
     feature_cache: bool,
@@ -672,7 +411,7 @@ class _EarlyStopping(keras.callbacks.EarlyStopping):
 @dataclass
 class _StageInputs:
     model: keras.Model
-    train: _Epochs
+    train: Epochs
     validation: tf.data.Dataset | None
     cached: bool = False
 
@@ -684,7 +423,7 @@ class _FrozenFeatures:
     def __init__(
         self,
         spec: JobSpec,
-        splits: _Splits,
+        splits: Splits,
         observer: TrainingObserver,
         store: FeatureStore | None,
         ids: list[int] | None,
@@ -699,7 +438,7 @@ class _FrozenFeatures:
         # Stored features are those of the backbone as loaded: only while no stage trained it.
         self.key = feature_key(spec.backbone, spec.head.pooling)
         self.extractor: FeatureExtractor | None = None
-        self.datasets: tuple[_Epochs, tf.data.Dataset | None] | None = None
+        self.datasets: tuple[Epochs, tf.data.Dataset | None] | None = None
         self.features: tuple[np.ndarray, np.ndarray] | None = None
         self.reused = False
 
@@ -732,7 +471,7 @@ class _FrozenFeatures:
             parts.append(extractor.extract(self.splits.validation_pixels, check))
         return np.concatenate(parts)
 
-    def _datasets(self, extractor: FeatureExtractor) -> tuple[_Epochs, tf.data.Dataset | None]:
+    def _datasets(self, extractor: FeatureExtractor) -> tuple[Epochs, tf.data.Dataset | None]:
         features, self.reused = cached_or_extracted(
             self.store, self.key, self.ids, lambda: self._extract(extractor)
         )
@@ -742,7 +481,7 @@ class _FrozenFeatures:
         count = len(self.splits.train)
         rows = (features[:count], *self.splits.train.targets)
         elements = tf.data.Dataset.from_tensor_slices(rows)
-        train_set = _Epochs(elements, count, training.batch_size, training.seed, pixels=False)
+        train_set = Epochs(elements, count, training.batch_size, training.seed, pixels=False)
         if self.splits.validation_pixels is None:
             return train_set, None
         validation = (features[count:], *self.splits.validation.targets)
@@ -812,7 +551,7 @@ def _fit_stage(
 
 def _final_metrics(
     model: keras.Model,
-    splits: _Splits,
+    splits: Splits,
     history: list[dict[str, float]],
     spec: JobSpec,
     classes: list[str],
@@ -847,81 +586,3 @@ def _final_metrics(
     return metrics, evaluation, calibration
 
 
-def evaluate(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: true)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    predicted = np.argmax(probabilities, axis=1)
-    everyone = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=everyone, zero_division=0
-    )
-    matrix = confusion_matrix(labels, predicted, labels=everyone)
-    return {
-        "accuracy": float(np.mean(predicted == labels)),
-        "per_class": [
-            {
-                "label": label,
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(classes)
-        ],
-        "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
-    }
-
-
-def prediction_samples(
-    image_ids: Sequence[int], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
-) -> list[dict[str, Any]]:
-    """One row per evaluated image: its id, true and predicted class, and its probability of
-    every class (in `classes` order, rounded). `predicted` is the argmax `evaluate` took of
-    the same unrounded probabilities, so the rows of a confusion-matrix cell number its count.
-    """
-    predicted = np.argmax(probabilities, axis=1)
-    rounded = np.round(probabilities.astype(np.float64), SAMPLE_SCORE_DECIMALS)
-    return [
-        {
-            "image_id": int(image_id),
-            "label": classes[int(label)],
-            "predicted": classes[int(guess)],
-            "scores": [float(score) for score in scores],
-        }
-        for image_id, label, guess, scores in zip(
-            image_ids, labels, predicted, rounded, strict=True
-        )
-    ]
-
-
-def trainable_batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-
-
-def recompute_batchnorm_statistics(model: keras.Model, dataset: tf.data.Dataset) -> int:
-    """Set the moving statistics of BN layers that trained to their mean over `dataset`.
-
-    Keras's backbones use BN momentum up to 0.999: after a short run the moving statistics
-    are still near their initial values and the model at inference answers one class for
-    everything. Running the data through in training mode with momentum (k-1)/k at batch k
-    makes each moving statistic the plain average of the batch statistics.
-    Returns how many layers were updated.
-    """
-    layers = trainable_batchnorm_layers(model)
-    if not layers:
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for batch_number, batch in enumerate(dataset.take(BN_STATISTICS_MAX_BATCHES), start=1):
-            for layer in layers:
-                layer.momentum = (batch_number - 1) / batch_number
-            model(batch[0], training=True)
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-    return len(layers)

@@ -33,6 +33,15 @@ NAMING_CONVENTION = {
 }
 
 
+# Widths and bounds the columns below have, named so that request models and forms that
+# validate what lands in them say the same thing (Field(max_length=NAME_LENGTH)).
+ID_LENGTH = 32  # "m_" + 16 hex digits, with room to spare
+NAME_LENGTH = 200  # names of datasets, jobs, models; class labels
+URL_LENGTH = 2000  # webhook URLs
+# The largest value an Integer column holds on every backend (PostgreSQL's INTEGER).
+MAX_INTEGER = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -71,8 +80,8 @@ class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (_newest_first("datasets"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     num_images: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
@@ -91,7 +100,7 @@ class DatasetImage(Base):
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True
     )
-    label: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(NAME_LENGTH))
     filename: Mapped[str] = mapped_column(Text)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -111,10 +120,10 @@ class Job(Base):
         _newest_first("jobs"),
     )
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     # "train", "advice", "export" or "predict" (service/jobs.py): one queue for all.
     kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     status: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset_id: Mapped[str | None] = mapped_column(
@@ -133,7 +142,7 @@ class Job(Base):
     # Accelerators the job asks for: a worker with fewer never claims it.
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Where the job's end is announced (a signed POST), if anywhere.
-    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_url: Mapped[str | None] = mapped_column(String(URL_LENGTH))
 
     model: Mapped[TrainedModel | None] = relationship(back_populates="job", lazy="raise")
 
@@ -150,7 +159,7 @@ class WorkerRow(Base):
     devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     gpus: Mapped[int] = mapped_column(Integer)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the host's RAM
-    job_id: Mapped[str | None] = mapped_column(String(32))  # the job it runs now
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))  # the job it runs now
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -162,11 +171,11 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
-    url: Mapped[str] = mapped_column(String(2000))
+    url: Mapped[str] = mapped_column(String(URL_LENGTH))
     event: Mapped[dict[str, Any]] = mapped_column(JSON)  # the body POSTed
     status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -184,9 +193,9 @@ class TrainedModel(Base):
         UniqueConstraint("name", "version", name="uq_models_name_version"),
     )
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     # The named model it is a version of; versions count 1, 2, 3… per name, in store order.
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
@@ -219,7 +228,7 @@ class ModelLayer(Base):
         ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
     )
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     path: Mapped[str] = mapped_column(Text)
     class_name: Mapped[str] = mapped_column(String(100))
     trainable: Mapped[bool] = mapped_column(Boolean)
@@ -251,7 +260,7 @@ class Advice(Base):
     __tablename__ = "advice"
     __table_args__ = (_newest_first("advice"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True
     )
@@ -285,12 +294,22 @@ class FeatureSet(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ModelName(Base):
+    """The last version number given under a name: kept when that version is deleted, so a
+    number is never given twice (a client that cached "version 3" never gets another model)."""
+
+    __tablename__ = "model_names"
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)
+
+
 class ModelAlias(Base):
     """A movable label (`production`, `staging`, …) on one version of a named model."""
 
     __tablename__ = "model_aliases"
 
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     alias: Mapped[str] = mapped_column(String(64), primary_key=True)
     # RESTRICT: a version an alias points to cannot be deleted (the API answers 409 first).
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
@@ -303,7 +322,7 @@ class ModelExport(Base):
     __tablename__ = "model_exports"
     __table_args__ = (UniqueConstraint("model_id", "format", name="uq_model_exports_model_id"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     format: Mapped[str] = mapped_column(String(16))
     job_id: Mapped[str | None] = mapped_column(
@@ -324,7 +343,7 @@ class BatchPrediction(Base):
     __tablename__ = "batch_predictions"
     __table_args__ = (_newest_first("batch_predictions"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
     )
@@ -356,7 +375,7 @@ class WeightsFile(Base):
     __tablename__ = "weights_files"
     __table_args__ = (_newest_first("weights_files"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     backbone: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

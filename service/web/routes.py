@@ -19,29 +19,33 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session as DbSession
 
-from service import (
-    advice,
-    datasets,
-    exports,
-    imports,
-    jobs,
-    models,
-    predictions,
-    registry,
-    reports,
-    weights_files,
-    workers,
-)
+from service import jobs, reports
+from service.advice import service as advice
+from service.advice.kind import ADVICE
+from service.advice.schemas import AdviceResult
+from service.advice.spec import AdviceRequest
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import status_of
 from service.backbones import BACKBONES
-from service.jobs import JobKind, JobStatus
+from service.datasets import imports
+from service.datasets import service as datasets
+from service.datasets.schemas import DatasetReport
+from service.datasets.spec import ImportRequest
+from service.exports import service as exports
+from service.exports.kind import EXPORT
+from service.exports.spec import EXPORT_FORMATS, ExportRequest
+from service.jobs import JobStatus
+from service.jobs import presence as workers
+from service.models import registry, weights_files
+from service.models import service as models
+from service.predictions import batch as predictions
+from service.predictions.kind import PREDICT
 from service.problems import Conflict, Problem
-from service.schemas import AdviceResult, DatasetReport
 from service.security import COOKIE, CSRF_HEADER, Session, csrf_matches, key_matches, new_session
 from service.serving import Image
-from service.spec import EXPORT_FORMATS, AdviceRequest, ExportRequest, ImportRequest, JobSpec
 from service.storage.pages import Page
+from service.training import service as training
+from service.training.spec import JobSpec
 from service.web.forms import (
     SplitQuery,
     advice_from_form,
@@ -339,7 +343,7 @@ def advice_train(
         record, _ = advice.get_advice(session, dataset_id, advice_id)
         if record.result is None:
             raise Conflict(f"advice {advice_id} has no result yet: its job has not succeeded")
-        job = jobs.submit(session, JobSpec.model_validate(record.result["spec"]))
+        job = training.submit(session, JobSpec.model_validate(record.result["spec"]))
     except (ValidationError, Problem) as error:
         return _failed(request, error)
     return _redirect_to_job(job.id)
@@ -424,7 +428,7 @@ def job_preview(
 ) -> HTMLResponse:
     try:
         spec = JobSpec.model_validate(body)
-        stages = jobs.preview(session, spec)
+        stages = training.preview(session, spec)
     except (ValidationError, Problem) as error:
         return _failed(request, error)
     rows = [{**row, "block": _block(row)} for row in stages[-1]["layers"]]
@@ -453,7 +457,7 @@ def job_create(
     request: Request, session: SessionDep, body: Annotated[dict[str, Any], Depends(_form_spec)]
 ) -> Response:
     try:
-        job = jobs.submit(session, JobSpec.model_validate(body))
+        job = training.submit(session, JobSpec.model_validate(body))
     except (ValidationError, Problem) as error:
         return _failed(request, error)
     return _redirect_to_job(job.id)
@@ -469,11 +473,11 @@ def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse
         job=job,
         model_id=model_id,
         finished=finished,
-        advice=job.kind == JobKind.ADVICE,  # measures a dataset: no epochs, no model
+        advice=job.kind == ADVICE.name,  # measures a dataset: no epochs, no model
         # converts a model ({"model_id", "format"}): no epochs; its figures are on the model page
-        export=job.spec if job.kind == JobKind.EXPORT else None,
+        export=job.spec if job.kind == EXPORT.name else None,
         # classifies a batch ({"prediction_id", "model_id", …}): its results download here
-        batch=job.spec if job.kind == JobKind.PREDICT else None,
+        batch=job.spec if job.kind == PREDICT.name else None,
     )
 
 

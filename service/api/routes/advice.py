@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from service import advice
+from service.advice import service as advice
+from service.advice.schemas import AdviceRead
+from service.advice.spec import AdviceRequest
 from service.api.deps import SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import AdviceRead
-from service.spec import AdviceRequest
 from service.storage.tables import Advice, Job
 
 router = APIRouter(prefix="/datasets/{dataset_id}/advice", tags=["datasets"])

@@ -5,19 +5,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import datasets, imports, reports
+from service import reports
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import (
+from service.datasets import imports
+from service.datasets import service as datasets
+from service.datasets.schemas import (
     ClassCount,
     DatasetImageRead,
     DatasetImagesAdded,
     DatasetRead,
     DatasetReport,
-    JobRead,
     SkippedFile,
 )
-from service.spec import ImportRequest
+from service.datasets.spec import ImportRequest
+from service.schemas import JobRead
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
 from service.storage.tables import Dataset, DatasetImage, Job
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response, status
 
-from service import exports
 from service.api.deps import SessionDep
-from service.schemas import ExportRead
-from service.spec import ExportFormat, ExportRequest
+from service.exports import service as exports
+from service.exports.schemas import ExportRead
+from service.exports.spec import ExportFormat, ExportRequest
 from service.storage.tables import Job, ModelExport
 
 router = APIRouter(prefix="/models/{model_id}/exports", tags=["models"])

@@ -15,11 +15,14 @@ from starlette.concurrency import run_in_threadpool
 from service import jobs
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.jobs import FINISHED, JobKind, JobStatus
-from service.schemas import JobRead, LayersRead
-from service.spec import JobSpec
+from service.job_kinds import JobKindName
+from service.jobs import FINISHED, JobStatus
+from service.models.schemas import LayersRead
+from service.schemas import JobRead
 from service.storage.db import Database
 from service.storage.tables import Job, TrainedModel
+from service.training import service as training
+from service.training.spec import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -43,7 +46,7 @@ def _job_read(job: Job, model_id: str | None) -> JobRead:
     responses=SPEC_ERRORS,
 )
 def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
-    job = jobs.submit(session, spec)
+    job = training.submit(session, spec)
     return _job_read(*jobs.get_job(session, job.id))
 
 
@@ -54,7 +57,7 @@ def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
     responses=SPEC_ERRORS,
 )
 def preview_job(session: SessionDep, spec: JobSpec) -> dict[str, Any]:
-    stages = jobs.preview(session, spec)
+    stages = training.preview(session, spec)
     return {"model_id": None, **stages[-1], "stages": stages}
 
 
@@ -71,8 +74,8 @@ def list_jobs(
     page: PageDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
     kind: Annotated[
-        JobKind, Query(description='"train" (the default) or "advice" jobs')
-    ] = JobKind.TRAIN,
+        JobKindName, Query(description='Which kind of job: "train" (the default), "advice"…')
+    ] = JobKindName.TRAIN,
 ) -> list[JobRead]:
     rows = link_next(jobs.list_jobs(session, page, status, kind), page.limit, request, response)
     return [_job_read(job, model_id) for job, model_id in rows]

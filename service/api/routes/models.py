@@ -4,10 +4,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from service import models
 from service.api.deps import ServingDep, SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
+from service.models import service as models
+from service.models.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
 from service.storage.tables import TrainedModel
 
 router = APIRouter(prefix="/models", tags=["models"])

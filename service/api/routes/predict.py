@@ -13,11 +13,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from service import registry
 from service.api.deps import ServingDep, SessionDep
 from service.api.errors import invalid, unprocessable
-from service.registry import ModelRef
-from service.schemas import (
+from service.models import registry
+from service.models.registry import ModelRef
+from service.predictions.schemas import (
     ImagePrediction,
     PredictForm,
     PredictionRead,
@@ -27,8 +27,8 @@ from service.schemas import (
     TFServingResponse,
     TFServingStatus,
     TFServingVersionStatus,
-    inline_schema,
 )
+from service.schemas import inline_schema
 from service.serving import Classification, Image, Serving, decode_base64
 
 router = APIRouter(tags=["predict"])

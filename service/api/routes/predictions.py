@@ -7,14 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import predictions, registry
 from service.api.deps import SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.datasets import upload_limits
-from service.predictions import BatchRequest, ResultFormat
-from service.schemas import BatchPredictionRead
-from service.spec import WEBHOOK_DESCRIPTION, WebhookUrl
+from service.datasets.service import upload_limits
+from service.models import registry
+from service.predictions import batch as predictions
+from service.predictions.batch import BatchRequest, ResultFormat
+from service.predictions.schemas import BatchPredictionRead
 from service.storage.tables import BatchPrediction, Job
+from service.training.spec import WEBHOOK_DESCRIPTION, WebhookUrl
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 
-from service import registry
 from service.api.deps import SessionDep
-from service.registry import AliasRow
-from service.schemas import AliasRead, AliasWrite, NamedModelRead, RegisteredModel
+from service.models import registry
+from service.models.registry import AliasRow
+from service.models.schemas import AliasRead, AliasWrite, NamedModelRead, RegisteredModel
 
 router = APIRouter(prefix="/registry", tags=["registry"])
 

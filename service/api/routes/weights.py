@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 
-from service import weights_files
 from service.api.deps import SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.schemas import WeightsRead
+from service.models import weights_files
+from service.models.schemas import WeightsRead
 from service.storage.tables import WeightsFile
 
 router = APIRouter(prefix="/weights", tags=["weights"])

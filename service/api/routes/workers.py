@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service import workers
 from service.api.deps import SessionDep, SettingsDep
-from service.schemas import WorkerRead
+from service.jobs import presence as workers
+from service.jobs.schemas import WorkerRead
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 

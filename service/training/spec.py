@@ -1,4 +1,5 @@
-"""The job spec: what to train. Shared by the API (which validates it), the worker and ML.
+"""The job spec: what to train. Shared by the API (which validates it), the worker and ML,
+and the parts other kinds' specs are made of (the backbone, resources, the webhook).
 
 Everything here is checkable without TensorFlow; the one check that needs the backbone's
 layer names (`freeze.trainable_from`) is made by the API with `ml.build.backbone_layer_names`.
@@ -19,6 +20,7 @@ from pydantic import (
 )
 
 from service.backbones import BACKBONES
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH, URL_LENGTH
 
 WEIGHTS_DESCRIPTION = (
     '"imagenet", null (random initialisation), "model:<model_id>" (the backbone of a model '
@@ -29,7 +31,8 @@ MAX_STAGES = 10
 
 # Where a job's end is announced (service/webhooks.py): http or https, as long as the column.
 WebhookUrl = Annotated[
-    AnyUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"], host_required=True)
+    AnyUrl,
+    UrlConstraints(max_length=URL_LENGTH, allowed_schemes=["http", "https"], host_required=True),
 ]
 WEBHOOK_DESCRIPTION = (
     "Announce the job's end (succeeded, failed, cancelled) with a signed POST to this http(s) "
@@ -56,7 +59,9 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A request or stored spec: unknown fields refused, text valid Unicode."""
+
     model_config = ConfigDict(extra="forbid")
 
     # JSON may escape lone surrogates; Python keeps them, and no database or answer can
@@ -67,7 +72,7 @@ class _Strict(BaseModel):
         return _valid_unicode(value)
 
 
-class BackboneSpec(_Strict):
+class BackboneSpec(StrictModel):
     name: str = Field(description="A name from GET /backbones.", examples=["MobileNetV2"])
     weights: str | None = Field("imagenet", description=WEIGHTS_DESCRIPTION)
     input_size: int | None = Field(
@@ -116,7 +121,7 @@ class BackboneSpec(_Strict):
         return self.weights is not None
 
 
-class HeadSpec(_Strict):
+class HeadSpec(StrictModel):
     pooling: Literal["avg", "max", "flatten"] = Field(
         "avg", description="GlobalAveragePooling2D, GlobalMaxPooling2D or Flatten."
     )
@@ -131,7 +136,7 @@ class HeadSpec(_Strict):
         return widths
 
 
-class FreezeSpec(_Strict):
+class FreezeSpec(StrictModel):
     mode: Literal["backbone", "partial", "none"] = Field(
         "backbone",
         description='"backbone": only the head trains; "partial": backbone layers from '
@@ -163,7 +168,7 @@ Optimizer = Literal["adam", "sgd", "rmsprop", "adamw"]
 OPTIMIZER_DESCRIPTION = "adam, sgd (momentum 0.9, Nesterov), rmsprop or adamw (weight decay 0.004)."
 
 
-class AugmentSpec(_Strict):
+class AugmentSpec(StrictModel):
     """Keras preprocessing layers inside the model, active only while training."""
 
     flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] | None = Field(
@@ -180,19 +185,19 @@ class AugmentSpec(_Strict):
         return bool(self.flip or self.rotation or self.zoom or self.contrast)
 
 
-class EarlyStoppingSpec(_Strict):
+class EarlyStoppingSpec(StrictModel):
     monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
     patience: int = Field(3, ge=0, le=1000, description="Epochs without improvement to wait.")
     min_delta: float = Field(0.0, ge=0.0, description="The least change that counts.")
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Optimizer = Field("adam", description=OPTIMIZER_DESCRIPTION)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_INTEGER)
     augment: AugmentSpec | None = Field(
         None,
         description="Random flip, rotation, zoom and contrast, inside the model, training only.",
@@ -246,7 +251,7 @@ class TrainingSpec(_Strict):
         return self.augment is not None and self.augment.active
 
 
-class FineTuneStage(_Strict):
+class FineTuneStage(StrictModel):
     """A further stage: apply `freeze`, recompile with a fresh optimizer, train on."""
 
     freeze: FreezeSpec
@@ -255,7 +260,7 @@ class FineTuneStage(_Strict):
     optimizer: Optimizer | None = Field(None, description="Default: training.optimizer.")
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """Accelerators a job needs: only a worker with at least as many claims it."""
 
     gpus: int = Field(
@@ -277,7 +282,7 @@ class Stage(BaseModel):
     optimizer: Optimizer
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """The normalised job body: every default filled in."""
 
     model_config = ConfigDict(
@@ -304,7 +309,7 @@ class JobSpec(_Strict):
     )
 
     dataset_id: str
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=NAME_LENGTH)
     backbone: BackboneSpec
     head: HeadSpec = Field(default_factory=HeadSpec)
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
@@ -363,124 +368,3 @@ class JobSpec(_Strict):
     def input_size(self) -> int:
         assert self.backbone.input_size is not None
         return self.backbone.input_size
-
-
-class AdviceRequest(_Strict):
-    """What to measure a dataset against: a backbone, and how much of the dataset to use."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "backbone": {"name": "MobileNetV2", "weights": "imagenet", "input_size": 96},
-                    "max_images": 1000,
-                }
-            ]
-        },
-    )
-
-    backbone: BackboneSpec
-    max_images: int = Field(
-        1000,
-        ge=10,
-        le=20000,
-        description="Features are extracted for at most this many images: a stratified sample "
-        "of a larger dataset, each class in its share.",
-    )
-    folds: int = Field(
-        5, ge=2, le=10, description="k of the k-fold linear probe (at most the smallest class)."
-    )
-    much_data_per_class: int = Field(
-        500,
-        ge=2,
-        le=1_000_000,
-        description="From how many images in the median class the dataset counts as much data.",
-    )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sample, folds and random init.")
-    resources: Resources = Field(
-        default_factory=Resources, description="Accelerators the job needs to be claimed."
-    )
-    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
-
-
-class AdviceSpec(AdviceRequest):
-    """An advice job's stored spec: the request and the dataset it is for."""
-
-    dataset_id: str
-
-
-# -- exports (POST /models/{model_id}/exports) -------------------------------------------------
-
-ExportFormat = Literal["keras", "tflite", "tflite-fp16", "tflite-int8", "onnx"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("keras", "tflite", "tflite-fp16", "tflite-int8", "onnx")
-
-
-class ExportRequest(_Strict):
-    """The format to convert a trained model to."""
-
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"format": "tflite"}]}
-    )
-
-    format: ExportFormat = Field(
-        description='"keras" (a .keras file), "tflite" (float32), "tflite-fp16" (float16 '
-        'weights, float32 input and output), "tflite-int8" (full-integer: uint8 pixels in, '
-        'uint8 probabilities out) or "onnx" (via tf2onnx).'
-    )
-    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
-
-
-class ExportSpec(ExportRequest):
-    """An export job's stored spec: the model and the format."""
-
-    model_id: str
-
-
-# -- batch prediction (POST /predictions) ------------------------------------------------------
-
-
-class BatchPredictionSpec(_Strict):
-    """A batch prediction job's stored spec: the model it resolved to when it was asked for
-    (an alias that moves later does not move it), the record, and what to answer."""
-
-    prediction_id: str
-    model_id: str
-    top_k: int = Field(5, ge=1, le=1000)
-    explain: bool = False
-    dataset_id: str | None = None  # None: the images are the record's uploaded zip
-    webhook_url: WebhookUrl | None = None
-
-
-# -- server-side import (POST /datasets/import) ------------------------------------------------
-
-
-class ImportRequest(_Strict):
-    """A directory of class folders on the service's host to make a dataset of."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"path": "flowers/2026-11", "name": "flowers"}]},
-    )
-
-    path: str = Field(
-        min_length=1,
-        max_length=4000,
-        description="The directory, relative to IMPORT_ROOT (or absolute inside it).",
-    )
-    name: str | None = Field(
-        None, max_length=200, description="The new dataset's name; default: the folder's."
-    )
-    dataset_id: str | None = Field(
-        None,
-        max_length=32,
-        description="Add the images to this dataset instead of creating one (duplicates "
-        "skipped, as with POST /datasets/{dataset_id}/images).",
-    )
-    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
-
-
-class ImportSpec(ImportRequest):
-    """An import job's stored spec: the request, the directory resolved inside the root."""
-
-    directory: str = Field(description="The resolved absolute directory the worker reads.")

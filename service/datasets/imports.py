@@ -23,9 +23,10 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from service import datasets, jobs
+from service import jobs
 from service.config import Settings
-from service.ingest import (
+from service.datasets import service as datasets
+from service.datasets.ingest import (
     BadArchive,
     Checked,
     Limits,
@@ -37,9 +38,11 @@ from service.ingest import (
     require_classes,
     verified,
 )
+from service.datasets.kind import IMPORT
+from service.datasets.spec import ImportRequest, ImportSpec
+from service.jobs.context import JobContext
+from service.jobs.kinds import JobStopped, Outcome
 from service.problems import BadContent, Conflict, Invalid
-from service.spec import ImportRequest, ImportSpec
-from service.storage.db import Database
 from service.storage.tables import Dataset, Job, new_id
 
 log = logging.getLogger("service.imports")
@@ -83,7 +86,15 @@ def submit_import(session: Session, settings: Settings, request: ImportRequest) 
     if request.dataset_id is not None:
         jobs.ensure_unused(session, datasets.get_dataset(session, request.dataset_id))
     spec = ImportSpec(**request.model_dump(), directory=str(directory))
-    return jobs.enqueue_import(session, spec, directory.name)
+    # Growing a dataset, the job holds it as a training job does (no append, delete or other
+    # import under it); creating one, its `dataset_id` is set when the dataset is stored.
+    return jobs.queue_job(
+        session,
+        kind=IMPORT.name,
+        name=f"import-{directory.name}",
+        spec=spec,
+        dataset_id=spec.dataset_id,
+    )
 
 
 # -- the worker: pass 1, then pass 2 in the job's last transaction -------------------------
@@ -192,20 +203,32 @@ def store_import(
         dataset = datasets.locked_dataset(session, spec.dataset_id)
         new, _ = datasets.unseen_images(session, dataset.id, plan.images)
         dataset.skipped = [*dataset.skipped, *plan.skipped]
-    datasets.add_images(session, dataset, new, read_images(new, cap))
+    try:
+        datasets.add_images(session, dataset, new, read_images(new, cap))
+    except BadArchive as error:  # a file changed since pass 1: the job fails, nothing stored
+        raise BadContent(f"{spec.path}: {error}") from None
     job = session.get(Job, claim.job_id)
     assert job is not None  # the caller just marked it succeeded
     job.dataset_id = dataset.id
     session.flush()
 
 
-def finish_import(db: Database, claim: jobs.Claim, spec: ImportSpec, plan: Plan, cap: int) -> bool:
-    """Pass 2 and the job's success in one transaction; False when the lease was lost. A
-    file that changed since pass 1 fails the job instead, with nothing stored."""
-    store = partial(store_import, claim=claim, spec=spec, plan=plan, cap=cap)
-    try:
-        return jobs.complete_import(db, claim, store)
-    except BadArchive as error:  # raised inside the transaction, so it was rolled back
-        log.warning("import job %s failed: %s", claim.job_id, error)
-        jobs.end_job(db, claim, status=jobs.JobStatus.FAILED, error=f"{spec.path}: {error}")
-        return True  # the job's end is stored: nothing left for the worker to do
+def import_folder(context: JobContext, spec: ImportSpec) -> Outcome:
+    """The "import" task: check every file of the folder (pass 1, with progress); what
+    stores the images, re-read (pass 2), with the job's success."""
+    limits = datasets.upload_limits(context.settings)
+    monitor = context.monitor
+    plan = scan_directory(
+        spec,
+        context.settings,
+        limits,
+        on_progress=monitor.on_pass,
+        should_stop=monitor.should_stop,
+    )
+    monitor.flush()
+    if plan is None or monitor.should_stop():
+        raise JobStopped()
+    store = partial(
+        store_import, claim=context.claim, spec=spec, plan=plan, cap=limits.max_image_bytes
+    )
+    return Outcome(store, f"{len(plan.images)} images imported from {spec.path}")

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, undefer
 
-from service import jobs, registry
+from service import jobs
+from service.models import registry
 from service.problems import Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import ModelLayer, TrainedModel

@@ -26,11 +26,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs
-from service.datasets import get_dataset
+from service.advice.kind import ADVICE
+from service.advice.spec import AdviceRequest, AdviceSpec
+from service.datasets.service import get_dataset
 from service.problems import NotFound
-from service.spec import AdviceRequest, AdviceSpec, BackboneSpec, JobSpec
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import Advice, Job, new_id
+from service.training.service import check_references
+from service.training.spec import BackboneSpec, JobSpec
 
 # From this similarity on, the data count as similar to the pretraining data.
 SIMILAR_AT = 0.5
@@ -57,8 +60,15 @@ def request_advice(session: Session, dataset_id: str, request: AdviceRequest) ->
     """Queue an advice job for the dataset; NotFound/Invalid for what the request names."""
     dataset = get_dataset(session, dataset_id)
     spec = AdviceSpec.model_validate({**request.model_dump(), "dataset_id": dataset.id})
-    jobs.check_references(session, spec)
-    job = jobs.enqueue(session, spec, dataset)
+    check_references(session, spec)
+    job = jobs.queue_job(
+        session,
+        kind=ADVICE.name,
+        name=f"advice-{dataset.name}-{spec.backbone.name}",
+        spec=spec,
+        dataset_id=dataset.id,
+        gpus=spec.resources.gpus,
+    )
     advice = Advice(
         id=new_id("a"),
         dataset_id=dataset.id,

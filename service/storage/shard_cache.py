@@ -1,5 +1,5 @@
 """Each worker host's local cache of large datasets' images, in the shard format of
-`service/ml/shards.py`: what a training job streams from when its dataset's encoded bytes
+`service/storage/shard_files.py`: what a training job streams from when its dataset's encoded bytes
 exceed TRAIN_IN_MEMORY_BYTES, so the worker's memory does not grow with the dataset.
 
 - **Where**: `<data_dir>/cache/datasets/<dataset_id>/<snapshot>/`, where the snapshot is a
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from service.ml.shards import OFFSETS_FILE, ShardedImages, write_shards
 from service.storage.db import Database
+from service.storage.shard_files import OFFSETS_FILE, ShardedImages, write_shards
 from service.storage.tables import Dataset, DatasetImage
 
 log = logging.getLogger("service.shards")

@@ -21,14 +21,16 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import datasets, jobs, metrics
-from service.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
+from service import jobs, metrics
+from service.datasets import service as datasets
+from service.datasets.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
 from service.ml.batch import Answer, Item
 from service.ml.serving import ModelSource
+from service.models.registry import ModelRef, resolve
+from service.predictions.kind import PREDICT
+from service.predictions.spec import BatchPredictionSpec
 from service.problems import BadContent, Conflict, Invalid, NotFound
-from service.registry import ModelRef, resolve
 from service.serving import stored_source, top_scores
-from service.spec import BatchPredictionSpec
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, new_id
@@ -88,7 +90,15 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
         dataset_id=request.dataset_id,
         webhook_url=request.webhook_url,
     )
-    record.job_id = jobs.enqueue_prediction(session, spec, model).id
+    # The job holds the dataset it classifies, if any; the model is held through its spec.
+    job = jobs.queue_job(
+        session,
+        kind=PREDICT.name,
+        name=f"predict-{model.name}-v{model.version}",
+        spec=spec,
+        dataset_id=spec.dataset_id,
+    )
+    record.job_id = job.id
     session.add(record)
     session.flush()
     return record

@@ -9,12 +9,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, load_only
 
 from service import jobs, metrics
 from service.config import Settings
-from service.ingest import (
+from service.datasets.ingest import (
     BadArchive,
     Limits,
     Planned,
@@ -331,3 +331,9 @@ def media_type(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return "application/octet-stream"
+
+
+def set_label_review(session: Session, dataset_id: str, review: dict[str, Any]) -> None:
+    """Store the dataset's label review (likely mislabelled images), made by an advice or a
+    training job, in the transaction that stores the job's outcome."""
+    session.execute(update(Dataset).where(Dataset.id == dataset_id).values(label_review=review))

@@ -4,7 +4,8 @@
 `resolve` is the one place where the ways a request can name a model — a model id, a name
 (its latest version), a name and a version, a name and an alias — become a model row:
 `/predict`, TF Serving's paths and the console all go through it. Versions are numbered by
-`jobs.next_version` when the worker stores a model; nothing here renumbers them.
+`next_version` when the worker stores a model, from a counter per name that deleting a
+version does not move back: a number is never given twice, and nothing renumbers them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session, load_only
 
 from service.problems import Conflict, Invalid, NotFound
-from service.storage.tables import ModelAlias, TrainedModel, utcnow
+from service.storage.tables import ModelAlias, ModelName, TrainedModel, utcnow
 
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 _ALIAS = re.compile(ALIAS_PATTERN)
@@ -32,6 +33,27 @@ WAYS = "by model_id, name, name + version, or name + alias"
 
 # One INSERT … ON CONFLICT DO UPDATE per dialect the service runs on.
 _UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def next_version(session: Session, name: str) -> int:
+    """The version number the next model stored under `name` gets: one past the last number
+    given under it, deleted or not.
+
+    Called in the transaction that stores the model. The upsert takes the name's counter row
+    (PostgreSQL locks it until the transaction ends; SQLite runs one writer at a time), so
+    two workers storing models of one name take turns and never pick the same number.
+    """
+    insert = _UPSERT[session.get_bind().dialect.name](ModelName)
+    statement = (
+        insert.values(name=name, last_version=1)
+        .on_conflict_do_update(
+            index_elements=[ModelName.name], set_={"last_version": ModelName.last_version + 1}
+        )
+        .returning(ModelName.last_version)
+    )
+    version = session.scalar(statement)
+    assert version is not None  # RETURNING of the row just written
+    return version
 
 
 @dataclass(frozen=True)

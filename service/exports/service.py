@@ -9,7 +9,6 @@ is its job's. No TensorFlow here: the API answers from the database and package 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -20,10 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 from service import jobs
-from service.datasets import image_data
-from service.models import get_model
+from service.datasets.service import image_data
+from service.exports.kind import EXPORT
+from service.exports.spec import ExportRequest, ExportSpec
+from service.ml.data import ExportInputs
+from service.models.service import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
-from service.spec import ExportRequest, ExportSpec, JobSpec
 from service.storage.db import Database
 from service.storage.tables import DatasetImage, Job, ModelExport, TrainedModel, new_id
 
@@ -139,7 +140,15 @@ def request_export(session: Session, model_id: str, request: ExportRequest) -> M
         session.delete(found[0])
         session.flush()
     spec = ExportSpec(model_id=model.id, format=request.format, webhook_url=request.webhook_url)
-    job = jobs.enqueue_export(session, spec, model)
+    # The job holds the model's dataset as a training job does: the parity check reads its
+    # validation images, so the dataset cannot be deleted while the job waits.
+    job = jobs.queue_job(
+        session,
+        kind=EXPORT.name,
+        name=f"export-{model.name}-{spec.format}",
+        spec=spec,
+        dataset_id=model.dataset_id,
+    )
     record = ModelExport(id=new_id("x"), model_id=model.id, format=request.format, job_id=job.id)
     session.add(record)
     try:
@@ -197,22 +206,6 @@ def delete_export(session: Session, model_id: str, format: str) -> None:
 
 
 # -- what the worker reads -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportInputs:
-    """Everything an export job converts and checks, read from the database at once."""
-
-    model_id: str
-    format: str
-    spec: JobSpec  # the training job's: the network to rebuild
-    classes: list[str]
-    input_size: int
-    temperature: float  # what the SavedModel's `serve` applies
-    savedmodel: bytes
-    validation: list[bytes]  # the validation split's images, as the evaluation lists them
-    labels: list[int]  # their true classes, indices into `classes`
-    representative: list[bytes]  # a stratified sample of the training split (int8 only)
 
 
 def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:

@@ -10,8 +10,7 @@ another worker may have taken the job over.
 The rows are what the workers said, for people (GET /workers, the console); the claim does
 not read them: a worker passes its own GPU count to `jobs.claim_next_job`.
 
-TensorFlow-free: the worker finds its devices (service/worker.py:configure_devices) and
-passes them in.
+TensorFlow-free: the worker finds its devices (service/jobs/devices.py) and passes them in.
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from service.jobs.devices import Device, host_memory_bytes
 from service.storage.db import Database
 from service.storage.tables import WorkerRow, utcnow
 
@@ -47,47 +47,6 @@ class WorkerStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class Device:
-    """One device a worker trains on: a GPU it uses, or the CPU when it uses none."""
-
-    kind: Literal["GPU", "CPU"]
-    name: str  # TensorFlow's physical device name: /physical_device:GPU:0
-    memory_bytes: int | None = None  # a GPU's own memory; for the CPU, the host's RAM
-    model: str | None = None  # what the driver calls a GPU: "NVIDIA H200"
-
-
-def chosen_gpus(found: int, indices: Sequence[int] | None, count: int | None) -> list[int]:
-    """The indices of the GPUs a worker trains on, of the `found` TensorFlow sees:
-    WORKER_DEVICES (`indices`; None: all), then at most WORKER_GPUS (`count`) of them."""
-    chosen = list(range(found)) if indices is None else list(indices)
-    unknown = [index for index in chosen if not 0 <= index < found]
-    if unknown:
-        raise ValueError(f"WORKER_DEVICES names GPU(s) {unknown}, but TensorFlow sees {found}")
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"WORKER_DEVICES names a GPU twice: {chosen}")
-    return chosen if count is None else chosen[:count]
-
-
-def claimed_gpus(count: int | None, devices: Sequence[Device]) -> int:
-    """The GPUs a worker claims jobs for: WORKER_GPUS when set (an operator may say more
-    than TensorFlow sees: a test simulates a GPU worker so), else the GPUs it trains on."""
-    return sum(device.kind == "GPU" for device in devices) if count is None else count
-
-
-def describe_devices(devices: Sequence[Device]) -> str:
-    """The devices in one line for the log: `GPU /physical_device:GPU:0 (NVIDIA H200,
-    140.0 GiB)`, or the CPU with the host's RAM."""
-
-    def one(device: Device) -> str:
-        facts = [device.model] if device.model else []
-        if device.memory_bytes is not None:
-            facts.append(f"{device.memory_bytes / 2**30:.1f} GiB")
-        return f"{device.kind} {device.name}" + (f" ({', '.join(facts)})" if facts else "")
-
-    return ", ".join(one(device) for device in devices) or "nothing"
-
-
-@dataclass(frozen=True)
 class WorkerView:
     """A worker as listed: its row, and what its heartbeat's age makes of it."""
 
@@ -99,14 +58,6 @@ class WorkerView:
 def beat_seconds(lease_seconds: float) -> float:
     """How often a worker beats: three times a lease, like a job's heartbeat."""
     return lease_seconds / 3
-
-
-def host_memory_bytes() -> int | None:
-    """The host's RAM (POSIX); None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def register(

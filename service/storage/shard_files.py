@@ -1,5 +1,5 @@
 """A dataset's encoded images on local disk, read one by one: what a worker trains on when
-the dataset is too large to hold in memory (see `service/storage/shards.py` for where the
+the dataset is too large to hold in memory (see `service/storage/shard_cache.py` for where the
 files live and when they are built, and `service/ml/train.py` for how training reads them).
 
 The format is two files in one folder, written once and never changed:

@@ -2,20 +2,15 @@
 
     queued → running → succeeded | failed | cancelled
 
-Jobs come in four kinds on one queue: "train" (the spec is a JobSpec; success stores a
-model), "advice" (the spec is an AdviceSpec; success stores the advice's result), "export"
-(the spec is an ExportSpec; success stores the converted file in its export record) and
-"predict" (the spec is a BatchPredictionSpec; success stores a batch's results). One
-queue, so all get the same leases, retries, cancelling and events, and a worker's
-accelerator serves them in the order they were asked for.
+Every kind of job (service/job_kinds.py lists them) rides one queue, so all get the same
+leases, retries, cancelling and events, and a worker's accelerator serves them in the order
+they were asked for. This module knows no kind: a kind's package queues its jobs with
+`queue_job` and stores its outcome through `complete`.
 
 The API and the worker both call this module and neither re-implements it:
-- the status enum and the transitions (enqueue, cancel; claim, heartbeat, release, end,
+- the status enum and the transitions (queue, cancel; claim, heartbeat, release, end,
   complete), each one transaction; every write after a claim is fenced by the lease owner,
   so a worker whose lease was taken over can change nothing;
-- the checks that a spec's references exist (dataset, weights source, class names), raising
-  the domain's problems (service/problems.py): the API answers them 404/409/422, the worker
-  fails the job with the same message;
 - the "in use" rule: what a queued or running job needs cannot be deleted;
 - reading stored specs: leniently for display, strictly where a job is about to run.
 """
@@ -28,23 +23,18 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-from sqlalchemy import Select, func, select, update
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, object_session
 
 from service import webhooks
-from service.problems import Conflict, Invalid, NotFound, Problem
-from service.spec import AdviceSpec, BatchPredictionSpec, ExportSpec, ImportSpec, JobSpec
+from service.problems import Conflict, Invalid, NotFound
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import (
-    WEIGHTS_SOURCES,
-    Advice,
-    BatchPrediction,
+    NAME_LENGTH,
     Dataset,
     Job,
-    ModelExport,
-    ModelLayer,
     TrainedModel,
     WeightsFile,
     new_id,
@@ -60,15 +50,7 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-SpecT = TypeVar("SpecT", JobSpec, AdviceSpec, ExportSpec, BatchPredictionSpec, ImportSpec)
-
-
-class JobKind(StrEnum):
-    TRAIN = "train"
-    ADVICE = "advice"
-    EXPORT = "export"
-    PREDICT = "predict"
-    IMPORT = "import"  # a server-side directory into a dataset (service/imports.py)
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -78,14 +60,11 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # -- reading stored specs -----------------------------------------------------------------
 
 
-def runnable_spec(
-    stored: dict[str, Any],
-    kind: type[SpecT] = JobSpec,  # type: ignore[assignment]
-) -> SpecT:
+def runnable_spec(stored: dict[str, Any], model: type[SpecT]) -> SpecT:
     """The stored spec, validated as a new request would be; Invalid saying what no longer
     validates when the service changed since the job was queued."""
     try:
-        return kind.model_validate(stored)
+        return model.model_validate(stored)
     except ValidationError as error:
         raise Invalid(f"the stored spec no longer validates: {what_fails(error)}") from None
 
@@ -96,69 +75,6 @@ def what_fails(error: ValidationError) -> str:
         f"{'.'.join(str(part) for part in item['loc']) or 'spec'}: {item['msg']}"
         for item in error.errors(include_url=False)
     )
-
-
-# -- reference checks ---------------------------------------------------------------------
-
-
-def check_references(session: Session, spec: JobSpec | AdviceSpec) -> Dataset:
-    """The dataset the job uses, after checking what the spec refers to exists and fits:
-    the dataset, the stored weights source, and the class names of `class_weight`."""
-    dataset = session.get(Dataset, spec.dataset_id)
-    if dataset is None:
-        raise NotFound(f"no dataset {spec.dataset_id!r}", field=("dataset_id",))
-    weights_source(session, spec)
-    if isinstance(spec, AdviceSpec):
-        return dataset
-    class_weight = spec.training.class_weight
-    if isinstance(class_weight, dict):
-        names = {entry["name"] for entry in dataset.classes}
-        for name in class_weight:
-            if name not in names:
-                raise Invalid(
-                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
-                    field=("training", "class_weight", name),
-                )
-    return dataset
-
-
-def weights_source(
-    session: Session, spec: JobSpec | AdviceSpec, *options: Any
-) -> TrainedModel | WeightsFile | None:
-    """The stored model or weights file of "model:<id>" / "file:<id>" weights; None for
-    "imagenet" and random weights. It must exist and be for the spec's backbone."""
-    stored = spec.backbone.stored_weights
-    if stored is None:
-        return None
-    where, reference = stored
-    table, _, kind = WEIGHTS_SOURCES[where]
-    source = session.get(table, reference, options=options)
-    if source is None:
-        raise NotFound(f"no {kind} {reference!r}", field=("backbone", "weights"))
-    if source.backbone != spec.backbone.name:
-        raise Invalid(
-            f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
-            field=("backbone", "weights"),
-        )
-    return source
-
-
-def check_freeze_points(spec: JobSpec) -> None:
-    """Every `trainable_from` names a layer the backbone has. Builds the backbone (TensorFlow):
-    the API runs it off its event loop; the worker meets the same check in `apply_freeze`."""
-    partial = [stage for stage in spec.stages if stage.freeze.trainable_from is not None]
-    if not partial:
-        return
-    from service.ml.build import backbone_layer_names, trainable_from_index
-
-    names = backbone_layer_names(spec.backbone.name, spec.input_size)
-    for stage in partial:
-        where = ("freeze",) if stage.number == 1 else ("fine_tune", stage.number - 2, "freeze")
-        assert stage.freeze.trainable_from is not None
-        try:
-            trainable_from_index(names, stage.freeze.trainable_from)
-        except ValueError as error:
-            raise Invalid(str(error), field=(*where, "trainable_from")) from None
 
 
 # -- the "in use" rule --------------------------------------------------------------------
@@ -197,41 +113,12 @@ def ensure_unused(session: Session, resource: Resource) -> None:
 # -- what the API and the console ask ---------------------------------------------------------
 
 
-def submit(session: Session, spec: JobSpec) -> Job:
-    """Check what the spec refers to, then queue it. Builds the backbone when a stage names a
-    freeze point (TensorFlow): call it off any event loop."""
-    dataset = check_references(session, spec)
-    check_freeze_points(spec)
-    return enqueue(session, spec, dataset)
-
-
-def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
-    """Every stage's layer table, as the trained model's /layers would show it, with totals;
-    nothing is trained or stored."""
-    dataset = check_references(session, spec)
-    check_freeze_points(spec)
-    from service.ml.build import preview_layers
-
-    return [
-        {
-            "stage": number,
-            "trainable_params": sum(row["trainable_params"] for row in rows),
-            "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
-            "layers": rows,
-        }
-        for number, rows in enumerate(preview_layers(spec, len(dataset.classes)), start=1)
-    ]
-
-
 def _with_model_ids(query: Select[Any]) -> Select[Any]:
     return query.add_columns(TrainedModel.id).outerjoin(TrainedModel, TrainedModel.job_id == Job.id)
 
 
 def list_jobs(
-    session: Session,
-    page: Page,
-    status: JobStatus | None = None,
-    kind: JobKind = JobKind.TRAIN,
+    session: Session, page: Page, status: JobStatus | None = None, kind: str = "train"
 ) -> PageOf[tuple[Job, str | None]]:
     """A page of jobs of one kind, newest first, each with the id of the model it produced."""
     query = _with_model_ids(select(Job).where(Job.kind == kind))
@@ -257,69 +144,33 @@ def status_of(db: Database, job_id: str) -> str:
 # -- transitions the API makes --------------------------------------------------------------
 
 
-def enqueue(session: Session, spec: JobSpec | AdviceSpec, dataset: Dataset) -> Job:
-    """A new queued training or advice job for a spec whose references were checked."""
-    if isinstance(spec, AdviceSpec):
-        name = f"advice-{dataset.name}-{spec.backbone.name}"
-        return _queue(session, JobKind.ADVICE, name, spec, dataset.id, gpus=spec.resources.gpus)
-    name = spec.name or f"{dataset.name}-{spec.backbone.name}"
-    return _queue(session, JobKind.TRAIN, name, spec, dataset.id, gpus=spec.resources.gpus)
-
-
-def enqueue_export(session: Session, spec: ExportSpec, model: TrainedModel) -> Job:
-    """A new queued export job for a model that exists. It holds the model's dataset like a
-    training job does: the parity check reads its validation images, so the dataset cannot
-    be deleted while the job waits."""
-    name = f"export-{model.name}-{spec.format}"[:200]
-    return _queue(session, JobKind.EXPORT, name, spec, model.dataset_id)
-
-
-def enqueue_prediction(session: Session, spec: BatchPredictionSpec, model: TrainedModel) -> Job:
-    """A new queued batch prediction job for a model that exists. It holds the dataset it
-    classifies, if any, like a training job does; the model is held through its spec."""
-    name = f"predict-{model.name}-v{model.version}"[:200]
-    return _queue(session, JobKind.PREDICT, name, spec, spec.dataset_id)
-
-
-# -- server-side import (service/imports.py) ----------------------------------------------
-
-
-def enqueue_import(session: Session, spec: ImportSpec, folder: str) -> Job:
-    """A new queued import job. Growing a dataset, it holds it like a training job does (no
-    append, delete or other import under it); creating one, its `dataset_id` is set when
-    the dataset is stored, in the transaction that marks the job succeeded."""
-    return _queue(session, JobKind.IMPORT, f"import-{folder}"[:200], spec, spec.dataset_id)
-
-
-def complete_import(db: Database, claim: Claim, store: Callable[[Session], None]) -> bool:
-    """Store the imported images and the job's success in one transaction; False (and
-    nothing stored) when the lease is no longer this worker's."""
-    return _complete(db, claim, store)
-
-
-def _queue(
+def queue_job(
     session: Session,
-    kind: JobKind,
-    name: str,
-    spec: JobSpec | AdviceSpec | ExportSpec | BatchPredictionSpec | ImportSpec,
-    dataset_id: str | None,
     *,
+    kind: str,
+    name: str,
+    spec: BaseModel,
+    dataset_id: str | None,
     gpus: int = 0,
 ) -> Job:
-    """A new queued job; `gpus`: what a worker needs to claim it (resources.gpus)."""
+    """A new queued job of a registered kind, for a spec whose references were checked.
+
+    `dataset_id`: the dataset it holds against deletion and growth while it waits or runs;
+    `gpus`: what a worker needs to claim it (resources.gpus). A spec's `webhook_url`, where
+    it has one, is the job's column, not part of what to run (service/webhooks.py)."""
+    webhook_url = getattr(spec, "webhook_url", None)
     job = Job(
         id=new_id("j"),
         kind=kind,
-        name=name,
+        name=name[:NAME_LENGTH],
         status=JobStatus.QUEUED,
-        # The URL is the job's column, not part of what to run (service/webhooks.py).
         spec=spec.model_dump(mode="json", exclude={"webhook_url"}),
         dataset_id=dataset_id,
         history=[],
         attempts=0,
         cancel_requested=False,
         gpus=gpus,
-        webhook_url=str(spec.webhook_url) if spec.webhook_url is not None else None,
+        webhook_url=str(webhook_url) if webhook_url is not None else None,
     )
     session.add(job)
     session.flush()
@@ -347,7 +198,7 @@ class Claim:
     attempt: int
     spec: dict[str, Any]
     name: str = ""
-    kind: str = JobKind.TRAIN
+    kind: str = "train"
     created_at: datetime | None = None  # when it was queued: its wait, for the metrics
 
 
@@ -521,7 +372,9 @@ def _succeed(session: Session, claim: Claim) -> bool:
     return result.rowcount == 1
 
 
-def _complete(db: Database, claim: Claim, store: Callable[[Session], None]) -> bool:
+def complete(db: Database, claim: Claim, store: Callable[[Session], None]) -> bool:
+    """Run a kind's `store` (what its success leaves behind) and mark the job succeeded, in
+    one transaction; False (and nothing stored) when the lease is no longer this worker's."""
     with db.session(write=True) as session:
         if not _succeed(session, claim):
             return False
@@ -532,114 +385,11 @@ def _complete(db: Database, claim: Claim, store: Callable[[Session], None]) -> b
         return True
 
 
-def _review(session: Session, dataset_id: str, label_review: dict[str, Any] | None) -> None:
-    if label_review is not None:
-        session.execute(
-            update(Dataset).where(Dataset.id == dataset_id).values(label_review=label_review)
-        )
-
-
-def next_version(session: Session, name: str) -> int:
-    """The version number the next model stored under `name` gets: one past the highest.
-
-    Called in the transaction that stores the model. SQLite runs one writer at a time; on
-    PostgreSQL a transaction-scoped advisory lock on the name makes two workers storing
-    models of one name take turns, so they never both pick the same number.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
-    highest = session.scalar(
-        select(func.max(TrainedModel.version)).where(TrainedModel.name == name)
-    )
-    return (highest or 0) + 1
-
-
-def complete_job(
-    db: Database,
-    claim: Claim,
-    *,
-    model: TrainedModel,
-    layers: list[dict[str, Any]],
-    label_review: dict[str, Any] | None = None,
-) -> bool:
-    """Store the model, its layers, the dataset's label review if the job made one, and the
-    job's success in one transaction.
-
-    False (and nothing stored) when the lease is no longer this worker's.
-    """
-
-    def store(session: Session) -> None:
-        model.version = next_version(session, model.name)
-        session.add(model)
-        session.flush()
-        session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
-        if model.dataset_id is not None:
-            _review(session, model.dataset_id, label_review)
-
-    return _complete(db, claim, store)
-
-
-def complete_advice(
-    db: Database,
-    claim: Claim,
-    *,
-    dataset_id: str,
-    result: dict[str, Any],
-    label_review: dict[str, Any] | None,
-) -> bool:
-    """Store the advice's result, the dataset's label review and the job's success in one
-    transaction; False (and nothing stored) when the lease is no longer this worker's."""
-
-    def store(session: Session) -> None:
-        session.execute(update(Advice).where(Advice.job_id == claim.job_id).values(result=result))
-        _review(session, dataset_id, label_review)
-
-    return _complete(db, claim, store)
-
-
-def _export_values(session: Session, claim: Claim, **values: Any) -> None:
-    session.execute(update(ModelExport).where(ModelExport.job_id == claim.job_id).values(values))
-
-
-def record_export_report(db: Database, claim: Claim, report: dict[str, Any]) -> bool:
-    """Store an export's report (its parity figures) while the job still runs, so that an
-    export failed for missing its bar keeps the figures; False if the lease is not ours."""
+def while_owned(db: Database, claim: Claim, write: Callable[[Session], None]) -> bool:
+    """Run `write` in a transaction of its own while the job still runs under this worker's
+    lease (an export's parity report, kept when the job then fails); False if it does not."""
     with db.session(write=True) as session:
         if session.scalars(select(Job.id).where(_owned(claim))).first() is None:
             return False
-        _export_values(session, claim, report=report)
+        write(session)
         return True
-
-
-def complete_export(
-    db: Database, claim: Claim, *, data: bytes, sha256: str, report: dict[str, Any]
-) -> bool:
-    """Store the converted file and its report, and the job's success, in one transaction;
-    False (and nothing stored) when the lease is no longer this worker's."""
-
-    def store(session: Session) -> None:
-        _export_values(
-            session, claim, data=data, size_bytes=len(data), sha256=sha256, report=report
-        )
-
-    return _complete(db, claim, store)
-
-
-def complete_prediction(
-    db: Database, claim: Claim, *, results: bytes, summary: dict[str, Any]
-) -> bool:
-    """Store a batch's results and counts, drop its uploaded zip (read, and never needed
-    again), and mark the job succeeded, in one transaction; False (and nothing stored) when
-    the lease is no longer this worker's."""
-
-    def store(session: Session) -> None:
-        session.execute(
-            update(BatchPrediction)
-            .where(BatchPrediction.job_id == claim.job_id)
-            .values(results=results, archive=None, **summary)
-        )
-
-    return _complete(db, claim, store)
-
-
-__all__ = ["Conflict", "Invalid", "NotFound", "Problem"]  # the problems jobs raise

@@ -1,0 +1,13 @@
+"""The "import" kind: a folder on the service's host read into a dataset
+(service/datasets/imports.py)."""
+
+from service.datasets.spec import ImportSpec
+from service.jobs.kinds import JobKind
+
+IMPORT = JobKind(
+    name="import",
+    spec=ImportSpec,
+    task="service.datasets.imports:import_folder",
+    summary="reads a server-side folder into a dataset for POST /datasets/import (spec: the "
+    "request and the resolved directory)",
+)

@@ -1,0 +1,61 @@
+"""What ML is given and tells: the labelled images, the observer and its stop signal, and what
+an export converts and checks.
+
+TensorFlow-free, so the worker's tasks and the types they pass around import without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.storage.shard_files import ShardedImages
+from service.training.spec import JobSpec
+
+
+class TrainingObserver(Protocol):
+    """What the trainer tells the outside world, and how it learns it should stop."""
+
+    def on_progress(self, progress: dict[str, int]) -> None: ...
+
+    def on_epoch(self, row: dict[str, float]) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class TrainingStopped(Exception):
+    """The observer asked training to stop (cancelled, or the job's lease was lost)."""
+
+
+# A dataset's encoded images: in memory, or read one by one from the local shard cache.
+Images = Sequence[bytes] | ShardedImages
+
+
+@dataclass
+class LabelledImages:
+    images: Images
+    labels: np.ndarray  # int32 class indices
+    classes: list[str]
+    # The stored dataset's row of each image, when they came from one: the worker names the
+    # validation images by these, and features are cached under them.
+    ids: list[int] | None = None
+    filenames: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """Everything an export job converts and checks, read from the database at once."""
+
+    model_id: str
+    format: str
+    spec: JobSpec  # the training job's: the network to rebuild
+    classes: list[str]
+    input_size: int
+    temperature: float  # what the SavedModel's `serve` applies
+    savedmodel: bytes
+    validation: list[bytes]  # the validation split's images, as the evaluation lists them
+    labels: list[int]  # their true classes, indices into `classes`
+    representative: list[bytes]  # a stratified sample of the training split (int8 only)

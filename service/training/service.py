@@ -1,0 +1,116 @@
+"""Training jobs, as the API and the console ask for them: the checks a spec's references
+must pass (the worker makes them again before it trains), queueing, and the layer preview."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from service import jobs
+from service.problems import Invalid, NotFound
+from service.storage.tables import WEIGHTS_SOURCES, Dataset, Job, TrainedModel, WeightsFile
+from service.training.kind import TRAIN
+from service.training.spec import JobSpec
+
+if TYPE_CHECKING:
+    from service.advice.spec import AdviceSpec
+
+
+def check_references(session: Session, spec: JobSpec | AdviceSpec) -> Dataset:
+    """The dataset the job uses, after checking what the spec refers to exists and fits:
+    the dataset, the stored weights source, and the class names of `class_weight`."""
+    dataset = session.get(Dataset, spec.dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {spec.dataset_id!r}", field=("dataset_id",))
+    weights_source(session, spec)
+    if not isinstance(spec, JobSpec):  # advice: no class weights
+        return dataset
+    class_weight = spec.training.class_weight
+    if isinstance(class_weight, dict):
+        names = {entry["name"] for entry in dataset.classes}
+        for name in class_weight:
+            if name not in names:
+                raise Invalid(
+                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
+                    field=("training", "class_weight", name),
+                )
+    return dataset
+
+
+def weights_source(
+    session: Session, spec: JobSpec | AdviceSpec, *options: Any
+) -> TrainedModel | WeightsFile | None:
+    """The stored model or weights file of "model:<id>" / "file:<id>" weights; None for
+    "imagenet" and random weights. It must exist and be for the spec's backbone."""
+    stored = spec.backbone.stored_weights
+    if stored is None:
+        return None
+    where, reference = stored
+    table, _, kind = WEIGHTS_SOURCES[where]
+    source = session.get(table, reference, options=options)
+    if source is None:
+        raise NotFound(f"no {kind} {reference!r}", field=("backbone", "weights"))
+    if source.backbone != spec.backbone.name:
+        raise Invalid(
+            f"{kind} {reference} is for {source.backbone}, not {spec.backbone.name}",
+            field=("backbone", "weights"),
+        )
+    return source
+
+
+def check_freeze_points(spec: JobSpec) -> None:
+    """Every `trainable_from` names a layer the backbone has. Builds the backbone (TensorFlow):
+    the API runs it off its event loop; the worker meets the same check in `apply_freeze`."""
+    partial = [stage for stage in spec.stages if stage.freeze.trainable_from is not None]
+    if not partial:
+        return
+    from service.ml.build import backbone_layer_names, trainable_from_index
+
+    names = backbone_layer_names(spec.backbone.name, spec.input_size)
+    for stage in partial:
+        where = ("freeze",) if stage.number == 1 else ("fine_tune", stage.number - 2, "freeze")
+        assert stage.freeze.trainable_from is not None
+        try:
+            trainable_from_index(names, stage.freeze.trainable_from)
+        except ValueError as error:
+            raise Invalid(str(error), field=(*where, "trainable_from")) from None
+
+
+def submit(session: Session, spec: JobSpec) -> Job:
+    """Check what the spec refers to, then queue it. Builds the backbone when a stage names a
+    freeze point (TensorFlow): call it off any event loop."""
+    dataset = check_references(session, spec)
+    check_freeze_points(spec)
+    return queue_training(session, spec, dataset)
+
+
+def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
+    """Every stage's layer table, as the trained model's /layers would show it, with totals;
+    nothing is trained or stored."""
+    dataset = check_references(session, spec)
+    check_freeze_points(spec)
+    from service.ml.build import preview_layers
+
+    return [
+        {
+            "stage": number,
+            "trainable_params": sum(row["trainable_params"] for row in rows),
+            "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
+            "layers": rows,
+        }
+        for number, rows in enumerate(preview_layers(spec, len(dataset.classes)), start=1)
+    ]
+
+
+def queue_training(session: Session, spec: JobSpec, dataset: Dataset) -> Job:
+    """A new queued training job for a spec whose references were checked."""
+    name = spec.name or f"{dataset.name}-{spec.backbone.name}"
+    return jobs.queue_job(
+        session,
+        kind=TRAIN.name,
+        name=name,
+        spec=spec,
+        dataset_id=dataset.id,
+        gpus=spec.resources.gpus,
+    )

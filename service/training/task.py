@@ -1,0 +1,280 @@
+"""The "train" task: a worker trains a job's spec and stores the model it made.
+
+The model, its layer table (with how far fine-tuning moved each layer) and the label review
+of the dataset, when the job's frozen stage made one, are stored with the job's success in
+one transaction (`store_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, undefer
+
+from service import jobs
+from service.config import Settings
+from service.datasets.service import set_label_review
+from service.jobs.context import JobContext
+from service.jobs.kinds import JobStopped, Outcome
+from service.ml import checkpoint
+from service.ml.data import LabelledImages
+from service.models.registry import next_version
+from service.problems import Problem
+from service.storage.db import Database
+from service.storage.feature_store import DatabaseFeatureStore
+from service.storage.tables import (
+    WEIGHTS_SOURCES,
+    DatasetImage,
+    ModelLayer,
+    TrainedModel,
+    new_id,
+)
+from service.training.service import check_references, weights_source
+from service.training.spec import JobSpec
+
+log = logging.getLogger("service.worker")
+
+
+def train(context: JobContext, spec: JobSpec) -> Outcome:
+    """Train the job; what stores its model (and the dataset's label review)."""
+    import keras
+
+    from service.ml import export
+    from service.ml.build import describe_layers, parameter_counts
+    from service.ml.drift import with_drift
+    from service.ml.train import train as fit
+
+    claim, db = context.claim, context.db
+    data = load_dataset(db, spec, context.settings)
+    keras.backend.clear_session()
+    store = DatabaseFeatureStore(db, spec.dataset_id)
+    saved = _resume_point(context, spec, data)
+    with backbone_weights(db, spec) as weights, from_ml():
+        result = fit(
+            spec,
+            data,
+            context.monitor,
+            backbone_weights=weights,
+            feature_store=store,
+            checkpoint_dir=saved,
+        )
+    if result.replicas > 1:
+        log.info("job %s trained on %d replicas", claim.job_id, result.replicas)
+    model = result.network.model
+    trainable, non_trainable = parameter_counts(model)
+    # The temperature fitted on the validation split, folded into the exported graph.
+    savedmodel = export.export_savedmodel(model, temperature=result.temperature)
+    stored = TrainedModel(
+        id=new_id("m"),
+        name=claim.name or spec.name or claim.job_id,
+        job_id=claim.job_id,
+        dataset_id=spec.dataset_id,
+        backbone=spec.backbone.name,
+        input_size=spec.input_size,
+        classes=data.classes,
+        metrics=result.metrics,
+        evaluation=_with_samples(result, data),
+        trainable_params=trainable,
+        non_trainable_params=non_trainable,
+        size_bytes=len(savedmodel),
+        savedmodel_sha256=export.sha256(savedmodel),
+        savedmodel=savedmodel,
+        backbone_weights=export.weights_bytes(result.network.backbone),
+    )
+    # Compared after everything that moves weights: the stages, BN recompute, restores.
+    layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
+    review = _review_of_training(claim, spec, data, result)
+    return Outcome(store_model(stored, layers, review), f"model {stored.id}")
+
+
+@contextmanager
+def from_ml() -> Iterator[None]:
+    """ML's signals as the engine's: a stop the observer asked for ends the task as stopped,
+    and backbone weights that cannot be had fail the job with ML's reason."""
+    from service.ml.build import WeightsUnavailable
+    from service.ml.data import TrainingStopped
+
+    try:
+        yield
+    except TrainingStopped:
+        raise JobStopped() from None
+    except WeightsUnavailable as error:
+        raise Problem(str(error)) from None
+
+
+def store_model(
+    model: TrainedModel, layers: list[dict[str, Any]], label_review: dict[str, Any] | None = None
+) -> Callable[[Session], None]:
+    """What a training job's success stores: the model numbered as the next version of its
+    name, its layers, and the dataset's label review if the job made one."""
+
+    def store(session: Session) -> None:
+        model.version = next_version(session, model.name)
+        session.add(model)
+        session.flush()
+        session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
+        if model.dataset_id is not None and label_review is not None:
+            set_label_review(session, model.dataset_id, label_review)
+
+    return store
+
+
+def _resume_point(context: JobContext, spec: JobSpec, data: LabelledImages) -> Path:
+    """The job's checkpoint folder; when an earlier attempt left a checkpoint there, the
+    job's history is set back to its epochs (training resumes after them)."""
+    claim = context.claim
+    folder = context.settings.checkpoints / claim.job_id
+    mark = checkpoint.fingerprint(spec.model_dump_json(), data.ids, len(data.labels))
+    state = checkpoint.read_state(folder, mark)
+    if state is not None:
+        jobs.restore_history(context.db, claim, state.history)
+        where = "its end" if state.stage_done else f"epoch {state.epochs_done}"
+        log.info(
+            "job %s: resuming from its checkpoint (stage %d, after %s)",
+            claim.job_id,
+            state.stage,
+            where,
+        )
+    return folder
+
+
+def load_dataset(
+    db: Database, spec: JobSpec, settings: Settings | None = None
+) -> LabelledImages:
+    """The job's images and labels, after the same reference checks the API made when the
+    job was queued: what it names may have changed since.
+
+    A dataset of up to TRAIN_IN_MEMORY_BYTES encoded bytes (or any, without `settings`) is
+    read into memory in one query; a larger one comes as a `ShardedImages` over this host's
+    shard cache (service/storage/shard_cache.py), built from the database in bounded batches the
+    first time: then only ids, labels and filenames are held here."""
+    from sqlalchemy import func
+
+    
+    with db.session() as session:
+        dataset = check_references(session, spec)
+        classes = [entry["name"] for entry in dataset.classes]
+        where = DatasetImage.dataset_id == dataset.id
+        total = session.scalar(
+            select(func.coalesce(func.sum(DatasetImage.size_bytes), 0)).where(where)
+        )
+        if settings is not None and total > settings.train_in_memory_bytes:
+            return _streamed_dataset(db, settings, dataset.id, classes)
+        rows = session.execute(
+            select(DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.data)
+            .where(where)
+            .order_by(DatasetImage.id)
+        ).all()
+    index = {name: number for number, name in enumerate(classes)}
+    return LabelledImages(
+        images=[row.data for row in rows],
+        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
+        classes=classes,
+        ids=[row.id for row in rows],
+        filenames=[row.filename for row in rows],
+    )
+
+
+def _streamed_dataset(
+    db: Database, settings: Settings, dataset_id: str, classes: list[str]
+) -> LabelledImages:
+    """A large dataset's labels and names, its images read from the shard cache."""
+    from service.storage import shard_cache as shards
+
+    with db.session() as session:
+        rows = session.execute(
+            select(
+                DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.size_bytes
+            )
+            .where(DatasetImage.dataset_id == dataset_id)
+            .order_by(DatasetImage.id)
+        ).all()
+    # Caches of deleted datasets go first: the disk they hold may be what this one needs.
+    shards.prune_dataset_caches(db, settings.cache_dir)
+    ids = [row.id for row in rows]
+    root = shards.dataset_cache_root(settings.cache_dir)
+    images = shards.dataset_shards(db, root, dataset_id, ids, [row.size_bytes for row in rows])
+    index = {name: number for number, name in enumerate(classes)}
+    return LabelledImages(
+        images=images,
+        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
+        classes=classes,
+        ids=ids,
+        filenames=[row.filename for row in rows],
+    )
+
+
+def _with_samples(result: Any, data: LabelledImages) -> dict[str, Any] | None:
+    """The evaluation with each validation image's scores, named by its dataset row, so a
+    client can show the images behind each cell of the confusion matrix."""
+    from service.ml.evaluate import prediction_samples
+
+    if result.evaluation is None or result.validation_probabilities is None:
+        return result.evaluation
+    index = result.validation_index
+    samples = prediction_samples(
+        [data.ids[i] for i in index],
+        data.labels[index],
+        result.validation_probabilities,
+        data.classes,
+    )
+    return {**result.evaluation, "samples": samples}
+
+
+# A training job's label review probes at most this many images (a stratified sample).
+REVIEW_MAX_IMAGES = 10_000
+
+
+def _review_of_training(
+    claim: jobs.Claim, spec: JobSpec, data: LabelledImages, result: Any
+) -> dict[str, Any] | None:
+    """The label review from the features a frozen stage trained on, when it had the
+    untouched pretrained backbone's features of every image."""
+    from service.ml.features import feature_key
+    from service.ml.labels import fold_count, label_review, probe
+
+    if result.features is None or data.ids is None:
+        return None
+    positions, features = result.features
+    if len(positions) > REVIEW_MAX_IMAGES:  # the probe's cost grows with the images
+        from service.ml.features import stratified_sample
+
+        kept = stratified_sample(data.labels[positions], REVIEW_MAX_IMAGES, spec.training.seed)
+        positions, features = positions[kept], features[kept]
+    labels = data.labels[positions]
+    folds = fold_count(labels)
+    if folds == 0:
+        return None
+    return label_review(
+        probe(features, labels, folds=folds, seed=spec.training.seed),
+        labels,
+        [data.ids[i] for i in positions],
+        [data.filenames[i] for i in positions],
+        data.classes,
+        features=feature_key(spec.backbone, spec.head.pooling) or "",
+        job_id=claim.job_id,
+    )
+
+
+@contextmanager
+def backbone_weights(db: Database, spec: Any) -> Iterator[str | Path | None]:
+    """What `make_backbone` takes for the spec: "imagenet" or None as they are; for
+    "model:<id>" and "file:<id>" a scratch file holding those weights."""
+    from service.ml.weights import weights_file
+
+    stored = spec.backbone.stored_weights
+    if stored is None:
+        yield spec.backbone.weights
+        return
+    column = WEIGHTS_SOURCES[stored[0]].column
+    with db.session() as session:
+        source = weights_source(session, spec, undefer(column))
+        blob = getattr(source, column.key)
+    with weights_file(blob) as path:
+        yield path
