@@ -1,7 +1,8 @@
 """Exports: per format, the file's size, its load time and its latency at batch 1 on this
 CPU, each against the SavedModel the service stores, with the parity the worker measured.
 
-    python bench/export.py [--epochs 5] [--size 32] [--runs 300]
+    python bench/export.py [--epochs 5] [--size 32] [--runs 300] [--quick]
+                           [--per-class N] [--freeze backbone] [--formats F …] [--loads 3]
 
 In one process: the demo's model (scikit-learn's digits as a zip of class folders, MobileNetV2
 from random weights, every layer trained; `python -m service demo` offline) is trained by the
@@ -10,11 +11,12 @@ and check parity on the validation split. Each downloaded file is then loaded in
 runtime as a user would (Keras, LiteRT with one thread per core, ONNX Runtime) and timed:
 - size: the model file in the archive; the SavedModel's is the stored tar.gz (it also holds
   the `explain` signature);
-- load: file on disk → ready to answer (median of 3 loads);
+- load: file on disk → ready to answer (median of 3 loads, `--loads`);
 - latency: one image per call, after 10 warm-up calls (median and 90th percentile of --runs).
 Ratios are format ÷ SavedModel. A format below its parity bar is failed by the worker, which
 stores no file; the bench converts it again itself to measure it all the same. The last line
-is machine-readable.
+is machine-readable. `--quick` trains on 12 digits a class with the backbone frozen, and
+exports keras, tflite-int8 and onnx (a runtime of each kind) only.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from bench.quick import parse_args
 from service.spec import EXPORT_FORMATS
 
 WARM_UP = 10
@@ -59,11 +62,29 @@ def start(scratch: Path) -> tuple[Any, Any]:
     return client, Worker(database, settings)
 
 
-def train_demo(client: Any, worker: Any, epochs: int, size: int) -> tuple[str, list[bytes]]:
-    """The demo's offline model; its id and the held-out digits."""
+def fewer_per_class(archive: bytes, per_class: int) -> bytes:
+    """The zip with at most `per_class` images in each class folder."""
+    kept: dict[str, int] = {}
+    smaller = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(smaller, "w") as target:
+        for info in source.infolist():
+            label = info.filename.rsplit("/", 2)[-2]
+            if kept.setdefault(label, 0) < per_class:
+                kept[label] += 1
+                target.writestr(info, source.read(info))
+    return smaller.getvalue()
+
+
+def train_demo(
+    client: Any, worker: Any, epochs: int, size: int, per_class: int = 0, freeze: str = "none"
+) -> tuple[str, list[bytes]]:
+    """The demo's offline model (on at most `per_class` digits of each class, if given; every
+    layer trained unless `freeze` says otherwise); its id and the held-out digits."""
     from service.demo import digits_split
 
     archive, held_out = digits_split()
+    if per_class:
+        archive = fewer_per_class(archive, per_class)
     files = {"file": ("digits.zip", archive, "application/zip")}
     dataset = client.post("/datasets", files=files, data={"name": "digits"}).json()
     body = {
@@ -71,7 +92,7 @@ def train_demo(client: Any, worker: Any, epochs: int, size: int) -> tuple[str, l
         "name": "digits-mobilenetv2",
         "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
         "head": {"pooling": "avg", "dropout": 0.2},
-        "freeze": {"mode": "none"},
+        "freeze": {"mode": freeze},
         "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001},
     }
     job = client.post("/jobs", json=body).raise_for_status().json()
@@ -83,10 +104,12 @@ def train_demo(client: Any, worker: Any, epochs: int, size: int) -> tuple[str, l
     return job["model_id"], [png for _, png in held_out]
 
 
-def export_all(client: Any, worker: Any, model_id: str) -> dict[str, dict[str, Any]]:
+def export_all(
+    client: Any, worker: Any, model_id: str, formats: Sequence[str] = EXPORT_FORMATS
+) -> dict[str, dict[str, Any]]:
     """Every format exported by the worker: its record and, when ready, its archive."""
     exported: dict[str, dict[str, Any]] = {}
-    for format in EXPORT_FORMATS:
+    for format in formats:
         answer = client.post(f"/models/{model_id}/exports", json={"format": format})
         if answer.status_code != 202:
             exported[format] = {"status": f"HTTP {answer.status_code}", "error": answer.text}
@@ -118,14 +141,16 @@ def below_bar_archive(worker: Any, model_id: str, format: str) -> bytes:
     return export_model(load_export_inputs(worker.db, spec), bar=0.0).archive
 
 
-def timed(load: Callable[[], Callable[[np.ndarray], Any]], pixels: np.ndarray, runs: int) -> dict:
-    """Median load time over 3 loads; latency percentiles at batch 1 of the last one."""
-    loads = []
-    for _ in range(3):
+def timed(
+    load: Callable[[], Callable[[np.ndarray], Any]], pixels: np.ndarray, runs: int, loads: int = 3
+) -> dict:
+    """Median load time over `loads` loads; latency percentiles at batch 1 of the last one."""
+    seconds = []
+    for _ in range(loads):
         started = time.perf_counter()
         run = load()
         run(pixels[:1])  # ready means answered once: lazy runtimes finish loading here
-        loads.append(time.perf_counter() - started)
+        seconds.append(time.perf_counter() - started)
     for index in range(WARM_UP):
         run(pixels[index % len(pixels)][None])
     latencies = []
@@ -135,13 +160,15 @@ def timed(load: Callable[[], Callable[[np.ndarray], Any]], pixels: np.ndarray, r
         run(image)
         latencies.append(time.perf_counter() - started)
     return {
-        "load_ms": 1000 * statistics.median(loads),
+        "load_ms": 1000 * statistics.median(seconds),
         "p50_ms": 1000 * float(np.percentile(latencies, 50)),
         "p90_ms": 1000 * float(np.percentile(latencies, 90)),
     }
 
 
-def measure_savedmodel(client: Any, model_id: str, pixels: np.ndarray, runs: int) -> dict:
+def measure_savedmodel(
+    client: Any, model_id: str, pixels: np.ndarray, runs: int, loads: int = 3
+) -> dict:
     import tensorflow as tf
 
     from service.ml.export import unpack_archive
@@ -154,10 +181,12 @@ def measure_savedmodel(client: Any, model_id: str, pixels: np.ndarray, runs: int
         loaded = tf.saved_model.load(str(directory))
         return lambda batch: loaded.serve(batch).numpy()
 
-    return {"size_bytes": len(archive), **timed(load, pixels, runs)}
+    return {"size_bytes": len(archive), **timed(load, pixels, runs, loads)}
 
 
-def measure_format(format: str, archive: bytes, pixels: np.ndarray, runs: int) -> dict:
+def measure_format(
+    format: str, archive: bytes, pixels: np.ndarray, runs: int, loads: int = 3
+) -> dict:
     import keras
 
     from service.ml.convert import FILES, load_runtime
@@ -169,7 +198,7 @@ def measure_format(format: str, archive: bytes, pixels: np.ndarray, runs: int) -
         keras.backend.clear_session()
         return load_runtime(format, data, scratch, threads=os.cpu_count()).run
 
-    return {"size_bytes": len(data), **timed(load, pixels, runs)}
+    return {"size_bytes": len(data), **timed(load, pixels, runs, loads)}
 
 
 def table(results: dict[str, dict[str, Any]]) -> None:
@@ -199,21 +228,37 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--size", type=int, default=32, help="input size (the demo's: 32)")
     parser.add_argument("--runs", type=int, default=300)
-    args = parser.parse_args()
+    parser.add_argument("--per-class", type=int, default=0, help="digits per class (0: all)")
+    parser.add_argument("--freeze", choices=("none", "backbone"), default="none")
+    parser.add_argument("--formats", nargs="+", choices=EXPORT_FORMATS, default=EXPORT_FORMATS)
+    parser.add_argument("--loads", type=int, default=3, help="loads timed per format")
+    args = parse_args(
+        parser,
+        {
+            "epochs": 1,
+            "runs": 5,
+            "per_class": 12,
+            "freeze": "backbone",
+            "formats": ("keras", "tflite-int8", "onnx"),
+            "loads": 1,
+        },
+    )
     from service.ml.convert import pixels_of
 
     client, worker = start(Path(tempfile.mkdtemp(prefix="bench-export-")))
-    model_id, held_out = train_demo(client, worker, args.epochs, args.size)
-    exported = export_all(client, worker, model_id)
+    model_id, held_out = train_demo(
+        client, worker, args.epochs, args.size, args.per_class, args.freeze
+    )
+    exported = export_all(client, worker, model_id, args.formats)
     pixels = pixels_of(held_out[:50], args.size)
     results: dict[str, dict[str, Any]] = {
-        "savedmodel": measure_savedmodel(client, model_id, pixels, args.runs)
+        "savedmodel": measure_savedmodel(client, model_id, pixels, args.runs, args.loads)
     }
     for format, record in exported.items():
         row = {key: record.get(key) for key in ("status", "error")}
         row["parity"] = (record.get("report") or {}).get("parity")
         if "archive" in record:
-            row.update(measure_format(format, record["archive"], pixels, args.runs))
+            row.update(measure_format(format, record["archive"], pixels, args.runs, args.loads))
         results[format] = row
     print(f"\nCPU: {os.cpu_count()} cores; batch 1; {args.size} px; ratios ÷ SavedModel")
     table(results)
