@@ -1,7 +1,8 @@
 """Batch prediction: a batch job's throughput against the raw SavedModel at its best batch
 size, on the same images, in one process on this CPU.
 
-    python bench/batch.py [--images 2000] [--size 96] [--epochs 1]
+    python bench/batch.py [--images 2000] [--size 96] [--epochs 1] [--quick]
+                          [--per-class N] [--freeze backbone]
 
 The demo's model (digits, MobileNetV2 from random weights; bench/export.py's `train_demo`)
 is trained by the real worker at --size px. The images are --images JPEGs of 256×256 cut
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from bench.export import start, train_demo
+from bench.quick import parse_args
 
 BATCH_SIZES = (1, 8, 32, 64, 128)
 
@@ -105,10 +107,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=1)
-    arguments = parser.parse_args()
+    parser.add_argument("--per-class", type=int, default=0, help="digits per class (0: all)")
+    parser.add_argument("--freeze", choices=("none", "backbone"), default="none")
+    arguments = parse_args(
+        parser, {"images": 16, "size": 32, "per_class": 12, "freeze": "backbone"}
+    )
     with tempfile.TemporaryDirectory() as scratch:
         client, worker = start(Path(scratch))
-        model_id, _ = train_demo(client, worker, arguments.epochs, arguments.size)
+        model_id, _ = train_demo(
+            client, worker, arguments.epochs, arguments.size, arguments.per_class, arguments.freeze
+        )
         jpegs = photo_jpegs(arguments.images)
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as zipped:
