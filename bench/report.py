@@ -37,8 +37,8 @@ from PIL import Image
 from sqlalchemy import update
 
 from bench.quick import parse_args
-from service import reports
 from service.datasets import ingest
+from service.datasets import report as reports
 from service.datasets.ingest import Limits, read_image_zip
 from service.datasets.service import create_dataset
 from service.ml.images import ImageFacts

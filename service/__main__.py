@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             import uvicorn
 
             from service.api.app import create_app
-            from service.ml.serving import configure_tensorflow_threads
+            from service.ml.model_cache import configure_tensorflow_threads
 
             configure_tensorflow_threads(
                 intra_op=settings.serving_intra_op_threads, inter_op=settings.tf_inter_op_threads

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         32 * MiB, gt=0, description="Largest single image, in a zip or sent to /predict."
     )
     max_dataset_files: int = Field(200_000, gt=0, description="Most members in one zip.")
-    # -- server-side dataset import (service/imports.py) --
+    # -- server-side dataset import (service/datasets/imports.py) --
     import_root: Path | None = Field(
         None,
         description="The directory POST /datasets/import may read class folders from (only "
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often /jobs/{id}/events reads the job for news."
     )
 
-    # -- a worker's devices (service/worker.py:configure_devices, service/workers.py) -------
+    # -- a worker's devices (service/jobs/devices.py, service/jobs/presence.py) -------
     worker_devices: list[int] | None = Field(
         None,
         description="The GPUs a worker trains on, as indices of those TensorFlow sees (JSON "

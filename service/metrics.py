@@ -45,7 +45,7 @@ from service.storage.db import Database
 from service.storage.tables import Job, WebhookDelivery, WorkerRow, utcnow
 
 if TYPE_CHECKING:
-    from service.ml.serving import ModelCache
+    from service.ml.model_cache import ModelCache
 
 log = logging.getLogger("service.metrics")
 

@@ -136,9 +136,7 @@ class JobRead(BaseModel):
     # tightened still reads; the worker says what no longer validates when it runs it.
     spec: Annotated[
         dict[str, Any],
-        WithJsonSchema(
-            {"anyOf": [inline_schema(kind.spec) for kind in KINDS]}
-        ),
+        WithJsonSchema({"anyOf": [inline_schema(kind.spec) for kind in KINDS]}),
     ]
     progress: Progress | None
     history: list[dict[str, int | float]] = Field(
@@ -154,5 +152,3 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-
-

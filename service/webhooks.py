@@ -1,6 +1,6 @@
 """Webhooks: a job's end announced to the URL it named, signed, retried, recorded.
 
-Deliveries are rows (an outbox). The transaction that ends a job (service/jobs.py: success,
+Deliveries are rows (an outbox). The transaction that ends a job (service/jobs/queue.py: success,
 failure, cancel, in the worker or in the API) also adds its delivery row when the job named
 a `webhook_url`, so an announcement exists exactly when the end is committed: none for an
 end that rolled back, none lost to a process dying between the two. A `Deliverer` thread in

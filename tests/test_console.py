@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
-from service.web import routes as console
+from service.web import PAGE_MODULES
 from service.web.forms import spec_from_form
 from tests.browser import API_KEY, LiveService, PageProblems, start_live_service
 from tests.conftest import Service, colour_image, colour_images, png_bytes, stored_model
@@ -260,7 +260,12 @@ def test_console_pages_show_what_the_json_api_answers(small_model: dict[str, Any
 def test_every_console_route_needs_a_session_and_the_api_takes_it(tmp_path: Path) -> None:
     live = start_live_service(tmp_path / "data")
     try:
-        routes = [*console.pages.routes, *console.writes.routes]
+        routes = [
+            route
+            for module in PAGE_MODULES
+            for router in (module.pages, module.writes)
+            for route in router.routes
+        ]
         assert len(routes) >= 15
         with live.client(key=None) as anonymous:
             for route in routes:

@@ -24,6 +24,18 @@ def test_api_reference_lists_exactly_the_openapi_operations(tmp_path: Path) -> N
     assert set(documented) == served
 
 
+def test_the_api_reference_names_every_registered_job_kind() -> None:
+    """The kinds GET /jobs?kind= takes and JobRead's `kind` come from the registry; the
+    reference a person reads lists the same ones, each described."""
+    from service.job_kinds import KINDS
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    listed = re.search(r"`\?kind=([a-z|]+)`", text)
+    assert listed is not None and listed.group(1).split("|") == list(KINDS.names)
+    for name in KINDS.names:
+        assert f'`"{name}"`' in text, f"docs/api.md does not describe the {name!r} kind"
+
+
 def test_no_document_links_outside_the_repository() -> None:
     for document in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         text = document.read_text()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from service.ml import frozen
-from service.ml.serving import LoadedModel, ModelCache
-from service.serving import Image, decode_images, model_source
+from service.ml.model_cache import LoadedModel, ModelCache
+from service.predictions.serving import Image, decode_images, model_source
 
 
 def load(small_model: dict[str, Any], directory: Path) -> tuple[LoadedModel, Any, np.ndarray]:

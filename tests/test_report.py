@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from service import reports
 from service.datasets import ingest
+from service.datasets import report as reports
 from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
 from tests.conftest import Service, make_zip, post_zip

@@ -16,13 +16,13 @@ import httpx
 import numpy as np
 import pytest
 
-from service import serving as serving_module
 from service.config import Settings, usable_cores
 from service.ml.batching import Batcher
-from service.ml.serving import ModelCache
+from service.ml.model_cache import ModelCache
 from service.models.registry import ModelRef
+from service.predictions import serving as serving_module
+from service.predictions.serving import Image, Serving, model_source
 from service.problems import BadContent, NotFound, TooLarge
-from service.serving import Image, Serving, model_source
 
 
 def test_batcher_gathers_concurrent_requests_and_answers_each_in_order() -> None:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from service import jobs
+from service.jobs import devices
 from service.jobs import presence as workers
 from service.storage.tables import Job, WorkerRow, utcnow
 from tests.conftest import Service, colour_images, job_body, make_settings, wait_for
@@ -112,8 +113,8 @@ def test_workers_register_beat_and_stop(service: Service, tmp_path: Path) -> Non
 
 
 def test_a_silent_worker_is_listed_as_lost(service: Service) -> None:
-    cpu = workers.Device("CPU", "/physical_device:CPU:0", 8 * 2**30)
-    gpus = [workers.Device("GPU", f"/physical_device:GPU:{i}", 80 * 2**30) for i in range(2)]
+    cpu = devices.Device("CPU", "/physical_device:CPU:0", 8 * 2**30)
+    gpus = [devices.Device("GPU", f"/physical_device:GPU:{i}", 80 * 2**30) for i in range(2)]
     workers.register(service.database, worker_id="old", devices=[cpu], gpus=0)
     workers.register(service.database, worker_id="new", devices=gpus, gpus=2)
     lease = service.settings.lease_seconds
@@ -156,20 +157,20 @@ def test_a_silent_worker_is_listed_as_lost(service: Service) -> None:
 def test_which_gpus_a_worker_trains_on(
     found: int, indices: list[int] | None, count: int | None, chosen: list[int]
 ) -> None:
-    assert workers.chosen_gpus(found, indices, count) == chosen
+    assert devices.chosen_gpus(found, indices, count) == chosen
 
 
 @pytest.mark.parametrize("indices", [[2], [-1], [0, 0]])
 def test_devices_it_does_not_have_are_refused(indices: list[int]) -> None:
     with pytest.raises(ValueError, match="WORKER_DEVICES"):
-        workers.chosen_gpus(2, indices, None)
+        devices.chosen_gpus(2, indices, None)
 
 
 def test_the_gpus_it_claims_for() -> None:
-    gpu = workers.Device("GPU", "/physical_device:GPU:0")
-    cpu = workers.Device("CPU", "/physical_device:CPU:0")
-    assert workers.claimed_gpus(None, [gpu, gpu]) == 2
-    assert workers.claimed_gpus(None, [cpu]) == 0
-    assert workers.claimed_gpus(1, [cpu]) == 1
-    assert workers.claimed_gpus(0, [gpu]) == 0
-    assert "GPU /physical_device:GPU:0" in workers.describe_devices([gpu])
+    gpu = devices.Device("GPU", "/physical_device:GPU:0")
+    cpu = devices.Device("CPU", "/physical_device:CPU:0")
+    assert devices.claimed_gpus(None, [gpu, gpu]) == 2
+    assert devices.claimed_gpus(None, [cpu]) == 0
+    assert devices.claimed_gpus(1, [cpu]) == 1
+    assert devices.claimed_gpus(0, [gpu]) == 0
+    assert "GPU /physical_device:GPU:0" in devices.describe_devices([gpu])

@@ -31,8 +31,8 @@ from service.api.routes import (
 from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
 from service.ml.batching import Batcher
-from service.ml.serving import ModelCache
-from service.serving import Serving
+from service.ml.model_cache import ModelCache
+from service.predictions.serving import Serving
 from service.storage.db import open_database
 
 DESCRIPTION = """

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.serving import Serving
+from service.predictions.serving import Serving
 from service.storage.db import Database
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Query, Request, Response
 
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT, Page, PageOf
+from service.storage.tables import NAME_LENGTH
 
 Row = TypeVar("Row")
 
@@ -19,7 +20,7 @@ def page_params(
     cursor: Annotated[
         str | None,
         Query(
-            max_length=200,
+            max_length=NAME_LENGTH,
             description='Opaque; taken from the `Link: <…>; rel="next"` header of the page before.',
         ),
     ] = None,

@@ -2,7 +2,7 @@
 (or grows one), for data that never passes through HTTP.
 
 The API checks the path and queues a job of kind "import" (`submit_import`); the worker
-reads the directory in the two passes of an upload (service/ingest.py): `scan_directory`
+reads the directory in the two passes of an upload (service/datasets/ingest.py): `scan_directory`
 decodes every file once and keeps only its verdict, reporting progress; `store_import` then
 reads the kept images again and inserts them in bounded batches in the one transaction that
 marks the job succeeded, so a failed or cancelled import leaves nothing behind.

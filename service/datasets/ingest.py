@@ -6,7 +6,7 @@ whole upload is refused. Files that are not images are skipped and listed, not f
 Two passes keep memory flat whatever the zip's size: `scan_zip` reads and decodes every
 member once and keeps only its verdict (path, facts, or why it is skipped), because the
 class-folder layout is decided by all image paths; `zip_images` then reads the kept images
-again one at a time for the caller to store in bounded batches (service/datasets.py).
+again one at a time for the caller to store in bounded batches (service/datasets/service.py).
 """
 
 from __future__ import annotations

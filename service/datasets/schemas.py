@@ -69,7 +69,7 @@ class DatasetImageRead(BaseModel):
     size_bytes: int
 
 
-# -- the dataset health report (GET /datasets/{id}/report; built by service/reports.py) -------
+# -- the dataset health report (GET /datasets/{id}/report; built by datasets/report.py) ------
 
 
 class ReportImage(BaseModel):

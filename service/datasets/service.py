@@ -27,11 +27,11 @@ from service.datasets.ingest import (
 from service.ml.images import UndecodableImage, thumbnail
 from service.problems import BadContent, Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
-from service.storage.tables import Dataset, DatasetImage, new_id
+from service.storage.tables import MAX_INTEGER, Dataset, DatasetImage, new_id
 
 # Image ids are a 32-bit INTEGER column on PostgreSQL: a larger one cannot name a row, and
 # sending it to the database would fail there rather than answer "no such image".
-MAX_IMAGE_ID = 2**31 - 1
+MAX_IMAGE_ID = MAX_INTEGER
 # Image rows whose bytes one query reads: bounded IN lists.
 FETCH = 500
 THUMBNAIL_SIZES = range(16, 1025)  # longer side, px

@@ -27,6 +27,7 @@ from service.models.service import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
 from service.storage.db import Database
 from service.storage.tables import DatasetImage, Job, ModelExport, TrainedModel, new_id
+from service.training.spec import JobSpec
 
 # Top-1 agreement with the SavedModel on the validation split an export must reach. Float
 # formats compute what the SavedModel does in another order; int8 rounds every activation.
@@ -238,7 +239,7 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
         return ExportInputs(
             model_id=model.id,
             format=spec.format,
-            spec=jobs.runnable_spec(job.spec),
+            spec=jobs.runnable_spec(job.spec, JobSpec),
             classes=list(model.classes),
             input_size=model.input_size,
             temperature=float(calibration["temperature"]) if calibration.get("fitted") else 1.0,

@@ -39,8 +39,7 @@ def export(context: JobContext, spec: ExportSpec) -> Outcome:
     if not result.passed:
         context.write_while_owned(_export_values(context.claim.job_id, report=result.report))
         raise Problem(
-            f"the {spec.format} export misses its parity bar: "
-            f"{report_figures(result.report)}"
+            f"the {spec.format} export misses its parity bar: {report_figures(result.report)}"
         )
     store = _export_values(
         context.claim.job_id,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from service.schemas import example_config
 
-# -- workers (GET /workers; service/workers.py) ------------------------------------------------
+# -- workers (GET /workers; service/jobs/presence.py) ---------------------------------------
 
 
 class DeviceRead(BaseModel):

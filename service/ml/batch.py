@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.ml.images import UndecodableImage, to_pixels
-from service.ml.serving import LoadedModel
+from service.ml.model_cache import LoadedModel
 
 
 @dataclass(frozen=True)

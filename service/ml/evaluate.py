@@ -59,5 +59,3 @@ def prediction_samples(
             image_ids, labels, predicted, rounded, strict=True
         )
     ]
-
-

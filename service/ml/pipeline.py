@@ -251,5 +251,3 @@ def _subset(images: Images, index: np.ndarray) -> Images:
     if isinstance(images, ShardedImages):
         return images.subset(index)
     return [images[i] for i in index]
-
-

@@ -584,5 +584,3 @@ def _final_metrics(
     evaluation["calibration"] = calibration.report
     metrics["val_accuracy"] = evaluation["accuracy"]
     return metrics, evaluation, calibration
-
-

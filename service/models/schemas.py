@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import example_config
+from service.storage.tables import MAX_INTEGER
 
 
 class ParamCounts(BaseModel):
@@ -336,7 +337,7 @@ class NamedModelRead(BaseModel):
 class AliasWrite(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
     version: int = Field(
-        ge=1, le=2**31 - 1, description="The version of the named model to point to."
+        ge=1, le=MAX_INTEGER, description="The version of the named model to point to."
     )
 
 

@@ -25,12 +25,12 @@ from service import jobs, metrics
 from service.datasets import service as datasets
 from service.datasets.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
 from service.ml.batch import Answer, Item
-from service.ml.serving import ModelSource
+from service.ml.model_cache import ModelSource
 from service.models.registry import ModelRef, resolve
 from service.predictions.kind import PREDICT
+from service.predictions.serving import stored_source, top_scores
 from service.predictions.spec import BatchPredictionSpec
 from service.problems import BadContent, Conflict, Invalid, NotFound
-from service.serving import stored_source, top_scores
 from service.storage.db import Database
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, new_id

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import example_config
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH
 
 
 class Heatmap(BaseModel):
@@ -62,9 +63,11 @@ class PredictForm(BaseModel):
     `name` (its latest version), `name` + `version`, or `name` + `alias`."""
 
     model_id: str | None = None
-    name: str | None = Field(None, max_length=200, description="A named model: GET /registry.")
+    name: str | None = Field(
+        None, max_length=NAME_LENGTH, description="A named model: GET /registry."
+    )
     version: int | None = Field(
-        None, ge=1, le=2**31 - 1, description="With `name`: this version of it."
+        None, ge=1, le=MAX_INTEGER, description="With `name`: this version of it."
     )
     alias: str | None = Field(
         None, max_length=64, description="With `name`: the version this alias points to."

@@ -20,7 +20,7 @@ from service.predictions.spec import BatchPredictionSpec
 from service.storage.tables import BatchPrediction
 
 if TYPE_CHECKING:
-    from service.ml.serving import ModelCache
+    from service.ml.model_cache import ModelCache
 
 
 def predict(context: JobContext, spec: BatchPredictionSpec) -> Outcome:
@@ -74,7 +74,7 @@ def store_results(
 def _models(context: JobContext) -> ModelCache:
     """The worker's own cache of loaded models for batch prediction (unpacked in a scratch
     folder of its own, so that workers and the API on one host never share one)."""
-    from service.ml.serving import ModelCache
+    from service.ml.model_cache import ModelCache
 
     scratch = context.resources.shared(
         "model-scratch",

@@ -93,7 +93,7 @@ class Dataset(Base):
 
 class DatasetImage(Base):
     __tablename__ = "dataset_images"
-    # Appends skip images the dataset already holds, looked up by hash (service/datasets.py).
+    # Appends skip images the dataset already holds, looked up by hash (datasets/service.py).
     __table_args__ = (Index("ix_dataset_images_dataset_id_sha256", "dataset_id", "sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -121,7 +121,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    # "train", "advice", "export" or "predict" (service/jobs.py): one queue for all.
+    # A registered kind's name (service/job_kinds.py): one queue for all kinds.
     kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     status: Mapped[str] = mapped_column(String(16))

@@ -144,9 +144,7 @@ def _resume_point(context: JobContext, spec: JobSpec, data: LabelledImages) -> P
     return folder
 
 
-def load_dataset(
-    db: Database, spec: JobSpec, settings: Settings | None = None
-) -> LabelledImages:
+def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) -> LabelledImages:
     """The job's images and labels, after the same reference checks the API made when the
     job was queued: what it names may have changed since.
 
@@ -156,7 +154,6 @@ def load_dataset(
     first time: then only ids, labels and filenames are held here."""
     from sqlalchemy import func
 
-    
     with db.session() as session:
         dataset = check_references(session, spec)
         classes = [entry["name"] for entry in dataset.classes]

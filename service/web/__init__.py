@@ -9,8 +9,14 @@ from fastapi.responses import Response
 
 from service.api.errors import problem_answer, status_of
 from service.problems import Conflict, NotFound, Problem
+from service.web import (
+    dataset_pages,
+    job_pages,
+    model_pages,
+    prediction_pages,
+    session_pages,
+)
 from service.web.render import LoginRequired, login_redirect, page
-from service.web.routes import router
 
 HEADINGS = {NotFound: "Not found", Conflict: "Not now"}
 
@@ -27,7 +33,14 @@ async def _problem(request: Request, error: Exception) -> Response:
     return page(request, "error.html", status, heading=heading, message=str(error))
 
 
+# The modules of /console/… pages, each with its `pages` and `writes` routers.
+PAGE_MODULES = (dataset_pages, job_pages, model_pages, prediction_pages)
+
+
 def install(app: FastAPI) -> None:
-    app.include_router(router)
+    app.include_router(session_pages.router)
+    for module in PAGE_MODULES:
+        app.include_router(module.pages, include_in_schema=False)
+        app.include_router(module.writes, include_in_schema=False)
     app.add_exception_handler(LoginRequired, login_redirect)
     app.add_exception_handler(Problem, _problem)

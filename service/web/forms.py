@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.problems import Invalid
+from service.storage.tables import MAX_INTEGER
 
 FormFields = Mapping[str, Sequence[str]]
 
@@ -165,7 +166,7 @@ def split_query(seed: str, validation_split: str, input_size: str = "") -> Split
     defaults = SplitQuery()
     return SplitQuery(
         seed=_bounded(
-            "seed", seed, int, defaults.seed, lambda v: 0 <= v <= 2**31 - 1, "a whole number ≥ 0"
+            "seed", seed, int, defaults.seed, lambda v: 0 <= v <= MAX_INTEGER, "a whole number ≥ 0"
         ),
         validation_split=_bounded(
             "validation_split",

@@ -1,5 +1,5 @@
 """Strategy advice for a dataset: queued as an advice job, read back once the worker has
-measured it (service/advice.py)."""
+measured it (service/advice/service.py)."""
 
 from __future__ import annotations
 

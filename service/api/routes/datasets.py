@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
-from service import reports
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.datasets import imports
+from service.datasets import report as reports
 from service.datasets import service as datasets
 from service.datasets.schemas import (
     ClassCount,
@@ -21,7 +21,7 @@ from service.datasets.schemas import (
 from service.datasets.spec import ImportRequest
 from service.schemas import JobRead
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
-from service.storage.tables import Dataset, DatasetImage, Job
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH, Dataset, DatasetImage, Job
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -45,7 +45,7 @@ def create_dataset(
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="A .zip: one folder per class, images inside")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=NAME_LENGTH)] = None,
 ) -> Dataset:
     limits = datasets.upload_limits(settings)
     return datasets.create_dataset(
@@ -159,7 +159,9 @@ def list_images(
     request: Request,
     response: Response,
     dataset_id: str,
-    label: Annotated[str | None, Query(max_length=200, description="Only this class")] = None,
+    label: Annotated[
+        str | None, Query(max_length=NAME_LENGTH, description="Only this class")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Images per page")] = (
         DEFAULT_LIMIT
     ),
@@ -228,7 +230,7 @@ def read_report(
     database: DatabaseDep,
     dataset_id: str,
     seed: Annotated[
-        int, Query(ge=0, le=2**31 - 1, description="The training seed (`training.seed`)")
+        int, Query(ge=0, le=MAX_INTEGER, description="The training seed (`training.seed`)")
     ] = 0,
     validation_split: Annotated[
         float, Query(ge=0.0, lt=1.0, description="`training.validation_split`")

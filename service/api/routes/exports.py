@@ -1,5 +1,5 @@
 """A trained model's exports to other formats: queued as export jobs, converted and checked
-by the worker (service/exports.py), downloaded as a zip with the labels and the report."""
+by the worker (service/exports/service.py), downloaded as a zip with the labels and the report."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from service.api.deps import ServingDep, SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.models import service as models
 from service.models.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
-from service.storage.tables import TrainedModel
+from service.storage.tables import NAME_LENGTH, TrainedModel
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -40,7 +40,8 @@ def list_models(
     response: Response,
     page: PageDep,
     name: Annotated[
-        str | None, Query(max_length=200, description="Only the versions of this named model")
+        str | None,
+        Query(max_length=NAME_LENGTH, description="Only the versions of this named model"),
     ] = None,
 ) -> list[ModelRead]:
     found = models.list_models(session, page, name=name)
@@ -95,10 +96,10 @@ def evaluation_samples(
     session: SessionDep,
     model_id: str,
     label: Annotated[
-        str | None, Query(max_length=200, description="Only images of this true class")
+        str | None, Query(max_length=NAME_LENGTH, description="Only images of this true class")
     ] = None,
     predicted: Annotated[
-        str | None, Query(max_length=200, description="Only images predicted as this class")
+        str | None, Query(max_length=NAME_LENGTH, description="Only images predicted as this class")
     ] = None,
 ) -> list[dict[str, Any]]:
     return models.evaluation_samples(session, model_id, label=label, predicted=predicted)

@@ -28,8 +28,9 @@ from service.predictions.schemas import (
     TFServingStatus,
     TFServingVersionStatus,
 )
+from service.predictions.serving import Classification, Image, Serving, decode_base64
 from service.schemas import inline_schema
-from service.serving import Classification, Image, Serving, decode_base64
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH
 
 router = APIRouter(tags=["predict"])
 
@@ -192,9 +193,9 @@ def _tf_serving_image(number: int, instance: Any) -> bytes:
 ModelPath = Annotated[
     str, Path(description="A model id, or a named model's name (then its latest version)")
 ]
-NamePath = Annotated[str, Path(max_length=200, description="A named model: GET /registry")]
+NamePath = Annotated[str, Path(max_length=NAME_LENGTH, description="A named model: GET /registry")]
 # At most the largest 32-bit integer: the column's type on PostgreSQL and SQLite alike.
-VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="A version of the named model")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INTEGER, description="A version of the named model")]
 LabelPath = Annotated[
     str, Path(max_length=64, description="An alias of the named model (TF Serving's label)")
 ]

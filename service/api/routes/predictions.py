@@ -1,5 +1,5 @@
 """Batch prediction over HTTP: a zip of images or a stored dataset, classified by the worker
-(service/predictions.py), results downloaded as JSON Lines or CSV."""
+(service/predictions/batch.py), results downloaded as JSON Lines or CSV."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from service.models import registry
 from service.predictions import batch as predictions
 from service.predictions.batch import BatchRequest, ResultFormat
 from service.predictions.schemas import BatchPredictionRead
-from service.storage.tables import BatchPrediction, Job
+from service.storage.tables import ID_LENGTH, MAX_INTEGER, NAME_LENGTH, BatchPrediction, Job
 from service.training.spec import WEBHOOK_DESCRIPTION, WebhookUrl
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
@@ -74,15 +74,15 @@ def batch_read(record: BatchPrediction, job: Job | None) -> BatchPredictionRead:
 def create_batch(
     session: SessionDep,
     settings: SettingsDep,
-    model_id: Annotated[str | None, Form(max_length=32)] = None,
-    name: Annotated[str | None, Form(max_length=200, description="A named model")] = None,
-    version: Annotated[int | None, Form(ge=1, le=2**31 - 1)] = None,
+    model_id: Annotated[str | None, Form(max_length=ID_LENGTH)] = None,
+    name: Annotated[str | None, Form(max_length=NAME_LENGTH, description="A named model")] = None,
+    version: Annotated[int | None, Form(ge=1, le=MAX_INTEGER)] = None,
     alias: Annotated[str | None, Form(max_length=64)] = None,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Labels per image, best first")] = 5,
     explain: Annotated[
         bool, Form(description="Add each returned label's class activation map (low-res)")
     ] = False,
-    dataset_id: Annotated[str | None, Form(max_length=32)] = None,
+    dataset_id: Annotated[str | None, Form(max_length=ID_LENGTH)] = None,
     file: Annotated[UploadFile | None, File(description="A .zip of images")] = None,
     webhook_url: Annotated[WebhookUrl | None, Form(description=WEBHOOK_DESCRIPTION)] = None,
 ) -> BatchPredictionRead:

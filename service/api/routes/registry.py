@@ -11,11 +11,12 @@ from service.api.deps import SessionDep
 from service.models import registry
 from service.models.registry import AliasRow
 from service.models.schemas import AliasRead, AliasWrite, NamedModelRead, RegisteredModel
+from service.storage.tables import NAME_LENGTH
 
 router = APIRouter(prefix="/registry", tags=["registry"])
 
 NamePath = Annotated[
-    str, Path(max_length=200, description="A named model: a job's `name`, or GET /registry")
+    str, Path(max_length=NAME_LENGTH, description="A named model: a job's `name`, or GET /registry")
 ]
 AliasPath = Annotated[
     str,

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from service import logs, metrics
 from service.ml.batching import Batcher
 from service.ml.images import UndecodableImage, to_pixels
-from service.ml.serving import (
+from service.ml.model_cache import (
     Explanation,
     ExplanationUnavailable,
     LoadedModel,

@@ -1,0 +1,74 @@
+"""The console's way in: login with the API key (a signed session cookie), logout."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from service.api.deps import SettingsDep
+from service.security import COOKIE, key_matches, new_session
+from service.storage.tables import URL_LENGTH
+from service.web.common import (
+    EXPIRED_NOTICE_SECONDS,
+    console_write,
+)
+from service.web.render import page
+
+router = APIRouter(include_in_schema=False)
+
+# -- login ------------------------------------------------------------------------------
+
+
+def _safe_next(target: str) -> str:
+    return target if target.startswith("/console") and "//" not in target else "/console"
+
+
+@router.get("/", response_class=RedirectResponse)
+def root() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(
+    request: Request, settings: SettingsDep, next: str = "/console", expired: bool = False
+) -> Response:
+    if settings.api_key is None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    message = "Your session has expired: sign in again." if expired else None
+    return page(request, "login.html", next=_safe_next(next), message=message)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    settings: SettingsDep,
+    api_key: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form(max_length=URL_LENGTH)] = "/console",
+) -> Response:
+    if settings.api_key is None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    if not key_matches(settings, api_key):
+        return page(
+            request, "login.html", 401, next=_safe_next(next), message="That is not the API key."
+        )
+    _, cookie = new_session(settings)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        # Kept past its expiry, so that the page can say "expired" rather than nothing.
+        max_age=settings.session_seconds + EXPIRED_NOTICE_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(console_write)])
+def logout() -> Response:
+    response = Response(status_code=204, headers={"HX-Redirect": "/login"})
+    response.delete_cookie(COOKIE)
+    return response
