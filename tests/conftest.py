@@ -47,6 +47,10 @@ BACKENDS = [
         marks=pytest.mark.skipif(not POSTGRES_URL, reason="TEST_POSTGRES_URL is not set"),
     ),
 ]
+# For a test that needs a database, but none of PostgreSQL's own behaviour (claims, locks,
+# migrations, blobs, pages, types): one that trains or measures a model and asserts what the
+# model does. It runs on SQLite alone instead of training twice.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def png_bytes(pixels: np.ndarray, image_format: str = "PNG") -> bytes:

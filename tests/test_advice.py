@@ -18,6 +18,7 @@ from service.ml.features import MemoryFeatureStore, stratified_sample
 from service.ml.labels import fold_count, likely_mislabelled
 from service.training.spec import JobSpec
 from tests.conftest import (
+    SQLITE_ONLY,
     Service,
     colour_image,
     colour_images,
@@ -348,6 +349,7 @@ def uploaded_weights(service: Service, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
+@SQLITE_ONLY  # the probe's findings; the review's storage is test_report.py's
 def test_swapped_labels_are_found(api: Service, tmp_path: Path) -> None:
     """An easy dataset (one dominant colour per class) with a handful of labels swapped: the
     advice's probe finds them, and the report lists them."""

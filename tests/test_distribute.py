@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Service, colour_images, job_body, png_bytes
+from tests.conftest import SQLITE_ONLY, Service, colour_images, job_body, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # Largest difference allowed between the 1- and 2-replica runs' losses, and probabilities:
@@ -105,6 +105,7 @@ def test_two_replicas_follow_the_one_replica_loss_curve() -> None:
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_a_mixed_bfloat16_model_trains_and_serves_float32_pixels(service: Service) -> None:
     import tensorflow as tf
 

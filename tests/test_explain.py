@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.ml.export import pack_directory, sha256
-from tests.conftest import SIZE, Service, png_bytes, stored_model
+from tests.conftest import SIZE, SQLITE_ONLY, Service, png_bytes, stored_model
 from tests.test_serving import multipart
 
 
@@ -164,6 +164,7 @@ def test_predict_explains_as_the_downloaded_savedmodel(
             assert overlay.format == "PNG" and overlay.size == (SIZE, SIZE)
 
 
+@SQLITE_ONLY
 def test_explain_of_a_model_stored_before_maps_is_a_409(service: Service, tmp_path: Path) -> None:
     import keras
 

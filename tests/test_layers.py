@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import pytest
 
-from tests.conftest import Service, colour_images, job_body
+from tests.conftest import SQLITE_ONLY, Service, colour_images, job_body
 
 
 def keras_reference(
@@ -80,6 +80,7 @@ def dataset_id(service: Service) -> str:
     return service.upload(colour_images(per_class=2))["id"]
 
 
+@SQLITE_ONLY  # the preview is computed, not stored
 @pytest.mark.parametrize("freeze", FREEZES, ids=lambda f: "-".join(map(str, f.values())))
 def test_preview_matches_keras(service: Service, dataset_id: str, freeze: dict[str, Any]) -> None:
     response = service.client.post(

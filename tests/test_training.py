@@ -16,7 +16,7 @@ from sqlalchemy import select
 from service.ml.images import to_pixels
 from service.storage.tables import TrainedModel
 from service.training.spec import JobSpec
-from tests.conftest import SIZE, Service, colour_images, job_body
+from tests.conftest import SIZE, SQLITE_ONLY, Service, colour_images, job_body
 
 
 class Recorder:
@@ -265,6 +265,7 @@ def test_evaluation_is_consistent_with_the_validation_split(trained: dict[str, A
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_evaluation_needs_a_validation_split(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=3))
     body = job_body(dataset["id"], freeze={"mode": "backbone"}, training={"validation_split": 0})
