@@ -2,7 +2,7 @@
 a dataset of gigabytes, against the same epoch on one ten times smaller.
 
     python bench/ingest.py [--gb 3] [--image-kb 600] [--part-mb 450] [--epochs 1]
-                           [--size 96] [--database-url URL]
+                           [--size 96] [--trainable-from N] [--database-url URL] [--quick]
 
 1. Makes a synthetic dataset of `--gb` GB of JPEGs in a temporary folder: `--distinct`
    crops of scikit-learn's sample photographs, upscaled with grain to weigh about
@@ -22,7 +22,7 @@ a dataset of gigabytes, against the same epoch on one ten times smaller.
    the small one: the last epoch's seconds per image of each and their ratio (goal: ≤ 1.3),
    and each worker's peak resident memory (goal: flat). A first epoch includes compiling
    the training step, a fixed cost that weighs more on the small dataset: `--epochs 2`
-   compares steady epochs.
+   compares steady epochs. `--trainable-from -3` trains only the last 3 layers (`--quick`).
 
 SQLite in the data folder unless `--database-url`. The last line is machine-readable.
 """
@@ -52,6 +52,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.quick import parse_args  # noqa: E402
+
 CLASSES = ("alpha", "beta", "gamma", "delta")
 SOURCES = ("china.jpg", "flower.jpg")
 MB = 1_000_000
@@ -241,7 +245,11 @@ def train_body(dataset_id: str, args: argparse.Namespace) -> dict[str, Any]:
         "dataset_id": dataset_id,
         "backbone": {"name": "MobileNetV2", "weights": None, "input_size": args.size},
         "head": {"pooling": "avg", "dense": [], "dropout": 0.0},
-        "freeze": {"mode": "none"},
+        "freeze": (
+            {"mode": "partial", "trainable_from": args.trainable_from}
+            if args.trainable_from
+            else {"mode": "none"}
+        ),
         "training": {"epochs": args.epochs, "batch_size": 32, "validation_split": 0.1},
     }
 
@@ -295,9 +303,23 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--part-mb", type=int, default=450, help="largest zip sent at once")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--size", type=int, default=96, help="input size, px")
+    parser.add_argument(
+        "--trainable-from", type=int, default=0, help="train from this layer on (0: all layers)"
+    )
     parser.add_argument("--database-url", default="", help="default: SQLite in the folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    return parser.parse_args()
+    return parse_args(
+        parser,
+        {
+            "gb": 0.004,
+            "image_kb": 25,
+            "distinct": 4,
+            "part_mb": 2,
+            "epochs": 1,
+            "size": 32,
+            "trainable_from": -3,
+        },
+    )
 
 
 def environment(data: Path, args: argparse.Namespace, large_bytes: int) -> dict[str, str]:
