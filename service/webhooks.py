@@ -78,9 +78,10 @@ def announce(session: Session, job: Job) -> WebhookDelivery | None:
 def job_event(session: Session, job: Job, event_id: str) -> dict[str, Any]:
     """The body POSTed: what ended, how, and what it made or used."""
     spec = job.spec if isinstance(job.spec, dict) else {}
-    model_id = spec.get("model_id")  # an export's or a batch prediction's model
-    if job.kind == "train":
-        model_id = session.scalar(select(TrainedModel.id).where(TrainedModel.job_id == job.id))
+    # The model it used (an export's, a batch prediction's) or the one it made (training's).
+    model_id = spec.get("model_id") or session.scalar(
+        select(TrainedModel.id).where(TrainedModel.job_id == job.id)
+    )
     event: dict[str, Any] = {
         "type": EVENT_TYPE,
         "id": event_id,

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from service.datasets import ingest
+from service.datasets import ingest, similar
 from service.datasets import report as reports
 from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
@@ -129,7 +129,7 @@ def test_planted_problems_are_found_and_their_files_named(service: Service) -> N
     [near] = report["duplicates"]["near"]
     assert near["kind"] == "near" and near["scope"] == "within_class"
     assert names(near["images"]) == ["cats/scene.png", "cats/scene_again.jpg"]
-    assert 0 <= near["distance"] <= reports.NEAR_DUPLICATE_BITS
+    assert 0 <= near["distance"] <= similar.NEAR_DUPLICATE_BITS
 
     assert names(report["small_images"]["images"]) == ["cats/tiny.png"]
     assert report["small_images"]["input_size"] == 32
@@ -421,7 +421,7 @@ def test_hamming_pairs_match_brute_force(monkeypatch: pytest.MonkeyPatch) -> Non
     # Neighbours of some of them, 0..10 bits away, so that pairs at the limit exist.
     near = [flipped(base[bits], bits, rng) for bits in range(11)]
     hashes = np.concatenate([base, np.array(near, dtype=np.uint64)])
-    bits = reports.NEAR_DUPLICATE_BITS
+    bits = similar.NEAR_DUPLICATE_BITS
 
     def distance(i: int, j: int) -> int:
         return bin(int(hashes[i]) ^ int(hashes[j])).count("1")
@@ -433,7 +433,7 @@ def test_hamming_pairs_match_brute_force(monkeypatch: pytest.MonkeyPatch) -> Non
         if distance(i, j) <= bits
     }
     assert {(i, 300 + i, i) for i in range(bits + 1)} <= expected
-    for cells in (reports.PAIR_CELLS, 1000, 1):  # one band, several, one row at a time
-        monkeypatch.setattr(reports, "PAIR_CELLS", cells)
-        pairs = reports.hamming_pairs(hashes, bits)
+    for cells in (similar.PAIR_CELLS, 1000, 1):  # one band, several, one row at a time
+        monkeypatch.setattr(similar, "PAIR_CELLS", cells)
+        pairs = similar.hamming_pairs(hashes, bits)
         assert set(zip(*(part.tolist() for part in pairs), strict=True)) == expected

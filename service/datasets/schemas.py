@@ -183,12 +183,13 @@ class ReportThresholds(BaseModel):
     max_balance_ratio: float
 
 
-def _reportexample_config() -> dict[str, Any]:
+def _report_example() -> dict[str, Any]:
     cat = {"id": 1041, "filename": "cats/001.jpg", "label": "cats"}
     dog = {"id": 1093, "filename": "dogs/017.jpg", "label": "dogs"}
     small = {"id": 1102, "filename": "dogs/030.png", "label": "dogs"}
     shape = {**small, "width": 64, "height": 48, "mode": "L"}
     cats, dogs = {"name": "cats", "count": 60}, {"name": "dogs", "count": 20}
+    copy = {"kind": "exact", "scope": "across_classes", "distance": 0}
     return {
         "dataset_id": "d_0123456789abcdef",
         "images": 80,
@@ -209,9 +210,7 @@ def _reportexample_config() -> dict[str, Any]:
         },
         "small_classes": {"floor": 20, "classes": []},
         "duplicates": {
-            "exact": [
-                {"kind": "exact", "scope": "across_classes", "distance": 0, "images": [cat, dog]}
-            ],
+            "exact": [{**copy, "images": [cat, dog]}],
             "near": [],
         },
         "leakage": {
@@ -220,15 +219,7 @@ def _reportexample_config() -> dict[str, Any]:
             "training_images": 64,
             "validation_images": 16,
             "count": 1,
-            "pairs": [
-                {
-                    "kind": "exact",
-                    "scope": "across_classes",
-                    "distance": 0,
-                    "training": cat,
-                    "validation": dog,
-                }
-            ],
+            "pairs": [{**copy, "training": cat, "validation": dog}],
         },
         "small_images": {"input_size": 96, "count": 1, "images": [shape]},
         "extreme_aspect": {"count": 0, "images": []},
@@ -247,7 +238,7 @@ def _reportexample_config() -> dict[str, Any]:
 
 
 class DatasetReport(BaseModel):
-    model_config = example_config(_reportexample_config())
+    model_config = example_config(_report_example())
     dataset_id: str
     images: int
     classes: list[ClassCount]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,7 @@ from service.ml import checkpoint
 from service.ml.batchnorm import recompute_batchnorm_statistics
 from service.ml.build import Network, apply_freeze, build_network
 from service.ml.calibrate import Calibration, calibrate, not_fitted
+from service.ml.callbacks import Checkpoints, EarlyStopping, ProgressCallback, restore
 from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.drift import Snapshot, snapshot
 from service.ml.evaluate import evaluate
@@ -75,62 +76,6 @@ class TrainingResult:
     features: tuple[np.ndarray, np.ndarray] | None = None
     features_reused: bool = False
     replicas: int = 1  # devices the model trained on at once (MirroredStrategy)
-
-
-class _ProgressCallback(keras.callbacks.Callback):
-    """Reports steps and epochs (numbered across stages), and stops when the observer says."""
-
-    def __init__(self, observer: TrainingObserver, *, stages: int, epochs: int, steps: int):
-        super().__init__()
-        self.observer = observer
-        self.stages = stages
-        self.epochs = epochs
-        self.steps = steps
-        self.stage = 1
-        self.epoch = 0
-        self.started = 0.0
-        self.stopped = False
-        self.history: list[dict[str, float]] = []
-        # Called with each epoch's row recorded, before it is announced: a checkpoint then
-        # holds every epoch the job's history shows.
-        self.on_recorded: Callable[[], None] | None = None
-
-    def _report(self, step: int) -> None:
-        self.observer.on_progress(
-            {
-                "stage": self.stage,
-                "stages": self.stages,
-                "epoch": self.epoch,
-                "epochs": self.epochs,
-                "step": step,
-                "steps": self.steps,
-            }
-        )
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.epoch = epoch + 1
-        self.started = time.perf_counter()
-        self._report(0)
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._report(batch + 1)
-        if self.observer.should_stop():
-            self.stopped = True
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.stopped:
-            return
-        row = {
-            "epoch": epoch + 1,
-            "stage": self.stage,
-            **{key: float(value) for key, value in (logs or {}).items()},
-            "seconds": round(time.perf_counter() - self.started, 3),
-        }
-        self.history.append(row)
-        if self.on_recorded is not None:
-            self.on_recorded()
-        self.observer.on_epoch(row)
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -241,7 +186,7 @@ def _train_in_scope(
     saver = None
     if checkpoint_dir is not None:
         mark = checkpoint.fingerprint(spec.model_dump_json(), data.ids, len(data.labels))
-        saver = _Checkpoints(checkpoint_dir, mark, network.model)
+        saver = Checkpoints(checkpoint_dir, mark, network.model)
     progress = _progress(spec, splits, observer)
     history, cached_stages, recomputed = _fit_stages(
         spec, network, splits, progress, frozen, feature_cache, saver
@@ -270,8 +215,8 @@ def _train_in_scope(
     )
 
 
-def _progress(spec: JobSpec, splits: Splits, observer: TrainingObserver) -> _ProgressCallback:
-    return _ProgressCallback(
+def _progress(spec: JobSpec, splits: Splits, observer: TrainingObserver) -> ProgressCallback:
+    return ProgressCallback(
         observer,
         stages=len(spec.stages),
         epochs=sum(stage.epochs for stage in spec.stages),
@@ -283,10 +228,10 @@ def _fit_stages(
     spec: JobSpec,
     network: Network,
     splits: Splits,
-    progress: _ProgressCallback,
+    progress: ProgressCallback,
     frozen: _FrozenFeatures,
     feature_cache: bool,
-    saver: _Checkpoints | None,
+    saver: Checkpoints | None,
 ) -> tuple[list[dict[str, float]], list[int], int]:
     """Fit the stages in turn, after those a checkpoint says were done. Returns the history
     (epochs numbered across stages), the stages fitted on cached features, and how many BN
@@ -295,7 +240,7 @@ def _fit_stages(
     # Augmentation must see the pixels every epoch, so then nothing is cached.
     cacheable = feature_cache and not spec.training.augmenting
     resumed = saver.resumed if saver is not None else None
-    book = saver or _Checkpoints.none()
+    book = saver or Checkpoints.none()
     if resumed is not None:
         progress.history = list(resumed.state.history)
     for stage in spec.stages:
@@ -320,92 +265,6 @@ def _fit_stages(
         if saver is not None:
             saver.write(stage.number, progress.history, done=True)
     return progress.history, book.cached_stages, book.recomputed
-
-
-def restore(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:
-    """Give each variable its value from a checkpoint, in the same order."""
-    if len(variables) != len(arrays):
-        raise ValueError(
-            f"the checkpoint holds {len(arrays)} arrays for {len(variables)} variables"
-        )
-    for variable, value in zip(variables, arrays, strict=True):
-        variable.assign(value)
-
-
-class _Checkpoints:
-    """Writes a checkpoint after every epoch and every stage (service/ml/checkpoint.py), and
-    holds the one training resumed from, if any."""
-
-    def __init__(self, directory: Path | None, mark: str, model: keras.Model | None) -> None:
-        self.directory = directory
-        self.mark = mark
-        self.model = model
-        self.resumed = checkpoint.load(directory, mark) if directory is not None else None
-        state = self.resumed.state if self.resumed is not None else None
-        self.cached_stages: list[int] = list(state.cached_stages) if state else []
-        self.recomputed = state.recomputed if state else 0
-
-    @classmethod
-    def none(cls) -> _Checkpoints:
-        """Bookkeeping alone, for training without checkpoints."""
-        return cls(None, "", None)
-
-    def write(
-        self,
-        stage: int,
-        history: list[dict[str, float]],
-        *,
-        done: bool,
-        fitting: keras.Model | None = None,
-        early: _EarlyStopping | None = None,
-    ) -> None:
-        assert self.directory is not None and self.model is not None
-        state = checkpoint.TrainingState(
-            fingerprint=self.mark,
-            stage=stage,
-            stage_done=done,
-            epochs_done=len(history),
-            history=list(history),
-            cached_stages=list(self.cached_stages),
-            recomputed=self.recomputed,
-            early_stopping=early.state() if early is not None and not done else None,
-        )
-        optimizer = fitting.optimizer.variables if fitting is not None and not done else []
-        best = early.best_weights if early is not None and not done else None
-        checkpoint.save(
-            self.directory,
-            checkpoint.Checkpoint(
-                state,
-                variables=[np.asarray(variable) for variable in self.model.variables],
-                optimizer=[np.asarray(variable) for variable in optimizer],
-                best=list(best or []),
-            ),
-        )
-
-
-class _EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras's early stopping, whose counters a checkpoint keeps and gives back on resume."""
-
-    def __init__(self, resumed: tuple[dict[str, Any], list[np.ndarray]] | None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.resumed = resumed
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_begin(logs)
-        if self.resumed is not None:
-            state, best = self.resumed
-            self.wait, self.best_epoch = state["wait"], state["best_epoch"]
-            self.best = state["best"]
-            self.best_weights = best or None
-
-    def state(self) -> dict[str, Any]:
-        best = None if self.best is None else float(self.best)
-        return {
-            "wait": self.wait,
-            "best": best,
-            "best_epoch": self.best_epoch,
-            "stopped": self.stopped_epoch > 0,
-        }
 
 
 @dataclass
@@ -493,9 +352,9 @@ def _fit_stage(
     inputs: _StageInputs,
     stage: Stage,
     training: TrainingSpec,
-    progress: _ProgressCallback,
+    progress: ProgressCallback,
     seconds: dict[str, float],
-    saver: _Checkpoints | None,
+    saver: Checkpoints | None,
     resumed: checkpoint.Checkpoint | None,
 ) -> None:
     """Compile and fit one stage, its epochs numbered on from the stages before it; from a
@@ -511,7 +370,7 @@ def _fit_stage(
         return
     early = None
     if training.early_stopping is not None:
-        early = _EarlyStopping(
+        early = EarlyStopping(
             (early_state, resumed.best) if early_state is not None and resumed else None,
             monitor=training.early_stopping.monitor,
             patience=training.early_stopping.patience,
