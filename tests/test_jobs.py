@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from service.jobs import JobStatus
 from service.storage.tables import Job, new_id
@@ -192,3 +193,20 @@ def test_what_an_answer_says_was_created_can_be_read_at_once(tmp_path: Path) -> 
                 assert client.get(f"/jobs/{job['id']}").status_code == 200
     finally:
         live.stop()
+
+
+def test_every_registered_kind_declares_a_spec_and_a_task_that_loads() -> None:
+    """A kind's task is named by import path (the API never imports it): a typo there would
+    only show when a worker ran the first job of that kind."""
+    from pydantic import BaseModel
+
+    from service.job_kinds import KINDS
+    from service.jobs.kinds import JobKind, KindRegistry, UnknownKind
+
+    assert set(KINDS.names) >= {"train", "advice", "export", "predict", "import"}
+    for kind in KINDS:
+        assert issubclass(kind.spec, BaseModel) and callable(kind.load_task()), kind.name
+    with pytest.raises(ValueError, match="'train' registered twice"):
+        KindRegistry([*KINDS, JobKind("train", BaseModel, "x:y", "again")])
+    with pytest.raises(UnknownKind, match="'retrain' is not registered"):
+        KINDS.get("retrain")

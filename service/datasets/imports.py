@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
@@ -40,8 +39,6 @@ from service.datasets.ingest import (
 )
 from service.datasets.kind import IMPORT
 from service.datasets.spec import ImportRequest, ImportSpec
-from service.jobs.context import JobContext
-from service.jobs.kinds import JobStopped, Outcome
 from service.problems import BadContent, Conflict, Invalid
 from service.storage.tables import Dataset, Job, new_id
 
@@ -211,24 +208,3 @@ def store_import(
     assert job is not None  # the caller just marked it succeeded
     job.dataset_id = dataset.id
     session.flush()
-
-
-def import_folder(context: JobContext, spec: ImportSpec) -> Outcome:
-    """The "import" task: check every file of the folder (pass 1, with progress); what
-    stores the images, re-read (pass 2), with the job's success."""
-    limits = datasets.upload_limits(context.settings)
-    monitor = context.monitor
-    plan = scan_directory(
-        spec,
-        context.settings,
-        limits,
-        on_progress=monitor.on_pass,
-        should_stop=monitor.should_stop,
-    )
-    monitor.flush()
-    if plan is None or monitor.should_stop():
-        raise JobStopped()
-    store = partial(
-        store_import, claim=context.claim, spec=spec, plan=plan, cap=limits.max_image_bytes
-    )
-    return Outcome(store, f"{len(plan.images)} images imported from {spec.path}")
