@@ -1,6 +1,10 @@
 """A real browser against a real server: headless Chromium from the system's packages, driven
 by Playwright (`executable_path`, nothing downloaded), and the app served by uvicorn on
-loopback with a real worker process beside it.
+loopback with a real worker beside it: the loop `python -m service worker` runs (claims, lease,
+webhook deliverer) on a thread of the test process, where TensorFlow is already imported; a
+fresh worker process would spend most of a browser test starting. The tests of the worker as a
+process (signals, kills, several processes) are test_worker.py's, test_reliability.py's and
+test_resume.py's.
 
 Any JavaScript error or failed request in a page fails the test that opened it. Screenshots
 go to `SCREENSHOTS_DIR` (default: the test's temporary folder).
@@ -8,15 +12,15 @@ go to `SCREENSHOTS_DIR` (default: the test's temporary folder).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,6 @@ from service.config import Settings
 from service.storage.db import Database
 from tests.conftest import make_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "console-test-key-0123456789"
 
 
@@ -47,25 +50,59 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class LiveWorker:
+    """The worker loop of `python -m service worker` (service.jobs.runner.run_worker: the
+    loop and its webhook deliverer) on a thread of this process, its log lines (the service's
+    loggers, INFO and up) written to `log`. Stopped as the process is by SIGTERM: it finishes
+    the current step and releases its job; `terminate` and `wait` answer as Popen's do."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        from service import webhooks
+        from service.job_kinds import KINDS
+        from service.jobs.runner import Worker
+
+        self.database = Database(settings.database_url)
+        self.handler = logging.FileHandler(log)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.logger = logging.getLogger("service")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        self.loop = Worker(self.database, settings, KINDS)
+        self.deliverer = webhooks.Deliverer(self.database, settings).start()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="live-worker")
+        self.thread.start()
+        self.returncode: int | None = None
+
+    def terminate(self) -> None:
+        self.loop.request_shutdown()
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise subprocess.TimeoutExpired("live-worker", timeout or 0)
+        if self.returncode is None:
+            self.deliverer.stop()
+            self.database.dispose()
+            self.logger.removeHandler(self.handler)
+            self.logger.setLevel(self.level)
+            self.handler.close()
+            self.returncode = 0
+        return self.returncode
+
+
 @dataclass
 class LiveService:
-    """uvicorn serving the app in a thread, and (when started) a worker process."""
+    """uvicorn serving the app in a thread, and (when started) a worker beside it."""
 
     settings: Settings
     url: str
     server: uvicorn.Server
     thread: threading.Thread
-    worker: subprocess.Popen[bytes] | None = None
-    environment: dict[str, str] = field(default_factory=dict)
+    worker: LiveWorker | None = None
 
     def start_worker(self, log: Path) -> None:
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "service", "worker"],
-            env=self.environment,
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        self.worker = LiveWorker(self.settings, log)
 
     def client(self, *, key: str | None = API_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -74,10 +111,7 @@ class LiveService:
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.terminate()
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
+            self.worker.wait(timeout=120)
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
@@ -103,16 +137,7 @@ def start_live_service(data_dir: Path, **overrides: Any) -> LiveService:
         if time.monotonic() > deadline:
             raise RuntimeError("the live server did not start")
         time.sleep(0.05)
-    environment = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "DATABASE_URL": settings.database_url,
-        "API_KEY": settings.api_key or "",
-        "POLL_SECONDS": "0.2",
-        "PROGRESS_SECONDS": "0.2",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    return LiveService(settings, f"http://127.0.0.1:{port}", server, thread, None, environment)
+    return LiveService(settings, f"http://127.0.0.1:{port}", server, thread)
 
 
 @pytest.fixture
