@@ -119,9 +119,9 @@ class LiveService:
 def start_live_service(data_dir: Path, **overrides: Any) -> LiveService:
     values: dict[str, Any] = {
         "api_key": API_KEY,
-        "poll_seconds": 0.2,
+        "poll_seconds": 0.05,  # the worker's wait between claims: a queued job starts at once
         "progress_seconds": 0.2,
-        "events_poll_seconds": 0.2,
+        "events_poll_seconds": 0.1,
     }
     settings = make_settings(data_dir, **{**values, **overrides})
     Database(settings.database_url).upgrade()

@@ -49,7 +49,7 @@ def train_versions(live: LiveService, versions: int, log: Path) -> list[str]:
         finished: list[dict[str, Any]] = []
         while len(finished) < versions:
             assert time.monotonic() < deadline, "the training jobs did not finish"
-            time.sleep(0.5)
+            time.sleep(0.1)
             finished = [client.get(f"/jobs/{job_id}").json() for job_id in job_ids]
             finished = [job for job in finished if job["status"] not in ("queued", "running")]
         assert all(job["status"] == "succeeded" for job in finished), finished

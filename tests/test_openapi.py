@@ -197,7 +197,7 @@ def _wait_for_job(read: Any, client: Any, job_id: str, log: Path) -> Any:
         if job.status.value in ("succeeded", "failed", "cancelled"):
             assert job.status.value == "succeeded", (job.error, log.read_text()[-3000:])
             return job
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish; worker log:\n{log.read_text()[-3000:]}")
 
 

@@ -193,7 +193,7 @@ def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
             while time.monotonic() < deadline:
                 if service.client.get(f"/jobs/{plain['id']}").json()["status"] in jobs.FINISHED:
                     break
-                time.sleep(0.5)
+                time.sleep(0.1)
         finally:
             worker.send_signal(signal.SIGTERM)
             output, _ = worker.communicate(timeout=60)
