@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -38,7 +38,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
-from service.job_kinds import KINDS as REGISTERED_KINDS
 from service.jobs.queue import JobStatus
 from service.security import in_open_network, key_matches
 from service.storage.db import Database
@@ -51,10 +50,9 @@ log = logging.getLogger("service.metrics")
 
 __all__ = ["CONTENT_TYPE_LATEST"]
 
-# The statuses and kinds every scrape reports, at 0 when there are none, so a series does not
-# vanish when its last job moves on (the engine's JobStatus, the service's registered kinds).
+# The statuses every scrape reports, with each registered kind (given to the collector), at 0
+# when there are none, so a series does not vanish when its last job moves on.
 STATUSES = tuple(JobStatus)
-KINDS = REGISTERED_KINDS.names
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 QUEUE_WAIT = Histogram(
@@ -134,8 +132,9 @@ class DatabaseCollector:
     deliveries by status, counted in the database at each scrape. A database that cannot
     answer gives `transfer_database_up 0` instead of failing the whole scrape."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, kinds: Sequence[str]) -> None:
         self.database = database
+        self.kinds = tuple(kinds)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("transfer_database_up", "Whether the database answered.")
@@ -153,7 +152,7 @@ class DatabaseCollector:
     def _read(self) -> Iterator[Metric]:
         now = utcnow()
         with self.database.session() as session:
-            jobs = dict.fromkeys(((kind, status) for kind in KINDS for status in STATUSES), 0)
+            jobs = dict.fromkeys(((kind, status) for kind in self.kinds for status in STATUSES), 0)
             for kind, status, count in session.execute(
                 select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
             ):
@@ -211,11 +210,14 @@ def _gauge(
     return gauge
 
 
-def api_registry(database: Database, cache: ModelCache) -> CollectorRegistry:
+def api_registry(
+    database: Database, cache: ModelCache, kinds: Sequence[str]
+) -> CollectorRegistry:
     """An API app's scrape-time collectors (one registry per app: tests run several apps in
-    one process, and the default registry refuses a second collector of the same names)."""
+    one process, and the default registry refuses a second collector of the same names);
+    `kinds`: the registered kinds of job, each reported even when it has none."""
     registry = CollectorRegistry()
-    registry.register(DatabaseCollector(database))  # type: ignore[arg-type]
+    registry.register(DatabaseCollector(database, kinds))  # type: ignore[arg-type]
     registry.register(CacheCollector(cache))  # type: ignore[arg-type]
     return registry
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from service import logs, metrics
+from service.job_kinds import KINDS
 from service.storage.tables import WorkerRow, utcnow
 from tests.conftest import Service, colour_images, job_body, make_settings
 
@@ -74,6 +75,8 @@ def test_metrics_report_the_databases_jobs_workers_and_uploads(service: Service)
     assert value(found, "transfer_database_up") == 1
     assert value(found, "transfer_jobs", kind="train", status="queued") == 1
     assert value(found, "transfer_jobs", kind="export", status="failed") == 0
+    for kind in KINDS.names:  # every registered kind is a series, "import" included
+        assert value(found, "transfer_jobs", kind=kind, status="running") is not None, kind
     assert value(found, "transfer_upload_bytes_count", kind="dataset") == uploaded + 1
     age = value(found, "transfer_worker_heartbeat_age_seconds", worker="w-1")
     assert age is not None and age > 20 * 365 * 86400

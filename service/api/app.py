@@ -30,6 +30,7 @@ from service.api.routes import (
 )
 from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
+from service.job_kinds import KINDS
 from service.ml.batching import Batcher
 from service.ml.model_cache import ModelCache
 from service.predictions.serving import Serving
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads=settings.serving_lanes,
             on_batch=metrics.observe_batch,
         )
-        app.state.metrics_registry = metrics.api_registry(database, app.state.model_cache)
+        app.state.metrics_registry = metrics.api_registry(
+            database, app.state.model_cache, KINDS.names
+        )
         app.state.serving = Serving(
             database=database,
             cache=app.state.model_cache,

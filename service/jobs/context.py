@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlalchemy.orm import Session
+
 from service import metrics
 from service.config import Settings
 from service.jobs.queue import Claim, heartbeat, while_owned
@@ -20,7 +22,7 @@ T = TypeVar("T")
 
 
 class JobMonitor:
-    """The trainer's observer: keeps the lease alive, writes progress, watches for cancel.
+    """A running job's observer: keeps the lease alive, writes progress, watches for cancel.
 
     A background thread does the database work every `interval` seconds, so a training
     step only updates memory; it also renews the lease while data loads or the model exports.
@@ -135,6 +137,6 @@ class JobContext:
     monitor: JobMonitor
     resources: WorkerResources = field(default_factory=WorkerResources)
 
-    def write_while_owned(self, write: Callable[[Any], None]) -> bool:
+    def write_while_owned(self, write: Callable[[Session], None]) -> bool:
         """Write something of the job's now, fenced by its lease (see queue.while_owned)."""
         return while_owned(self.db, self.claim, write)
