@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -37,6 +37,9 @@ from service.storage.tables import (
 )
 from service.training.service import check_references, weights_source
 from service.training.spec import JobSpec
+
+if TYPE_CHECKING:  # TensorFlow: imported by the task when it runs, not by its importers
+    from service.ml.train import TrainingResult
 
 log = logging.getLogger("service.worker")
 
@@ -207,7 +210,7 @@ def _streamed_dataset(
     )
 
 
-def _with_samples(result: Any, data: LabelledImages) -> dict[str, Any] | None:
+def _with_samples(result: TrainingResult, data: LabelledImages) -> dict[str, Any] | None:
     """The evaluation with each validation image's scores, named by its dataset row, so a
     client can show the images behind each cell of the confusion matrix."""
     from service.ml.evaluate import prediction_samples
@@ -229,7 +232,7 @@ REVIEW_MAX_IMAGES = 10_000
 
 
 def _review_of_training(
-    claim: jobs.Claim, spec: JobSpec, data: LabelledImages, result: Any
+    claim: jobs.Claim, spec: JobSpec, data: LabelledImages, result: TrainingResult
 ) -> dict[str, Any] | None:
     """The label review from the features a frozen stage trained on, when it had the
     untouched pretrained backbone's features of every image."""
