@@ -1,7 +1,8 @@
 """Serving speed: the real server against the same SavedModel called in-process, and against
 the app a tutorial would have a user write.
 
-    python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10]
+    python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10] [--quick]
+                            [--size 224] [--photo-scale 1] [--settle 8]
 
 In one run on this machine: a MobileNetV2 at 224 px (random weights) is trained for one
 epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two
@@ -22,6 +23,8 @@ Then the same latency and throughput for the raw model (decoding in this process
 service's `to_pixels`, 16 threads for a batch), the tutorial app and the service, at 224 px,
 1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
 them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
+`--size` and `--photo-scale` change the model's input size and the photographs' sides;
+`--quick` runs it all at 32 px, on photos a quarter of those sides, with few requests.
 The last line is machine-readable.
 """
 
@@ -50,11 +53,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.quick import parse_args
+
 SIZE = 224
 CONCURRENT_CLIENTS = 16
-# (name, width, height) of the JPEGs each system is timed on.
-INPUTS = (("224 px", SIZE, SIZE), ("1920×1080", 1920, 1080), ("4000×3000", 4000, 3000))
-PHOTO = "4000×3000"
+PHOTO_SIZES = ((1920, 1080), (4000, 3000))  # Full HD, and a phone's 12 MP photo
 
 # The app a tutorial has a user write, verbatim in spirit: written to a file and run with
 # uvicorn by this bench, on the SavedModel the service stored (MODEL_DIR).
@@ -229,8 +232,15 @@ def http_figures(base: str, model_id: str, images: list[bytes], requests: int) -
     return {"cold": cold, "p50": percentile(single, 50), "throughput": throughput}
 
 
+def inputs_for(size: int, photo_scale: float = 1.0) -> tuple[tuple[str, int, int], ...]:
+    """(name, width, height) of the JPEGs each system is timed on: the model's input size,
+    then PHOTO_SIZES (their sides times `photo_scale`); the last is the photo of the summary."""
+    photos = [(round(w * photo_scale), round(h * photo_scale)) for w, h in PHOTO_SIZES]
+    return ((f"{size} px", size, size), *((f"{w}×{h}", w, h) for w, h in photos))
+
+
 def raw_decoding_figures(
-    savedmodel_dir: Path, images: list[bytes], requests: int
+    savedmodel_dir: Path, images: list[bytes], requests: int, size: int = SIZE
 ) -> dict[str, float]:
     """The raw model with the decode in this process (`to_pixels`): p50 for one image, and
     images/s for batches of 16 decoded on 16 threads, as 16 clients' images would be."""
@@ -241,7 +251,7 @@ def raw_decoding_figures(
     loaded = tf.saved_model.load(str(savedmodel_dir))
 
     def pixels(image: bytes) -> np.ndarray:
-        return to_pixels(image, SIZE).astype(np.float32)
+        return to_pixels(image, size).astype(np.float32)
 
     loaded.serve(pixels(images[0])[None])
     single = []
@@ -296,8 +306,8 @@ def start_process(arguments: list[str], environment: dict, cwd: Path | None = No
     )
 
 
-def train_model(base: str, environment: dict, workers: list) -> tuple[str, str]:
-    """(dataset id, model id): a MobileNetV2 at 224 px trained for one epoch by a worker."""
+def train_model(base: str, environment: dict, workers: list, size: int = SIZE) -> tuple[str, str]:
+    """(dataset id, model id): a MobileNetV2 at `size` px trained for one epoch by a worker."""
     dataset = (
         httpx.post(
             f"{base}/datasets",
@@ -311,7 +321,7 @@ def train_model(base: str, environment: dict, workers: list) -> tuple[str, str]:
         base,
         {
             "dataset_id": dataset["id"],
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": SIZE},
+            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
             "freeze": {"mode": "backbone"},
             "training": {"epochs": 1, "batch_size": 8},
         },
@@ -322,7 +332,7 @@ def train_model(base: str, environment: dict, workers: list) -> tuple[str, str]:
     assert job["status"] == "succeeded", job
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
-    print(f"model {job['model_id']}: MobileNetV2 at {SIZE} px, stored by the worker")
+    print(f"model {job['model_id']}: MobileNetV2 at {size} px, stored by the worker")
     return dataset["id"], job["model_id"]
 
 
@@ -346,14 +356,20 @@ def stored_savedmodel(scratch: Path, model_id: str) -> Path:
 
 
 def control_plane_while_training(
-    base: str, dataset_id: str, environment: dict, workers: list, seconds: float
+    base: str,
+    dataset_id: str,
+    environment: dict,
+    workers: list,
+    seconds: float,
+    settle: float = 8,
+    size: int = 96,
 ) -> list[float]:
     """GET /jobs/{id} timings while a worker trains (top of the backbone: no feature cache)."""
     job_id, worker = run_job(
         base,
         {
             "dataset_id": dataset_id,
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": 96},
+            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
             "freeze": {"mode": "partial", "trainable_from": -30},
             "training": {"epochs": 1000, "batch_size": 4},
         },
@@ -361,7 +377,7 @@ def control_plane_while_training(
     )
     workers.append(worker)
     wait_for_status(base, job_id, {"running"})
-    time.sleep(8)  # past start-up: the worker is in its epochs
+    time.sleep(settle)  # past start-up: the worker is in its epochs
     timings = control_plane(base, job_id, seconds)
     httpx.post(f"{base}/jobs/{job_id}/cancel", timeout=30)
     return timings
@@ -371,12 +387,17 @@ Figures = dict[str, dict[str, float]]
 
 
 def per_input(
-    measure: dict[str, Callable[[list[bytes], int], dict]], requests: int, photo_requests: int
+    measure: dict[str, Callable[[list[bytes], int], dict]],
+    requests: int,
+    photo_requests: int,
+    inputs: tuple[tuple[str, int, int], ...],
 ) -> dict[str, Figures]:
-    """Each system's figures on each input size: {input: {system: figures}}."""
+    """Each system's figures on each input size: {input: {system: figures}}, in `inputs`'
+    order (the model's size first)."""
     figures: dict[str, Figures] = {}
-    for name, width, height in INPUTS:
-        small = width * height <= SIZE * SIZE
+    size = inputs[0][1]
+    for name, width, height in inputs:
+        small = width * height <= size * size
         images = photo_jpegs(32 if small else 4, width, height, seed=width)
         count = requests if small else photo_requests
         figures[name] = {system: call(images, count) for system, call in measure.items()}
@@ -405,7 +426,8 @@ def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -
     throughput = served["throughput"] / raw["throughput"]
     cold = served["cold"] / raw["cold"]
     jobs_p99 = percentile(timings, 99) * 1000
-    small, photo = inputs[INPUTS[0][0]], inputs[PHOTO]
+    small_name, photo_name = next(iter(inputs)), list(inputs)[-1]
+    small, photo = inputs[small_name], inputs[photo_name]
     tutorial_latency = small["service"]["p50"] / small["tutorial"]["p50"]
     tutorial_throughput = small["service"]["throughput"] / small["tutorial"]["throughput"]
     photo_latency = photo["service"]["p50"] / photo["tutorial"]["p50"]
@@ -425,7 +447,8 @@ def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -
     )
     print(
         f"service ÷ tutorial app: p50 {tutorial_latency:.3f} (≤ 1.0), 16 clients "
-        f"{tutorial_throughput:.3f} (≥ 1.5) at 224 px; p50 {photo_latency:.3f} (≤ 0.5) at 12 MP"
+        f"{tutorial_throughput:.3f} (≥ 1.5) at {small_name}; p50 {photo_latency:.3f} (≤ 0.5) "
+        f"at {photo_name}"
     )
     print(
         f"latency_ratio={latency:.3f} throughput_ratio={throughput:.3f} "
@@ -441,7 +464,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--photo-requests", type=int, default=40, help="per system, per size")
     parser.add_argument("--seconds", type=float, default=10.0, help="control-plane sampling")
-    args = parser.parse_args()
+    parser.add_argument("--size", type=int, default=SIZE, help="the model's input size, px")
+    parser.add_argument("--photo-scale", type=float, default=1.0, help="× the photos' sides")
+    parser.add_argument("--settle", type=float, default=8.0, help="seconds before sampling")
+    args = parse_args(
+        parser,
+        {
+            "requests": 5,
+            "photo_requests": 2,
+            "seconds": 1.0,
+            "size": 32,
+            "photo_scale": 0.25,
+            "settle": 1.0,
+        },
+    )
+    size = args.size
 
     from service.ml.images import to_pixels
 
@@ -459,21 +496,21 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         wait_until_up(f"{base}/readyz", processes[0], "the service")
-        dataset_id, model_id = train_model(base, environment, workers)
+        dataset_id, model_id = train_model(base, environment, workers, size)
         raw_dir = stored_savedmodel(scratch, model_id)
         (scratch / "tutorial_app.py").write_text(TUTORIAL_APP)
-        tutorial_environment = {**environment, "MODEL_DIR": str(raw_dir), "SIZE": str(SIZE)}
+        tutorial_environment = {**environment, "MODEL_DIR": str(raw_dir), "SIZE": str(size)}
         tutorial_arguments = ["-m", "uvicorn", "tutorial_app:app", "--port", str(tutorial_port)]
         processes.append(start_process(tutorial_arguments, tutorial_environment, cwd=scratch))
         wait_until_up(f"{tutorial_base}/openapi.json", processes[1], "the tutorial app")
 
-        images = photo_jpegs(32, SIZE, SIZE, seed=SIZE)
-        pixels = np.stack([to_pixels(image, SIZE) for image in images]).astype(np.float32)
+        images = photo_jpegs(32, size, size, seed=size)
+        pixels = np.stack([to_pixels(image, size) for image in images]).astype(np.float32)
         served = http_figures(base, model_id, images, args.requests)
         raw = raw_figures(raw_dir, pixels, args.requests)
         inputs = per_input(
             {
-                "raw": lambda images, count: raw_decoding_figures(raw_dir, images, count),
+                "raw": lambda images, count: raw_decoding_figures(raw_dir, images, count, size),
                 "tutorial": lambda images, count: http_figures(
                     tutorial_base, model_id, images, count
                 ),
@@ -481,8 +518,11 @@ def main() -> None:
             },
             args.requests,
             args.photo_requests,
+            inputs_for(size, args.photo_scale),
         )
-        timings = control_plane_while_training(base, dataset_id, environment, workers, args.seconds)
+        timings = control_plane_while_training(
+            base, dataset_id, environment, workers, args.seconds, args.settle, min(96, size)
+        )
     finally:
         for process in [*workers, *processes]:
             process.send_signal(signal.SIGTERM)
