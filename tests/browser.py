@@ -31,7 +31,7 @@ import uvicorn
 from service.api.app import create_app
 from service.config import Settings
 from service.storage.db import Database
-from tests.conftest import make_settings
+from tests.conftest import make_settings, migrated
 
 API_KEY = "console-test-key-0123456789"
 
@@ -124,7 +124,7 @@ def start_live_service(data_dir: Path, **overrides: Any) -> LiveService:
         "events_poll_seconds": 0.1,
     }
     settings = make_settings(data_dir, **{**values, **overrides})
-    Database(settings.database_url).upgrade()
+    migrated(settings.database_url).dispose()
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"

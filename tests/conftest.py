@@ -2,7 +2,9 @@
 
 Every test gets its own database: a SQLite file, and where TEST_POSTGRES_URL names a
 PostgreSQL server (`.ci/run` starts one) also a fresh PostgreSQL database, so the
-database-facing tests run on both. Models that many tests read are trained once per session,
+database-facing tests run on both. A `Service`'s new SQLite file is a copy of one the
+migrations built once per session (`migrated`); tests of the migrations run them themselves.
+Models that many tests read are trained once per session,
 by the worker, through the API: `small_model` for tests that need any stored model, `trained`
 for those that need one that has learned.
 
@@ -12,8 +14,11 @@ the pure unit tests (ingest, spec) run without them.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -187,6 +192,32 @@ def stored_model(job_id: str | None, **overrides: Any) -> TrainedModel:
     return TrainedModel(**{**values, **overrides})
 
 
+_MIGRATED_SQLITE: Path | None = None
+
+
+def migrated(url: str) -> Database:
+    """The database at `url`, its schema at head. A SQLite file not there yet starts as a copy
+    of one Alembic migrated earlier in this session: running the migrations costs about a
+    second on SQLite (a commit each), and a test starts one or more services."""
+    global _MIGRATED_SQLITE
+    target = make_url(url)
+    if target.get_backend_name() == "sqlite" and target.database:
+        path = Path(target.database)
+        if not path.exists():
+            if _MIGRATED_SQLITE is None:
+                folder = Path(tempfile.mkdtemp(prefix="migrated-"))
+                atexit.register(shutil.rmtree, folder, ignore_errors=True)
+                template = Database(f"sqlite:///{folder / 'service.db'}")
+                template.upgrade()
+                template.dispose()  # the last connection checkpoints the WAL into the file
+                _MIGRATED_SQLITE = folder / "service.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_MIGRATED_SQLITE, path)
+    database = Database(url)
+    database.upgrade()  # at head already when copied: Alembic only reads the version
+    return database
+
+
 class Service:
     """The API (in-process) and a worker loop over one database."""
 
@@ -199,8 +230,7 @@ class Service:
         from service.jobs.runner import Worker
 
         self.settings = settings
-        self.database = Database(settings.database_url)
-        self.database.upgrade()
+        self.database = migrated(settings.database_url)
         self.client = TestClient(create_app(settings))
         self.client.__enter__()
         self.worker = Worker(self.database, settings, KINDS)
