@@ -144,7 +144,16 @@ class Settings(BaseSettings):
         None, description="Signs webhook events (HMAC-SHA256); unset: events are sent unsigned."
     )
     webhook_timeout_seconds: float = Field(
-        10.0, gt=0, description="How long one webhook POST may take."
+        10.0,
+        gt=0,
+        description="How long one webhook attempt may take in all: resolving, connecting, "
+        "sending and reading the answer.",
+    )
+    webhook_allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Networks (CIDR, JSON list) webhooks may be sent to besides the public "
+        "internet: an on-premises receiver. Empty: loopback, private, link-local and other "
+        "non-public addresses are refused.",
     )
     webhook_retry_seconds: float = Field(
         1.0, gt=0, description="The wait before a failed webhook's first retry; doubles per try."

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request, Response, status
 from service.advice import service as advice
 from service.advice.schemas import AdviceRead
 from service.advice.spec import AdviceRequest
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.storage.tables import Advice, Job
+from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/datasets/{dataset_id}/advice", tags=["datasets"])
 
@@ -41,7 +42,10 @@ def _advice_read(record: Advice, job: Job | None) -> AdviceRead:
         422: {"description": "Invalid request; `detail` names the field"},
     },
 )
-def request_advice(session: SessionDep, dataset_id: str, body: AdviceRequest) -> AdviceRead:
+def request_advice(
+    session: SessionDep, settings: SettingsDep, dataset_id: str, body: AdviceRequest
+) -> AdviceRead:
+    check_submitted(body.webhook_url, settings.webhook_allowed_networks)
     record = advice.request_advice(session, dataset_id, body)
     return _advice_read(*advice.get_advice(session, dataset_id, record.id))
 

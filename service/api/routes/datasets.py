@@ -22,6 +22,7 @@ from service.datasets.spec import ImportRequest
 from service.schemas import JobRead
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
 from service.storage.tables import MAX_INTEGER, NAME_LENGTH, Dataset, DatasetImage, Job
+from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -110,6 +111,7 @@ def added_read(appended: datasets.Appended) -> DatasetImagesAdded:
 def import_dataset(
     session: SessionDep, settings: SettingsDep, response: Response, body: ImportRequest
 ) -> JobRead:
+    check_submitted(body.webhook_url, settings.webhook_allowed_networks)
     job = imports.submit_import(session, settings, body)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobRead.model_validate({**_job_fields(job), "model_id": None})

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response, status
 
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, SettingsDep
 from service.exports import service as exports
 from service.exports.schemas import ExportRead
 from service.exports.spec import ExportFormat, ExportRequest
 from service.storage.tables import Job, ModelExport
+from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/models/{model_id}/exports", tags=["models"])
 
@@ -50,7 +51,10 @@ def _export_read(record: ModelExport, job: Job | None) -> ExportRead:
         501: {"description": "ONNX: tf2onnx does not support the installed TensorFlow"},
     },
 )
-def create_export(session: SessionDep, model_id: str, body: ExportRequest) -> ExportRead:
+def create_export(
+    session: SessionDep, settings: SettingsDep, model_id: str, body: ExportRequest
+) -> ExportRead:
+    check_submitted(body.webhook_url, settings.webhook_allowed_networks)
     record = exports.request_export(session, model_id, body)
     return _export_read(*exports.get_export(session, model_id, record.format))
 

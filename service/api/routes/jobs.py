@@ -23,6 +23,7 @@ from service.storage.db import Database
 from service.storage.tables import Job, TrainedModel
 from service.training import service as training
 from service.training.spec import JobSpec
+from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -45,7 +46,8 @@ def _job_read(job: Job, model_id: str | None) -> JobRead:
     summary="Queue a transfer-learning job",
     responses=SPEC_ERRORS,
 )
-def create_job(session: SessionDep, spec: JobSpec) -> JobRead:
+def create_job(session: SessionDep, settings: SettingsDep, spec: JobSpec) -> JobRead:
+    check_submitted(spec.webhook_url, settings.webhook_allowed_networks)
     job = training.submit(session, spec)
     return _job_read(*jobs.get_job(session, job.id))
 

@@ -16,6 +16,7 @@ from service.predictions.batch import BatchRequest, ResultFormat
 from service.predictions.schemas import BatchPredictionRead
 from service.storage.tables import ID_LENGTH, MAX_INTEGER, NAME_LENGTH, BatchPrediction, Job
 from service.training.spec import WEBHOOK_DESCRIPTION, WebhookUrl
+from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
 
@@ -86,6 +87,7 @@ def create_batch(
     file: Annotated[UploadFile | None, File(description="A .zip of images")] = None,
     webhook_url: Annotated[WebhookUrl | None, Form(description=WEBHOOK_DESCRIPTION)] = None,
 ) -> BatchPredictionRead:
+    check_submitted(webhook_url, settings.webhook_allowed_networks)
     request = BatchRequest(
         model=registry.reference(model_id=model_id, name=name, version=version, alias=alias),
         top_k=top_k,
