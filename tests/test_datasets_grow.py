@@ -5,15 +5,21 @@ the service's host imported by the worker (POST /datasets/import), never outside
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.datasets import imports
 from service.datasets import service as datasets
 from service.datasets.ingest import BadArchive
+from service.datasets.service import upload_limits
+from service.datasets.spec import ImportSpec
+from service.problems import BadContent
 from service.storage.tables import DatasetImage
 from tests.conftest import (
     Service,
@@ -186,6 +192,61 @@ def test_import_reads_a_folder_through_the_worker(
     assert grown["status"] == "succeeded", grown
     again = service.client.get(f"/datasets/{dataset['id']}").json()
     assert classes(again) == {"blue": 3, "green": 2, "red": 2}
+
+
+def test_import_skips_a_fifo_instead_of_hanging(
+    importing: tuple[Service, Path],
+) -> None:
+    """A FIFO under the root (named like an image, or linked to from one) is skipped with a
+    reason; opening it for reading would wait for a writer forever, cancel or not."""
+    service, root = importing
+    write_folder(root / "colours", colour_images(per_class=2))
+    fifo = root / "colours" / "red" / "pipe.png"
+    os.mkfifo(fifo)
+    os.symlink(fifo, root / "colours" / "green" / "link.png")
+    response = service.client.post("/datasets/import", json={"path": "colours"})
+    assert response.status_code == 202, response.text
+    worker = threading.Thread(target=service.worker.run_until_idle, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # hung in open(): let it go (a writer appears), then fail
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=20)
+        pytest.fail("the import hung on a FIFO")
+    job = service.client.get(f"/jobs/{response.json()['id']}").json()
+    assert job["status"] == "succeeded", job
+    dataset = service.client.get(f"/datasets/{job['dataset_id']}").json()
+    assert classes(dataset) == {"blue": 2, "green": 2, "red": 2}
+    reasons = {entry["path"]: entry["reason"] for entry in dataset["skipped"]}
+    assert "not a regular file" in reasons["red/pipe.png"]
+    assert "not a regular file" in reasons["green/link.png"]
+
+
+def test_a_cancel_stops_an_import_in_the_middle_of_a_long_read(
+    importing: tuple[Service, Path],
+) -> None:
+    """should_stop is asked while a file is read, not only between files."""
+    service, root = importing
+    (root / "big" / "only").mkdir(parents=True)
+    (root / "big" / "only" / "huge.png").write_bytes(b"\0" * (4 * 1024 * 1024))
+    asked: list[bool] = []
+
+    def should_stop() -> bool:  # the cancel arrives once the first file has begun
+        asked.append(True)
+        return len(asked) > 1
+
+    try:
+        plan = imports.scan_directory(
+            ImportSpec(path="big", directory=str(root / "big")),
+            service.settings,
+            upload_limits(service.settings),
+            on_progress=lambda done, total: None,
+            should_stop=should_stop,
+        )
+    except BadContent as error:  # read to its end, then judged: the stop came too late
+        pytest.fail(f"the read was not stopped: {error}")
+    assert plan is None and len(asked) == 2
 
 
 def test_import_refuses_paths_outside_the_root(

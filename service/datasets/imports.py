@@ -10,13 +10,16 @@ marks the job succeeded, so a failed or cancelled import leaves nothing behind.
 Nothing outside IMPORT_ROOT is read: the requested directory is resolved (every symlink
 followed) and must lie inside the root's real path; inside it, a symlinked folder is not
 followed and a symlinked file is read only when its target lies inside the root too, and
-files are opened without following a link at the last step (O_NOFOLLOW).
+files are opened without following a link at the last step (O_NOFOLLOW). Only regular files
+are read: a FIFO, socket or device under the root is skipped with a reason, never opened in a
+way that could block (lstat first, O_NONBLOCK, then fstat on what was opened).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -47,6 +50,20 @@ log = logging.getLogger("service.imports")
 OFF = "server-side import is off: the operator allows it by setting IMPORT_ROOT"
 LINK_OUT = "a symbolic link to outside IMPORT_ROOT"
 LINKED_FOLDER = "a symbolically linked folder: not followed"
+NOT_REGULAR = "not a regular file (a pipe, socket or device): not read"
+READ_CHUNK = 1024 * 1024  # bytes read between two looks at should_stop
+
+
+class NotRegular(Exception):
+    """The path is not a regular file: reading it could block, or never end."""
+
+
+class Stopped(Exception):
+    """The job was asked to stop in the middle of reading a file."""
+
+
+def _never() -> bool:
+    return False
 
 
 # -- the API: check the path, queue the job ---------------------------------------------------
@@ -105,16 +122,27 @@ def list_files(directory: Path, limits: Limits) -> list[tuple[Path, tuple[str, .
     return entries
 
 
-def check_file(root: Path, path: Path, parts: tuple[str, ...], cap: int) -> Checked:
-    """Pass 1's verdict on one file: skipped (with why) when a link leads out of `root` or it
-    is not an image; its key is its real path, which pass 2 reads again."""
+def check_file(
+    root: Path,
+    path: Path,
+    parts: tuple[str, ...],
+    cap: int,
+    should_stop: Callable[[], bool] = _never,
+) -> Checked:
+    """Pass 1's verdict on one file: skipped (with why) when a link leads out of `root`, it is
+    no regular file or not an image; its key is its real path, which pass 2 reads again.
+    Stopped when `should_stop` says so while it is read."""
     shown = "/".join(parts)
     if path.is_symlink() and path.is_dir():
         return Checked(path, shown, parts, reason=LINKED_FOLDER)
     real = path.resolve()
     if not real.is_relative_to(root):
         return Checked(path, shown, parts, reason=LINK_OUT)
-    facts, reason = check_image(_read(real, cap), cap)
+    try:
+        data = _read(real, cap, should_stop)
+    except NotRegular:
+        return Checked(path, shown, parts, reason=NOT_REGULAR)
+    facts, reason = check_image(data, cap)
     return Checked(real, shown, parts, facts, reason)
 
 
@@ -132,16 +160,45 @@ def _walk(directory: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
                 yield here / name, parts
 
 
-def _read(path: Path, cap: int) -> bytes | None:
+def _read(path: Path, cap: int, should_stop: Callable[[], bool] = _never) -> bytes | None:
     """The file's bytes, or None past `cap`; never through a link swapped in since it was
-    resolved (O_NOFOLLOW). An unreadable file reads as empty: it is skipped as no image."""
+    resolved (O_NOFOLLOW). An unreadable file reads as empty: it is skipped as no image.
+
+    NotRegular for anything but a regular file: opening a FIFO for reading waits for a
+    writer, forever, and a device may never end. lstat refuses it before any open (opening
+    some devices does something); O_NONBLOCK keeps the open from waiting should one be
+    swapped in after that look, and fstat refuses what was actually opened. Read in chunks,
+    asking `should_stop` between them (Stopped): a cancel ends even a long read of a slow disk.
+    """
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise NotRegular(path)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        descriptor = os.open(path, flags)
     except OSError:
         return b""
-    with os.fdopen(descriptor, "rb") as file:
-        data = file.read(cap + 1)
-    return None if len(data) > cap else data
+    with os.fdopen(descriptor, "rb", buffering=0) as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotRegular(path)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= cap:
+            if should_stop():
+                raise Stopped(path)
+            chunk = file.read(min(READ_CHUNK, cap + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return None if size > cap else b"".join(chunks)
+
+
+def _reread(path: Path, cap: int) -> bytes | None:
+    # Pass 2: a file that is no longer regular has changed since pass 1 (`verified` says so).
+    try:
+        return _read(path, cap)
+    except NotRegular:
+        return None
 
 
 def scan_directory(
@@ -164,7 +221,10 @@ def scan_directory(
     for done, (path, parts) in enumerate(entries, 1):
         if should_stop():
             return None
-        checked.append(check_file(root, path, parts, limits.max_image_bytes))
+        try:
+            checked.append(check_file(root, path, parts, limits.max_image_bytes, should_stop))
+        except Stopped:
+            return None
         on_progress(done, len(entries))
     plan = plan_images(checked)
     try:
@@ -177,7 +237,7 @@ def scan_directory(
 def read_images(images: Iterable[Planned], cap: int) -> Iterator[tuple[Planned, bytes]]:
     """Pass 2: each image's bytes again, one at a time; BadArchive if one changed since."""
     for image in images:
-        yield image, verified(image, _read(image.key, cap))
+        yield image, verified(image, _reread(image.key, cap))
 
 
 def store_import(
