@@ -171,6 +171,7 @@ def test_stored_layers_match_keras_counts(request: pytest.FixtureRequest, stored
         assert [row["path"] for row in filtered["layers"]] == expected
 
 
+@SQLITE_ONLY  # the backbones' layers are computed, not stored
 def test_backbone_layers_endpoint(service: Service) -> None:
     response = service.client.get("/backbones/MobileNetV2/layers", params={"input_size": 32})
     assert response.status_code == 200
@@ -187,6 +188,7 @@ def test_backbone_layers_endpoint(service: Service) -> None:
     )
 
 
+@SQLITE_ONLY  # the registry of backbones is code, not rows
 def test_backbones_lists_every_family(service: Service) -> None:
     names = {entry["name"]: entry for entry in service.client.get("/backbones").json()}
     assert len(names) == 40

@@ -329,6 +329,7 @@ def test_uploaded_weights_file_seeds_the_backbone(service: Service, tmp_path: Pa
     assert service.client.get(f"/weights/{weights['id']}").status_code == 404
 
 
+@SQLITE_ONLY  # the file's format; a weights file's round trip is the test above's
 def test_legacy_h5_weights_file_is_accepted(service: Service, tmp_path: Path) -> None:
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
@@ -341,6 +342,7 @@ def test_legacy_h5_weights_file_is_accepted(service: Service, tmp_path: Path) ->
     assert response.status_code == 201, response.text
 
 
+@SQLITE_ONLY  # refused before anything is stored
 def test_weights_that_do_not_fit_are_refused(service: Service, tmp_path: Path) -> None:
     path = tmp_path / "mobilenet_v2.weights.h5"
     save_backbone_weights("MobileNetV2", path)
