@@ -59,6 +59,7 @@ def sharded(data: Any, folder: Path) -> Any:
     return LabelledImages(ShardedImages(folder), data.labels, data.classes, ids=data.ids)
 
 
+@pytest.mark.slow  # three models, two epochs each
 def test_streamed_images_train_the_same_model_on_the_same_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
