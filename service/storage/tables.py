@@ -384,6 +384,20 @@ class WeightsFile(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# A console session's nonce (service/security.py: token_urlsafe(16), 22 characters).
+NONCE_LENGTH = 64
+
+
+class RevokedSession(Base):
+    """A console session ended by logout before it expired: its cookie, signed and unexpired,
+    is refused until `expires_at`, after which it would be refused anyway and the row goes."""
+
+    __tablename__ = "revoked_sessions"
+
+    nonce: Mapped[str] = mapped_column(String(NONCE_LENGTH), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class WeightsSource(NamedTuple):
     table: type[TrainedModel] | type[WeightsFile]
     column: Any  # the column holding the weights file's bytes
