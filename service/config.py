@@ -34,6 +34,23 @@ class Settings(BaseSettings):
     session_seconds: int = Field(
         12 * 3600, gt=0, description="How long a console login lasts (with API_KEY set)."
     )
+    allow_open_without_key: bool = Field(
+        False,
+        description="Let `api` listen on an address other than loopback with no API_KEY: "
+        "anyone who reaches the port may then use the service. Off: without a key the API "
+        "refuses to start on any --host but loopback.",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="The reverse proxies (comma-separated addresses or CIDRs, or *) whose "
+        "X-Forwarded-For and X-Forwarded-Proto the API believes. Empty: none; a client is "
+        "the TCP peer (which METRICS_OPEN_NETWORKS and the login backoff go by).",
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark the console's cookie Secure even where the API sees plain http: "
+        "behind a proxy that ends TLS. Off: Secure only when the API itself serves https.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The service's own log lines; DEBUG also shows libraries' lines."
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -233,6 +234,10 @@ class Service:
         self.database = migrated(settings.database_url)
         self.client = TestClient(create_app(settings))
         self.client.__enter__()
+        if settings.api_key is None:
+            # The console's writes need its CSRF token, key or no key: the client takes the
+            # one a page hands out (and the page's cookie), as a browser does.
+            self.client.headers["X-CSRF-Token"] = console_token(self.client)
         self.worker = Worker(self.database, settings, KINDS)
 
     def close(self) -> None:
@@ -257,6 +262,14 @@ class Service:
         job = self.client.get(f"/jobs/{job_id}").json()
         assert job["status"] == "succeeded", job
         return job
+
+
+def console_token(client: Any) -> str:
+    """The CSRF token of a console page, its session cookie kept in `client`'s jar."""
+    page = client.get("/console").text
+    found = re.search(r'name="csrf-token" content="([^"]*)"', page)
+    assert found is not None and found.group(1), page[:500]
+    return found.group(1)
 
 
 @pytest.fixture(params=BACKENDS)

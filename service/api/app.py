@@ -12,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import metrics, web
 from service.api import errors, openapi
 from service.api.auth import require_api_key
+from service.api.gate import Gate
+from service.api.headers import SecurityHeaders
 from service.api.limits import BodySizeLimit
 from service.api.request_ids import RequestIds
 from service.api.routes import (
@@ -34,6 +36,7 @@ from service.job_kinds import KINDS
 from service.ml.batching import Batcher
 from service.ml.model_cache import ModelCache
 from service.predictions.serving import Serving
+from service.security import LoginThrottle
 from service.storage.db import open_database
 
 DESCRIPTION = """
@@ -87,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[{"name": name} for name in TAG_ORDER],
     )
     app.state.settings = settings
+    app.state.login_throttle = LoginThrottle()
     errors.install(app)
     openapi.install(app)
     _include_routers(app)
@@ -133,8 +137,12 @@ def _include_routers(app: FastAPI) -> None:
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    # The last added runs first: CORS answers preflights; every answer gets its request id
+    # and security headers; the gate refuses a request before the body limit reads any of it.
     app.add_middleware(BodySizeLimit, limit_for=lambda path: body_limit(settings, path))
+    app.add_middleware(Gate, settings=settings)
     app.add_middleware(RequestIds)
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -2,18 +2,27 @@
 session cookie (with its CSRF token for a change); for `/metrics`, also an open network.
 
 The rules themselves (the key, the cookie, the token, the networks) are service/security.py's;
-this module only reads them off the request and answers 401 or 403.
+this module only reads them off the request and answers 401 or 403. The gate
+(service/api/gate.py) applies the same rules before a request's body is read; these
+dependencies repeat them where a route is reached, which costs a comparison: the session the
+gate found is kept in the request's state, so the database is asked once.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import security
 from service.config import Settings
+from service.storage import revocations
+from service.storage.db import Database
+
+# Where the request's console session is kept once found (None: no valid one).
+_SESSION = "console_session"
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the API_KEY setting is given.")
 
@@ -33,7 +42,7 @@ def check_api_key(request: Request, credentials: HTTPAuthorizationCredentials | 
         return
     if credentials is not None and security.key_matches(settings, credentials.credentials):
         return
-    session = security.read_session(settings, request.cookies.get(security.COOKIE))
+    session = request_session(request)
     if session is not None:
         if request.method in security.SAFE_METHODS or security.csrf_matches(
             settings, session, request.headers.get(security.CSRF_HEADER)
@@ -63,3 +72,37 @@ async def require_metrics_access(
     if security.in_open_network(settings, host):
         return
     check_api_key(request, credentials)
+
+
+def _signed(request: Request) -> security.Session | None:
+    settings: Settings = request.app.state.settings
+    return security.read_session(settings, request.cookies.get(security.COOKIE))
+
+
+def _revoked(request: Request, session: security.Session) -> bool:
+    # Anonymous sessions (no API_KEY) have no logout, so none is ever revoked.
+    if request.app.state.settings.api_key is None:
+        return False
+    database: Database = request.app.state.database
+    return revocations.is_revoked(database, session.nonce)
+
+
+def request_session(request: Request) -> security.Session | None:
+    """The console session the request's cookie carries: this service's, unexpired and not
+    ended by a logout; None otherwise. Asked of the database once per request."""
+    state = request.scope.setdefault("state", {})
+    if _SESSION not in state:
+        session = _signed(request)
+        state[_SESSION] = None if session is None or _revoked(request, session) else session
+    return state[_SESSION]
+
+
+async def find_session(request: Request) -> security.Session | None:
+    """`request_session` for the event loop: the database is asked on a worker thread."""
+    state = request.scope.setdefault("state", {})
+    if _SESSION not in state:
+        session = _signed(request)
+        if session is not None and await to_thread.run_sync(_revoked, request, session):
+            session = None
+        state[_SESSION] = session
+    return state[_SESSION]

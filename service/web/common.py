@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session as DbSession
 
 from service import jobs
+from service.api.auth import request_session
 from service.api.errors import status_of
 from service.problems import Problem
 from service.security import CSRF_HEADER, Session, csrf_matches
@@ -21,11 +22,12 @@ SessionUser = Annotated[Session | None, Depends(console_session)]
 
 
 def console_write(request: Request, user: SessionUser) -> None:
-    """A change from a page: with a session, it must carry the page's CSRF token."""
-    if user is None:
-        return
+    """A change from a page must carry the page's CSRF token: the login's, or without
+    API_KEY the anonymous session's that the page came with (the gate checks it first,
+    before the body; this says the same where the route is reached)."""
+    session = user if user is not None else request_session(request)
     sent = request.headers.get(CSRF_HEADER)
-    if not csrf_matches(request.app.state.settings, user, sent):
+    if session is None or not csrf_matches(request.app.state.settings, session, sent):
         raise HTTPException(403, f"missing or wrong {CSRF_HEADER}: reload the page")
 
 

@@ -11,8 +11,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from service.api.auth import request_session
 from service.config import Settings
-from service.security import COOKIE, CSRF_HEADER, Session, csrf_token, read_session
+from service.security import COOKIE, CSRF_HEADER, Session, csrf_token, new_session
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -66,7 +67,7 @@ def console_session(request: Request) -> Session | None:
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return None
-    session = read_session(settings, request.cookies.get(COOKIE))
+    session = request_session(request)
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target, expired=COOKIE in request.cookies)
@@ -82,18 +83,38 @@ def login_redirect(request: Request, error: Exception) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
+def set_session_cookie(request: Request, response: Response, cookie: str, max_age: int) -> None:
+    settings: Settings = request.app.state.settings
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        # COOKIE_SECURE: behind a proxy that ends TLS, uvicorn itself sees plain http.
+        secure=settings.cookie_secure or request.url.scheme == "https",
+    )
+
+
 def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    session = read_session(settings, request.cookies.get(COOKIE))
-    return templates.TemplateResponse(
+    session = request_session(request)
+    cookie = None
+    if session is None and settings.api_key is None:
+        # No key, no login: the page's CSRF token needs a session all the same, anonymous.
+        session, cookie = new_session(settings)
+    response = templates.TemplateResponse(
         request,
         template,
         {
             "csrf_header": CSRF_HEADER,
             "csrf_token": csrf_token(settings, session) if session else "",
-            "logged_in": session is not None,
+            "logged_in": session is not None and settings.api_key is not None,
             "path": request.url.path,
             **context,
         },
         status_code=status_code,
     )
+    if cookie is not None:
+        set_session_cookie(request, response, cookie, settings.session_seconds)
+    return response

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from service.api.deps import SettingsDep
-from service.security import COOKIE, key_matches, new_session
+from service.api.deps import DatabaseDep, SettingsDep
+from service.security import COOKIE, LoginThrottle, client_key, key_matches, new_session
+from service.storage import revocations
 from service.storage.tables import URL_LENGTH
 from service.web.common import (
     EXPIRED_NOTICE_SECONDS,
+    SessionUser,
     console_write,
 )
-from service.web.render import page
+from service.web.render import page, set_session_cookie
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,26 +52,34 @@ def login(
 ) -> Response:
     if settings.api_key is None:
         return RedirectResponse(_safe_next(next), status_code=303)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = client_key(request.client.host if request.client is not None else None)
+    wait = throttle.retry_after(client)
+    if wait > 0:
+        # Before the key is compared: a blocked client learns nothing from its guesses.
+        seconds = math.ceil(wait)
+        message = f"Too many wrong keys: try again in {seconds} s."
+        refused = page(request, "login.html", 429, next=_safe_next(next), message=message)
+        refused.headers["Retry-After"] = str(seconds)
+        return refused
     if not key_matches(settings, api_key):
+        throttle.failed(client)
         return page(
             request, "login.html", 401, next=_safe_next(next), message="That is not the API key."
         )
+    throttle.succeeded(client)
     _, cookie = new_session(settings)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(
-        COOKIE,
-        cookie,
-        # Kept past its expiry, so that the page can say "expired" rather than nothing.
-        max_age=settings.session_seconds + EXPIRED_NOTICE_SECONDS,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    # Kept past its expiry, so that the page can say "expired" rather than nothing.
+    set_session_cookie(request, response, cookie, settings.session_seconds + EXPIRED_NOTICE_SECONDS)
     return response
 
 
 @router.post("/logout", dependencies=[Depends(console_write)])
-def logout() -> Response:
+def logout(user: SessionUser, database: DatabaseDep) -> Response:
+    if user is not None:
+        # The cookie is signed and carries its expiry: only the server can end it sooner.
+        revocations.revoke(database, user.nonce, user.expires)
     response = Response(status_code=204, headers={"HX-Redirect": "/login"})
     response.delete_cookie(COOKIE)
     return response
