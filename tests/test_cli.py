@@ -45,14 +45,53 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_status_2(tmp_path: Path) -
     result = run(tmp_path, "migrate", API_KEY="too-short")
     assert result.returncode == 2
     assert result.stdout == ""
+    # A secret is named, never shown: the line ends up in terminals and CI logs.
     assert result.stderr.strip().splitlines() == [
-        "error: setting API_KEY: API_KEY must be at least 16 characters (got 'too-short')"
+        "error: setting API_KEY: API_KEY must be at least 16 characters"
     ]
 
     result = run(tmp_path, "worker", MAX_PREDICT_FILES="many")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: setting MAX_PREDICT_FILES: ") and "'many'" in line
+
+
+def test_no_secret_setting_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`migrate` names the database without its password; a DATABASE_URL SQLAlchemy cannot
+    read is named, not quoted (its own message quotes it whole)."""
+    from service import __main__ as cli
+    from service.config import get_settings
+    from service.storage import db
+
+    class Migrated:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def upgrade(self) -> None:
+            pass
+
+        def current_revision(self) -> str:
+            return "0012"
+
+    monkeypatch.setattr(db, "Database", Migrated)
+    monkeypatch.chdir(tmp_path)  # away from any .env file
+    for url, status in (
+        ("postgresql+psycopg://transfer:hunter2@db.internal:5432/transfer", 0),
+        ("postgresql+psycopg://transfer:hunter2@db.internal:port/transfer", 2),
+        ("hunter2 is no URL", 2),
+    ):
+        monkeypatch.setenv("DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            assert cli.main(["migrate"]) == status, url
+        finally:
+            get_settings.cache_clear()
+        printed = capsys.readouterr()
+        assert "hunter2" not in printed.out + printed.err, printed
+        assert ("db.internal" in printed.out) is (status == 0)
+        assert status == 0 or "setting DATABASE_URL" in printed.err
 
 
 def test_the_demo_trains_by_transfer_where_imagenet_weights_can_be_had() -> None:
