@@ -27,4 +27,5 @@ RUN pip install --no-cache-dir --no-deps -c constraints.txt . && rm -rf build *.
 ENV DATA_DIR=/data
 VOLUME /data
 EXPOSE 8000
+# On every interface: the API refuses to start so without API_KEY (or ALLOW_OPEN_WITHOUT_KEY).
 CMD ["python", "-m", "service", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -105,10 +105,16 @@ def test_the_gpu_is_in_the_override_only() -> None:
 
 
 def run_entrypoint(
-    service: dict[str, Any], environment: dict[str, str], tmp_path: Path, *, resolves: bool
-) -> str:
+    service: dict[str, Any],
+    environment: dict[str, str],
+    tmp_path: Path,
+    *,
+    resolves: bool,
+    prints: str = "DATABASE_URL",
+) -> subprocess.CompletedProcess[str]:
     """The service's entrypoint as its container runs it, with `postgres` resolving or not
-    (a stand-in getent), and `python` printing the DATABASE_URL the service would read."""
+    (a stand-in getent), its data volume a folder of `tmp_path`, and `python` printing the
+    setting `prints` as the service would read it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     getent = bin_dir / "getent"
@@ -117,16 +123,25 @@ def run_entrypoint(
     container_environment = {
         key: interpolate(str(value), environment) for key, value in service["environment"].items()
     }
+    assert container_environment["DATA_DIR"] == "/data"
+    volume = tmp_path / "data"
+    volume.mkdir(exist_ok=True)
+    container_environment["DATA_DIR"] = str(volume)  # not this machine's /data
     entrypoint = [interpolate(part, environment) for part in service["entrypoint"]]
-    command = ["python3", "-c", "import os; print(os.environ.get('DATABASE_URL', ''))"]
-    result = subprocess.run(
+    command = ["python3", "-c", f"import os; print(os.environ.get({prints!r}, ''))"]
+    return subprocess.run(
         [*entrypoint, *command],
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}", **container_environment},
         capture_output=True,
         text=True,
         check=True,
     )
-    return result.stdout.strip()
+
+
+def chosen_database(
+    service: dict[str, Any], environment: dict[str, str], tmp_path: Path, *, resolves: bool
+) -> str:
+    return run_entrypoint(service, environment, tmp_path, resolves=resolves).stdout.strip()
 
 
 def test_the_postgres_profile_points_every_process_at_its_server(tmp_path: Path) -> None:
@@ -144,19 +159,54 @@ def test_the_postgres_profile_points_every_process_at_its_server(tmp_path: Path)
         }
         for name in OURS:
             service = compose["services"][name]
-            url = make_url(run_entrypoint(service, host_environment, tmp_path, resolves=True))
+            url = make_url(chosen_database(service, host_environment, tmp_path, resolves=True))
             assert url.drivername == "postgresql+psycopg"
             assert (url.host, url.port) == ("postgres", 5432)
             assert url.username == settings["POSTGRES_USER"]
             assert url.password == settings["POSTGRES_PASSWORD"]
             assert url.database == settings["POSTGRES_DB"]
-            assert run_entrypoint(service, host_environment, tmp_path, resolves=False) == ""
+            assert chosen_database(service, host_environment, tmp_path, resolves=False) == ""
             external = {**host_environment, "DATABASE_URL": "postgresql+psycopg://db.example/x"}
             for resolves in (True, False):
-                chosen = run_entrypoint(service, external, tmp_path, resolves=resolves)
+                chosen = chosen_database(service, external, tmp_path, resolves=resolves)
                 assert chosen == external["DATABASE_URL"]
     migrate_waits_for = compose["services"]["migrate"]["depends_on"]["postgres"]
     assert migrate_waits_for == {"condition": "service_healthy", "required": False}
+
+
+def test_compose_never_starts_the_api_without_a_key(tmp_path: Path) -> None:
+    """The API listens on all the container's interfaces, where the CLI refuses to start
+    without API_KEY: so without one from the host, the first container to start (migrate)
+    generates one into the data volume, readable by its owner only, and shows it once; every
+    container after reads the same. A key from the host's environment wins."""
+    from service.__main__ import open_without_key
+    from service.config import Settings
+
+    compose = compose_file(BASE)
+    api_host = build_parser().parse_args(compose["services"]["api"]["command"][3:]).host
+    keyless = Settings(_env_file=None, data_dir=tmp_path, api_key=None)
+    assert open_without_key(keyless, api_host) is not None
+    first = run_entrypoint(
+        compose["services"]["migrate"], {}, tmp_path, resolves=False, prints="API_KEY"
+    )
+    key = first.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key), first
+    assert "generated" in first.stderr and key in first.stderr
+    key_file = tmp_path / "data" / "api_key"
+    assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
+    for name in ("api", "worker"):
+        later = run_entrypoint(
+            compose["services"][name], {}, tmp_path, resolves=False, prints="API_KEY"
+        )
+        assert later.stdout.strip() == key and key not in later.stderr, name
+    given = run_entrypoint(
+        compose["services"]["api"],
+        {"API_KEY": "g" * 32},
+        tmp_path,
+        resolves=False,
+        prints="API_KEY",
+    )
+    assert given.stdout.strip() == "g" * 32
 
 
 def compose_cli() -> list[str] | None:
