@@ -37,7 +37,7 @@ function setUpUpload(form) {
         window.location.assign(`/login?next=${encodeURIComponent(location || "/console/datasets")}`);
       } else {
         progress.hidden = true;
-        status.innerHTML = request.responseText || `<p class="error" role="alert">Upload failed (${request.status}).</p>`;
+        showError(status, errorText(request, `Upload failed (${request.status}).`));
       }
     };
     request.onerror = () => {
@@ -48,6 +48,44 @@ function setUpUpload(form) {
   };
   form.addEventListener("submit", (event) => { event.preventDefault(); send(); });
   dropInto(form, (files) => { input.files = files; send(); });
+}
+
+// -- error answers: shown as text, never as markup ------------------------------------------
+
+// What an error answer says, as plain text. A 422 echoes what was sent (`input`), and a
+// message may quote a file name: nothing the server answers becomes markup. A console
+// fragment's words are read from an inert document (DOMParser runs no script, loads nothing).
+function errorText(request, fallback) {
+  const type = request.getResponseHeader("Content-Type") || "";
+  const body = request.responseText || "";
+  if (type.includes("json")) {
+    try {
+      const detail = JSON.parse(body).detail;
+      if (typeof detail === "string") return detail;
+      if (Array.isArray(detail)) {
+        return detail.map((error) => {
+          const field = (error.loc || []).slice(1).join(".");
+          return field ? `${field}: ${error.msg}` : String(error.msg);
+        }).join("; ");
+      }
+    } catch (error) {
+      // Not JSON after all: say what failed, not what was answered.
+    }
+  } else if (type.includes("text/html")) {
+    const text = new DOMParser().parseFromString(body, "text/html").body.textContent.trim();
+    if (text) return text;
+  } else if (type.includes("text/plain") && body.trim()) {
+    return body.trim();
+  }
+  return fallback;
+}
+
+function showError(container, text) {
+  const message = document.createElement("p");
+  message.className = "error";
+  message.setAttribute("role", "alert");
+  message.textContent = text;
+  container.replaceChildren(message);
 }
 
 function dropInto(zone, onFiles) {
@@ -338,12 +376,19 @@ document.addEventListener("DOMContentLoaded", () => {
   const history = document.getElementById("history-data");
   if (history) showHistory(history);
   // Fragments answered with an error status still carry a message for the person (501: what
-  // this installation cannot do, such as ONNX export, and which versions it needs).
+  // this installation cannot do, such as ONNX export, and which versions it needs). Only the
+  // console's own HTML fragments (rendered escaped) are swapped in as markup; any other
+  // answer (FastAPI's JSON 422 echoing the input, a proxy's page) is shown as its text.
   document.body.addEventListener("htmx:beforeSwap", (event) => {
-    const status = event.detail.xhr.status;
-    if ((status >= 400 && status < 500) || status === 501) {
+    const xhr = event.detail.xhr;
+    const status = xhr.status;
+    if (!((status >= 400 && status < 500) || status === 501)) return;
+    event.detail.isError = false;
+    if ((xhr.getResponseHeader("Content-Type") || "").includes("text/html")) {
       event.detail.shouldSwap = true;
-      event.detail.isError = false;
+    } else {
+      event.detail.shouldSwap = false;
+      showError(event.detail.target, errorText(xhr, `The request failed (${status}).`));
     }
   });
 });
