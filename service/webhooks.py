@@ -37,6 +37,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -197,11 +198,14 @@ def new_client(settings: Settings) -> httpx.AsyncClient:
     """The deliverer's client. No redirects: a signed event goes to the URL the job named
     (and checked), nowhere else. No kept-alive connections: each attempt connects to the
     address it has just checked, and a connection made for one name (its certificate
-    verified for that name) is never reused for another name at the same address."""
+    verified for that name) is never reused for another name at the same address. No
+    HTTP(S)_PROXY from the environment: a proxy would resolve the name again, after the
+    check, and verify TLS against the address instead of the name."""
     return httpx.AsyncClient(
         follow_redirects=False,
         timeout=httpx.Timeout(settings.webhook_timeout_seconds),
         limits=httpx.Limits(max_keepalive_connections=0),
+        trust_env=False,
     )
 
 
@@ -221,7 +225,7 @@ async def send(client: httpx.AsyncClient, settings: Settings, due: Due) -> dict[
         seconds = settings.webhook_timeout_seconds
         attempt["error"] = f"Timeout: no complete answer within {seconds:g} s"
     except (httpx.HTTPError, OSError) as error:  # OSError: the name did not resolve
-        attempt["error"] = f"{type(error).__name__}: {error}"[:500]
+        attempt["error"] = _scrubbed(f"{type(error).__name__}: {error}", due.url)[:500]
     attempt["seconds"] = round(time.monotonic() - started, 3)
     return attempt
 
@@ -249,6 +253,15 @@ async def _post(client: httpx.AsyncClient, settings: Settings, due: Due, body: b
             if read >= MAX_ANSWER_BYTES:
                 break
         return response.status_code
+
+
+def _scrubbed(message: str, url: str) -> str:
+    # An error that quotes the URL must not carry its secrets into the row's log or the logs.
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.fragment, parts.password):
+        if secret:
+            message = message.replace(secret, "…")
+    return message
 
 
 def _host_header(url: httpx.URL) -> str:
@@ -314,12 +327,21 @@ def deliver_due(db: Database, settings: Settings) -> int:
     (The deliverer's loop does this continuously; this is one round of it.)"""
 
     async def round_() -> int:
+        _own_threads()
         due = claim_due(db, hold_seconds=hold_seconds(settings))
         async with new_client(settings) as client:
             await asyncio.gather(*(deliver_one(db, settings, client, item) for item in due))
         return len(due)
 
     return asyncio.run(round_())
+
+
+def _own_threads() -> None:
+    """Threads enough for every slot's lookup and database write: a lookup past its attempt's
+    deadline still holds its thread until the resolver gives up, and must not delay the
+    records of the attempts that follow."""
+    workers = 2 * MAX_CONCURRENT + 2
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "webhooks"))
 
 
 class Deliverer:
@@ -353,6 +375,7 @@ class Deliverer:
         asyncio.run(self._deliver_until_stopped())
 
     async def _deliver_until_stopped(self) -> None:
+        _own_threads()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         running: set[asyncio.Task[None]] = set()
