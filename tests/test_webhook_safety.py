@@ -340,7 +340,7 @@ def test_a_trickling_receiver_is_cut_at_the_deadline_and_delays_no_other(
     assert fast_at < 0.9 and row(hooked, quick).status == "delivered"
     attempt = row(hooked, held).log[0]
     assert attempt["status_code"] is None and "Timeout" in attempt["error"], attempt
-    assert 0.9 <= attempt["seconds"] < 1.6
+    assert 0.9 <= attempt["seconds"] < 2.0  # the deadline, and a loaded machine's lateness
     assert row(hooked, held).status == "pending"  # retried later, as any timeout
     # An answer's body is read to a bound: an endless one does not hold the attempt.
     flooded_row = row(hooked, flooded)
