@@ -39,6 +39,7 @@ def console_routers() -> tuple[APIRouter, APIRouter]:
         APIRouter(prefix="/console", dependencies=[Depends(console_write)]),
     )
 
+
 EXPIRED_NOTICE_SECONDS = 7 * 24 * 3600
 # Query text, as typed into a form: parsed by forms.split_query, which names what is wrong.
 Text = Annotated[str, Query(max_length=40)]
