@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from bench.quick import parse_args
-from service.spec import EXPORT_FORMATS
+from service.exports.spec import EXPORT_FORMATS
 
 WARM_UP = 10
 
@@ -51,15 +51,16 @@ def start(scratch: Path) -> tuple[Any, Any]:
 
     from service.api.app import create_app
     from service.config import Settings
+    from service.job_kinds import KINDS
+    from service.jobs.runner import Worker
     from service.storage.db import Database
-    from service.worker import Worker
 
     settings = Settings(_env_file=None, data_dir=scratch, database_url="", api_key=None)
     database = Database(settings.database_url)
     database.upgrade()
     client = TestClient(create_app(settings))
     client.__enter__()
-    return client, Worker(database, settings)
+    return client, Worker(database, settings, KINDS)
 
 
 def fewer_per_class(archive: bytes, per_class: int) -> bytes:
@@ -133,9 +134,9 @@ def export_all(
 
 def below_bar_archive(worker: Any, model_id: str, format: str) -> bytes:
     """The archive the worker refused to store, converted again here with no bar."""
-    from service.exports import load_export_inputs
+    from service.exports.service import load_export_inputs
+    from service.exports.spec import ExportSpec
     from service.ml.convert import export_model
-    from service.spec import ExportSpec
 
     spec = ExportSpec(model_id=model_id, format=format)
     return export_model(load_export_inputs(worker.db, spec), bar=0.0).archive

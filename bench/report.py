@@ -37,7 +37,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from bench.quick import parse_args
-from service.datasets import ingest
+from service.datasets import ingest, similar
 from service.datasets import report as reports
 from service.datasets.ingest import Limits, read_image_zip
 from service.datasets.service import create_dataset
@@ -171,7 +171,7 @@ def main() -> None:
         )
         database.dispose()
     hashes = np.random.default_rng(0).integers(0, 2**63, 10_000, dtype=np.uint64)
-    seconds = median_seconds(lambda: reports.hamming_pairs(hashes, 6), args.repeat)
+    seconds = median_seconds(lambda: similar.hamming_pairs(hashes, 6), args.repeat)
     figures["near_pairs_10000_s"] = seconds
     print(f"near-duplicate search over 10,000 hashes (50 M pairs): {seconds:.3f} s")
     print(" ".join(f"{name}={value:.4f}" for name, value in figures.items()))
