@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     )
     max_predict_bytes: int = Field(64 * MiB, gt=0, description="Largest /predict body.")
     max_predict_files: int = Field(64, gt=0, description="Most images in one /predict.")
+    max_concurrent_decodes: int = Field(
+        0,
+        ge=0,
+        description="Images one process (the API, a worker) decodes at once, whatever asked "
+        "(uploads, /predict, thumbnails, batch prediction, training); more wait their turn, "
+        "so the memory of many large images sent at once stays bounded (service/ml/images.py)."
+        " 0: one per CPU core the process may use.",
+    )
     max_weights_bytes: int = Field(
         1024 * MiB, gt=0, description="Largest weights file sent to /weights."
     )

@@ -34,6 +34,7 @@ from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
 from service.job_kinds import KINDS
 from service.ml.batching import Batcher
+from service.ml.images import limit_concurrent_decodes
 from service.ml.model_cache import ModelCache
 from service.predictions.serving import Serving
 from service.security import LoginThrottle
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Uploads, /predict and thumbnails decode in threads: bound how many at once.
+        limit_concurrent_decodes(settings.max_concurrent_decodes)
         database = open_database(settings.database_url, auto_migrate=settings.auto_migrate)
         app.state.database = database
         app.state.model_cache = ModelCache(settings.cache_dir / "models", settings.model_cache_size)

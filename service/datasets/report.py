@@ -47,7 +47,7 @@ from service.datasets.similar import (
     image_ref,
     popcount,
 )
-from service.ml.images import PHASH_SIDE, UndecodableImage, decode, image_facts
+from service.ml.images import UndecodableImage, facts_of
 from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
 
@@ -149,7 +149,7 @@ def _measure(image_id: int, data: bytes) -> dict[str, Any]:
     tightened since upload) keeps only its SHA-256: it is measured, and still found as an
     exact copy; the checks that need pixels pass it by."""
     try:
-        facts = image_facts(data, decode(data, reduce_to=PHASH_SIDE))  # as at upload
+        facts = facts_of(data)  # as at upload
     except UndecodableImage:
         blank = dict.fromkeys(("phash", "width", "height", "mode"))
         return {"id": image_id, "sha256": hashlib.sha256(data).hexdigest(), **blank}

@@ -37,6 +37,7 @@ from service.jobs.queue import (
     status_of,
 )
 from service.ml import checkpoint
+from service.ml.images import limit_concurrent_decodes
 from service.problems import Problem
 from service.storage.db import Database
 from service.storage.tables import Job, new_id, utcnow
@@ -216,6 +217,7 @@ class Worker:
 
 
 def run_worker(db: Database, settings: Settings, kinds: KindRegistry) -> None:
+    limit_concurrent_decodes(settings.max_concurrent_decodes)
     worker = Worker(db, settings, kinds)
 
     def on_signal(signum: int, _frame: Any) -> None:
