@@ -66,7 +66,7 @@ def create_dataset(
     file when the upload as a whole is refused, and then nothing is stored (the request's
     transaction rolls back the rows already flushed)."""
     try:
-        with open_zip(upload) as archive:
+        with open_zip(upload, limits) as archive:
             # Pass 1 before the first query: on SQLite a writing session takes the database's
             # write lock with its first statement, and decoding a large zip takes a while.
             plan = scan_zip(archive, limits)
@@ -109,7 +109,7 @@ def append_images(
     Conflict while a queued or running job uses the dataset: it trains on what it was
     created with, and appending under it would change its split half-way."""
     try:
-        with open_zip(upload) as archive:
+        with open_zip(upload, limits) as archive:
             plan = scan_zip(archive, limits)  # before the first query: see create_dataset
             require_classes(plan.class_counts, at_least=1)
             dataset = locked_dataset(session, dataset_id)
