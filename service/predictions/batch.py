@@ -23,15 +23,22 @@ from sqlalchemy.orm import Session
 
 from service import jobs, metrics
 from service.datasets import service as datasets
-from service.datasets.ingest import BadArchive, Inflated, Limits, archive_files, read_capped
+from service.datasets.ingest import (
+    BadArchive,
+    Inflated,
+    Limits,
+    archive_files,
+    check_entry_count,
+    read_capped,
+)
 from service.ml.batch import Answer, Item
 from service.ml.model_cache import ModelSource
 from service.models.registry import ModelRef, resolve
 from service.predictions.kind import PREDICT
-from service.predictions.serving import stored_source, top_scores
+from service.predictions.serving import check_explain_top_k, stored_source, top_scores
 from service.predictions.spec import BatchPredictionSpec
-from service.problems import BadContent, Conflict, Invalid, NotFound
-from service.storage.db import Database
+from service.problems import BadContent, Conflict, Invalid, NotFound, TooLarge
+from service.storage.db import Database, largest_value
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, new_id
 
@@ -64,6 +71,10 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
             "send the images one way: a zip in `file`, or the `dataset_id` of a stored dataset",
             field=("file",) if request.archive is None else ("dataset_id",),
         )
+    if request.explain:
+        check_explain_top_k(request.top_k)
+    if request.archive is not None:
+        check_storable(session, request.archive, request.filename)
     model = resolve(session, request.model)
     if request.dataset_id is not None and session.get(Dataset, request.dataset_id) is None:
         raise NotFound(f"no dataset {request.dataset_id!r}", field=("dataset_id",))
@@ -102,6 +113,18 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
     session.add(record)
     session.flush()
     return record
+
+
+def check_storable(session: Session, archive: bytes, filename: str | None) -> None:
+    """TooLarge, naming the limit, for a zip larger than the database stores in one value
+    (`largest_value`: on SQLite about 1,000,000,000 bytes, under MAX_DATASET_BYTES' default
+    1 GiB): the record keeps the zip until its job has read it."""
+    largest = largest_value(session)
+    if len(archive) > largest:
+        raise TooLarge(
+            f"{filename or 'file'}: the zip is {len(archive)} bytes; the database stores at most "
+            f"{largest} bytes in one value, so a batch prediction's zip is at most that"
+        )
 
 
 def _named(ref: ModelRef) -> dict[str, Any]:
@@ -216,7 +239,9 @@ def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
     """The zip's files in path order (no folders, no OS metadata); BadContent naming the
     upload when it is not a zip, or unsafe."""
     try:
-        with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        file = io.BytesIO(archive)
+        check_entry_count(file, limits.max_files)  # before zipfile reads the directory
+        with zipfile.ZipFile(file) as opened:
             return archive_files(opened, limits)
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None

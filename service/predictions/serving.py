@@ -39,14 +39,16 @@ from service.ml.model_cache import (
 )
 from service.models.registry import ModelRef, resolve
 from service.predictions.schemas import Heatmap, Score
-from service.problems import BadContent, Conflict, TooLarge, Unavailable
+from service.problems import BadContent, Conflict, Invalid, TooLarge, Unavailable
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
 
 __all__ = [
+    "MAX_EXPLAIN_TOP_K",
     "Classification",
     "Image",
     "Serving",
+    "check_explain_top_k",
     "decode_base64",
     "decode_images",
     "heatmaps",
@@ -57,6 +59,21 @@ __all__ = [
 
 # Model ids `Serving` remembers as found, at most.
 FOUND_LIMIT = 10_000
+# Classes explained per image, at most: each is a map drawn (a gradient pass for Grad-CAM)
+# and, for /predict, a PNG encoded. 64 images × top_k 1000 asked for 64,000 of them; this
+# bounds a request at 64 × 10 (the default top_k, 5, is under it).
+MAX_EXPLAIN_TOP_K = 10
+
+
+def check_explain_top_k(top_k: int) -> None:
+    """Invalid, naming `top_k`, when explaining would draw more maps per image than
+    MAX_EXPLAIN_TOP_K."""
+    if top_k > MAX_EXPLAIN_TOP_K:
+        raise Invalid(
+            f"with explain, top_k is at most {MAX_EXPLAIN_TOP_K} (a map is drawn for each "
+            f"label returned), not {top_k}",
+            field=("top_k",),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,9 @@ class Serving:
     ) -> Classification:
         """`classify`'s answer, with the class activation maps of each image's `top_k` best
         classes. One worker-thread trip does it all, outside the batcher: the model's
-        `explain` signature, then the overlays' PNG encoding."""
+        `explain` signature, then the overlays' PNG encoding. Invalid for a `top_k` over
+        MAX_EXPLAIN_TOP_K, before any image is decoded."""
+        check_explain_top_k(top_k)
         self._check_count(images)
         started = time.perf_counter()
         answer = await anyio.to_thread.run_sync(self._explain, model, images, top_k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,24 @@ BUSY_TIMEOUT_MS = 30_000
 # their own, and sixteen of them at once otherwise open and close a connection every time.
 # A pool opens connections only when they are wanted: a worker keeps the two or three it uses.
 POOL_SIZE = 20
+# PostgreSQL's largest field: 1 GB (MaxAllocSize, 2^30 - 1 bytes, with its 4-byte header).
+POSTGRES_LARGEST_FIELD = (1 << 30) - 1 - 4
+# What a row holds beside its one large value (ids, a file name, JSON) stays under this:
+# SQLite's length limit bounds the whole row as it is stored, not only each value in it.
+ROW_ALLOWANCE = 64 << 10
+
+
+def largest_value(session: Session) -> int:
+    """The most bytes one value (a BLOB, a bytea) may hold in a row, the rest of the row
+    allowed for: on SQLite its SQLITE_LIMIT_LENGTH as this connection has it (1,000,000,000
+    bytes, SQLITE_MAX_LENGTH, unless built or set otherwise), else PostgreSQL's field limit.
+    A larger value fails the INSERT ("string or blob too big" on SQLite)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        limit = connection.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    else:
+        limit = POSTGRES_LARGEST_FIELD
+    return limit - ROW_ALLOWANCE
 
 
 def make_engine(url: str) -> Engine:
