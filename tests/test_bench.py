@@ -73,6 +73,13 @@ PRINTS: dict[str, Callable[[str], None]] = {
     "batch.py": ratios("throughput_ratio", "cold_throughput_ratio"),
     "export.py": export_table,
     "ingest.py": json_line("ingest", "time_per_image_ratio", "worker_peak_ratio"),
+    "hostile_images.py": ratios(
+        *(
+            f"{kind}_{what}_ratio"
+            for kind in ("webp", "png", "gif", "jpeg", "zip")
+            for what in ("time", "memory")
+        )
+    ),
     "ingest_photos.py": ratios("ingest_photo_ratio", "decode_224_ratio", "phash_hamming_max"),
     "lists.py": ratios("jobs_first_page_ratio", "models_first_page_ratio"),
     "predict.py": ratios(
