@@ -61,17 +61,11 @@ def report(live: LiveService, dataset_id: str, **query: Any) -> dict[str, Any]:
 def seeds(live: LiveService, dataset_id: str) -> tuple[int, int]:
     """A seed whose split (validation 0.2) puts the copies on both sides, and one that keeps
     them together, as the report finds them."""
-    leaking: int | None = None
-    together: int | None = None
-    for seed in range(40):  # the first of each, read until both are found
-        count = report(live, dataset_id, seed=seed)["leakage"]["count"]
-        if count and leaking is None:
-            leaking = seed
-        if not count and together is None:
-            together = seed
-        if leaking is not None and together is not None:
-            return leaking, together
-    raise AssertionError(f"seeds 0-39: leaking {leaking}, together {together}")
+    leaks = {seed: report(live, dataset_id, seed=seed)["leakage"]["count"] for seed in range(40)}
+    return (
+        next(seed for seed, count in leaks.items() if count),
+        next(seed for seed, count in leaks.items() if not count),
+    )
 
 
 def loaded(page: Any, selector: str) -> None:
