@@ -57,6 +57,12 @@ class LiveWorker:
     the current step and releases its job; `terminate` and `wait` answer as Popen's do."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
+        # TensorFlow imported here, before the worker thread starts: the thread imports it
+        # when it finds its devices, and the API's threads when they first load a model, and
+        # two threads importing it at once can see it half-initialised (a circular-import
+        # error that ends the worker thread).
+        import tensorflow  # noqa: F401
+
         from service import webhooks
         from service.job_kinds import KINDS
         from service.jobs.runner import Worker
