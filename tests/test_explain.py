@@ -195,6 +195,7 @@ def test_explain_of_a_model_stored_before_maps_is_a_409(service: Service, tmp_pa
 # their own: with two classes only their difference is learnt, and one of them can be "the
 # other is absent", whose map has no reason to point anywhere.
 SCENE, OBJECT = 192, 48  # the square is a quarter of the side; the map has 6 × 6 cells
+CELL = SCENE // 6  # pixels per cell of the map (MobileNetV3Small: stride 32)
 COLOURS = {"red": (230, 40, 40), "blue": (40, 40, 230), "none": None}
 
 
@@ -262,10 +263,15 @@ def test_heatmap_peaks_on_the_object_that_decides_the_class(tmp_path: Path) -> N
     labels = held_out.labels[with_object]
     answer = savedmodel.explain(pixels.astype(np.float32), labels[:, None])
     assert np.mean(answer["probabilities"].numpy().argmax(axis=1) == labels) >= 0.95
-    inside = []
+    # The map has one cell per CELL pixels: its peak can name the cell the object is in, not
+    # the pixel. An object straddling cells can peak in the neighbouring one, which the CPU's
+    # arithmetic decides (on AVX-512 machines, one seed's red maps peaked 4-44 px outside).
+    near = []
     for heatmap, number in zip(answer["heatmaps"].numpy()[:, 0], with_object, strict=True):
         (x, y), (left, top) = peak(heatmap), corners[number]
-        inside.append(left <= x < left + OBJECT and top <= y < top + OBJECT)
-    rate = float(np.mean(inside))
-    print(f"heatmap peak inside the object in {rate:.1%} of {len(inside)} held-out images")
+        near.append(
+            left - CELL <= x < left + OBJECT + CELL and top - CELL <= y < top + OBJECT + CELL
+        )
+    rate = float(np.mean(near))
+    print(f"heatmap peak within a cell of the object in {rate:.1%} of {len(near)} images")
     assert rate >= 0.9
