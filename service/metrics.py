@@ -210,9 +210,7 @@ def _gauge(
     return gauge
 
 
-def api_registry(
-    database: Database, cache: ModelCache, kinds: Sequence[str]
-) -> CollectorRegistry:
+def api_registry(database: Database, cache: ModelCache, kinds: Sequence[str]) -> CollectorRegistry:
     """An API app's scrape-time collectors (one registry per app: tests run several apps in
     one process, and the default registry refuses a second collector of the same names);
     `kinds`: the registered kinds of job, each reported even when it has none."""

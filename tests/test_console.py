@@ -65,9 +65,10 @@ def upload_dataset(page: Any, live: LiveService, folder: Path, paints: dict[str,
     page.get_by_role("link", name="Datasets").first.click()
     page.wait_for_url(f"{live.url}/console/datasets")
     paints["datasets"] = first_paint_ms(page)
-    page.set_input_files("#upload-file", files=[
-        {"name": "colours.zip", "mimeType": "application/zip", "buffer": dataset_zip()}
-    ])
+    page.set_input_files(
+        "#upload-file",
+        files=[{"name": "colours.zip", "mimeType": "application/zip", "buffer": dataset_zip()}],
+    )
     page.get_by_role("button", name="Upload").click()
     page.wait_for_url(re.compile(r"/console/datasets/d_"))
     paints["dataset"] = first_paint_ms(page)
@@ -193,9 +194,12 @@ def test_errors_are_shown_to_the_person(browser: Any, tmp_path: Path, screenshot
         sign_in(page, live)
         page.goto(f"{live.url}/console/datasets")
         problems.expect("status of 400")
-        page.set_input_files("#upload-file", files=[
-            {"name": "notes.zip", "mimeType": "application/zip", "buffer": b"not a zip at all"}
-        ])
+        page.set_input_files(
+            "#upload-file",
+            files=[
+                {"name": "notes.zip", "mimeType": "application/zip", "buffer": b"not a zip at all"}
+            ],
+        )
         page.get_by_role("button", name="Upload").click()
         page.wait_for_selector("#upload-status .error")
         assert "notes.zip: file is not a zip archive" in page.locator("#upload-status").inner_text()
@@ -251,10 +255,10 @@ def test_console_pages_show_what_the_json_api_answers(small_model: dict[str, Any
     evaluation = client.get(f"/models/{model_id}/evaluation").json()
     html = client.get(f"/console/models/{model_id}").text
     for row in evaluation["per_class"]:
-        assert f">{row['label']}</th><td class=\"num\">{row['precision']:.3f}<" in html
+        assert f'>{row["label"]}</th><td class="num">{row["precision"]:.3f}<' in html
     layers = client.get(f"/models/{model_id}/layers?trainable=true").json()["layers"]
     fragment = client.get(f"/console/models/{model_id}/layers?trainable=true").text
-    assert fragment.count("<tr class=\"trainable\">") == len(layers)
+    assert fragment.count('<tr class="trainable">') == len(layers)
 
 
 def test_every_console_route_needs_a_session_and_the_api_takes_it(tmp_path: Path) -> None:
@@ -291,7 +295,6 @@ def test_every_console_route_needs_a_session_and_the_api_takes_it(tmp_path: Path
         live.stop()
 
 
-
 @pytest.mark.browser
 def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> None:
     live = start_live_service(tmp_path / "data", api_key=None)
@@ -302,9 +305,10 @@ def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> N
         page.goto(f"{live.url}/login?next=/console/datasets")
         page.wait_for_url(f"{live.url}/console/datasets")
         expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
-        page.set_input_files("#upload-file", files=[
-            {"name": "colours.zip", "mimeType": "application/zip", "buffer": dataset_zip()}
-        ])
+        page.set_input_files(
+            "#upload-file",
+            files=[{"name": "colours.zip", "mimeType": "application/zip", "buffer": dataset_zip()}],
+        )
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url(re.compile(r"/console/datasets/d_"))
         page.wait_for_function("() => [...document.images].every((image) => image.complete)")
