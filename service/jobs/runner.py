@@ -147,9 +147,8 @@ class Worker:
                 outcome: Outcome | None = self._run_task(claim, monitor)
             except JobStopped:
                 outcome = None
-            except Problem as error:
-                log.warning("job %s failed: %s", claim.job_id, error)
-                self._fail(claim, str(error))
+            except Problem as problem:
+                self._refused(claim, problem)
                 return
             except Exception as error:
                 log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
@@ -165,9 +164,8 @@ class Worker:
     def _store(self, claim: Claim, outcome: Outcome) -> None:
         try:
             stored = complete(self.db, claim, outcome.store)
-        except Problem as error:  # found while storing (rolled back): the job fails with it
-            log.warning("job %s failed: %s", claim.job_id, error)
-            self._fail(claim, str(error))
+        except Problem as problem:  # found while storing (rolled back): the job fails with it
+            self._refused(claim, problem)
             return
         if not stored:
             log.warning("job %s: lease lost before its result was stored", claim.job_id)
@@ -180,6 +178,11 @@ class Worker:
         spec = runnable_spec(claim.spec, kind.spec)
         context = JobContext(self.db, self.settings, claim, monitor, self.resources)
         return kind.load_task()(context, spec)
+
+    def _refused(self, claim: Claim, problem: Problem) -> None:
+        """A problem the job's own inputs caused: its message is the job's error, no trace."""
+        log.warning("job %s failed: %s", claim.job_id, problem)
+        self._fail(claim, str(problem))
 
     def _fail(self, claim: Claim, reason: str) -> None:
         if end_job(self.db, claim, status=JobStatus.FAILED, error=reason):
