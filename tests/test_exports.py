@@ -21,7 +21,7 @@ from service.backbones import BACKBONES
 from service.exports import service as exports
 from service.exports.spec import EXPORT_FORMATS
 from service.ml.images import to_pixels
-from service.storage.tables import Dataset, DatasetImage, ModelExport, TrainedModel
+from service.storage.tables import DatasetImage, ModelExport, TrainedModel
 from service.training.service import queue_training
 from service.training.spec import JobSpec
 from tests.conftest import (
@@ -161,9 +161,7 @@ def placeholder_model(service: Service, per_class: int = 2) -> tuple[str, str, l
     chosen = images[:2]
     samples = [{"image_id": image["id"], "label": image["label"]} for image in chosen]
     with service.database.session(write=True) as session:
-        dataset = session.get(Dataset, dataset_id)
-        assert dataset is not None
-        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
+        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)))
         job.status = jobs.JobStatus.SUCCEEDED
         model = stored_model(
             job.id,

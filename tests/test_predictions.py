@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service import jobs
-from service.storage.tables import BatchPrediction, Dataset, Job
+from service.storage.tables import BatchPrediction, Job
 from service.training.service import queue_training
 from service.training.spec import JobSpec
 from tests.conftest import Service, colour_images, count_rows, job_body, make_zip, stored_model
@@ -139,9 +139,7 @@ def placeholder(service: Service) -> tuple[str, str]:
     """A dataset and a model row that names it: (model id, dataset id)."""
     dataset_id = service.upload(colour_images(per_class=2))["id"]
     with service.database.session(write=True) as session:
-        dataset = session.get(Dataset, dataset_id)
-        assert dataset is not None
-        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)), dataset)
+        job = queue_training(session, JobSpec.model_validate(job_body(dataset_id)))
         job.status = jobs.JobStatus.SUCCEEDED
         model = stored_model(job.id, dataset_id=dataset_id, name="colours")
         session.add(model)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from service.datasets import ingest, similar
+from service.datasets import ingest, similar, versions
 from service.datasets import report as reports
 from service.ml.split import stratified_split
 from service.storage.tables import Dataset, DatasetImage
@@ -77,11 +77,8 @@ def worker_split(
     ml.pipeline.prepare_splits)."""
     with service.database.session() as session:
         classes = [entry["name"] for entry in session.get(Dataset, dataset_id).classes]
-        rows = session.execute(
-            select(DatasetImage.id, DatasetImage.label)
-            .where(DatasetImage.dataset_id == dataset_id)
-            .order_by(DatasetImage.id)
-        ).all()
+        latest = versions.version_id(session, dataset_id, None)
+        rows = session.execute(versions.version_images(latest)).all()
     labels = np.array([classes.index(row.label) for row in rows], dtype=np.int32)
     train, validation = stratified_split(labels, fraction, seed)
     return {rows[i].id for i in train}, {rows[i].id for i in validation}
@@ -437,3 +434,39 @@ def test_hamming_pairs_match_brute_force(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setattr(similar, "PAIR_CELLS", cells)
         pairs = similar.hamming_pairs(hashes, bits)
         assert set(zip(*(part.tolist() for part in pairs), strict=True)) == expected
+
+
+# -- the report's findings as edits ---------------------------------------------------------
+
+
+def test_report_actions_show_their_edit_first_and_apply_as_one_version(service: Service) -> None:
+    dataset_id = upload(service, planted_files())
+    ids = image_ids(service, dataset_id)
+    base = f"/datasets/{dataset_id}/report/actions"
+
+    proposed = service.client.get(f"{base}/remove-duplicates")
+    assert proposed.status_code == 200, proposed.text
+    edit = proposed.json()
+    later = max(ids["cats/dup.png"], ids["dogs/dup.png"])
+    assert edit["delete"] == [later] and edit["relabel"] == [] and edit["base_version"] == 1
+    assert service.client.get(f"/datasets/{dataset_id}").json()["version"] == 1  # a preview
+    applied = service.client.post(f"/datasets/{dataset_id}/edits", json=edit)
+    assert applied.status_code == 201, applied.text
+    assert applied.json()["number"] == 2 and "exact duplicates" in applied.json()["message"]
+    assert get_report(service, dataset_id)["duplicates"]["exact"] == []
+    assert get_report(service, dataset_id, version=1)["duplicates"]["exact"] != []
+    # Proposed against version 1: applying it again now is refused, not applied twice.
+    assert service.client.post(f"/datasets/{dataset_id}/edits", json=edit).status_code == 409
+
+    query = {"seed": 3, "validation_split": 0.5}
+    leaked = {
+        pair["validation"]["id"]
+        for pair in get_report(service, dataset_id, **query)["leakage"]["pairs"]
+    }
+    edit = service.client.get(f"{base}/remove-leakage", params=query).json()
+    assert set(edit["delete"]) == leaked and edit["base_version"] == 2
+
+    nothing = service.client.get(f"{base}/accept-suggestions").json()
+    assert nothing["relabel"] == [] and nothing["delete"] == []  # no label review yet
+    unknown = service.client.get(f"{base}/tidy-up")
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"][-1] == "action"

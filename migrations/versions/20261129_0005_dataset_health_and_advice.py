@@ -32,9 +32,7 @@ def upgrade() -> None:
     with op.batch_alter_table("datasets") as batch:
         batch.add_column(sa.Column("label_review", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(
-            sa.Column("kind", sa.String(16), nullable=False, server_default="train")
-        )
+        batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="train"))
     op.create_table(
         "advice",
         sa.Column("id", sa.String(32), nullable=False),
@@ -44,7 +42,9 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["dataset_id"], ["datasets.id"], name="fk_advice_dataset_id_datasets",
+            ["dataset_id"],
+            ["datasets.id"],
+            name="fk_advice_dataset_id_datasets",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
@@ -66,7 +66,9 @@ def upgrade() -> None:
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["dataset_id"], ["datasets.id"], name="fk_feature_sets_dataset_id_datasets",
+            ["dataset_id"],
+            ["datasets.id"],
+            name="fk_feature_sets_dataset_id_datasets",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_feature_sets"),

@@ -60,7 +60,9 @@ def request_advice(session: Session, dataset_id: str, request: AdviceRequest) ->
     """Queue an advice job for the dataset; NotFound/Invalid for what the request names."""
     dataset = get_dataset(session, dataset_id)
     spec = AdviceSpec.model_validate({**request.model_dump(), "dataset_id": dataset.id})
-    check_references(session, spec)
+    version = check_references(session, spec)
+    request = request.model_copy(update={"dataset_version": version.number})
+    spec = spec.model_copy(update={"dataset_version": version.number})
     job = jobs.queue_job(
         session,
         kind=ADVICE.name,

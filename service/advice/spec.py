@@ -31,6 +31,13 @@ class AdviceRequest(StrictModel):
     )
 
     backbone: BackboneSpec
+    dataset_version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INTEGER,
+        description="The dataset's version to measure; default: its latest when asked, "
+        "recorded in the advice's request.",
+    )
     max_images: int = Field(
         1000,
         ge=10,

@@ -4,11 +4,12 @@ table's quadrant and the advised spec, and the dataset's label review from the s
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from service.advice.service import Figures, advice_result
 from service.advice.spec import AdviceSpec
+from service.datasets import versions
 from service.datasets.service import image_data, set_label_review
 from service.jobs.context import JobContext
 from service.jobs.kinds import Outcome
@@ -16,7 +17,7 @@ from service.ml.data import LabelledImages
 from service.problems import Invalid
 from service.storage.db import Database
 from service.storage.feature_store import DatabaseFeatureStore
-from service.storage.tables import Advice, DatasetImage
+from service.storage.tables import Advice
 from service.training.service import check_references
 from service.training.task import backbone_weights, from_ml
 
@@ -79,17 +80,13 @@ def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[in
     from service.ml.features import stratified_sample
 
     with db.session() as session:
-        dataset = check_references(session, spec)
-        classes = [entry["name"] for entry in dataset.classes]
-        rows = session.execute(
-            select(DatasetImage.id, DatasetImage.label, DatasetImage.filename)
-            .where(DatasetImage.dataset_id == dataset.id)
-            .order_by(DatasetImage.id)
-        ).all()
+        version = check_references(session, spec)
+        classes = [entry["name"] for entry in version.classes]
+        rows = session.execute(versions.version_images(version.id)).all()
         index = {name: number for number, name in enumerate(classes)}
         labels = np.array([index[row.label] for row in rows], dtype=np.int32)
         chosen = [rows[i] for i in stratified_sample(labels, spec.max_images, spec.seed)]
-        data = image_data(session, dataset.id, [row.id for row in chosen])
+        data = image_data(session, version.dataset_id, [row.id for row in chosen])
     sample = LabelledImages(
         images=[data[row.id] for row in chosen],
         labels=np.array([index[row.label] for row in chosen], dtype=np.int32),

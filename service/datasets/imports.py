@@ -94,14 +94,14 @@ def resolve_directory(root: Path, path: str) -> Path:
 
 
 def submit_import(session: Session, settings: Settings, request: ImportRequest) -> Job:
-    """Queue an import job of the directory the request names. Appending to a dataset that
-    a queued or running job uses is refused (Conflict), as an upload's append is."""
+    """Queue an import job of the directory the request names. Growing a dataset, it does not
+    wait for the jobs that use it: each trains on the version it named."""
     directory = resolve_directory(import_root(settings), request.path)
     if request.dataset_id is not None:
-        jobs.ensure_unused(session, datasets.get_dataset(session, request.dataset_id))
+        datasets.get_dataset(session, request.dataset_id)
     spec = ImportSpec(**request.model_dump(), directory=str(directory))
-    # Growing a dataset, the job holds it as a training job does (no append, delete or other
-    # import under it); creating one, its `dataset_id` is set when the dataset is stored.
+    # Growing a dataset, the job holds it against deletion as a training job does; creating
+    # one, its `dataset_id` is set when the dataset is stored.
     return jobs.queue_job(
         session,
         kind=IMPORT.name,
@@ -255,13 +255,14 @@ def store_import(
         )
         session.add(dataset)
         session.flush()
-        new = plan.images
+        new, restored = plan.images, []
     else:
         dataset = datasets.locked_dataset(session, spec.dataset_id)
-        new, _ = datasets.unseen_images(session, dataset.id, plan.images)
+        new, restored, _ = datasets.unseen_images(session, dataset, plan.images)
         dataset.skipped = [*dataset.skipped, *plan.skipped]
     try:
-        datasets.add_images(session, dataset, new, read_images(new, cap))
+        contents = read_images(new, cap)
+        datasets.add_images(session, dataset, contents, source="import", restored=restored)
     except BadArchive as error:  # a file changed since pass 1: the job fails, nothing stored
         raise BadContent(f"{spec.path}: {error}") from None
     job = session.get(Job, claim.job_id)

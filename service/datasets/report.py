@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
+from service.datasets import versions
 from service.datasets.schemas import (
     Balance,
     ClassCount,
@@ -79,18 +80,21 @@ def dataset_report(
     seed: int,
     validation_split: float,
     input_size: int | None,
+    version: int | None = None,
 ) -> DatasetReport:
-    """The dataset's health report; NotFound for an unknown dataset. Writes (flushes) the
-    facts of images stored before they were measured at upload, so the session must be
-    allowed to write."""
+    """The health report of the dataset's version `version` (its latest when None);
+    NotFound for an unknown dataset or version. Writes (flushes) the facts of images stored
+    before they were measured at upload, so the session must be allowed to write."""
     dataset = get_dataset(session, dataset_id)
+    reported = versions.get_version(session, dataset, version)
     measured = measure_missing(session, dataset.id)
-    rows = _rows(session, dataset.id)
-    classes = [ClassCount(**entry) for entry in dataset.classes]
+    rows = _rows(session, reported.id)
+    classes = [ClassCount(**entry) for entry in reported.classes]
     similar = find_similar(rows)
     review = session.scalar(select(Dataset.label_review).where(Dataset.id == dataset.id))
     report = DatasetReport(
         dataset_id=dataset.id,
+        version=reported.number,
         images=len(rows),
         classes=classes,
         measured=measured,
@@ -156,22 +160,11 @@ def _measure(image_id: int, data: bytes) -> dict[str, Any]:
     return {"id": image_id, **asdict(facts)}
 
 
-def _rows(session: Session, dataset_id: str) -> Sequence[Row[Any]]:
+def _rows(session: Session, version_id: int) -> Sequence[Row[Any]]:
     """Every image's facts, never its bytes, in id order: the order the worker loads them in."""
-    return session.execute(
-        select(
-            DatasetImage.id,
-            DatasetImage.label,
-            DatasetImage.filename,
-            DatasetImage.sha256,
-            DatasetImage.phash,
-            DatasetImage.width,
-            DatasetImage.height,
-            DatasetImage.mode,
-        )
-        .where(DatasetImage.dataset_id == dataset_id)
-        .order_by(DatasetImage.id)
-    ).all()
+    facts = (DatasetImage.sha256, DatasetImage.phash, DatasetImage.width, DatasetImage.height)
+    query = versions.version_images(version_id, *facts, DatasetImage.mode)
+    return session.execute(query).all()
 
 
 def _shape(row: Row[Any]) -> ImageShape:

@@ -29,14 +29,19 @@ class DatasetRead(BaseModel):
             "classes": [{"name": "cats", "count": 40}, {"name": "dogs", "count": 40}],
             "skipped": [{"path": "cats/bad.jpg", "reason": "not a decodable image"}],
             "created_at": "2026-11-28T12:00:00Z",
+            "version": 3,
         }
     )
     id: str
     name: str
-    num_images: int
-    classes: list[ClassCount]
+    num_images: int = Field(description="Images in its latest version.")
+    classes: list[ClassCount] = Field(description="Its latest version's classes.")
     skipped: list[SkippedFile]
     created_at: datetime
+    version: int = Field(
+        description="Its latest version's number: every upload, append, import and edit "
+        "makes the next (GET /datasets/{dataset_id}/versions)."
+    )
 
 
 class DatasetImagesAdded(BaseModel):
@@ -64,9 +69,72 @@ class DatasetImageRead(BaseModel):
         {"id": 1041, "label": "cats", "filename": "cats/001.jpg", "size_bytes": 48213}
     )
     id: int = Field(description="The image's number; with the dataset's id it names the image.")
-    label: str = Field(description="Its class: the folder it came from.")
+    label: str = Field(
+        description="Its class in the version listed: the folder it came from, unless an edit "
+        "relabelled it."
+    )
     filename: str = Field(description="Its path in the uploaded zip.")
     size_bytes: int
+
+
+class DatasetVersionRead(BaseModel):
+    """One immutable version of a dataset; jobs train on exactly its images and labels."""
+
+    model_config = example_config(
+        {
+            "number": 2,
+            "created_at": "2026-11-28T12:30:00Z",
+            "source": "edit",
+            "message": "a cat filed under dogs",
+            "num_images": 79,
+            "classes": [{"name": "cats", "count": 41}, {"name": "dogs", "count": 38}],
+        }
+    )
+    number: int = Field(description="1, 2, 3… per dataset, in the order they were made.")
+    created_at: datetime
+    source: Literal["upload", "append", "import", "edit", "migration"] = Field(
+        description="What made it (`migration`: the dataset as it was before versions)."
+    )
+    message: str
+    num_images: int
+    classes: list[ClassCount]
+
+
+class DiffImage(BaseModel):
+    id: int
+    filename: str = Field(description="Its path in the uploaded zip.")
+    label: str
+
+
+class RelabelledImage(BaseModel):
+    id: int
+    filename: str
+    from_label: str = Field(description="Its label in the first version.")
+    to_label: str = Field(description="Its label in the second.")
+
+
+class VersionDiff(BaseModel):
+    """What changed from version `from_version` to `to_version`; each list at most `limit`
+    entries (by image id), its full length in `counts`."""
+
+    model_config = example_config(
+        {
+            "from_version": 1,
+            "to_version": 2,
+            "added": [],
+            "removed": [{"id": 1187, "filename": "dogs/017.jpg", "label": "dogs"}],
+            "relabelled": [
+                {"id": 1041, "filename": "dogs/003.jpg", "from_label": "dogs", "to_label": "cats"}
+            ],
+            "counts": {"added": 0, "removed": 1, "relabelled": 1},
+        }
+    )
+    from_version: int
+    to_version: int
+    added: list[DiffImage]
+    removed: list[DiffImage]
+    relabelled: list[RelabelledImage]
+    counts: dict[str, int]
 
 
 # -- the dataset health report (GET /datasets/{id}/report; built by datasets/report.py) ------
@@ -192,6 +260,7 @@ def _report_example() -> dict[str, Any]:
     copy = {"kind": "exact", "scope": "across_classes", "distance": 0}
     return {
         "dataset_id": "d_0123456789abcdef",
+        "version": 1,
         "images": 80,
         "classes": [cats, dogs],
         "measured": 0,
@@ -240,6 +309,7 @@ def _report_example() -> dict[str, Any]:
 class DatasetReport(BaseModel):
     model_config = example_config(_report_example())
     dataset_id: str
+    version: int = Field(description="The version reported on.")
     images: int
     classes: list[ClassCount]
     measured: int = Field(

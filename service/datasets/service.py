@@ -9,11 +9,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.orm import Session
 
 from service import jobs, metrics
 from service.config import Settings
+from service.datasets import versions
 from service.datasets.ingest import (
     BadArchive,
     Limits,
@@ -27,7 +28,14 @@ from service.datasets.ingest import (
 from service.ml.images import UndecodableImage, thumbnail
 from service.problems import BadContent, Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
-from service.storage.tables import MAX_INTEGER, Dataset, DatasetImage, new_id
+from service.storage.tables import (
+    MAX_INTEGER,
+    Dataset,
+    DatasetImage,
+    DatasetVersion,
+    VersionImage,
+    new_id,
+)
 
 # Image ids are a 32-bit INTEGER column on PostgreSQL: a larger one cannot name a row, and
 # sending it to the database would fail there rather than answer "no such image".
@@ -84,7 +92,7 @@ def create_dataset(
                 session.add(dataset)
                 session.flush()
                 images = zip_images(archive, plan.images, limits)
-                add_images(session, dataset, plan.images, images)
+                add_images(session, dataset, images, source="upload")
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None
     metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
@@ -103,32 +111,33 @@ class Appended:
 def append_images(
     session: Session, dataset_id: str, *, upload: IO[bytes], filename: str | None, limits: Limits
 ) -> Appended:
-    """Add a zip's images to a dataset: the same checks and skip reasons as creation, classes
-    merged, counts updated. An image whose bytes the dataset (or this zip, earlier in path
-    order) already holds is skipped as a duplicate, so a part that failed can be sent again.
-    Conflict while a queued or running job uses the dataset: it trains on what it was
-    created with, and appending under it would change its split half-way."""
+    """Add a zip's images to a dataset as its next version: the same checks and skip reasons
+    as creation, classes merged. An image whose bytes the latest version (or this zip, earlier
+    in path order) already holds is skipped as a duplicate, so a part that failed can be sent
+    again. Jobs queued or running on the dataset are not waited for: each trains on the
+    version it named."""
     try:
         with open_zip(upload, limits) as archive:
             plan = scan_zip(archive, limits)  # before the first query: see create_dataset
             require_classes(plan.class_counts, at_least=1)
             dataset = locked_dataset(session, dataset_id)
-            jobs.ensure_unused(session, dataset)
-            new, duplicates = unseen_images(session, dataset.id, plan.images)
+            new, restored, duplicates = unseen_images(session, dataset, plan.images)
             with session.begin_nested():  # as in create_dataset: all of it or none
-                add_images(session, dataset, new, zip_images(archive, new, limits))
+                contents = zip_images(archive, new, limits)
+                add_images(session, dataset, contents, source="append", restored=restored)
     except BadArchive as error:
         raise BadContent(f"{filename or 'file'}: {error}") from None
     metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
     dataset.skipped = [*dataset.skipped, *plan.skipped]
     session.flush()
-    return Appended(dataset, count_labels(image.label for image in new), plan.skipped + duplicates)
+    added = count_labels([image.label for image in new] + [label for _, label in restored])
+    return Appended(dataset, added, plan.skipped + duplicates)
 
 
 def locked_dataset(session: Session, dataset_id: str) -> Dataset:
-    """The dataset, its row locked on PostgreSQL until the transaction ends: two appends at
-    once would otherwise both miss each other's images and both count from the same
-    classes. (SQLite's writing session already holds the database's write lock.)"""
+    """The dataset, its row locked on PostgreSQL until the transaction ends: two writers at
+    once would otherwise both number their version from the same latest one and miss each
+    other's images. (SQLite's writing session already holds the database's write lock.)"""
     dataset = session.get(Dataset, dataset_id, with_for_update=True)
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}")
@@ -136,44 +145,56 @@ def locked_dataset(session: Session, dataset_id: str) -> Dataset:
 
 
 def unseen_images(
-    session: Session, dataset_id: str, images: list[Planned]
-) -> tuple[list[Planned], list[dict[str, str]]]:
-    """The images whose bytes are new to the dataset and to the upload, and the others as
-    skipped files. Looked up by hash a chunk at a time (ix_dataset_images_dataset_id_sha256)."""
-    known: set[str] = set()
+    session: Session, dataset: Dataset, images: list[Planned]
+) -> tuple[list[Planned], list[tuple[int, str]], list[dict[str, str]]]:
+    """Split an upload's images by their bytes: new to the dataset (to store); stored before
+    but not in its latest version (restored: their image id with the upload's label, nothing
+    stored again); and the others, skipped as duplicates. Looked up by hash a chunk at a time
+    (ix_dataset_images_dataset_id_sha256)."""
+    stored: dict[str, int] = {}
     hashes = sorted({image.facts.sha256 for image in images})
     for start in range(0, len(hashes), HASH_CHUNK):
         chunk = hashes[start : start + HASH_CHUNK]
-        known.update(
-            value
-            for value in session.scalars(
-                select(DatasetImage.sha256).where(
-                    DatasetImage.dataset_id == dataset_id, DatasetImage.sha256.in_(chunk)
-                )
+        rows = session.execute(
+            select(DatasetImage.sha256, DatasetImage.id).where(
+                DatasetImage.dataset_id == dataset.id, DatasetImage.sha256.in_(chunk)
             )
-            if value is not None
-        )
+        ).tuples()
+        stored.update((sha256, image_id) for sha256, image_id in rows if sha256 is not None)
+    latest = versions.get_version(session, dataset, None) if dataset.version else None
+    held = versions.manifest_labels(session, latest.id, list(stored.values())) if latest else {}
     new: list[Planned] = []
+    restored: list[tuple[int, str]] = []
     duplicates: list[dict[str, str]] = []
+    seen: set[str] = set()
     for image in images:
-        if image.facts.sha256 in known:
+        sha256 = image.facts.sha256
+        image_id = stored.get(sha256)
+        if sha256 in seen or (image_id is not None and image_id in held):
             duplicates.append({"path": image.path, "reason": DUPLICATE})
+        elif image_id is not None:
+            restored.append((image_id, image.label))
         else:
-            known.add(image.facts.sha256)
             new.append(image)
-    return new, duplicates
+        seen.add(sha256)
+    return new, restored, duplicates
 
 
 def add_images(
     session: Session,
     dataset: Dataset,
-    images: list[Planned],
     contents: Iterable[tuple[Planned, bytes]],
-) -> None:
-    """Insert `contents` (the bytes of `images`, read one at a time) in bounded batches, and
-    count `images` into the dataset's classes. Batches are plain INSERTs: no ORM object keeps
-    an image's bytes once its batch is sent, so memory stays flat whatever the dataset's
-    size. Nothing is committed here: the caller's transaction keeps all or nothing."""
+    *,
+    source: str,
+    restored: Sequence[tuple[int, str]] = (),
+    message: str = "",
+) -> DatasetVersion:
+    """Insert `contents` (new images and their bytes, read one at a time) in bounded batches,
+    and make the dataset's next version: the last one's manifest, these images and the
+    `restored` ones. Batches are plain INSERTs: no ORM object keeps an image's bytes once its
+    batch is sent, so memory stays flat whatever the dataset's size. Nothing is committed
+    here: the caller's transaction keeps all or nothing."""
+    after = versions.last_image_id(session, dataset.id)
     batch: list[dict[str, Any]] = []
     size = 0
     for image, data in contents:
@@ -184,20 +205,19 @@ def add_images(
             batch, size = [], 0
     if batch:
         session.execute(insert(DatasetImage), batch)
-    counts = {entry["name"]: entry["count"] for entry in dataset.classes}
-    for label, count in count_labels(image.label for image in images).items():
-        counts[label] = counts.get(label, 0) + count
-    # A new list, not the old one changed in place: the JSON column sees an assignment.
-    dataset.classes = [{"name": label, "count": counts[label]} for label in sorted(counts)]
-    dataset.num_images = sum(counts.values())
-    session.flush()
+
+    def fill(session: Session, version_id: int, previous: int | None) -> None:
+        versions.copy_manifest(session, version_id, previous)
+        versions.add_stored(session, version_id, dataset.id, after, restored)
+
+    return versions.new_version(session, dataset, source=source, message=message, fill=fill)
 
 
 def _row(dataset_id: str, image: Planned, data: bytes) -> dict[str, Any]:
     facts = image.facts
     return {
         "dataset_id": dataset_id,
-        "label": image.label,
+        "uploaded_label": image.label,
         "filename": image.filename,
         "data": data,
         "size_bytes": len(data),
@@ -242,47 +262,52 @@ def image_data(session: Session, dataset_id: str, ids: Sequence[int]) -> dict[in
 
 
 def list_images(
-    session: Session, dataset_id: str, *, label: str | None, limit: int, after: int | None
-) -> tuple[Sequence[DatasetImage], int | None]:
-    """Up to `limit` of the dataset's images (only `label`'s when given) in upload order,
-    after the image `after`; and the id to pass as `after` for the next ones, None when no
-    more follow. The rows carry id, label, filename and size, never the bytes (reading
-    `data` raises rather than fetching each image's bytes one query at a time).
+    session: Session,
+    dataset_id: str,
+    *,
+    version: int | None = None,
+    label: str | None,
+    limit: int,
+    after: int | None,
+) -> tuple[Sequence[Row[Any]], int | None]:
+    """Up to `limit` of the images of the dataset's version `version` (its latest when None;
+    only `label`'s when given) in upload order, after the image `after`; and the id to pass
+    as `after` for the next ones, None when no more follow. Each row carries id, label (the
+    version's), filename and size, never the bytes.
 
-    Keyed by id, not by an offset: images never change, so a page is stable however deep.
+    Keyed by id, not by an offset: a version never changes, so a page is stable however deep.
     """
     dataset = get_dataset(session, dataset_id)
+    listed = versions.get_version(session, dataset, version)
     query = (
-        select(DatasetImage)
-        .options(
-            load_only(
-                DatasetImage.id,
-                DatasetImage.label,
-                DatasetImage.filename,
-                DatasetImage.size_bytes,
-                raiseload=True,
-            )
+        select(
+            DatasetImage.id,
+            VersionImage.label,
+            DatasetImage.filename,
+            DatasetImage.size_bytes,
         )
-        .where(DatasetImage.dataset_id == dataset.id)
-        .order_by(DatasetImage.id)
+        .join(VersionImage, VersionImage.image_id == DatasetImage.id)
+        .where(VersionImage.version_id == listed.id)
+        .order_by(VersionImage.image_id)
         .limit(limit + 1)  # one past the page: does another follow?
     )
     if label is not None:
-        _check_label(dataset, label)
-        query = query.where(DatasetImage.label == label)
+        _check_label(listed, label)
+        query = query.where(VersionImage.label == label)
     if after is not None:
-        query = query.where(DatasetImage.id > max(0, min(after, MAX_IMAGE_ID)))
-    rows = list(session.scalars(query))
+        query = query.where(VersionImage.image_id > max(0, min(after, MAX_IMAGE_ID)))
+    rows = list(session.execute(query))
     if len(rows) <= limit:
         return rows, None
     return rows[:limit], rows[limit - 1].id
 
 
-def _check_label(dataset: Dataset, label: str) -> None:
-    names = [entry["name"] for entry in dataset.classes]
+def _check_label(version: DatasetVersion, label: str) -> None:
+    names = [entry["name"] for entry in version.classes]
     if label not in names:
         raise Invalid(
-            f"{label!r} is not a class of dataset {dataset.id}: {names}",
+            f"{label!r} is not a class of version {version.number} of dataset "
+            f"{version.dataset_id}: {names}",
             field=("label",),
             part="query",
         )

@@ -1,10 +1,13 @@
-"""A server-side import (POST /datasets/import): the request, and the import job's spec."""
+"""What clients send about datasets: a server-side import (POST /datasets/import) and the
+import job's spec; edits (POST /datasets/{id}/edits, PATCH an image)."""
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from typing import Annotated
 
-from service.storage.tables import ID_LENGTH, NAME_LENGTH
+from pydantic import ConfigDict, Field, StringConstraints
+
+from service.storage.tables import ID_LENGTH, MAX_INTEGER, NAME_LENGTH
 from service.training.spec import WEBHOOK_DESCRIPTION, StrictModel, WebhookUrl
 
 
@@ -37,3 +40,61 @@ class ImportSpec(ImportRequest):
     """An import job's stored spec: the request, the directory resolved inside the root."""
 
     directory: str = Field(description="The resolved absolute directory the worker reads.")
+
+
+# A class label as a class folder's name could be: no slash, no control character, not blank.
+LABEL_PATTERN = r"^[^/\x00-\x1f]*[^/\x00-\x1f\s][^/\x00-\x1f]*$"
+Label = Annotated[
+    str, StringConstraints(min_length=1, max_length=NAME_LENGTH, pattern=LABEL_PATTERN)
+]
+ImageId = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
+# Entries one edit may hold: a 20,000-image dataset relabelled whole fits; a body naming more
+# costs the service no more than this to refuse.
+MAX_EDIT_ENTRIES = 50_000
+
+
+class ImageLabel(StrictModel):
+    """PATCH /datasets/{id}/images/{image_id}: the image's new label (a new one makes a class)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"label": "cats"}]})
+
+    label: Label
+
+
+class Relabel(StrictModel):
+    image_id: ImageId
+    label: Label = Field(description="Its new label; a label no image had makes a new class.")
+
+
+class DatasetEdit(StrictModel):
+    """Relabel and delete images of a dataset's latest version, as one new version: all of it
+    or nothing."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "relabel": [{"image_id": 1041, "label": "cats"}],
+                    "delete": [1187, 1188],
+                    "message": "a cat filed under dogs; two duplicates",
+                }
+            ]
+        },
+    )
+
+    relabel: list[Relabel] = Field(default_factory=list, max_length=MAX_EDIT_ENTRIES)
+    delete: list[ImageId] = Field(
+        default_factory=list,
+        max_length=MAX_EDIT_ENTRIES,
+        description="Image ids to leave out of the new version (their bytes stay for the "
+        "versions that hold them).",
+    )
+    message: str = Field("", max_length=2000, description="What the edit does, for the history.")
+    base_version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INTEGER,
+        description="The version the edit was made against: 409 when the dataset has moved "
+        "on since (default: apply to the latest, whatever it is).",
+    )

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 from service import jobs
+from service.datasets import versions
 from service.datasets.service import image_data
 from service.exports.kind import EXPORT
 from service.exports.spec import ExportRequest, ExportSpec
@@ -26,7 +27,7 @@ from service.ml.data import ExportInputs
 from service.models.service import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
 from service.storage.db import Database
-from service.storage.tables import DatasetImage, Job, ModelExport, TrainedModel, new_id
+from service.storage.tables import Job, ModelExport, TrainedModel, new_id
 from service.training.spec import JobSpec
 
 # Top-1 agreement with the SavedModel on the validation split an export must reach. Float
@@ -231,7 +232,7 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
             session, model.dataset_id, validation_ids, f"validation images of model {model.id}"
         )
         representative = (
-            _representative(session, model.dataset_id, set(validation_ids))
+            _representative(session, model, set(validation_ids))
             if spec.format == "tflite-int8"
             else []
         )
@@ -262,16 +263,15 @@ def _images(session: Session, dataset_id: str, ids: list[int], what: str) -> lis
     return [data[image_id] for image_id in ids]
 
 
-def _representative(session: Session, dataset_id: str, validation: set[int]) -> list[bytes]:
-    """A stratified sample of the training split: the dataset's images the model did not
-    hold out for validation, each class in its share."""
+def _representative(session: Session, model: TrainedModel, validation: set[int]) -> list[bytes]:
+    """A stratified sample of the training split: the images of the dataset's version the
+    model learnt from that it did not hold out for validation, each class in its share."""
     from service.ml.features import stratified_sample  # NumPy only
 
-    rows = session.execute(
-        select(DatasetImage.id, DatasetImage.label)
-        .where(DatasetImage.dataset_id == dataset_id)
-        .order_by(DatasetImage.id)
-    ).all()
+    dataset_id = model.dataset_id
+    assert dataset_id is not None
+    version = versions.version_id(session, dataset_id, model.dataset_version)
+    rows = session.execute(versions.version_images(version)).all()
     training = [row for row in rows if row.id not in validation]
     if not training:
         raise Problem(f"dataset {dataset_id} has no training images to calibrate int8 on")

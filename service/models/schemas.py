@@ -26,6 +26,7 @@ class ModelRead(BaseModel):
             "version": 3,
             "job_id": "j_0123456789abcdef",
             "dataset_id": "d_0123456789abcdef",
+            "dataset_version": 2,
             "backbone": "MobileNetV2",
             "input_size": 224,
             "classes": ["cats", "dogs"],
@@ -40,6 +41,10 @@ class ModelRead(BaseModel):
     version: int = Field(description="1, 2, 3… per name, in the order they were stored.")
     job_id: str | None
     dataset_id: str | None
+    dataset_version: int | None = Field(
+        description="The version of the dataset it learnt from: GET "
+        "/datasets/{dataset_id}/versions/{dataset_version} lists exactly its images."
+    )
     backbone: str
     input_size: int
     classes: list[str]

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from service import jobs, metrics
 from service.datasets import service as datasets
+from service.datasets import versions
 from service.datasets.ingest import (
     BadArchive,
     Inflated,
@@ -40,7 +41,7 @@ from service.predictions.spec import BatchPredictionSpec
 from service.problems import BadContent, Conflict, Invalid, NotFound, TooLarge
 from service.storage.db import Database, largest_value
 from service.storage.pages import Page, PageOf, fetch_page
-from service.storage.tables import BatchPrediction, Dataset, DatasetImage, Job, new_id
+from service.storage.tables import BatchPrediction, Dataset, Job, new_id
 
 ResultFormat = Literal["jsonl", "csv"]
 MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
@@ -227,11 +228,9 @@ def load_batch_inputs(db: Database, spec: BatchPredictionSpec, limits: Limits) -
             return BatchInputs(spec, source, len(entries), _zip_items(archive, entries, limits))
         if session.get(Dataset, spec.dataset_id) is None:
             raise NotFound(f"no dataset {spec.dataset_id!r}: it was deleted")
-        rows = session.execute(
-            select(DatasetImage.id, DatasetImage.filename, DatasetImage.label)
-            .where(DatasetImage.dataset_id == spec.dataset_id)
-            .order_by(DatasetImage.id)
-        ).all()
+        # The dataset's latest version as the job runs: its images, labelled as it labels them.
+        latest = versions.version_id(session, spec.dataset_id, None)
+        rows = session.execute(versions.version_images(latest)).all()
     return BatchInputs(spec, source, len(rows), _dataset_items(db, spec.dataset_id, rows))
 
 

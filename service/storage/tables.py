@@ -21,8 +21,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -76,6 +78,25 @@ def _newest_first(table: str) -> Index:
     return Index(f"ix_{table}_created_at_id", "created_at", "id")
 
 
+class DatasetVersion(Base):
+    """One immutable state of a dataset: numbered 1, 2, 3… per dataset, made by an upload,
+    an append, an import or an edit. Its images and their labels are its manifest."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "number", name="uq_dataset_versions_dataset_id_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # upload, append, import, edit, migration
+    message: Mapped[str] = mapped_column(Text, default="")
+    num_images: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (_newest_first("datasets"),)
@@ -89,9 +110,19 @@ class Dataset(Base):
     # features (service/ml/labels.py); null until an advice or training job has them.
     label_review: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The latest version's number (read with the row: one index lookup).
+    version: Mapped[int] = column_property(
+        select(func.max(DatasetVersion.number))
+        .where(DatasetVersion.dataset_id == id)
+        .correlate_except(DatasetVersion)
+        .scalar_subquery()
+    )
 
 
 class DatasetImage(Base):
+    """An image's bytes and facts as uploaded, stored once and never changed: which versions
+    hold it, and under which label, is their manifests' business (`VersionImage`)."""
+
     __tablename__ = "dataset_images"
     # Appends skip images the dataset already holds, looked up by hash (datasets/service.py).
     __table_args__ = (Index("ix_dataset_images_dataset_id_sha256", "dataset_id", "sha256"),)
@@ -100,7 +131,8 @@ class DatasetImage(Base):
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True
     )
-    label: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    # The class folder it was uploaded in; its label in a version is the manifest's.
+    uploaded_label: Mapped[str] = mapped_column("label", String(NAME_LENGTH))
     filename: Mapped[str] = mapped_column(Text)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -111,6 +143,23 @@ class DatasetImage(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     mode: Mapped[str | None] = mapped_column(String(16))  # Pillow's mode as stored: RGB, L, CMYK…
+
+
+class VersionImage(Base):
+    """A version's manifest, a row per image: which stored image, under which label. No image
+    bytes: a version costs tens of bytes per image, however many versions hold it.
+
+    No foreign key on `image_id`: an image row goes only with its dataset (whose versions
+    cascade first), and the index such a key needs would double each row's size."""
+
+    __tablename__ = "dataset_version_images"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(NAME_LENGTH))
 
 
 class Job(Base):
@@ -186,6 +235,19 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ModelLineage(Base):
+    """Which version of its dataset a model learnt from. A table of its own rather than a
+    column of `models`: on SQLite a column added there lands after the model's blobs, and
+    reading it would walk them (see migration 0010)."""
+
+    __tablename__ = "model_lineage"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_version: Mapped[int] = mapped_column(Integer)
+
+
 class TrainedModel(Base):
     __tablename__ = "models"
     __table_args__ = (
@@ -217,6 +279,13 @@ class TrainedModel(Base):
     savedmodel: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     backbone_weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The version of its dataset it learnt from (null for models stored without a dataset).
+    dataset_version: Mapped[int | None] = column_property(
+        select(ModelLineage.dataset_version)
+        .where(ModelLineage.model_id == id)
+        .correlate_except(ModelLineage)
+        .scalar_subquery()
+    )
 
     job: Mapped[Job | None] = relationship(back_populates="model", lazy="raise")
 

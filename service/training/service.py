@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from service import jobs
+from service.datasets import versions
 from service.problems import Invalid, NotFound
-from service.storage.tables import WEIGHTS_SOURCES, Dataset, Job, TrainedModel, WeightsFile
+from service.storage.tables import (
+    WEIGHTS_SOURCES,
+    Dataset,
+    DatasetVersion,
+    Job,
+    TrainedModel,
+    WeightsFile,
+)
 from service.training.kind import TRAIN
 from service.training.spec import JobSpec
 
@@ -17,25 +25,28 @@ if TYPE_CHECKING:
     from service.advice.spec import AdviceSpec
 
 
-def check_references(session: Session, spec: JobSpec | AdviceSpec) -> Dataset:
-    """The dataset the job uses, after checking what the spec refers to exists and fits:
-    the dataset, the stored weights source, and the class names of `class_weight`."""
+def check_references(session: Session, spec: JobSpec | AdviceSpec) -> DatasetVersion:
+    """The version of the dataset the job uses (its latest when the spec names none), after
+    checking what the spec refers to exists and fits: the dataset and its version, the stored
+    weights source, and the class names of `class_weight`."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset {spec.dataset_id!r}", field=("dataset_id",))
+    version = versions.get_version(session, dataset, spec.dataset_version)
     weights_source(session, spec)
     if not isinstance(spec, JobSpec):  # advice: no class weights
-        return dataset
+        return version
     class_weight = spec.training.class_weight
     if isinstance(class_weight, dict):
-        names = {entry["name"] for entry in dataset.classes}
+        names = {entry["name"] for entry in version.classes}
         for name in class_weight:
             if name not in names:
                 raise Invalid(
-                    f"{name!r} is not a class of dataset {dataset.id}: {sorted(names)}",
+                    f"{name!r} is not a class of version {version.number} of dataset "
+                    f"{dataset.id}: {sorted(names)}",
                     field=("training", "class_weight", name),
                 )
-    return dataset
+    return version
 
 
 def weights_source(
@@ -78,17 +89,18 @@ def check_freeze_points(spec: JobSpec) -> None:
 
 
 def submit(session: Session, spec: JobSpec) -> Job:
-    """Check what the spec refers to, then queue it. Builds the backbone when a stage names a
-    freeze point (TensorFlow): call it off any event loop."""
-    dataset = check_references(session, spec)
+    """Check what the spec refers to, then queue it, the dataset's version it trains on
+    recorded in its spec. Builds the backbone when a stage names a freeze point (TensorFlow):
+    call it off any event loop."""
+    version = check_references(session, spec)
     check_freeze_points(spec)
-    return queue_training(session, spec, dataset)
+    return queue_training(session, spec.model_copy(update={"dataset_version": version.number}))
 
 
 def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
     """Every stage's layer table, as the trained model's /layers would show it, with totals;
     nothing is trained or stored."""
-    dataset = check_references(session, spec)
+    version = check_references(session, spec)
     check_freeze_points(spec)
     from service.ml.build import preview_layers
 
@@ -99,12 +111,14 @@ def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:
             "non_trainable_params": sum(row["non_trainable_params"] for row in rows),
             "layers": rows,
         }
-        for number, rows in enumerate(preview_layers(spec, len(dataset.classes)), start=1)
+        for number, rows in enumerate(preview_layers(spec, len(version.classes)), start=1)
     ]
 
 
-def queue_training(session: Session, spec: JobSpec, dataset: Dataset) -> Job:
+def queue_training(session: Session, spec: JobSpec) -> Job:
     """A new queued training job for a spec whose references were checked."""
+    dataset = session.get(Dataset, spec.dataset_id)
+    assert dataset is not None  # checked by the caller, in this transaction
     name = spec.name or f"{dataset.name}-{spec.backbone.name}"
     return jobs.queue_job(
         session,

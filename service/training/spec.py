@@ -309,6 +309,14 @@ class JobSpec(StrictModel):
     )
 
     dataset_id: str
+    dataset_version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INTEGER,
+        description="The dataset's version to train on (GET /datasets/{id}/versions); "
+        "default: its latest when the job is submitted, recorded here in the stored spec. The "
+        "job trains on exactly that version's images and labels, whatever changes after.",
+    )
     name: str | None = Field(None, max_length=NAME_LENGTH)
     backbone: BackboneSpec
     head: HeadSpec = Field(default_factory=HeadSpec)

@@ -8,17 +8,17 @@ one transaction (`store_model`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
 from service import jobs
 from service.config import Settings
+from service.datasets import versions
 from service.datasets.service import set_label_review
 from service.jobs.context import JobContext
 from service.jobs.kinds import JobStopped, Outcome
@@ -32,6 +32,7 @@ from service.storage.tables import (
     WEIGHTS_SOURCES,
     DatasetImage,
     ModelLayer,
+    ModelLineage,
     TrainedModel,
     new_id,
 )
@@ -93,7 +94,8 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     # Compared after everything that moves weights: the stages, BN recompute, restores.
     layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
     review = _review_of_training(claim, spec, data, result)
-    return Outcome(store_model(stored, layers, review), f"model {stored.id}")
+    save = store_model(stored, layers, review, dataset_version=spec.dataset_version)
+    return Outcome(save, f"model {stored.id}")
 
 
 @contextmanager
@@ -112,16 +114,23 @@ def from_ml() -> Iterator[None]:
 
 
 def store_model(
-    model: TrainedModel, layers: list[dict[str, Any]], label_review: dict[str, Any] | None = None
+    model: TrainedModel,
+    layers: list[dict[str, Any]],
+    label_review: dict[str, Any] | None = None,
+    *,
+    dataset_version: int | None = None,
 ) -> Callable[[Session], None]:
     """What a training job's success stores: the model numbered as the next version of its
-    name, its layers, and the dataset's label review if the job made one."""
+    name, its layers, the version of the dataset it learnt from, and the dataset's label
+    review if the job made one."""
 
     def store(session: Session) -> None:
         model.version = next_version(session, model.name)
         session.add(model)
         session.flush()
         session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
+        if dataset_version is not None:
+            session.add(ModelLineage(model_id=model.id, dataset_version=dataset_version))
         if model.dataset_id is not None and label_review is not None:
             set_label_review(session, model.dataset_id, label_review)
 
@@ -148,32 +157,28 @@ def _resume_point(context: JobContext, spec: JobSpec, data: LabelledImages) -> P
 
 
 def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) -> LabelledImages:
-    """The job's images and labels, after the same reference checks the API made when the
-    job was queued: what it names may have changed since.
+    """The images and labels of the job's version of its dataset, after the same reference
+    checks the API made when the job was queued: what it names may have changed since.
 
-    A dataset of up to TRAIN_IN_MEMORY_BYTES encoded bytes (or any, without `settings`) is
+    A version of up to TRAIN_IN_MEMORY_BYTES encoded bytes (or any, without `settings`) is
     read into memory in one query; a larger one comes as a `ShardedImages` over this host's
     shard cache (service/storage/shard_cache.py), built from the database in bounded batches the
     first time: then only ids, labels and filenames are held here."""
-    from sqlalchemy import func
-
     with db.session() as session:
-        dataset = check_references(session, spec)
-        classes = [entry["name"] for entry in dataset.classes]
-        where = DatasetImage.dataset_id == dataset.id
-        total = session.scalar(
-            select(func.coalesce(func.sum(DatasetImage.size_bytes), 0)).where(where)
-        )
-        if settings is not None and total > settings.train_in_memory_bytes:
-            return _streamed_dataset(db, settings, dataset.id, classes)
-        rows = session.execute(
-            select(DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.data)
-            .where(where)
-            .order_by(DatasetImage.id)
-        ).all()
+        version = check_references(session, spec)
+        classes = [entry["name"] for entry in version.classes]
+        total = versions.total_bytes(session, version.id)
+        streamed = settings is not None and total > settings.train_in_memory_bytes
+        column = DatasetImage.size_bytes if streamed else DatasetImage.data
+        rows = session.execute(versions.version_images(version.id, column)).all()
+    if streamed:
+        assert settings is not None
+        images: Any = _shards(db, settings, version.dataset_id, rows)
+    else:
+        images = [row.data for row in rows]
     index = {name: number for number, name in enumerate(classes)}
     return LabelledImages(
-        images=[row.data for row in rows],
+        images=images,
         labels=np.array([index[row.label] for row in rows], dtype=np.int32),
         classes=classes,
         ids=[row.id for row in rows],
@@ -181,33 +186,15 @@ def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) 
     )
 
 
-def _streamed_dataset(
-    db: Database, settings: Settings, dataset_id: str, classes: list[str]
-) -> LabelledImages:
-    """A large dataset's labels and names, its images read from the shard cache."""
+def _shards(db: Database, settings: Settings, dataset_id: str, rows: Sequence[Any]) -> Any:
+    """A large version's images, read from this host's shard cache of its dataset."""
     from service.storage import shard_cache as shards
 
-    with db.session() as session:
-        rows = session.execute(
-            select(
-                DatasetImage.id, DatasetImage.label, DatasetImage.filename, DatasetImage.size_bytes
-            )
-            .where(DatasetImage.dataset_id == dataset_id)
-            .order_by(DatasetImage.id)
-        ).all()
     # Caches of deleted datasets go first: the disk they hold may be what this one needs.
     shards.prune_dataset_caches(db, settings.cache_dir)
-    ids = [row.id for row in rows]
     root = shards.dataset_cache_root(settings.cache_dir)
-    images = shards.dataset_shards(db, root, dataset_id, ids, [row.size_bytes for row in rows])
-    index = {name: number for number, name in enumerate(classes)}
-    return LabelledImages(
-        images=images,
-        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
-        classes=classes,
-        ids=ids,
-        filenames=[row.filename for row in rows],
-    )
+    ids = [row.id for row in rows]
+    return shards.dataset_shards(db, root, dataset_id, ids, [row.size_bytes for row in rows])
 
 
 def _with_samples(result: TrainingResult, data: LabelledImages) -> dict[str, Any] | None:

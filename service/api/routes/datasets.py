@@ -1,27 +1,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from sqlalchemy import Row
 
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
-from service.datasets import imports
+from service.datasets import actions, edits, imports, versions
 from service.datasets import report as reports
 from service.datasets import service as datasets
+from service.datasets.actions import ReportAction
 from service.datasets.schemas import (
     ClassCount,
     DatasetImageRead,
     DatasetImagesAdded,
     DatasetRead,
     DatasetReport,
+    DatasetVersionRead,
+    DiffImage,
+    RelabelledImage,
     SkippedFile,
+    VersionDiff,
 )
-from service.datasets.spec import ImportRequest
+from service.datasets.spec import DatasetEdit, ImageId, ImageLabel, ImportRequest
 from service.schemas import JobRead
 from service.storage.pages import DEFAULT_LIMIT, MAX_LIMIT
-from service.storage.tables import MAX_INTEGER, NAME_LENGTH, Dataset, DatasetImage, Job
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH, Dataset, DatasetVersion, Job
 from service.webhook_addresses import check_submitted
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -61,11 +67,11 @@ def create_dataset(
     description="The same checks and skip reasons as creating one; classes merge. An image "
     "whose bytes the dataset already holds is skipped (`already in the dataset`), so a large "
     "dataset can be sent in parts and a failed part sent again. Nothing is stored when the "
-    "zip as a whole is refused.",
+    "zip as a whole is refused. The images make the dataset's next version; jobs queued or "
+    "running on it are not waited for (each trains on the version it named).",
     responses={
         **NOT_FOUND,
         400: {"description": "Not a zip, no image in a class folder, or an unsafe member path"},
-        409: {"description": "A queued or running job uses the dataset"},
         413: {"description": "Over the upload size limit"},
     },
 )
@@ -104,7 +110,7 @@ def added_read(appended: datasets.Appended) -> DatasetImagesAdded:
     "`dataset_id` the images are added to that dataset, duplicates skipped.",
     responses={
         404: {"description": "Unknown dataset (`dataset_id`)"},
-        409: {"description": "Import is off (no IMPORT_ROOT), or a job uses the dataset"},
+        409: {"description": "Import is off (no IMPORT_ROOT)"},
         422: {"description": "The path is outside IMPORT_ROOT or not a directory"},
     },
 )
@@ -152,8 +158,9 @@ def delete_dataset(session: SessionDep, dataset_id: str) -> Response:
 @router.get(
     "/{dataset_id}/images",
     response_model=list[DatasetImageRead],
-    summary="The dataset's images (without their bytes) in upload order, a page at a time",
-    description="422 names `label` when it is not a class of the dataset.",
+    summary="A version's images (without their bytes) in upload order, a page at a time",
+    description="The latest version's unless `version` names another; labels are the "
+    "version's. 422 names `label` when it is not a class of that version.",
     responses={200: {"headers": LINK_HEADER, "description": "A page of images"}, **NOT_FOUND},
 )
 def list_images(
@@ -163,6 +170,9 @@ def list_images(
     dataset_id: str,
     label: Annotated[
         str | None, Query(max_length=NAME_LENGTH, description="Only this class")
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_INTEGER, description="The version (default: latest)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Images per page")] = (
         DEFAULT_LIMIT
@@ -176,9 +186,9 @@ def list_images(
             "of the page before carries it.",
         ),
     ] = None,
-) -> Sequence[DatasetImage]:
+) -> Sequence[Row[Any]]:
     rows, next_after = datasets.list_images(
-        session, dataset_id, label=label, limit=limit, after=after
+        session, dataset_id, version=version, label=label, limit=limit, after=after
     )
     if next_after is not None:
         url = request.url.include_query_params(after=next_after, limit=limit)
@@ -241,6 +251,9 @@ def read_report(
         int | None,
         Query(ge=1, le=2048, description="The backbone's input size: smaller images are listed"),
     ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_INTEGER, description="The version (default: latest)")
+    ] = None,
 ) -> DatasetReport:
     # A GET that may write: images stored before their facts were measured at upload get
     # them now. SQLite cannot make a read transaction a writing one once another writer has
@@ -252,4 +265,154 @@ def read_report(
             seed=seed,
             validation_split=validation_split,
             input_size=input_size,
+            version=version,
+        )
+
+
+# -- versions and edits ----------------------------------------------------------------------
+
+VERSION_NOT_FOUND = {404: {"description": "Unknown dataset, or no such version of it"}}
+
+
+@router.get(
+    "/{dataset_id}/versions",
+    response_model=list[DatasetVersionRead],
+    summary="The dataset's versions, oldest first, a page at a time",
+    responses={200: {"headers": LINK_HEADER, "description": "A page of versions"}, **NOT_FOUND},
+)
+def list_versions(
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    dataset_id: str,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Versions per page")] = (
+        DEFAULT_LIMIT
+    ),
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_INTEGER, description="Only versions after this number"),
+    ] = None,
+) -> list[DatasetVersion]:
+    dataset = datasets.get_dataset(session, dataset_id)
+    rows, next_after = versions.list_versions(session, dataset, limit=limit, after=after)
+    if next_after is not None:
+        url = request.url.include_query_params(after=next_after, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return rows
+
+
+@router.get(
+    "/{dataset_id}/versions/{number}",
+    response_model=DatasetVersionRead,
+    responses=VERSION_NOT_FOUND,
+)
+def read_version(session: SessionDep, dataset_id: str, number: int) -> DatasetVersion:
+    return versions.get_version(session, datasets.get_dataset(session, dataset_id), number)
+
+
+@router.get(
+    "/{dataset_id}/versions/{a}/diff/{b}",
+    response_model=VersionDiff,
+    summary="The images added, removed and relabelled from version a to version b",
+    responses=VERSION_NOT_FOUND,
+)
+def diff_versions(
+    session: SessionDep,
+    dataset_id: str,
+    a: int,
+    b: int,
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="Entries per list, by image id")
+    ] = 1000,
+) -> VersionDiff:
+    dataset = datasets.get_dataset(session, dataset_id)
+    found = versions.diff(session, dataset, a, b, limit=limit)
+    return VersionDiff(
+        from_version=a,
+        to_version=b,
+        added=[DiffImage(id=i, filename=f, label=label) for i, f, label in found.added],
+        removed=[DiffImage(id=i, filename=f, label=label) for i, f, label in found.removed],
+        relabelled=[
+            RelabelledImage(id=i, filename=f, from_label=old, to_label=new)
+            for i, f, old, new in found.relabelled
+        ],
+        counts=found.counts,
+    )
+
+
+@router.post(
+    "/{dataset_id}/edits",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetVersionRead,
+    summary="Relabel and delete images at once: the dataset's next version",
+    description="All of it or nothing: 422 names the first entry that is not an image of the "
+    "latest version, names an image twice, or would leave fewer than 2 classes. Image bytes "
+    "stay stored for the versions that hold them; jobs train on the version they named.",
+    responses={
+        **NOT_FOUND,
+        409: {"description": "`base_version` is no longer the latest"},
+    },
+)
+def edit_dataset(session: SessionDep, dataset_id: str, body: DatasetEdit) -> DatasetVersion:
+    return edits.edit_dataset(session, dataset_id, body)
+
+
+@router.patch(
+    "/{dataset_id}/images/{image_id}",
+    response_model=DatasetImageRead,
+    summary="Relabel one image (a new label makes a new class): the dataset's next version",
+    responses={404: {"description": "Unknown dataset, or no such image in its latest version"}},
+)
+def relabel_image(
+    session: SessionDep, dataset_id: str, image_id: ImageId, body: ImageLabel
+) -> Row[Any]:
+    return edits.relabel_image(session, dataset_id, image_id, body.label)
+
+
+@router.delete(
+    "/{dataset_id}/images/{image_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Leave one image out of the dataset's next version",
+    responses={404: {"description": "Unknown dataset, or no such image in its latest version"}},
+)
+def delete_image(session: SessionDep, dataset_id: str, image_id: ImageId) -> Response:
+    edits.delete_image(session, dataset_id, image_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{dataset_id}/report/actions/{action}",
+    response_model=DatasetEdit,
+    summary="What a report action would change, as the edit that applies it",
+    description="`remove-duplicates` keeps the first of each group of byte-identical images; "
+    "`remove-leakage` removes the validation-side copy of each pair straddling the split for "
+    "`seed` and `validation_split`; `accept-suggestions` relabels the images the label review "
+    "finds likely mislabelled to the class it suggests. Nothing changes until the answer is "
+    "sent to POST /datasets/{dataset_id}/edits; its `base_version` makes that a 409 if the "
+    "dataset moved on meanwhile.",
+    responses=VERSION_NOT_FOUND,
+)
+def report_action(
+    database: DatabaseDep,
+    dataset_id: str,
+    action: ReportAction,
+    seed: Annotated[
+        int, Query(ge=0, le=MAX_INTEGER, description="The training seed (`training.seed`)")
+    ] = 0,
+    validation_split: Annotated[
+        float, Query(ge=0.0, lt=1.0, description="`training.validation_split`")
+    ] = 0.2,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_INTEGER, description="The version (default: latest)")
+    ] = None,
+) -> DatasetEdit:
+    with database.session(write=True) as session:  # the report may measure: see read_report
+        return actions.propose(
+            session,
+            dataset_id,
+            action,
+            seed=seed,
+            validation_split=validation_split,
+            version=version,
         )
