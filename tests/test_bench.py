@@ -94,6 +94,7 @@ PRINTS: dict[str, Callable[[str], None]] = {
     "report.py": ratios("facts_ratio", "old_rows_s_per_1000", "near_pairs_10000_s"),
     "train.py": ratios("cache_ratio", "overhead_ratio"),
     "upload_memory.py": upload_memory,
+    "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
 }
 BENCHES = sorted(path.name for path in BENCH.glob("*.py") if path.name not in HELPERS)
 

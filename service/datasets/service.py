@@ -159,7 +159,7 @@ def unseen_images(
             select(DatasetImage.sha256, DatasetImage.id).where(
                 DatasetImage.dataset_id == dataset.id, DatasetImage.sha256.in_(chunk)
             )
-        ).tuples()
+        )
         stored.update((sha256, image_id) for sha256, image_id in rows if sha256 is not None)
     latest = versions.get_version(session, dataset, None) if dataset.version else None
     held = versions.manifest_labels(session, latest.id, list(stored.values())) if latest else {}

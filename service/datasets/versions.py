@@ -131,7 +131,7 @@ def new_version(
         .where(VersionImage.version_id == version.id)
         .group_by(VersionImage.label)
         .order_by(VersionImage.label)
-    ).tuples()
+    )
     version.classes = [{"name": label, "count": count} for label, count in counts]
     version.num_images = sum(entry["count"] for entry in version.classes)
     dataset.classes, dataset.num_images = version.classes, version.num_images
