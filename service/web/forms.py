@@ -119,6 +119,8 @@ def spec_from_form(fields: FormFields) -> dict[str, Any]:
         body["backbone"]["input_size"] = _number(_one(fields, "input_size"))
     if _one(fields, "name"):
         body["name"] = _one(fields, "name")
+    if _one(fields, "dataset_version"):  # none: the latest when submitted, recorded
+        body["dataset_version"] = _number(_one(fields, "dataset_version"))
     return body
 
 
@@ -148,6 +150,23 @@ def advice_from_form(fields: FormFields) -> dict[str, Any]:
     body: dict[str, Any] = {"backbone": backbone}
     if _one(fields, "max_images"):
         body["max_images"] = _number(_one(fields, "max_images"))
+    return body
+
+
+def edit_from_form(fields: FormFields) -> dict[str, Any]:
+    """The body of POST /datasets/{id}/edits that the image grid's selection describes: the
+    images (`image`, repeated) relabelled to the label typed (`new_label`) or chosen
+    (`label`), or deleted, as `action` says; against `base_version`, the version shown."""
+    images = [_number(value.strip()) for value in fields.get("image", []) if value.strip()]
+    body: dict[str, Any] = {"message": _one(fields, "message")}
+    if _one(fields, "base_version"):
+        body["base_version"] = _number(_one(fields, "base_version"))
+    action = _one(fields, "action")
+    if action == "delete":
+        body["delete"] = images
+    elif action == "relabel":
+        label = _one(fields, "new_label") or _one(fields, "label")
+        body["relabel"] = [{"image_id": image, "label": label} for image in images]
     return body
 
 

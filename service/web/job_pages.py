@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session as DbSession
 
 from service import jobs
 from service.advice.kind import ADVICE
@@ -17,6 +18,7 @@ from service.jobs import JobStatus
 from service.predictions.kind import PREDICT
 from service.problems import Problem
 from service.storage.pages import Page
+from service.storage.tables import MAX_INTEGER
 from service.training import service as training
 from service.training.spec import JobSpec
 from service.web.common import (
@@ -27,7 +29,7 @@ from service.web.common import (
     form_lists,
     redirect_to_job,
 )
-from service.web.dataset_pages import backbone_choices, health_report
+from service.web.dataset_pages import backbone_choices, health_report, recent_versions
 from service.web.forms import (
     block_of,
     head_costs,
@@ -53,14 +55,51 @@ def job_list(
 
 
 @pages.get("/jobs/new", response_class=HTMLResponse)
-def job_form(request: Request, session: SessionDep, dataset_id: str | None = None) -> HTMLResponse:
+def job_form(
+    request: Request,
+    session: SessionDep,
+    dataset_id: str | None = None,
+    dataset_version: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
+) -> HTMLResponse:
+    listed = datasets.list_datasets(session, Page(limit=100)).rows
+    chosen = dataset_id or (listed[0].id if listed else None)
     return page(
         request,
         "job_new.html",
         dataset_id=dataset_id,
-        datasets=datasets.list_datasets(session, Page(limit=100)).rows,
+        datasets=listed,
+        **_version_choices(session, chosen, dataset_version),
         **backbone_choices(session),
     )
+
+
+@pages.get("/jobs/versions", response_class=HTMLResponse)
+def job_versions(
+    request: Request,
+    session: SessionDep,
+    dataset_id: Annotated[str, Query(max_length=100)] = "",
+) -> HTMLResponse:
+    """The form's version choices for the dataset picked: its newest versions, the latest
+    selected."""
+    choices = _version_choices(session, dataset_id or None, None)
+    return page(request, "partials/version_options.html", **choices)
+
+
+def _version_choices(
+    session: DbSession, dataset_id: str | None, wanted: int | None
+) -> dict[str, Any]:
+    """The versions the form offers for `dataset_id` (none for no or an unknown dataset: the
+    submission names that) and the one selected: `wanted`, by default the latest."""
+    try:
+        dataset = datasets.get_dataset(session, dataset_id) if dataset_id else None
+    except Problem:
+        dataset = None
+    if dataset is None:
+        return {"versions": [], "chosen_version": None}
+    return {
+        "versions": recent_versions(session, dataset),
+        "chosen_version": wanted or dataset.version,
+    }
 
 
 @pages.get("/jobs/leakage", response_class=HTMLResponse)
@@ -70,13 +109,15 @@ def job_leakage(
     dataset_id: Annotated[str, Query(max_length=100)] = "",
     seed: Text = "",
     validation_split: Text = "",
+    dataset_version: Text = "",
 ) -> HTMLResponse:
     """The new-job form's warning: images whose copies the job's split would put on both
-    sides. Empty when none, and while the form names no dataset or an out-of-bounds split
-    (the form's own submission says what is wrong with those)."""
+    sides, in the version picked. Empty when none, and while the form names no dataset, no
+    such version or an out-of-bounds split (the form's own submission says what is wrong)."""
+    version = int(dataset_version) if dataset_version.strip().isdigit() else None
     try:
         query = split_query(seed, validation_split)
-        report = health_report(session, dataset_id, query) if dataset_id else None
+        report = health_report(session, dataset_id, query, version) if dataset_id else None
     except Problem:
         report = None
     leakage = report.leakage if report is not None and report.leakage.count else None

@@ -12,14 +12,17 @@ from sqlalchemy.orm import Session as DbSession
 
 from service import jobs
 from service.api.deps import SessionDep
+from service.datasets import edits
+from service.datasets import service as datasets
+from service.datasets.spec import ImageId
 from service.exports import service as exports
 from service.exports.spec import EXPORT_FORMATS, ExportRequest
 from service.models import registry
 from service.models import service as models
 from service.predictions.serving import Image
-from service.problems import Problem
+from service.problems import NotFound, Problem
 from service.storage.pages import Page
-from service.storage.tables import MAX_INTEGER, NAME_LENGTH
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH, TrainedModel
 from service.web.common import (
     console_routers,
     failed,
@@ -145,6 +148,46 @@ def model_samples(
         label=label,
         predicted=predicted,
     )
+
+
+def _sample_of(
+    session: DbSession, model_id: str, image_id: int
+) -> tuple[TrainedModel, str, dict[str, Any]]:
+    """The model, its dataset and its validation sample of image `image_id`; NotFound when
+    the model's evaluation holds no such image."""
+    model = models.get_model(session, model_id)
+    samples = models.evaluation_samples(session, model_id, label=None, predicted=None)
+    sample = next((entry for entry in samples if entry["image_id"] == image_id), None)
+    if sample is None or model.dataset_id is None:
+        raise NotFound(f"image {image_id} is not one of model {model_id}'s validation images")
+    return model, model.dataset_id, sample
+
+
+@writes.post("/models/{model_id}/samples/{image_id}/relabel", response_class=HTMLResponse)
+def sample_relabel(
+    request: Request, session: SessionDep, model_id: str, image_id: ImageId
+) -> HTMLResponse:
+    """Relabel a validation image to the class the model gave it, in its dataset's latest
+    version, as PATCH /datasets/{id}/images/{image_id} does (one edit, one new version)."""
+    _, dataset_id, sample = _sample_of(session, model_id, image_id)
+    edits.relabel_image(session, dataset_id, image_id, sample["predicted"])
+    return _edited(request, session, dataset_id, f"Relabelled as {sample['predicted']}")
+
+
+@writes.post("/models/{model_id}/samples/{image_id}/remove", response_class=HTMLResponse)
+def sample_remove(
+    request: Request, session: SessionDep, model_id: str, image_id: ImageId
+) -> HTMLResponse:
+    """Leave a validation image out of its dataset's next version, as DELETE
+    /datasets/{id}/images/{image_id} does."""
+    _, dataset_id, _ = _sample_of(session, model_id, image_id)
+    edits.delete_image(session, dataset_id, image_id)
+    return _edited(request, session, dataset_id, "Removed")
+
+
+def _edited(request: Request, session: DbSession, dataset_id: str, done: str) -> HTMLResponse:
+    dataset = datasets.get_dataset(session, dataset_id)
+    return page(request, "partials/edited.html", dataset=dataset, done=done)
 
 
 @writes.post("/models/{model_id}/predict", response_class=HTMLResponse)

@@ -215,6 +215,12 @@ function setUpJobForm(form) {
     if (Number(size.value) < Number(size.min)) size.value = size.min;
   });
   setUpStages(form, changed);
+  // The versions of the dataset picked came in: the preview and the copies check follow them.
+  document.body.addEventListener("htmx:afterSwap", (event) => {
+    if (event.target.id === "dataset_version") {
+      event.target.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+  });
   describe();
 }
 
@@ -229,6 +235,83 @@ function setUpStages(form, changed) {
     if (!event.target.matches("[data-remove-stage]")) return;
     event.target.closest("li").remove();
     changed();
+  });
+}
+
+// -- a dataset's image grid: select (click, shift-click), relabel or delete as one edit --------
+
+// The selection is the grid's pressed toggles; an edit posts their ids (`image`) with the
+// form's action and label, and the page reloads with the new version. Keys: 1..9 relabel the
+// selection to the n-th class, Delete or Backspace remove it (after a confirm), Escape clears.
+function setUpImageGrid(form) {
+  const grid = document.getElementById("image-grid");
+  const errors = document.getElementById("edit-errors");
+  const select = form.querySelector("#edit-label");
+  const typed = form.querySelector("#edit-new-label");
+  let anchor = null;  // the image clicked last: a shift-click selects the range from it
+  const picks = () => [...grid.querySelectorAll("button.pick")];
+  const chosen = () => picks().filter((pick) => pick.getAttribute("aria-pressed") === "true");
+  const press = (pick, on) => pick.setAttribute("aria-pressed", String(on));
+  const show = () => {
+    const count = chosen().length;
+    form.querySelector("#selection-count").value = count ? `${count} selected` : "None selected";
+  };
+  grid.addEventListener("mousedown", (event) => { if (event.shiftKey) event.preventDefault(); });
+  grid.addEventListener("click", (event) => {
+    const pick = event.target.closest("button.pick");
+    if (!pick) return;
+    const all = picks();
+    if (event.shiftKey && anchor && all.includes(anchor)) {
+      const [from, to] = [all.indexOf(anchor), all.indexOf(pick)].sort((a, b) => a - b);
+      all.slice(from, to + 1).forEach((one) => press(one, true));
+    } else {
+      press(pick, pick.getAttribute("aria-pressed") !== "true");
+      anchor = pick;
+    }
+    show();
+  });
+  const clear = () => { chosen().forEach((pick) => press(pick, false)); anchor = null; show(); };
+  const send = (action) => {
+    const images = chosen();
+    if (!images.length) {
+      showError(errors, "Select images first: click one, shift-click another for a range.");
+      return;
+    }
+    const what = images.length === 1 ? "1 image" : `${images.length} images`;
+    if (action === "delete" && !window.confirm(`Delete ${what} from the dataset's next version?`)) return;
+    form.querySelectorAll('input[name="image"]').forEach((input) => input.remove());
+    for (const pick of images) {
+      const input = Object.assign(document.createElement("input"), { type: "hidden", name: "image" });
+      input.value = pick.dataset.image;
+      form.append(input);
+    }
+    form.querySelector('input[name="action"]').value = action;
+    htmx.trigger(form, "submit");
+  };
+  form.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-edit]");
+    if (!button) return;
+    if (button.dataset.edit === "clear") clear();
+    else send(button.dataset.edit);
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (event.target.closest && event.target.closest("input, select, textarea, [contenteditable]")) return;
+    if (event.key === "Escape") { clear(); return; }
+    if (!chosen().length) return;
+    const digit = /^[1-9]$/.test(event.key) ? Number(event.key) : 0;
+    if (digit && digit <= select.options.length) {
+      event.preventDefault();
+      select.selectedIndex = digit - 1;
+      typed.value = "";  // the shortcut names an existing class
+      send("relabel");
+    } else if (event.key === "Delete" || event.key === "Backspace") {
+      event.preventDefault();
+      send("delete");
+    }
+  });
+  document.body.addEventListener("htmx:afterSwap", (event) => {
+    if (event.target.id === "image-grid") { anchor = null; show(); }
   });
 }
 
@@ -371,6 +454,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (tryForm) setUpTry(tryForm);
   const jobForm = document.getElementById("job-form");
   if (jobForm) setUpJobForm(jobForm);
+  const editForm = document.getElementById("edit-form");
+  if (editForm) setUpImageGrid(editForm);
   const live = document.getElementById("live");
   if (live) followJob(live);
   const history = document.getElementById("history-data");
