@@ -10,6 +10,7 @@ error or failed request fails the browser test; screenshots are written (SCREENS
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,10 @@ def test_a_health_action_is_shown_then_applied_as_one_version(service: Service) 
     dataset_id = response.json()["id"]
     page = text(client.get(f"/console/datasets/{dataset_id}"))
     assert "/actions/remove-duplicates?seed=0&validation_split=0.2&version=1" in page
+    # Each copy has its own Remove, in place (and the copy across the split too, at seed 0).
+    fixes = {json.loads(values)["image"] for values in re.findall(r"hx-vals='([^']+)'", page)}
+    red = image_ids(client, dataset_id, label="red")
+    assert fixes == {red[0], red[-1]}  # red/0.png and its copy, uploaded last
     proposal = text(
         client.get(
             f"/console/datasets/{dataset_id}/actions/remove-duplicates?seed=0&version=1",
