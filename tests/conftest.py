@@ -59,6 +59,18 @@ BACKENDS = [
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+# The fast lane (`-m "not slow"`) leaves out every test that trains a model, runs worker
+# processes or drives a browser: one that asks for a trained model or a browser is slow
+# whether or not it is marked so.
+SLOW_FIXTURES = frozenset({"small_model", "trained", "browser", "live"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def png_bytes(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, image_format)

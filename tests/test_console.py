@@ -312,7 +312,7 @@ def test_without_an_api_key_there_is_no_login(browser: Any, tmp_path: Path) -> N
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url(re.compile(r"/console/datasets/d_"))
         page.wait_for_function("() => [...document.images].every((image) => image.complete)")
-        page.get_by_role("button", name="Delete").click()  # hx-confirm: accepted above
+        page.get_by_role("button", name="Delete", exact=True).click()  # hx-confirm: accepted above
         page.wait_for_url(f"{live.url}/console/datasets")
         expect(page.locator("main")).to_contain_text("No datasets yet.")
         problems.check()

@@ -15,7 +15,15 @@ from sqlalchemy import insert, select, text
 from service.ml.drift import relative_change
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
-from tests.conftest import SIZE, Service, colour_images, job_body, make_settings, stored_model
+from tests.conftest import (
+    SIZE,
+    SQLITE_ONLY,
+    Service,
+    colour_images,
+    job_body,
+    make_settings,
+    stored_model,
+)
 
 BACKBONE = "mobilenetv2_1.00_32"
 # MobileNetV2's last 11 layers, from block_16_expand: what stage 2 of the staged job trains.
@@ -187,6 +195,7 @@ def train_from_file_then_model(service: Service, tmp_path: Path) -> tuple[str, s
     return first["model_id"], second["model_id"]
 
 
+@SQLITE_ONLY  # what training changed is Keras's; the database only stores it
 @pytest.mark.slow
 def test_staged_job_changes_only_what_trained(service: Service, tmp_path: Path) -> None:
     first, second = train_from_file_then_model(service, tmp_path)

@@ -64,6 +64,7 @@ def keras_logits(network: Any, pixels: np.ndarray) -> np.ndarray:
     return np.asarray(linear(features))
 
 
+@pytest.mark.slow  # builds, fits and saves a model
 @pytest.mark.parametrize(("pooling", "reduce"), [("avg", np.mean), ("flatten", np.sum)])
 def test_cam_decomposes_the_logit_exactly(pooling: str, reduce: Any, tmp_path: Path) -> None:
     """GAP: the map's spatial mean plus the bias is the logit; Flatten: its spatial sum."""
@@ -87,6 +88,7 @@ def test_cam_decomposes_the_logit_exactly(pooling: str, reduce: Any, tmp_path: P
     np.testing.assert_allclose(savedmodel.serve(pixels).numpy(), probabilities, atol=1e-6)
 
 
+@pytest.mark.slow  # builds, fits and saves a model
 def test_grad_cam_for_a_hidden_dense_head(tmp_path: Path) -> None:
     """Selvaraju et al.: ReLU(Σ_k α_k f_k), α_k the spatial mean of ∂logit/∂f_k, checked
     against the same computed eagerly on the Keras model."""
@@ -165,6 +167,7 @@ def test_predict_explains_as_the_downloaded_savedmodel(
 
 
 @SQLITE_ONLY
+@pytest.mark.slow  # trains a model
 def test_explain_of_a_model_stored_before_maps_is_a_409(service: Service, tmp_path: Path) -> None:
     import keras
 

@@ -121,7 +121,8 @@ def test_unknown_layer_name_is_422_naming_it(service: Service, dataset_id: str) 
     assert service.client.get("/jobs").json() == []
 
 
-@pytest.mark.parametrize("stored", ["small_model", pytest.param("trained", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a stored model: trained by the worker
+@pytest.mark.parametrize("stored", ["small_model", "trained"])
 def test_stored_layers_match_keras_counts(request: pytest.FixtureRequest, stored: str) -> None:
     """small_model: backbone frozen. trained: mode "none" from random weights, so everything
     trained, BatchNormalization included."""

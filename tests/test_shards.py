@@ -13,9 +13,8 @@ import pytest
 
 from service.storage import shard_cache as shards
 from service.storage.shard_files import ShardedImages, write_shards
-from service.storage.tables import DatasetImage
 from service.training.spec import JobSpec
-from tests.conftest import Service, colour_images, job_body, make_settings
+from tests.conftest import Service, class_zip, colour_images, job_body, make_settings
 from tests.test_training import labelled, train_in_process, without_timing
 
 
@@ -130,16 +129,10 @@ def test_a_grown_dataset_gets_a_fresh_cache(tmp_path: Path) -> None:
     try:
         dataset_id = service.upload(colour_images(per_class=2))["id"]
         before = load_dataset(service.database, spec_of(dataset_id), settings)
-        with service.database.session(write=True) as session:
-            session.add(
-                DatasetImage(
-                    dataset_id=dataset_id,
-                    label="red",
-                    filename="red/extra.png",
-                    data=colour_images(per_class=1, seed=9)["red"][0],
-                    size_bytes=1,
-                )
-            )
+        extra = {"red": colour_images(per_class=1, seed=9)["red"]}
+        files = {"file": ("more.zip", class_zip(extra), "application/zip")}
+        grown = service.client.post(f"/datasets/{dataset_id}/images", files=files)
+        assert grown.status_code == 200, grown.text
         after = load_dataset(service.database, spec_of(dataset_id), settings)
         assert len(after.images) == len(before.images) + 1
         assert after.images.folder != before.images.folder

@@ -180,6 +180,7 @@ def read_events(response: Any) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
+@SQLITE_ONLY  # the stream reads the job row; reads on PostgreSQL: test_jobs, test_inputs
 @pytest.mark.slow
 def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=6))
@@ -293,6 +294,7 @@ def upload_weights(service: Service, path: Path, backbone: str) -> Any:
     )
 
 
+@SQLITE_ONLY  # weights files as PostgreSQL blobs: test_training's refusals, test_jobs
 @pytest.mark.slow
 def test_uploaded_weights_file_seeds_the_backbone(service: Service, tmp_path: Path) -> None:
     path = tmp_path / "mobilenet_v2.weights.h5"

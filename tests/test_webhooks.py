@@ -97,6 +97,7 @@ def job_status(service: Service, job_id: str) -> str:
         return session.scalar(select(Job.status).where(Job.id == job_id)) or ""
 
 
+@pytest.mark.slow  # trains a model
 def test_a_trained_jobs_end_is_delivered_signed_after_two_refusals(tmp_path: Path) -> None:
     """Real training, on SQLite only (it costs a training run; PostgreSQL's claims and ends
     are the next test's)."""

@@ -19,7 +19,14 @@ from sqlalchemy import select, update
 from service import jobs
 from service.storage.tables import Job, TrainedModel, utcnow
 from service.training.task import store_model
-from tests.conftest import Service, colour_images, job_body, make_settings, stored_model
+from tests.conftest import (
+    SQLITE_ONLY,
+    Service,
+    colour_images,
+    job_body,
+    make_settings,
+    stored_model,
+)
 
 
 def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Service) -> None:
@@ -50,6 +57,7 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
     assert "max_attempts=2" in job["error"]
 
 
+@SQLITE_ONLY  # cancel's transitions on PostgreSQL: test_inputs's state conflicts
 @pytest.mark.slow
 def test_cancel_stops_a_running_job(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=8))["id"]
