@@ -190,6 +190,7 @@ def advised_spec(figures: Figures, spec: AdviceSpec, strategy: int) -> dict[str,
     first_freeze = {"mode": "backbone"} if spec.backbone.pretrained else {"mode": "none"}
     advised = {
         "dataset_id": spec.dataset_id,
+        "dataset_version": spec.dataset_version,  # the version measured
         "backbone": spec.backbone.model_dump(mode="json"),
         "head": {"pooling": "avg", "dropout": 0.2},
         "freeze": first_freeze,
