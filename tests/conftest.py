@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Three test processes share the cores: one thread each inside an op, for them and the
+    # workers and benches they start, instead of a pool per core in every process spinning
+    # against the others'. (Inter-op pools stay: collectives across logical devices need
+    # more than one.) A value set outside wins.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import numpy as np
 import pytest
