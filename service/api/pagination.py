@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request, Response
@@ -38,6 +39,17 @@ LINK_HEADER = {
         "schema": {"type": "string"},
     }
 }
+
+
+def link_after(
+    rows: Sequence[Row], next_after: int | None, limit: int, request: Request, response: Response
+) -> Sequence[Row]:
+    """The rows of a list keyed by a number (`after`), with the Link header set when another
+    page follows."""
+    if next_after is not None:
+        url = request.url.include_query_params(after=next_after, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return rows
 
 
 def link_next(page: PageOf[Row], limit: int, request: Request, response: Response) -> list[Any]:

@@ -11,6 +11,7 @@ applied, and applied as one edit (POST /datasets/{id}/edits) like any other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy.orm import Session
@@ -28,6 +29,14 @@ class ReportAction(StrEnum):
     ACCEPT_SUGGESTIONS = "accept-suggestions"
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """An action's edit, and the report it was made from (which names the edit's images)."""
+
+    edit: DatasetEdit
+    report: DatasetReport
+
+
 def propose(
     session: Session,
     dataset_id: str,
@@ -36,7 +45,7 @@ def propose(
     seed: int,
     validation_split: float,
     version: int | None,
-) -> DatasetEdit:
+) -> Proposal:
     """The edit `action` makes of the report on `version` (latest when None), against that
     version (`base_version`: applying it after the dataset moved on is a 409)."""
     dataset = get_dataset(session, dataset_id)
@@ -49,11 +58,13 @@ def propose(
         input_size=None,
         version=reported.number,
     )
-    if action is ReportAction.ACCEPT_SUGGESTIONS:
-        edit = _accept_suggestions(session, reported.id, report)
+    if action is ReportAction.REMOVE_DUPLICATES:
+        edit = _remove_duplicates(report)
+    elif action is ReportAction.REMOVE_LEAKAGE:
+        edit = _remove_leakage(report)
     else:
-        edit = _EDITS[action](report)
-    return edit.model_copy(update={"base_version": reported.number})
+        edit = _accept_suggestions(session, reported.id, report)
+    return Proposal(edit.model_copy(update={"base_version": reported.number}), report)
 
 
 def _remove_duplicates(report: DatasetReport) -> DatasetEdit:
@@ -92,9 +103,3 @@ def _accept_suggestions(session: Session, version_id: int, report: DatasetReport
 
 def _sorted(images: list[ReportImage]) -> list[ReportImage]:
     return sorted(images, key=lambda image: image.id)
-
-
-_EDITS = {
-    ReportAction.REMOVE_DUPLICATES: _remove_duplicates,
-    ReportAction.REMOVE_LEAKAGE: _remove_leakage,
-}

@@ -27,7 +27,7 @@ from service.datasets.ingest import (
 )
 from service.ml.images import UndecodableImage, thumbnail
 from service.problems import BadContent, Invalid, NotFound
-from service.storage.pages import Page, PageOf, fetch_page
+from service.storage.pages import Page, PageOf, after_page, fetch_page
 from service.storage.tables import (
     MAX_INTEGER,
     Dataset,
@@ -161,8 +161,8 @@ def unseen_images(
             )
         )
         stored.update((sha256, image_id) for sha256, image_id in rows if sha256 is not None)
-    latest = versions.get_version(session, dataset, None) if dataset.version else None
-    held = versions.manifest_labels(session, latest.id, list(stored.values())) if latest else {}
+    latest = versions.get_version(session, dataset, None)
+    held = versions.manifest_labels(session, latest.id, list(stored.values()))
     new: list[Planned] = []
     restored: list[tuple[int, str]] = []
     duplicates: list[dict[str, str]] = []
@@ -296,10 +296,7 @@ def list_images(
         query = query.where(VersionImage.label == label)
     if after is not None:
         query = query.where(VersionImage.image_id > max(0, min(after, MAX_IMAGE_ID)))
-    rows = list(session.execute(query))
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], rows[limit - 1].id
+    return after_page(list(session.execute(query)), limit, key=lambda row: row.id)
 
 
 def _check_label(version: DatasetVersion, label: str) -> None:

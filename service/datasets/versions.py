@@ -17,6 +17,7 @@ from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.problems import Invalid, NotFound
+from service.storage.pages import after_page
 from service.storage.tables import (
     MAX_INTEGER,
     Dataset,
@@ -60,10 +61,7 @@ def list_versions(
     )
     if after is not None:
         query = query.where(DatasetVersion.number > min(after, MAX_INTEGER))
-    rows = list(session.scalars(query))
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], rows[limit - 1].number
+    return after_page(list(session.scalars(query)), limit, key=lambda row: row.number)
 
 
 def version_images(version_id: int, *columns: Any) -> Select[Any]:

@@ -73,6 +73,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor() from None
 
 
+def after_page(
+    rows: list[Row], limit: int, key: Callable[[Row], int]
+) -> tuple[list[Row], int | None]:
+    """Rows fetched one past `limit`, in increasing `key` order (lists keyed by a number
+    rather than a cursor: a dataset's images, its versions): the page, and the key to pass as
+    `after` for the next one (None on the last page)."""
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], key(rows[limit - 1])
+
+
 def fetch_page(
     session: Session,
     query: Select[Any],

@@ -362,22 +362,14 @@ def action_preview(
     """What a health finding's action would change (GET /datasets/{id}/report/actions/…),
     each image with its thumbnail, and the button that applies it."""
     query = split_query(seed, validation_split)
-    edit = _propose(session, dataset_id, action, query, version)
-    report = reports.dataset_report(
-        session,
-        dataset_id,
-        seed=query.seed,
-        validation_split=query.validation_split,
-        input_size=None,
-        version=edit.base_version,
-    )
+    proposal = _propose(session, dataset_id, action, query, version)
     return page(
         request,
         "partials/proposal.html",
         dataset_id=dataset_id,
         action=action,
-        edit=edit,
-        named=_report_images(report),
+        edit=proposal.edit,
+        named=_report_images(proposal.report),
         query=query,
     )
 
@@ -394,8 +386,10 @@ def action_apply(
 ) -> Response:
     """Apply the action shown: proposed again on the version it was shown for, so what is
     applied is what was listed; a 409 when the dataset has moved on since."""
-    edit = _propose(session, dataset_id, action, split_query(seed, validation_split), base_version)
-    edits.edit_dataset(session, dataset_id, edit)
+    proposal = _propose(
+        session, dataset_id, action, split_query(seed, validation_split), base_version
+    )
+    edits.edit_dataset(session, dataset_id, proposal.edit)
     return Response(status_code=204, headers={"HX-Refresh": "true"})
 
 
@@ -405,7 +399,7 @@ def _propose(
     action: ReportAction,
     query: SplitQuery,
     version: int | None,
-) -> DatasetEdit:
+) -> actions.Proposal:
     return actions.propose(
         session,
         dataset_id,

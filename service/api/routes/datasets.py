@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from sqlalchemy import Row
 
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
-from service.api.pagination import LINK_HEADER, PageDep, link_next
+from service.api.pagination import LINK_HEADER, PageDep, link_after, link_next
 from service.datasets import actions, edits, imports, versions
 from service.datasets import report as reports
 from service.datasets import service as datasets
@@ -190,10 +190,7 @@ def list_images(
     rows, next_after = datasets.list_images(
         session, dataset_id, version=version, label=label, limit=limit, after=after
     )
-    if next_after is not None:
-        url = request.url.include_query_params(after=next_after, limit=limit)
-        response.headers["Link"] = f'<{url}>; rel="next"'
-    return rows
+    return link_after(rows, next_after, limit, request, response)
 
 
 @router.get(
@@ -295,10 +292,7 @@ def list_versions(
 ) -> list[DatasetVersion]:
     dataset = datasets.get_dataset(session, dataset_id)
     rows, next_after = versions.list_versions(session, dataset, limit=limit, after=after)
-    if next_after is not None:
-        url = request.url.include_query_params(after=next_after, limit=limit)
-        response.headers["Link"] = f'<{url}>; rel="next"'
-    return rows
+    return link_after(rows, next_after, limit, request, response)
 
 
 @router.get(
@@ -408,7 +402,7 @@ def report_action(
     ] = None,
 ) -> DatasetEdit:
     with database.session(write=True) as session:  # the report may measure: see read_report
-        return actions.propose(
+        proposal = actions.propose(
             session,
             dataset_id,
             action,
@@ -416,3 +410,4 @@ def report_action(
             validation_split=validation_split,
             version=version,
         )
+        return proposal.edit
