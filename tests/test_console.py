@@ -125,9 +125,13 @@ def inspect_model(page: Any, live: LiveService, model_id: str, folder: Path) -> 
         evaluation = client.get(f"/models/{model_id}/evaluation").json()
     assert page.locator("#accuracy").inner_text() == f"{100 * evaluation['accuracy']:.1f} %"
     calibration = evaluation["calibration"]
-    assert calibration["fitted"], calibration
-    expect(page.locator("#temperature")).to_have_text(f"{calibration['temperature']:.3f}")
-    expect(page.locator("#reliability svg")).to_have_count(2)  # before and after
+    # Two epochs on six validation images may answer every one right, and then no temperature
+    # is fitted (the likelihood keeps rising as T -> 0): the page must say which case it is.
+    if calibration["fitted"]:
+        expect(page.locator("#temperature")).to_have_text(f"{calibration['temperature']:.3f}")
+        expect(page.locator("#reliability svg")).to_have_count(2)  # before and after
+    else:
+        expect(page.get_by_text(f"Scores are not calibrated: {calibration['reason']}")).to_be_visible()
     matrix = evaluation["confusion_matrix"]
     row, column = next(
         (i, j) for i, line in enumerate(matrix["matrix"]) for j, cell in enumerate(line) if cell
