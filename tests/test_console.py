@@ -131,7 +131,8 @@ def inspect_model(page: Any, live: LiveService, model_id: str, folder: Path) -> 
         expect(page.locator("#temperature")).to_have_text(f"{calibration['temperature']:.3f}")
         expect(page.locator("#reliability svg")).to_have_count(2)  # before and after
     else:
-        expect(page.get_by_text(f"Scores are not calibrated: {calibration['reason']}")).to_be_visible()
+        reason = f"Scores are not calibrated: {calibration['reason']}"
+        expect(page.get_by_text(reason)).to_be_visible()
     matrix = evaluation["confusion_matrix"]
     row, column = next(
         (i, j) for i, line in enumerate(matrix["matrix"]) for j, cell in enumerate(line) if cell
