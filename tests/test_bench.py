@@ -95,6 +95,14 @@ PRINTS: dict[str, Callable[[str], None]] = {
     "train.py": ratios("cache_ratio", "overhead_ratio"),
     "upload_memory.py": upload_memory,
     "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
+    "unknowns.py": json_line(
+        "unknowns",
+        "near_auroc",
+        "near_gain_over_msp",
+        "far_auroc_min",
+        "known_flagged",
+        "added_p95_ms",
+    ),
 }
 BENCHES = sorted(path.name for path in BENCH.glob("*.py") if path.name not in HELPERS)
 

@@ -37,6 +37,7 @@ class Answer:
     explained: tuple[np.ndarray, np.ndarray] | None = None
     method: str = ""
     error: str = ""
+    ood_score: float | None = None  # where the model has an unknown-input score
 
 
 @dataclass
@@ -105,9 +106,16 @@ def _answers(model: LoadedModel, batch: _Decoded, explain_top_k: int) -> list[An
                 explanation.probabilities[row],
                 (explanation.classes[row], explanation.maps[row]),
                 explanation.method,
+                ood_score=_row(explanation.ood_scores, row),
             )
         return answers
-    probabilities = model.probabilities(batch.pixels)
+    probabilities, ood_scores = model.split(model.scores(batch.pixels))
     for row, position in enumerate(batch.decoded):
-        answers[position] = Answer(batch.items[position], probabilities[row])
+        answers[position] = Answer(
+            batch.items[position], probabilities[row], ood_score=_row(ood_scores, row)
+        )
     return answers
+
+
+def _row(scores: np.ndarray | None, row: int) -> float | None:
+    return None if scores is None else float(scores[row])

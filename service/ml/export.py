@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # callers bring a built model; the API only unpacks archives, without keras
     import keras
 
+    from service.ml.unknowns import UnknownDetector
 
-def export_savedmodel(model: keras.Model, temperature: float = 1.0) -> bytes:
+
+def export_savedmodel(
+    model: keras.Model, temperature: float = 1.0, unknowns: UnknownDetector | None = None
+) -> bytes:
     """The model as a SavedModel, packed as a tar.gz, with two signatures:
 
     - `serve`: raw pixels (float32 0–255, [batch, h, w, 3]) → class probabilities, scaled by
@@ -23,19 +27,31 @@ def export_savedmodel(model: keras.Model, temperature: float = 1.0) -> bytes:
     - `explain`: the same pixels and class indices (int32 [batch, n]) → `probabilities` (as
       `serve` gives them), `heatmaps` [batch, n, h, w], `maps` [batch, n, fh, fw] and
       `method` ("cam" or "grad-cam"; see `service.ml.explain`).
+    - `unknowns`, with a fitted detector: the same pixels → `probabilities` (as `serve`
+      gives them), `ood_score` [batch] and `unknown` [batch] (past the fitted threshold;
+      see `service.ml.unknowns`). The variable collection `unknown_thresholds` holds the
+      validation scores at 1001 evenly spaced quantile levels and the unknown_rate fitted
+      for, from which the threshold for any other rate is read.
     """
     with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
         directory = Path(scratch) / "savedmodel"
-        write_savedmodel(model, directory, temperature)
+        write_savedmodel(model, directory, temperature, unknowns)
         return pack_directory(directory)
 
 
-def write_savedmodel(model: keras.Model, directory: Path, temperature: float = 1.0) -> None:
+def write_savedmodel(
+    model: keras.Model,
+    directory: Path,
+    temperature: float = 1.0,
+    unknowns: UnknownDetector | None = None,
+) -> None:
     """`export_savedmodel`'s directory, unpacked; Keras's own ExportArchive, as
-    `model.export()` uses it, with a second endpoint."""
+    `model.export()` uses it, with more endpoints."""
     import keras
+    import tensorflow as tf
 
     from service.ml.explain import explain_function, input_specs, serve_function
+    from service.ml.unknowns import unknowns_function
 
     pixels, classes = input_specs(model)
     archive = keras.export.ExportArchive()
@@ -43,6 +59,14 @@ def write_savedmodel(model: keras.Model, directory: Path, temperature: float = 1
     # Registered first: the first endpoint is also the archive's `serving_default`.
     archive.add_endpoint("serve", serve_function(model, temperature), [pixels])
     archive.add_endpoint("explain", explain_function(model, temperature), [pixels, classes])
+    if unknowns is not None:
+        scores = unknowns_function(model, temperature, unknowns)
+        archive.add_endpoint("unknowns", scores, [pixels])
+        thresholds = [
+            tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
+            tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),
+        ]
+        archive.add_variable_collection("unknown_thresholds", thresholds)
     archive.write_out(str(directory), verbose=False)
 
 

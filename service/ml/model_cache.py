@@ -45,6 +45,23 @@ class Explanation:
     classes: np.ndarray  # [batch, n] the class indices explained
     maps: np.ndarray  # [batch, n, fh, fw] at the backbone's feature resolution
     heatmaps: np.ndarray  # [batch, n, h, w] the maps resized to the input
+    ood_scores: np.ndarray | None = None  # [batch], where the model has an unknown-input score
+
+
+@dataclass(frozen=True)
+class UnknownThresholds:
+    """A model's validation ood_scores at evenly spaced quantile levels, and the unknown_rate
+    its training asked for: the threshold for any rate is read from them."""
+
+    quantiles: np.ndarray
+    unknown_rate: float
+
+    def threshold(self, unknown_rate: float | None = None) -> float:
+        """The score above which `unknown_rate` (default: the training's) of the validation
+        images lie."""
+        rate = self.unknown_rate if unknown_rate is None else unknown_rate
+        levels = np.linspace(0.0, 1.0, len(self.quantiles))
+        return float(np.interp(1.0 - rate, levels, self.quantiles))
 
 
 @dataclass
@@ -55,10 +72,24 @@ class LoadedModel:
     serve: Callable[[Any], Any]
     explain: Callable[[Any, Any], Any] | None = None
     frozen: bool = False  # `serve` is the frozen graph (service/ml/frozen.py), not as stored
+    # With an `unknowns` signature: `serve` answers each image's probabilities followed by its
+    # ood_score (one more column), thresholded by these.
+    unknowns: UnknownThresholds | None = None
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """`serve`'s rows for a batch of raw pixels, shape (n, size, size, 3): the class
+        probabilities, and the ood_score after them where the model has one."""
+        return np.asarray(self.serve(pixels.astype(np.float32, copy=False)))
+
+    def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`scores`' rows as (probabilities, ood_scores or None)."""
+        if self.unknowns is None:
+            return rows, None
+        return rows[:, :-1], rows[:, -1]
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities for a batch of raw pixels, shape (n, size, size, 3)."""
-        return np.asarray(self.serve(pixels.astype(np.float32, copy=False)))
+        """Class probabilities for a batch of raw pixels."""
+        return self.split(self.scores(pixels))[0]
 
     def explanation(self, pixels: np.ndarray, top_k: int) -> Explanation:
         """Maps of each image's `top_k` best classes (best first, in `top_scores`' order):
@@ -69,7 +100,7 @@ class LoadedModel:
                 "maps; train it again to explain its answers"
             )
         pixels = pixels.astype(np.float32, copy=False)
-        probabilities = self.probabilities(pixels)
+        probabilities, ood_scores = self.split(self.scores(pixels))
         count = min(top_k, probabilities.shape[1])
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :count].astype(np.int32)
         answer = self.explain(pixels, order)
@@ -79,6 +110,7 @@ class LoadedModel:
             classes=order,
             maps=np.asarray(answer["maps"]),
             heatmaps=np.asarray(answer["heatmaps"]),
+            ood_scores=ood_scores,
         )
 
 
@@ -161,14 +193,16 @@ class ModelCache:
             scratch.rename(directory)
         loaded = tf.saved_model.load(str(directory))
         self.loads += 1
-        frozen = frozen_serve(source.model_id, loaded.serve, source.input_size)
+        serve, unknowns = _serve_and_thresholds(loaded, source.input_size)
+        frozen = frozen_serve(source.model_id, serve, source.input_size)
         return LoadedModel(
             model_id=source.model_id,
             classes=source.classes,
             input_size=source.input_size,
-            serve=frozen or _keep_alive(loaded, loaded.serve),
+            serve=frozen or _keep_alive(loaded, serve),
             explain=_keep_alive(loaded, loaded.explain) if hasattr(loaded, "explain") else None,
             frozen=frozen is not None,
+            unknowns=unknowns,
         )
 
     def evict(self, model_id: str) -> None:
@@ -176,6 +210,25 @@ class ModelCache:
             self._models.pop(model_id, None)
         for directory in self.directory.glob(f"{model_id}-*"):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve_and_thresholds(loaded: Any, input_size: int) -> tuple[Any, UnknownThresholds | None]:
+    """What the API serves: `unknowns`' probabilities and ood_score as one row per image, in
+    one pass of the backbone, and its thresholds; or `serve` alone, for a model stored before
+    models carried an unknown-input score."""
+    import tensorflow as tf
+
+    if not hasattr(loaded, "unknowns"):
+        return loaded.serve, None
+    spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="pixels")
+
+    @tf.function(input_signature=[spec])
+    def serve(pixels: tf.Tensor) -> tf.Tensor:
+        answer = loaded.unknowns(pixels)
+        return tf.concat([answer["probabilities"], answer["ood_score"][:, None]], axis=1)
+
+    quantiles, rate = (variable.numpy() for variable in loaded.unknown_thresholds)
+    return serve, UnknownThresholds(quantiles.astype(np.float64), float(rate))
 
 
 def _keep_alive(owner: Any, function: Callable[..., Any]) -> Callable[..., Any]:

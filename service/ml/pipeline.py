@@ -173,6 +173,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def sample(self, count: int, seed: int) -> Split:
+        """At most `count` of its images, a seeded sample in their order; itself if fewer."""
+        if len(self) <= count:
+            return self
+        pick = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        targets = tuple(target[pick] for target in self.targets)
+        return Split(_subset(self.images, pick), self.labels[pick], targets, self.index[pick])
+
     def pixels(self, spec: JobSpec) -> tf.data.Dataset:
         """In order: for evaluating, and for extracting features."""
         return pixel_dataset(

@@ -41,6 +41,7 @@ from service.ml.drift import Snapshot, snapshot
 from service.ml.evaluate import evaluate
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.pipeline import Epochs, Splits, prepare_splits
+from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
 from service.training.spec import JobSpec, Stage, TrainingSpec
 
 # Backbone features are cached for frozen stages up to this size, else the stage runs whole.
@@ -76,6 +77,8 @@ class TrainingResult:
     features: tuple[np.ndarray, np.ndarray] | None = None
     features_reused: bool = False
     replicas: int = 1  # devices the model trained on at once (MirroredStrategy)
+    # The unknown-input score fitted on the final model's features (service/ml/unknowns.py).
+    unknowns: UnknownDetector | None = None
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -195,6 +198,9 @@ def _train_in_scope(
     metrics, evaluation, calibration = _final_metrics(
         network.model, splits, history, spec, data.classes
     )
+    unknowns = fit_unknowns(network.model, splits, spec, len(data.classes))
+    if evaluation is not None:
+        evaluation["unknowns"] = unknowns.report
     seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(
         network=network,
@@ -212,6 +218,23 @@ def _train_in_scope(
         initial_weights=initial_weights,
         features=frozen.features,
         features_reused=frozen.reused,
+        unknowns=unknowns,
+    )
+
+
+def fit_unknowns(
+    model: keras.Model, splits: Splits, spec: JobSpec, classes: int
+) -> UnknownDetector:
+    """The unknown-input score on the final model's features: its Gaussians fitted on (a
+    sample of) the training split, its threshold on the validation split."""
+    tap = Tap(model)
+    train = splits.train.sample(MAX_FIT_IMAGES, spec.training.seed)
+    features, _ = pooled_features(tap, train.pixels(spec))
+    held_out = None
+    if splits.validation_pixels is not None:
+        held_out, _ = pooled_features(tap, splits.validation_pixels)
+    return fit_detector(
+        tap.layers, (features, train.labels), held_out, classes, spec.training.unknown_rate
     )
 
 

@@ -199,6 +199,22 @@ def _bins(filled: dict[int, tuple[int, float, float]]) -> list[dict[str, Any]]:
     return rows
 
 
+class UnknownsReport(BaseModel):
+    method: Literal["mahalanobis-ensemble"] = Field(
+        description="Mahalanobis distance to the nearest class at each stage depth of the "
+        "backbone, each standardised on the validation split, the largest kept (docs/unknowns.md)."
+    )
+    depths: list[str] = Field(description="The backbone layers whose pooled outputs are scored.")
+    unknown_rate: float = Field(description="The share of known images the threshold flags.")
+    threshold: float = Field(description="`ood_score` above this: `unknown`.")
+    flagged_share: float = Field(description="The share of the split's images flagged.")
+    images: int = Field(description="Images of the split the threshold was fitted on.")
+    split: Literal["validation", "train"] = Field(
+        description='"train" only for a model trained without a validation split: then more '
+        "than unknown_rate of new known images are flagged."
+    )
+
+
 class EvaluationRead(BaseModel):
     model_config = example_config(
         {
@@ -223,6 +239,15 @@ class EvaluationRead(BaseModel):
                     {11: (4, 0.77, 0.75), 12: (6, 0.84, 0.83), 14: (10, 0.95, 1.0)}
                 ),
             },
+            "unknowns": {
+                "method": "mahalanobis-ensemble",
+                "depths": ["block_3_expand_relu", "block_6_expand_relu", "out_relu"],
+                "unknown_rate": 0.05,
+                "threshold": 2.82,
+                "flagged_share": 0.05,
+                "images": 20,
+                "split": "validation",
+            },
         }
     )
     model_id: str
@@ -237,6 +262,11 @@ class EvaluationRead(BaseModel):
         '`{"fitted": false, "reason"}` when `training.calibrate` was false; null for models '
         "stored before calibration existed. The per-class report above is of the calibrated "
         "probabilities (the ranking, and so the report, is unchanged by T).",
+    )
+    unknowns: UnknownsReport | None = Field(
+        None,
+        description="The unknown-input score's threshold, fitted on the validation split, and "
+        "the share of it flagged; null for models stored before models carried the score.",
     )
 
 

@@ -33,7 +33,7 @@ from service.datasets.ingest import (
     read_capped,
 )
 from service.ml.batch import Answer, Item
-from service.ml.model_cache import ModelSource
+from service.ml.model_cache import ModelSource, UnknownThresholds
 from service.models.registry import ModelRef, resolve
 from service.predictions.kind import PREDICT
 from service.predictions.serving import check_explain_top_k, stored_source, top_scores
@@ -188,6 +188,7 @@ def to_csv(lines: bytes, top_k: int) -> bytes:
     ranks = range(1, top_k + 1)
     columns = ["file", "image_id", "label"]
     columns += [f"{kind}_{rank}" for rank in ranks for kind in ("predicted", "score")]
+    columns += ["ood_score", "unknown"]
     out = io.StringIO()
     writer = csv.DictWriter(out, [*columns, "error"], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -281,14 +282,20 @@ def _dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[I
             yield Item(about, image, "" if image is not None else "deleted from the dataset")
 
 
-def result_row(answer: Answer, classes: list[str], top_k: int) -> dict[str, Any]:
+def result_row(
+    answer: Answer, classes: list[str], top_k: int, unknowns: UnknownThresholds | None = None
+) -> dict[str, Any]:
     """One image's line of the results: its file (and image id and label for a dataset), then
-    its `top_k` labels and scores, best first, each explained one with its map; or its error."""
+    its `top_k` labels and scores, best first, each explained one with its map, and its
+    ood_score and `unknown` where the model has them; or its error."""
     row = dict(answer.item.about)
     if answer.probabilities is None:
         return {**row, "error": answer.error}
     (top,) = top_scores(answer.probabilities[None, :], classes, top_k)
     row["top"] = [score.model_dump(exclude_none=True) for score in top]
+    if answer.ood_score is not None and unknowns is not None:
+        row["ood_score"] = answer.ood_score
+        row["unknown"] = answer.ood_score > unknowns.threshold()
     if answer.explained is not None:
         indices, maps = answer.explained
         row["heatmaps"] = {
@@ -301,15 +308,18 @@ def result_row(answer: Answer, classes: list[str], top_k: int) -> dict[str, Any]
 class ResultWriter:
     """The results as they are made: one JSON line per image, and the bad images' list."""
 
-    def __init__(self, classes: list[str], top_k: int) -> None:
+    def __init__(
+        self, classes: list[str], top_k: int, unknowns: UnknownThresholds | None = None
+    ) -> None:
         self.classes = classes
         self.top_k = top_k
+        self.unknowns = unknowns
         self.lines = io.BytesIO()
         self.images = 0
         self.bad: list[dict[str, str]] = []
 
     def add(self, answer: Answer) -> None:
-        row = result_row(answer, self.classes, self.top_k)
+        row = result_row(answer, self.classes, self.top_k, self.unknowns)
         self.lines.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
         self.images += 1
         if "error" in row:

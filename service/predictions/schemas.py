@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from service.schemas import example_config
 from service.storage.tables import MAX_INTEGER, NAME_LENGTH
@@ -40,6 +46,29 @@ class Score(BaseModel):
 class ImagePrediction(BaseModel):
     filename: str
     top: list[Score]
+    ood_score: float | None = Field(
+        None,
+        description="How unlike the model's training images this one is (higher: stranger; "
+        "0 is about the average validation image). Absent for models stored before models "
+        "carried an unknown-input score.",
+    )
+    unknown: bool | None = Field(
+        None,
+        description="True past the model's threshold: an input of none of its classes, most "
+        "likely. The threshold flags `unknown_rate` of images like the training ones (the "
+        "request's, else the model's). Absent where `ood_score` is.",
+    )
+
+    # Unannotated return: pydantic then keeps the model's own schema for the OpenAPI
+    # document (a `dict` annotation would publish a bare object, and generated clients
+    # would lose every field).
+    @model_serializer(mode="wrap")
+    def _without_absent_unknowns(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        answer: dict[str, Any] = handler(self)
+        if self.ood_score is None:
+            answer.pop("ood_score", None)
+            answer.pop("unknown", None)
+        return answer
 
 
 class PredictionRead(BaseModel):
@@ -77,6 +106,13 @@ class PredictForm(BaseModel):
     explain: bool = Field(
         False, description="Give each returned label its class activation map (`heatmap`)."
     )
+    unknown_rate: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Move the `unknown` threshold for this request: the share of images like "
+        "the training ones it flags (default: the model's `training.unknown_rate`).",
+    )
 
 
 class Base64Image(BaseModel):
@@ -97,12 +133,23 @@ class TFServingRequest(BaseModel):
     instances: list[Any] = Field(
         min_length=1, description='Each {"b64": "<base64 image>"}, or {"<input name>": {"b64"}}'
     )
-    signature_name: str | None = Field(None, description="Accepted and ignored: one signature.")
+    signature_name: str | None = Field(
+        None,
+        description='"unknowns": each prediction is an object with `probabilities`, '
+        "`ood_score` and `unknown` (TF Serving's form for a signature of several outputs). "
+        "Any other name: the probabilities, as `serve` (`serving_default`) gives them.",
+    )
+
+
+class TFServingUnknowns(BaseModel):
+    probabilities: list[float]
+    ood_score: float
+    unknown: bool
 
 
 class TFServingResponse(BaseModel):
     model_config = example_config({"predictions": [[0.93, 0.07]]})
-    predictions: list[list[float]]
+    predictions: list[list[float]] | list[TFServingUnknowns]
 
 
 class TFServingStatus(BaseModel):

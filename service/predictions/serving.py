@@ -34,6 +34,7 @@ from service.ml.model_cache import (
     ModelCache,
     ModelCorrupt,
     ModelSource,
+    UnknownThresholds,
     heatmap_overlay,
     png,
 )
@@ -84,12 +85,30 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Unknown:
+    ood_score: float  # higher: stranger to the model
+    unknown: bool  # past the threshold
+
+
+@dataclass(frozen=True)
 class Classification:
     model_id: str
     classes: list[str]
     probabilities: np.ndarray  # one row per image, in the order they were given
     # When explained: per image, the heat map of each class explained, by class name.
     heatmaps: list[dict[str, Heatmap]] | None = None
+    # Each image's ood_score, and the model's thresholds; None for a model stored before
+    # models carried an unknown-input score (service/ml/unknowns.py).
+    ood_scores: np.ndarray | None = None
+    unknowns: UnknownThresholds | None = None
+
+    def unknown(self, unknown_rate: float | None = None) -> list[Unknown | None]:
+        """Each image's ood_score and whether it passes the threshold for `unknown_rate`
+        (default: the one the model was trained for); None each without a score."""
+        if self.ood_scores is None or self.unknowns is None:
+            return [None] * len(self.probabilities)
+        threshold = self.unknowns.threshold(unknown_rate)
+        return [Unknown(float(score), bool(score > threshold)) for score in self.ood_scores]
 
     def top(self, top_k: int, threshold: float = 0.0) -> list[list[Score]]:
         """Each image's best labels; explained ones carry their heat map."""
@@ -129,9 +148,15 @@ class Serving:
         # joining its lane; the lane's thread answers the future.
         loaded, answer = await anyio.to_thread.run_sync(self._submit, model, images)
         logs.bind(model_id=loaded.model_id)
-        probabilities = await asyncio.wrap_future(answer)
+        probabilities, ood_scores = loaded.split(await asyncio.wrap_future(answer))
         metrics.observe_predict(loaded.model_id, time.perf_counter() - started)
-        return Classification(loaded.model_id, loaded.classes, probabilities)
+        return Classification(
+            loaded.model_id,
+            loaded.classes,
+            probabilities,
+            ood_scores=ood_scores,
+            unknowns=loaded.unknowns,
+        )
 
     async def explain(
         self, model: str | ModelRef, images: Sequence[Image], top_k: int
@@ -165,13 +190,15 @@ class Serving:
             loaded.classes,
             explanation.probabilities,
             heatmaps(explanation, pixels, loaded.classes),
+            explanation.ood_scores,
+            loaded.unknowns,
         )
 
     def _submit(
         self, model: str | ModelRef, images: Sequence[Image]
     ) -> tuple[LoadedModel, Future[np.ndarray]]:
         loaded, pixels = self._prepare(model, images)
-        return loaded, self.batcher.submit(loaded.model_id, loaded.probabilities, pixels)
+        return loaded, self.batcher.submit(loaded.model_id, loaded.scores, pixels)
 
     def _prepare(
         self, model: str | ModelRef, images: Sequence[Image]

@@ -221,6 +221,14 @@ class TrainingSpec(StrictModel):
         "scaling: the served probabilities become softmax(log p / T), the top class never "
         "changes); nothing is fitted without a validation split.",
     )
+    unknown_rate: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="The share of images like the training ones that the model's unknown-input "
+        "threshold flags, fitted on the validation split (predictions' `unknown`; a request "
+        "may set its own).",
+    )
     mixed_precision: bool = Field(
         False,
         description="Compute in 16 bits, keeping the weights in float32: mixed_float16 on a "

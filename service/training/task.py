@@ -73,7 +73,9 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     model = result.network.model
     trainable, non_trainable = parameter_counts(model)
     # The temperature fitted on the validation split, folded into the exported graph.
-    savedmodel = export.export_savedmodel(model, temperature=result.temperature)
+    savedmodel = export.export_savedmodel(
+        model, temperature=result.temperature, unknowns=result.unknowns
+    )
     stored = TrainedModel(
         id=new_id("m"),
         name=claim.name or spec.name or claim.job_id,

@@ -211,7 +211,8 @@ async def model_try(
     except Problem as problem:
         return failed(request, problem)
     tops = result.top(min(top_k, len(result.classes)))
-    return page(request, "partials/predictions.html", answers=list(zip(images, tops, strict=True)))
+    answers = list(zip(images, tops, result.unknown(), strict=True))
+    return page(request, "partials/predictions.html", answers=answers)
 
 
 @writes.post("/models/{model_id}/delete")

@@ -26,9 +26,11 @@ from service.predictions.schemas import (
     TFServingRequest,
     TFServingResponse,
     TFServingStatus,
+    TFServingUnknowns,
     TFServingVersionStatus,
 )
 from service.predictions.serving import Classification, Image, Serving, decode_base64
+from service.problems import Conflict
 from service.schemas import inline_schema
 from service.storage.tables import MAX_INTEGER, NAME_LENGTH
 
@@ -104,7 +106,7 @@ PREDICT_BODY = {
             "schema": {
                 **_FORM,
                 "description": "model_id (or name, with optional version or alias), files, "
-                "optional top_k, threshold and explain",
+                "optional top_k, threshold, explain and unknown_rate",
                 "required": [*_FORM.get("required", []), "files"],
                 "properties": {
                     **_FORM["properties"],
@@ -139,7 +141,9 @@ PREDICT_BODY = {
     "version, `name` + `alias` the version the alias points to: exactly one way, else 422 "
     "naming the field that conflicts. Labels scoring below `threshold` are left out of "
     "`top`. With `explain` true each returned label carries its class activation map "
-    "(`heatmap`: method, PNG overlay, low-resolution map).",
+    "(`heatmap`: method, PNG overlay, low-resolution map). Each image also gets `ood_score` "
+    "and `unknown` (past the threshold for `unknown_rate`, default the model's), except from "
+    "models stored before models carried them.",
     openapi_extra={"requestBody": PREDICT_BODY},
     responses={
         **ERRORS,
@@ -166,11 +170,17 @@ async def predict(request: Request, serving: ServingDep) -> PredictionRead:
     explain_top_k = parameters.top_k if parameters.explain else 0
     result = await _classify(serving, model, images, explain_top_k)
     scores = result.top(parameters.top_k, parameters.threshold)
+    unknowns = result.unknown(parameters.unknown_rate)
     return PredictionRead(
         model_id=result.model_id,
         predictions=[
-            ImagePrediction(filename=image.name, top=top)
-            for image, top in zip(images, scores, strict=True)
+            ImagePrediction(
+                filename=image.name,
+                top=top,
+                ood_score=unknown.ood_score if unknown else None,
+                unknown=unknown.unknown if unknown else None,
+            )
+            for image, top, unknown in zip(images, scores, unknowns, strict=True)
         ],
     )
 
@@ -202,8 +212,12 @@ LabelPath = Annotated[
 TF_SERVING_PREDICT: dict[str, Any] = {
     "response_model": TFServingResponse,
     "description": "For existing TensorFlow Serving clients. Each prediction is the full "
-    "probability vector in the order of the model's `classes`.",
-    "responses": ERRORS,
+    "probability vector in the order of the model's `classes`; with `signature_name` "
+    '"unknowns", an object of `probabilities`, `ood_score` and `unknown`.',
+    "responses": {
+        **ERRORS,
+        409: {"description": '"unknowns" asked of a model stored before models had it'},
+    },
 }
 TF_SERVING_STATUS: dict[str, Any] = {
     "response_model": TFServingModelStatus,
@@ -221,7 +235,22 @@ async def _tf_serving_predict(
         for n, instance in enumerate(body.instances)
     ]
     result = await _classify(serving, model, images)
-    return TFServingResponse(predictions=result.probabilities.astype(float).tolist())
+    probabilities = result.probabilities.astype(float).tolist()
+    if body.signature_name != "unknowns":
+        return TFServingResponse(predictions=probabilities)
+    unknowns = result.unknown()
+    if unknowns[0] is None:
+        raise Conflict(
+            f"model {result.model_id} has no `unknowns` signature: it was stored before models "
+            "carried an unknown-input score"
+        )
+    return TFServingResponse(
+        predictions=[
+            TFServingUnknowns(probabilities=row, ood_score=u.ood_score, unknown=u.unknown)
+            for row, u in zip(probabilities, unknowns, strict=True)
+            if u is not None
+        ]
+    )
 
 
 @router.post(
