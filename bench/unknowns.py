@@ -144,7 +144,8 @@ def method_scores(result: Any, sets: dict[str, Any]) -> dict[str, dict[str, np.n
     tap = Tap(result.network.model)
 
     def features(pixels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        return pooled_features(tap, tf.data.Dataset.from_tensor_slices(pixels).batch(64))
+        batches = tf.data.Dataset.from_tensor_slices(pixels.astype(np.float32)).batch(64)
+        return pooled_features(tap, batches)
 
     output = tap.head[-1]
     kernel, bias = (np.asarray(weight) for weight in output.weights)
@@ -158,7 +159,7 @@ def method_scores(result: Any, sets: dict[str, Any]) -> dict[str, dict[str, np.n
     normalised_train = final_train / np.linalg.norm(final_train, axis=1, keepdims=True)
     scores: dict[str, dict[str, np.ndarray]] = {method: {} for method in METHODS}
     for name in ("known", *UNKNOWN_SETS):
-        pooled, probabilities = features(sets[name].astype(np.float32))
+        pooled, probabilities = features(sets[name])
         final = pooled[-1]
         logits = final @ kernel + bias
         normalised = final / np.linalg.norm(final, axis=1, keepdims=True)

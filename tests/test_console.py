@@ -133,6 +133,11 @@ def inspect_model(page: Any, live: LiveService, model_id: str, folder: Path) -> 
     else:
         reason = f"Scores are not calibrated: {calibration['reason']}"
         expect(page.get_by_text(reason)).to_be_visible()
+    unknowns = evaluation["unknowns"]
+    expect(page.locator("#unknown-threshold")).to_have_text(f"{unknowns['threshold']:.2f}")
+    expect(page.locator("#unknown-flagged")).to_have_text(
+        f"{100 * unknowns['flagged_share']:.1f} %"
+    )
     matrix = evaluation["confusion_matrix"]
     row, column = next(
         (i, j) for i, line in enumerate(matrix["matrix"]) for j, cell in enumerate(line) if cell
@@ -154,6 +159,13 @@ def try_an_image(page: Any, live: LiveService, model_id: str, folder: Path) -> N
         files = {"files": ("red.png", image, "image/png")}
         answer = client.post("/predict", data={"model_id": model_id}, files=files).json()
     assert shown == answer["predictions"][0]["top"][0]["label"]
+    # Known or unknown, with the strangeness the API answers.
+    ood = page.locator(".prediction .ood")
+    assert float(ood.get_attribute("data-ood-score")) == pytest.approx(
+        answer["predictions"][0]["ood_score"], rel=1e-4, abs=1e-4
+    )
+    verdict = "Unknown" if answer["predictions"][0]["unknown"] else "Known"
+    expect(ood.locator(".badge")).to_have_text(verdict)
     page.locator("#threshold").fill("1")
     assert page.locator(".bars li:visible").count() == 0
     page.locator("#threshold").fill("0")
