@@ -189,6 +189,19 @@ class Settings(BaseSettings):
         description="A webhook event not accepted this long after the job ended "
         "is recorded as failed.",
     )
+    drift_webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="Where `model.drift` events go when a served model starts or stops "
+        "drifting (docs/unknowns.md); unset: drift is only logged, shown and measured.",
+    )
+    capture_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often each API process reads the capture policies: a policy set "
+        "through another process takes effect within this.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ from service.storage.tables import Job, WebhookDelivery, WorkerRow, utcnow
 
 if TYPE_CHECKING:
     from service.ml.model_cache import ModelCache
+from service.monitoring.watch import Monitoring
 
 log = logging.getLogger("service.metrics")
 
@@ -210,13 +211,43 @@ def _gauge(
     return gauge
 
 
-def api_registry(database: Database, cache: ModelCache, kinds: Sequence[str]) -> CollectorRegistry:
+class MonitoringCollector:
+    """Drift per served model (this process's windows) and capture's counters."""
+
+    def __init__(self, monitoring: Monitoring) -> None:
+        self.monitoring = monitoring
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self.monitoring.drift.latest()
+        labels = ["model_id"]
+        for name, what, value in (
+            ("drift_statistic", "The last drift test's KS statistic D.", "statistic"),
+            ("drift_threshold", "The critical D for its false-alarm rate.", "threshold"),
+            ("drift_unknown_share", "Share of the window's images unknown.", "unknown_share"),
+            ("drifting", "1 while the model's traffic drifts.", "drifting"),
+        ):
+            values = {(model_id,): float(getattr(test, value)) for model_id, test in latest}
+            yield _gauge(f"transfer_model_{name}", what, labels, values)
+        recorder = self.monitoring.recorder
+        for name, value, what in (
+            ("stored", recorder.stored, "Predicted images captured."),
+            ("dropped", recorder.dropped, "Images capture drew but dropped (it fell behind)."),
+        ):
+            counter = CounterMetricFamily(f"transfer_captures_{name}", what)
+            counter.add_metric([], value)
+            yield counter
+
+
+def api_registry(
+    database: Database, cache: ModelCache, kinds: Sequence[str], monitoring: Monitoring
+) -> CollectorRegistry:
     """An API app's scrape-time collectors (one registry per app: tests run several apps in
     one process, and the default registry refuses a second collector of the same names);
     `kinds`: the registered kinds of job, each reported even when it has none."""
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(database, kinds))  # type: ignore[arg-type]
     registry.register(CacheCollector(cache))  # type: ignore[arg-type]
+    registry.register(MonitoringCollector(monitoring))  # type: ignore[arg-type]
     return registry
 
 

@@ -178,6 +178,37 @@ def try_an_image(page: Any, live: LiveService, model_id: str, folder: Path) -> N
     page.screenshot(path=str(folder / "5-try.png"), full_page=True)
 
 
+def watch_production(page: Any, live: LiveService, model_id: str, folder: Path) -> None:
+    """Start capturing from the model page; what /predict then answers shows in its grid,
+    strangest first; the drift section says how far its window is from a first test."""
+    page.locator("#capture-percent").fill("100")
+    page.get_by_role("button", name="Start capturing").click()
+    expect(page.locator("#capture-policy")).to_contain_text("Keeping 100 %")
+    rng = np.random.default_rng(9)
+    sent = [png_bytes(colour_image(channel, rng)) for channel in (0, 1)]
+    sent.append(png_bytes(np.full((40, 40, 3), 128, dtype=np.uint8)))  # of no class
+    with live.client() as client:
+        files = [("files", (f"{n}.png", data, "image/png")) for n, data in enumerate(sent)]
+        answer = client.post("/predict", data={"model_id": model_id}, files=files).json()
+    strangest = max(answer["predictions"], key=lambda prediction: prediction["ood_score"])
+    grid = page.locator("#capture-grid li.capture")
+    # Stored off the request's path: the grid is asked again until they are there.
+    for _ in range(50):
+        page.get_by_role("button", name="Strangest").click()
+        page.wait_for_selector("#capture-grid[data-sort='unknown']")
+        if grid.count() == len(sent):
+            break
+        page.wait_for_timeout(100)
+    expect(grid).to_have_count(len(sent))
+    expect(grid.first.locator("img")).to_have_attribute(
+        "alt", re.compile(f"^{re.escape(strangest['filename'])},")
+    )
+    expect(page.locator("#drift-state")).to_contain_text("Not tested yet")
+    page.screenshot(path=str(folder / "6-production.png"), full_page=True)
+    page.get_by_role("button", name="Stop capturing").click()
+    expect(page.locator("#capture-policy")).to_contain_text("Off")
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_whole_loop_in_a_browser(
@@ -194,8 +225,9 @@ def test_the_whole_loop_in_a_browser(
     model_id = watch_job(page, screenshots, paints)
     inspect_model(page, live, model_id, screenshots)
     try_an_image(page, live, model_id, screenshots)
+    watch_production(page, live, model_id, screenshots)
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
-    page.screenshot(path=str(screenshots / "6-model-phone.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "7-model-phone.png"), full_page=True)
     problems.check()
     (screenshots / "first-paint-ms.json").write_text(json.dumps(paints, indent=2))
     print(f"first paint (ms): {paints}")

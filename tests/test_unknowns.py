@@ -55,7 +55,7 @@ def test_fitted_thresholds_flag_the_asked_share_and_the_far_ones() -> None:
     far = draw(200, shift=12.0)[0]
     assert np.all(scores_of(detector, far) > detector.threshold)
     # Another rate reads another quantile of the same validation scores.
-    thresholds = UnknownThresholds(detector.quantiles, 0.1)
+    thresholds = UnknownThresholds(detector.quantiles, 0.1, 2000)
     assert thresholds.threshold(0.5) == pytest.approx(np.median(scores_of(detector, validation)))
     assert thresholds.threshold(0.01) > thresholds.threshold() > thresholds.threshold(0.5)
 

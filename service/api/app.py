@@ -24,6 +24,7 @@ from service.api.routes import (
     health,
     jobs,
     models,
+    monitoring,
     predict,
     predictions,
     registry,
@@ -36,6 +37,7 @@ from service.job_kinds import KINDS
 from service.ml.batching import Batcher
 from service.ml.images import limit_concurrent_decodes
 from service.ml.model_cache import ModelCache
+from service.monitoring.watch import Monitoring
 from service.predictions.serving import Serving
 from service.security import LoginThrottle
 from service.storage.db import open_database
@@ -64,8 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads=settings.serving_lanes,
             on_batch=metrics.observe_batch,
         )
+        app.state.monitoring = Monitoring(
+            database,
+            drift_webhook_url=settings.drift_webhook_url,
+            refresh_seconds=settings.capture_refresh_seconds,
+        )
         app.state.metrics_registry = metrics.api_registry(
-            database, app.state.model_cache, KINDS.names
+            database, app.state.model_cache, KINDS.names, app.state.monitoring
         )
         app.state.serving = Serving(
             database=database,
@@ -78,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.batcher.close()
+            app.state.monitoring.close()
             database.dispose()
 
     app = FastAPI(
@@ -108,6 +116,7 @@ TAG_ORDER = (
     "jobs",
     "models",
     "predict",
+    "monitoring",
     "registry",
     "weights",
     "workers",
@@ -125,6 +134,7 @@ SECURED = (
     models,
     exports,
     predictions,
+    monitoring,
     registry,
     weights,
     workers,

@@ -30,8 +30,9 @@ def export_savedmodel(
     - `unknowns`, with a fitted detector: the same pixels → `probabilities` (as `serve`
       gives them), `ood_score` [batch] and `unknown` [batch] (past the fitted threshold;
       see `service.ml.unknowns`). The variable collection `unknown_thresholds` holds the
-      validation scores at 1001 evenly spaced quantile levels and the unknown_rate fitted
-      for, from which the threshold for any other rate is read.
+      validation scores at 1001 evenly spaced quantile levels, the unknown_rate fitted for
+      and the number of validation images, from which the threshold for any other rate is
+      read.
     """
     with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
         directory = Path(scratch) / "savedmodel"
@@ -65,6 +66,7 @@ def write_savedmodel(
         thresholds = [
             tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
             tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),
+            tf.Variable(unknowns.report["images"], dtype="int64", trainable=False),
         ]
         archive.add_variable_collection("unknown_thresholds", thresholds)
     archive.write_out(str(directory), verbose=False)

@@ -298,9 +298,10 @@ def to_pixels(data: bytes, size: int) -> np.ndarray:
 THUMBNAIL_QUALITY = 85
 
 
-def thumbnail(data: bytes, size: int) -> bytes:
+def thumbnail(data: bytes, size: int, *, enlarge: bool = True) -> bytes:
     """A JPEG of the image whose longer side is `size` px, the aspect ratio kept (the shorter
-    side rounded, at least 1 px); smaller images are enlarged, so a grid of them lines up.
+    side rounded, at least 1 px); smaller images are enlarged, so a grid of them lines up,
+    unless `enlarge` is false (then they keep their size).
 
     The RGB pixels training and serving see (any alpha dropped as they drop it), a JPEG
     decoded reduced as in `to_pixels`; that leaves nothing PNG would keep, and JPEG is the
@@ -312,6 +313,8 @@ def thumbnail(data: bytes, size: int) -> bytes:
         # The stored size, not the reduced one, so the rounding is the full-size decode's.
         width, height = stored_size(decoded)
         scale = size / max(width, height)
+        if not enlarge:
+            scale = min(scale, 1.0)
         target = (max(1, round(width * scale)), max(1, round(height * scale)))
         if target != image.size:
             # reducing_gap: a cheap box reduction first, so megapixels shrink quickly

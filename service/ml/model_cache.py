@@ -50,11 +50,13 @@ class Explanation:
 
 @dataclass(frozen=True)
 class UnknownThresholds:
-    """A model's validation ood_scores at evenly spaced quantile levels, and the unknown_rate
-    its training asked for: the threshold for any rate is read from them."""
+    """A model's validation ood_scores at evenly spaced quantile levels, the unknown_rate its
+    training asked for, and how many images the scores came from: the threshold for any rate
+    is read from them, and drift compares with them (service/monitoring/drift.py)."""
 
     quantiles: np.ndarray
     unknown_rate: float
+    images: int  # the validation images the quantiles were read from
 
     def threshold(self, unknown_rate: float | None = None) -> float:
         """The score above which `unknown_rate` (default: the training's) of the validation
@@ -227,8 +229,8 @@ def _serve_and_thresholds(loaded: Any, input_size: int) -> tuple[Any, UnknownThr
         answer = loaded.unknowns(pixels)
         return tf.concat([answer["probabilities"], answer["ood_score"][:, None]], axis=1)
 
-    quantiles, rate = (variable.numpy() for variable in loaded.unknown_thresholds)
-    return serve, UnknownThresholds(quantiles.astype(np.float64), float(rate))
+    quantiles, rate, images = (variable.numpy() for variable in loaded.unknown_thresholds)
+    return serve, UnknownThresholds(quantiles.astype(np.float64), float(rate), int(images))
 
 
 def _keep_alive(owner: Any, function: Callable[..., Any]) -> Callable[..., Any]:

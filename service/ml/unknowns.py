@@ -71,7 +71,11 @@ class UnknownDetector:
 
     @property
     def threshold(self) -> float:
-        return UnknownThresholds(self.quantiles, self.unknown_rate).threshold()
+        return self.thresholds.threshold()
+
+    @property
+    def thresholds(self) -> UnknownThresholds:
+        return UnknownThresholds(self.quantiles, self.unknown_rate, self.report["images"])
 
 
 def stage_layers(backbone: keras.Model) -> list[str]:
@@ -174,7 +178,7 @@ def fit_detector(
         standardised.append((raw - centre) / spread)
     scores = np.max(np.stack(standardised), axis=0)
     quantiles = np.quantile(scores, np.linspace(0.0, 1.0, QUANTILE_LEVELS))
-    threshold = UnknownThresholds(quantiles, unknown_rate).threshold()
+    threshold = UnknownThresholds(quantiles, unknown_rate, len(scores)).threshold()
     report = {
         "method": METHOD,
         "depths": layers,

@@ -101,6 +101,7 @@ class Classification:
     # models carried an unknown-input score (service/ml/unknowns.py).
     ood_scores: np.ndarray | None = None
     unknowns: UnknownThresholds | None = None
+    input_size: int = 0  # the model's
 
     def unknown(self, unknown_rate: float | None = None) -> list[Unknown | None]:
         """Each image's ood_score and whether it passes the threshold for `unknown_rate`
@@ -156,6 +157,7 @@ class Serving:
             probabilities,
             ood_scores=ood_scores,
             unknowns=loaded.unknowns,
+            input_size=loaded.input_size,
         )
 
     async def explain(
@@ -192,6 +194,7 @@ class Serving:
             heatmaps(explanation, pixels, loaded.classes),
             explanation.ood_scores,
             loaded.unknowns,
+            loaded.input_size,
         )
 
     def _submit(

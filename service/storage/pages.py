@@ -112,3 +112,54 @@ def fetch_page(
     rows = rows[: page.limit]
     last = key(rows[-1])
     return PageOf(rows, encode_cursor(last.created_at, last.id))
+
+
+def fetch_by(
+    session: Session,
+    query: Select[Any],
+    column: Any,
+    id_column: Any,
+    page: Page,
+    *,
+    descending: bool,
+) -> PageOf[Any]:
+    """One page of `query`'s rows (tuples) ordered by `column`, ties by `id_column`, both
+    descending or both ascending. The cursor holds the last row's (value, id): an index walk
+    from there, as `fetch_page`'s. `column` holds no NULLs in the rows queried."""
+    query = query.order_by(
+        *((column.desc(), id_column.desc()) if descending else (column.asc(), id_column.asc()))
+    )
+    if page.cursor:
+        value, row_id = _decode_key(page.cursor)
+        past = (column < value) if descending else (column > value)
+        beyond = (id_column < row_id) if descending else (id_column > row_id)
+        query = query.where(or_(past, and_(column == value, beyond)))
+    rows = list(session.execute(query.limit(page.limit + 1)))
+    if len(rows) <= page.limit:
+        return PageOf(rows, None)
+    rows = rows[: page.limit]
+    value = rows[-1]._mapping[column.key]
+    row_id = rows[-1]._mapping[id_column.key]
+    return PageOf(rows, _encode_key(value, row_id))
+
+
+def _encode_key(value: Any, row_id: str) -> str:
+    if isinstance(value, datetime):
+        value = {"t": value.isoformat()}
+    raw = json.dumps([value, row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_key(cursor: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value, row_id = json.loads(raw)
+        if isinstance(value, dict):
+            value = datetime.fromisoformat(value["t"])
+            if value.tzinfo is None:
+                raise ValueError(cursor)
+        if not isinstance(value, int | float | datetime) or not isinstance(row_id, str):
+            raise ValueError(cursor)
+        return value, row_id
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise BadCursor() from None

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -478,3 +479,68 @@ WEIGHTS_SOURCES = {
     "model": WeightsSource(TrainedModel, TrainedModel.backbone_weights, "model"),
     "file": WeightsSource(WeightsFile, WeightsFile.data, "weights file"),
 }
+
+
+class _CapturePolicyColumns:
+    """What a capture policy says: the share of predicted images kept, and for how long."""
+
+    rate: Mapped[float] = mapped_column(Float)
+    max_images: Mapped[int] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ModelCapturePolicy(_CapturePolicyColumns, Base):
+    """Capture asked for one model version."""
+
+    __tablename__ = "model_capture_policies"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class AliasCapturePolicy(_CapturePolicyColumns, Base):
+    """Capture asked for a registry alias: it follows the alias to whichever version it points
+    to, and ends with the alias."""
+
+    __tablename__ = "alias_capture_policies"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["name", "alias"],
+            ["model_aliases.name", "model_aliases.alias"],
+            name="fk_alias_capture_policies_name_model_aliases",
+            ondelete="CASCADE",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Capture(Base):
+    """An image /predict received, kept under a capture policy with what the model answered."""
+
+    __tablename__ = "captures"
+    __table_args__ = (
+        _newest_first("captures"),
+        Index("ix_captures_model_id_created_at", "model_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(NAME_LENGTH))  # the model's top label
+    score: Mapped[float] = mapped_column(Float)  # its probability
+    margin: Mapped[float] = mapped_column(Float)  # top probability − the second's
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    unknown: Mapped[bool | None] = mapped_column(Boolean)
+    scores: Mapped[list[float]] = mapped_column(JSON)  # every class's, in `classes` order
+    media_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last: SQLite stores a row's columns in order, and reading one after a BLOB walks its
+    # overflow pages; lists read every column but this one.
+    image: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)

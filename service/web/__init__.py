@@ -13,6 +13,7 @@ from service.web import (
     dataset_pages,
     job_pages,
     model_pages,
+    monitoring_pages,
     prediction_pages,
     session_pages,
 )
@@ -34,7 +35,7 @@ async def _problem(request: Request, error: Exception) -> Response:
 
 
 # The modules of /console/… pages, each with its `pages` and `writes` routers.
-PAGE_MODULES = (dataset_pages, job_pages, model_pages, prediction_pages)
+PAGE_MODULES = (dataset_pages, job_pages, model_pages, monitoring_pages, prediction_pages)
 
 
 def install(app: FastAPI) -> None:

@@ -28,6 +28,7 @@ from service.web.common import (
     failed,
     redirect_to_job,
 )
+from service.web.monitoring_pages import monitoring_context
 from service.web.render import page
 
 pages, writes = console_routers()
@@ -61,6 +62,7 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         layers=models.model_layers(session, model_id)["layers"],
         aliases=[alias for alias, version in aliases.items() if version == model.version],
         **_export_rows(session, model_id),
+        **monitoring_context(request, session, model_id),
     )
 
 

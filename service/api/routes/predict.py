@@ -13,10 +13,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from service import logs
 from service.api.deps import ServingDep, SessionDep
 from service.api.errors import invalid, unprocessable
 from service.models import registry
 from service.models.registry import ModelRef
+from service.monitoring.watch import Monitoring
 from service.predictions.schemas import (
     ImagePrediction,
     PredictForm,
@@ -45,11 +47,21 @@ ERRORS = {
 
 
 async def _classify(
-    serving: Serving, model: ModelRef, images: list[Image], explain_top_k: int = 0
+    request: Request,
+    serving: Serving,
+    model: ModelRef,
+    images: list[Image],
+    explain_top_k: int = 0,
 ) -> Classification:
+    """The images classified (explained with `explain_top_k`), and handed to capture and
+    drift, which keep what they need in memory and store it off this request's path."""
     if explain_top_k:
-        return await serving.explain(model, images, explain_top_k)
-    return await serving.classify(model, images)
+        result = await serving.explain(model, images, explain_top_k)
+    else:
+        result = await serving.classify(model, images)
+    monitoring: Monitoring = request.app.state.monitoring
+    monitoring.served(result, images, logs.current().get("request_id"))
+    return result
 
 
 def _b64(number: int, encoded: str) -> bytes:
@@ -168,7 +180,7 @@ async def predict(request: Request, serving: ServingDep) -> PredictionRead:
         alias=parameters.alias,
     )
     explain_top_k = parameters.top_k if parameters.explain else 0
-    result = await _classify(serving, model, images, explain_top_k)
+    result = await _classify(request, serving, model, images, explain_top_k)
     scores = result.top(parameters.top_k, parameters.threshold)
     unknowns = result.unknown(parameters.unknown_rate)
     return PredictionRead(
@@ -228,13 +240,13 @@ TF_SERVING_STATUS: dict[str, Any] = {
 
 
 async def _tf_serving_predict(
-    serving: Serving, model: ModelRef, body: TFServingRequest
+    request: Request, serving: Serving, model: ModelRef, body: TFServingRequest
 ) -> TFServingResponse:
     images = [
         Image(f"instances[{n}]", f"instances[{n}]", _tf_serving_image(n, instance))
         for n, instance in enumerate(body.instances)
     ]
-    result = await _classify(serving, model, images)
+    result = await _classify(request, serving, model, images)
     probabilities = result.probabilities.astype(float).tolist()
     if body.signature_name != "unknowns":
         return TFServingResponse(predictions=probabilities)
@@ -259,9 +271,10 @@ async def _tf_serving_predict(
     **TF_SERVING_PREDICT,
 )
 async def tf_serving_predict(
-    serving: ServingDep, model_id: ModelPath, body: TFServingRequest
+    request: Request, serving: ServingDep, model_id: ModelPath, body: TFServingRequest
 ) -> TFServingResponse:
-    return await _tf_serving_predict(serving, ModelRef(model_id=model_id, or_name=True), body)
+    model = ModelRef(model_id=model_id, or_name=True)
+    return await _tf_serving_predict(request, serving, model, body)
 
 
 @router.post(
@@ -270,9 +283,14 @@ async def tf_serving_predict(
     **TF_SERVING_PREDICT,
 )
 async def tf_serving_predict_version(
-    serving: ServingDep, name: NamePath, version: VersionPath, body: TFServingRequest
+    request: Request,
+    serving: ServingDep,
+    name: NamePath,
+    version: VersionPath,
+    body: TFServingRequest,
 ) -> TFServingResponse:
-    return await _tf_serving_predict(serving, ModelRef(name=name, version=version), body)
+    model = ModelRef(name=name, version=version)
+    return await _tf_serving_predict(request, serving, model, body)
 
 
 @router.post(
@@ -281,10 +299,15 @@ async def tf_serving_predict_version(
     **TF_SERVING_PREDICT,
 )
 async def tf_serving_predict_label(
-    serving: ServingDep, name: NamePath, label: LabelPath, body: TFServingRequest
+    request: Request,
+    serving: ServingDep,
+    name: NamePath,
+    label: LabelPath,
+    body: TFServingRequest,
 ) -> TFServingResponse:
     registry.check_alias(label, field="label")
-    return await _tf_serving_predict(serving, ModelRef(name=name, alias=label), body)
+    model = ModelRef(name=name, alias=label)
+    return await _tf_serving_predict(request, serving, model, body)
 
 
 def _model_status(versions: list[int]) -> TFServingModelStatus:
