@@ -168,6 +168,10 @@ def test_drift_is_reported_measured_and_announced(
     assert drift["threshold"] == pytest.approx(critical_value(references, WINDOW))
     assert drift["threshold"] > 1
     assert not drift["drifting"]
+    # The model page charts the tests against the threshold.
+    html = service.client.get(f"/console/models/{model_id}").text
+    chart = html[html.index('id="drift-chart"') :]
+    assert 'class="threshold"' in chart and "<polyline" in chart
     metrics = service.client.get("/metrics").text
     assert f'transfer_model_drift_statistic{{model_id="{model_id}"}} 1.0' in metrics
     assert f'transfer_model_drifting{{model_id="{model_id}"}} 0.0' in metrics
