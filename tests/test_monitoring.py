@@ -210,3 +210,80 @@ def test_the_console_refuses_a_bad_policy_naming_it(small_model: dict[str, Any])
     )
     assert answer.status_code == 422 and "rate" in answer.text
     assert service.client.get(f"/models/{model_id}/capture").status_code == 404
+
+
+def test_captures_keep_their_order_pages_and_limits_on_every_backend(database_url: str) -> None:
+    """The storage side alone, on SQLite and PostgreSQL: policies (a version's own, an alias's
+    followed), keyset pages in each order, and what a policy no longer keeps deleted."""
+    from datetime import timedelta
+
+    from service.monitoring import captures
+    from service.storage.pages import Page
+    from service.storage.tables import Capture, ModelAlias, utcnow
+    from tests.conftest import stored_model
+
+    database = migrated(database_url)
+    model = stored_model(None, classes=["a", "b"])
+    now = utcnow()
+
+    def capture(number: int, margin: float, ood: float | None, age_days: float = 0) -> Capture:
+        return Capture(
+            id=f"c_{number:016x}",
+            model_id=model.id,
+            request_id=None,
+            filename=f"{number}.png",
+            label="a",
+            score=0.5 + margin / 2,
+            margin=margin,
+            ood_score=ood,
+            unknown=None,
+            scores=[0.5 + margin / 2, 0.5 - margin / 2],
+            media_type="image/jpeg",
+            width=1,
+            height=1,
+            image=b"jpeg",
+            created_at=now - timedelta(days=age_days, seconds=number),
+        )
+
+    with database.session(write=True) as session:
+        session.add(model)
+        session.flush()
+        session.add(ModelAlias(name=model.name, alias="production", model_id=model.id))
+        session.flush()
+        keep = captures.Policy(rate=1.0, max_images=4, days=30)
+        captures.set_alias_policy(session, model.name, "production", keep)
+        assert captures.active_policies(session) == {model.id: keep}
+        own = captures.Policy(rate=0.5, max_images=4, days=30)
+        captures.set_model_policy(session, model.id, own)
+        assert captures.active_policies(session) == {model.id: own}  # a version's own wins
+        old = capture(9, 0.9, 1.0, age_days=31)
+        session.add(old)
+        session.flush()
+        rows = [
+            capture(n, margin, ood)
+            for n, margin, ood in [
+                (1, 0.3, 2.0),
+                (2, 0.1, None),
+                (3, 0.3, 5.0),
+                (4, 0.8, -1.0),
+                (5, 0.2, 0.5),
+            ]
+        ]
+        captures.store(session, rows, own)
+
+    with database.session() as session:
+
+        def ids(sort: str, limit: int = 2) -> list[str]:
+            seen, cursor = [], None
+            while True:
+                page = captures.list_captures(session, model.id, sort, Page(limit, cursor))
+                seen += [row.filename for row in page.rows]
+                if page.next_cursor is None:
+                    return seen
+                cursor = page.next_cursor
+
+        # Past 31 days and past the 4 newest (5.png, the oldest of the five) are gone.
+        assert ids("recent") == ["1.png", "2.png", "3.png", "4.png"]
+        assert ids("uncertain") == ["2.png", "1.png", "3.png", "4.png"]  # ties by id
+        assert ids("unknown", limit=1) == ["3.png", "1.png", "4.png"]  # no score: left out
+    database.dispose()
