@@ -18,6 +18,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -243,6 +244,7 @@ def _drive(base: str, epochs: int, started: float) -> int:
             f"calibrated scores: temperature {calibration['temperature']:.2f}, expected "
             f"calibration error {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}"
         )
+    _show_unknowns(client, model_id, report.get("unknowns"))
     print(f"training history: {[round(row['accuracy'], 3) for row in job['history']]}")
     print(f"demo took {time.monotonic() - started:.0f} s")
     print(
@@ -309,6 +311,24 @@ def _show_layers(client: httpx.Client, model_id: str) -> None:
     )
     for row in layers["layers"][-4:]:
         print(f"  {row['path']:<40} {row['class_name']:<24} trainable={row['trainable']}")
+
+
+def _show_unknowns(client: httpx.Client, model_id: str, unknowns: dict[str, Any] | None) -> None:
+    """The unknown-input threshold, and what the model says of noise: no digit at all."""
+    if not unknowns:
+        return
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    files = [("files", ("noise.png", buffer.getvalue(), "image/png"))]
+    answer = client.post("/predict", data={"model_id": model_id}, files=files)
+    (prediction,) = answer.raise_for_status().json()["predictions"]
+    print(
+        f"unknown inputs: threshold {unknowns['threshold']:.2f} flags "
+        f"{100 * unknowns['flagged_share']:.1f} % of the validation digits; noise scores "
+        f"{prediction['ood_score']:.1f}: {'unknown' if prediction['unknown'] else 'known'} "
+        f"(its best guess, {prediction['top'][0]['label']}, set aside)"
+    )
 
 
 def _count_correct(
