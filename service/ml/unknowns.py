@@ -107,9 +107,6 @@ class Tap:
         outputs = [backbone.get_layer(name).output for name in self.layers]
         self.tapped = keras.Model(backbone.input, outputs, name="stages")
         self.preprocess = model.get_layer("preprocess_input")
-        # One graph for every batch size: traced once per model, not once per pass.
-        pixels = tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)
-        self.traced = tf.function(self.__call__, input_signature=[pixels])
 
     def __call__(self, pixels: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
         maps = self.tapped(self.preprocess(pixels), training=False)
@@ -122,11 +119,13 @@ class Tap:
 
 
 def pooled_features(tap: Tap, pixels: tf.data.Dataset) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every batch's pooled features per depth, and probabilities, stacked."""
+    """Every batch's pooled features per depth, and probabilities, stacked. Run eagerly:
+    tracing the backbone into a graph costs seconds, more than one pass over a job's splits
+    costs at the sizes most jobs have."""
     depths: list[list[np.ndarray]] = [[] for _ in tap.layers]
     probabilities: list[np.ndarray] = []
     for batch in pixels:
-        pooled, p = tap.traced(batch[0] if isinstance(batch, tuple) else batch)
+        pooled, p = tap(batch[0] if isinstance(batch, tuple) else batch)
         for store, features in zip(depths, pooled, strict=True):
             store.append(features.numpy())
         probabilities.append(p.numpy())
