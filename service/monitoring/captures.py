@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, load_only
 
 from service.models import registry
 from service.problems import NotFound
-from service.storage.pages import Page, PageOf, fetch_by
+from service.storage.pages import Page, PageOf, fetch_by, fetch_page
 from service.storage.tables import (
     AliasCapturePolicy,
     Capture,
@@ -163,7 +163,7 @@ def list_captures(session: Session, model_id: str, sort: CaptureSort, page: Page
     _model(session, model_id)
     query = select(*LISTED).where(Capture.model_id == model_id)
     if sort == "recent":
-        return fetch_by(session, query, Capture.created_at, Capture.id, page, descending=True)
+        return fetch_page(session, query, Capture, page, scalars=False)
     if sort == "uncertain":
         return fetch_by(session, query, Capture.margin, Capture.id, page, descending=False)
     query = query.where(Capture.ood_score.is_not(None))

@@ -64,6 +64,12 @@ class CaptureRecorder:
         self.stored = 0
         self.dropped = 0
 
+    def capturing(self, model_id: str) -> bool:
+        """Whether the model has a policy (as last read: a stale read is renewed in the
+        background)."""
+        self._refresh_if_stale()
+        return model_id in self._policies
+
     def offer(
         self,
         model_id: str,
@@ -74,7 +80,6 @@ class CaptureRecorder:
     ) -> None:
         """Keep a random share of `images` if the model captures: from the request, in
         microseconds; the storing happens on the capture thread."""
-        self._refresh_if_stale()
         policy = self._policies.get(model_id)
         if policy is None:
             return

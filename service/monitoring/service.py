@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from typing import Any
 
-from service.models import service as models
 from service.monitoring.drift import FALSE_ALARM_RATE, TEST_EVERY, WINDOW, DriftMonitor
 from service.monitoring.schemas import DriftRead, DriftTestRead
 from service.problems import Conflict
 
 
-def drift_report(session: Session, monitor: DriftMonitor, model_id: str) -> DriftRead:
-    """NotFound for an unknown model; Conflict for one stored before models carried the
-    unknown-input score (there is nothing to compare its traffic with)."""
-    evaluation = models.model_evaluation(session, model_id)
+def drift_report(monitor: DriftMonitor, model_id: str, evaluation: dict[str, Any]) -> DriftRead:
+    """The model's drift, given its evaluation (whose `unknowns` block says what the window
+    is compared with); Conflict for a model stored before models carried the unknown-input
+    score (there is nothing to compare its traffic with)."""
     unknowns = evaluation.get("unknowns")
     if not unknowns:
         raise Conflict(

@@ -40,19 +40,22 @@ class Monitoring:
         """Offer the answered images to capture and their scores to drift: in-memory work
         only; whatever touches the database runs on the capture thread."""
         unknowns = result.unknown()
-        offered = [
-            Offered(
-                image.name,
-                image.data,
-                probabilities,
-                unknown.ood_score if unknown else None,
-                unknown.unknown if unknown else None,
+        if self.recorder.capturing(result.model_id):
+            offered = [
+                Offered(
+                    image.name,
+                    image.data,
+                    probabilities,
+                    unknown.ood_score if unknown else None,
+                    unknown.unknown if unknown else None,
+                )
+                for image, probabilities, unknown in zip(
+                    images, result.probabilities, unknowns, strict=True
+                )
+            ]
+            self.recorder.offer(
+                result.model_id, result.classes, result.input_size, offered, request_id
             )
-            for image, probabilities, unknown in zip(
-                images, result.probabilities, unknowns, strict=True
-            )
-        ]
-        self.recorder.offer(result.model_id, result.classes, result.input_size, offered, request_id)
         if result.ood_scores is not None and result.unknowns is not None:
             flags = [bool(unknown.unknown) for unknown in unknowns if unknown is not None]
             self.drift.observe(result.model_id, result.unknowns, result.ood_scores, flags)

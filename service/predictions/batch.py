@@ -283,19 +283,20 @@ def _dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[I
 
 
 def result_row(
-    answer: Answer, classes: list[str], top_k: int, unknowns: UnknownThresholds | None = None
+    answer: Answer, classes: list[str], top_k: int, threshold: float | None = None
 ) -> dict[str, Any]:
     """One image's line of the results: its file (and image id and label for a dataset), then
     its `top_k` labels and scores, best first, each explained one with its map, and its
-    ood_score and `unknown` where the model has them; or its error."""
+    ood_score and `unknown` (past `threshold`, the model's) where the model has them; or its
+    error."""
     row = dict(answer.item.about)
     if answer.probabilities is None:
         return {**row, "error": answer.error}
     (top,) = top_scores(answer.probabilities[None, :], classes, top_k)
     row["top"] = [score.model_dump(exclude_none=True) for score in top]
-    if answer.ood_score is not None and unknowns is not None:
+    if answer.ood_score is not None and threshold is not None:
         row["ood_score"] = answer.ood_score
-        row["unknown"] = answer.ood_score > unknowns.threshold()
+        row["unknown"] = answer.ood_score > threshold
     if answer.explained is not None:
         indices, maps = answer.explained
         row["heatmaps"] = {
@@ -313,13 +314,13 @@ class ResultWriter:
     ) -> None:
         self.classes = classes
         self.top_k = top_k
-        self.unknowns = unknowns
+        self.threshold = unknowns.threshold() if unknowns is not None else None
         self.lines = io.BytesIO()
         self.images = 0
         self.bad: list[dict[str, str]] = []
 
     def add(self, answer: Answer) -> None:
-        row = result_row(answer, self.classes, self.top_k, self.unknowns)
+        row = result_row(answer, self.classes, self.top_k, self.threshold)
         self.lines.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
         self.images += 1
         if "error" in row:

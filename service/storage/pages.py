@@ -123,9 +123,10 @@ def fetch_by(
     *,
     descending: bool,
 ) -> PageOf[Any]:
-    """One page of `query`'s rows (tuples) ordered by `column`, ties by `id_column`, both
-    descending or both ascending. The cursor holds the last row's (value, id): an index walk
-    from there, as `fetch_page`'s. `column` holds no NULLs in the rows queried."""
+    """One page of `query`'s rows (tuples) ordered by a numeric `column`, ties by `id_column`,
+    both descending or both ascending: `fetch_page`'s keyset for a list sorted by something
+    other than its time. The cursor holds the last row's (value, id). `column` holds no NULLs
+    in the rows queried."""
     query = query.order_by(
         *((column.desc(), id_column.desc()) if descending else (column.asc(), id_column.asc()))
     )
@@ -143,23 +144,19 @@ def fetch_by(
     return PageOf(rows, _encode_key(value, row_id))
 
 
-def _encode_key(value: Any, row_id: str) -> str:
-    if isinstance(value, datetime):
-        value = {"t": value.isoformat()}
+def _encode_key(value: float, row_id: str) -> str:
     raw = json.dumps([value, row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_key(cursor: str) -> tuple[Any, str]:
+def _decode_key(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value, row_id = json.loads(raw)
-        if isinstance(value, dict):
-            value = datetime.fromisoformat(value["t"])
-            if value.tzinfo is None:
-                raise ValueError(cursor)
-        if not isinstance(value, int | float | datetime) or not isinstance(row_id, str):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(cursor)
+        if not isinstance(row_id, str):
             raise ValueError(cursor)
         return value, row_id
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise BadCursor() from None

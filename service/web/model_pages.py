@@ -28,7 +28,7 @@ from service.web.common import (
     failed,
     redirect_to_job,
 )
-from service.web.monitoring_pages import monitoring_context
+from service.web.monitoring_pages import monitoring_context, optional_evaluation
 from service.web.render import page
 
 pages, writes = console_routers()
@@ -45,10 +45,7 @@ def model_list(request: Request, session: SessionDep, cursor: str | None = None)
 @pages.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResponse:
     model = models.get_model(session, model_id)
-    try:
-        evaluation: dict[str, Any] | None = models.model_evaluation(session, model_id)
-    except Problem:
-        evaluation = None
+    evaluation = optional_evaluation(session, model_id)
     job = jobs.get_job(session, model.job_id)[0] if model.job_id else None
     source = (job.spec.get("backbone") or {}).get("weights") if job else None
     aliases = registry.aliases_of(session, model.name)
@@ -62,7 +59,7 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         layers=models.model_layers(session, model_id)["layers"],
         aliases=[alias for alias, version in aliases.items() if version == model.version],
         **_export_rows(session, model_id),
-        **monitoring_context(request, session, model_id),
+        **monitoring_context(request, session, model_id, evaluation),
     )
 
 

@@ -26,22 +26,37 @@ pages, writes = console_routers()
 
 SHOWN = 24  # captures per page of the grid
 SORTS = {"recent": "Newest", "uncertain": "Least certain", "unknown": "Strangest"}
+NO_REFERENCE = (
+    "Drift compares what the model is sent with its validation split, and this model was "
+    "trained without one."
+)
 
 
-def monitoring_context(request: Request, session: DbSession, model_id: str) -> dict[str, Any]:
+def optional_evaluation(session: DbSession, model_id: str) -> dict[str, Any] | None:
+    """The model's evaluation; None for one trained without a validation split."""
+    try:
+        return models.model_evaluation(session, model_id)
+    except Problem:
+        return None
+
+
+def monitoring_context(
+    request: Request, session: DbSession, model_id: str, evaluation: dict[str, Any] | None
+) -> dict[str, Any]:
     """What the model page's production section shows: the model's capture policy (None when
-    it captures nothing) and its drift, or why there is none."""
+    it captures nothing) and its drift, or why there is none. `evaluation`: the page's own
+    (`optional_evaluation`), read once for both."""
     try:
         policy = captures.model_policy(session, model_id)
     except NotFound:
         policy = None
-    try:
-        drift = drift_report(session, request.app.state.monitoring.drift, model_id)
-    except Problem as problem:
-        drift = None
-        why = str(problem)
-    else:
-        why = None
+    monitor = request.app.state.monitoring.drift
+    drift, why = None, NO_REFERENCE
+    if evaluation is not None:
+        try:
+            drift, why = drift_report(monitor, model_id, evaluation), None
+        except Problem as problem:
+            why = str(problem)
     return {"policy": policy, "drift": drift, "drift_unavailable": why, "sorts": SORTS}
 
 
@@ -95,5 +110,6 @@ def stop_capture(request: Request, session: SessionDep, model_id: str) -> HTMLRe
 
 def _section(request: Request, session: DbSession, model_id: str) -> HTMLResponse:
     model = models.get_model(session, model_id)
-    context = monitoring_context(request, session, model_id)
+    evaluation = optional_evaluation(session, model_id)
+    context = monitoring_context(request, session, model_id, evaluation)
     return page(request, "partials/monitoring.html", model=model, **context)

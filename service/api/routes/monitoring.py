@@ -189,4 +189,5 @@ def capture_image(session: SessionDep, model_id: str, capture_id: str) -> Respon
     },
 )
 def model_drift(request: Request, session: SessionDep, model_id: str) -> DriftRead:
-    return drift_report(session, _monitoring(request).drift, model_id)
+    evaluation = models.model_evaluation(session, model_id)
+    return drift_report(_monitoring(request).drift, model_id, evaluation)
