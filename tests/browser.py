@@ -162,7 +162,11 @@ def browser() -> Iterator[Any]:
         if os.environ.get("REQUIRE_BROWSER"):
             pytest.fail("REQUIRE_BROWSER is set but no chromium is installed")
         pytest.skip("no system Chromium (apt-get install chromium); browser tests skipped")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # A console request can wait seconds behind a model build on a busy two-core CI machine;
+    # Playwright's 5 s default then fails a page that is only slow.
+    expect.set_options(timeout=15_000)
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
