@@ -98,6 +98,10 @@ def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) 
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+    # Built here, not by the first training step: Keras (TensorFlow, no explicit strategy)
+    # leaves it to that step's trace, and a tf.function that creates variables when first
+    # traced is traced again, so each stage would build its training graph twice.
+    model.optimizer.build(model.trainable_variables)
 
 
 def train(
@@ -385,7 +389,6 @@ def _fit_stage(
     compile_for_stage(inputs.model, stage, training)
     early_state = resumed.state.early_stopping if resumed is not None else None
     if resumed is not None and resumed.optimizer:
-        inputs.model.optimizer.build(inputs.model.trainable_variables)
         restore(inputs.model.optimizer.variables, resumed.optimizer)
     if early_state is not None and early_state["stopped"]:  # it had stopped the stage
         if resumed is not None and resumed.best:
