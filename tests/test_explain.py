@@ -257,7 +257,7 @@ def test_heatmap_peaks_on_the_object_that_decides_the_class(tmp_path: Path) -> N
             "training": {"epochs": 10, "batch_size": 16, "learning_rate": 0.002, "seed": 1},
         }
     )
-    result = train(spec, scenes(200, seed=10)[0], Recorder(), backbone_weights=None)
+    result = train(spec, scenes(100, seed=10)[0], Recorder(), backbone_weights=None)
     savedmodel = exported(result.network.model, tmp_path, result.temperature)
 
     held_out, corners = scenes(40, seed=11)
