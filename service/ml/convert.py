@@ -6,7 +6,7 @@ Every format is converted from one inference network rebuilt from the stored Sav
     → Dense(K, softmax) with kernel/T and bias/T
 
 - The training job's spec builds the network as it was trained, and the SavedModel's
-  variables are copied into it in order (ExportArchive tracks `model.variables` in that order).
+  variables are copied into it in order (the export keeps `model.variables` in that order).
 - The backbone's `preprocess_input` is an affine map of each pixel for every
   `keras.applications` family (scale and shift, "caffe"'s RGB→BGR a permutation), measured
   here and written as a 1×1 Conv2D: a built-in layer every converter and runtime knows, so the

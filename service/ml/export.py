@@ -46,30 +46,44 @@ def write_savedmodel(
     temperature: float = 1.0,
     unknowns: UnknownDetector | None = None,
 ) -> None:
-    """`export_savedmodel`'s directory, unpacked; Keras's own ExportArchive, as
-    `model.export()` uses it, with more endpoints."""
-    import keras
+    """`export_savedmodel`'s directory, unpacked, in the layout `model.export()` writes: the
+    model's variables under `variables`, `trainable_variables` and `non_trainable_variables`
+    (in `model.variables`' order), each endpoint a signature, the first also
+    `serving_default`.
+
+    Saved with `tf.saved_model.save` itself, not through Keras's ExportArchive: to list the
+    variables an endpoint uses, the archive traces it outside the save, and TensorFlow traces
+    it again inside (another function context), so every endpoint cost two traces of the
+    whole network. The variables are known here: they are the model's."""
     import tensorflow as tf
 
     from service.ml.explain import explain_function, input_specs, serve_function
     from service.ml.unknowns import unknowns_function
 
-    pixels, classes = input_specs(model)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    # Registered first: the first endpoint is also the archive's `serving_default`.
-    archive.add_endpoint("serve", serve_function(model, temperature), [pixels])
-    archive.add_endpoint("explain", explain_function(model, temperature), [pixels, classes])
+    pixels, classes = (
+        tf.TensorSpec(spec.shape, dtype=spec.dtype, name=spec.name) for spec in input_specs(model)
+    )
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    root.non_trainable_variables = list(model.non_trainable_variables)
+    endpoints = {
+        "serve": (serve_function(model, temperature), [pixels]),
+        "explain": (explain_function(model, temperature), [pixels, classes]),
+    }
     if unknowns is not None:
-        scores = unknowns_function(model, temperature, unknowns)
-        archive.add_endpoint("unknowns", scores, [pixels])
-        thresholds = [
+        endpoints["unknowns"] = (unknowns_function(model, temperature, unknowns), [pixels])
+        root.unknown_thresholds = [
             tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
             tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),
             tf.Variable(unknowns.report["images"], dtype="int64", trainable=False),
         ]
-        archive.add_variable_collection("unknown_thresholds", thresholds)
-    archive.write_out(str(directory), verbose=False)
+    signatures = {}
+    for name, (function, specs) in endpoints.items():
+        signatures[name] = tf.function(function, input_signature=specs, autograph=False)
+        setattr(root, name, signatures[name])
+    signatures["serving_default"] = signatures["serve"]
+    tf.saved_model.save(root, str(directory), signatures=signatures)
 
 
 def pack_directory(directory: Path) -> bytes:
