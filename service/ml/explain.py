@@ -29,12 +29,15 @@ held-out images over seven runs, the Lanczos-3 peak in 90–100 %: tests/test_ex
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import tensorflow as tf
 
 from service.ml.calibrate import scale_tensor
+
+if TYPE_CHECKING:
+    from service.ml.unknowns import Forward
 
 Method = Literal["cam", "grad-cam"]
 # How the maps reach the input's resolution (see the module's docstring).
@@ -112,20 +115,20 @@ def grad_cam_maps(
 
 
 def explain_function(
-    model: keras.Model, temperature: float = 1.0
+    model: keras.Model, forward: Forward, temperature: float = 1.0
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """pixels [batch, h, w, 3] (raw 0–255), classes int32 [batch, n] → probabilities
     [batch, K] (as `serve` gives them, temperature applied), maps [batch, n, fh, fw],
-    heatmaps [batch, n, h, w] (the maps resized, see HEATMAP_RESIZE) and method [batch]."""
+    heatmaps [batch, n, h, w] (the maps resized, see HEATMAP_RESIZE) and method [batch].
+    `forward` is a Tap of `model` (`service.ml.unknowns`), or the function tracing it."""
     _backbone, head = split_at_backbone(model)
     method = explanation_method(head)
-    # One pass gives both: the same layers and weights as `model`, tapped after the backbone.
-    tapped = keras.Model(model.input, [head[0].input, model.output], name="explained")
     compute_maps = class_activation_maps if method == "cam" else grad_cam_maps
 
     def explain(pixels: tf.Tensor, classes: tf.Tensor) -> dict[str, tf.Tensor]:
-        features, probabilities = tapped(pixels, training=False)
-        maps = compute_maps(features, head, classes)
+        # One pass gives both: the backbone's last feature map and the probabilities.
+        maps_by_depth, probabilities = forward(pixels)
+        maps = compute_maps(maps_by_depth[-1], head, classes)
         batch_and_n = tf.shape(classes)
         low = tf.shape(maps)[2:]
         stacked = tf.reshape(maps, tf.concat([[-1], low, [1]], axis=0))
@@ -152,16 +155,16 @@ def input_specs(model: keras.Model) -> tuple[keras.InputSpec, keras.InputSpec]:
     )
 
 
-def serve_function(model: keras.Model, temperature: float) -> Any:
-    """What `serve` runs: the model in inference mode, its probabilities scaled by the
-    temperature (T == 1 adds nothing).
+def serve_function(forward: Forward, temperature: float) -> Any:
+    """What `serve` runs: the model in inference mode (`forward`, a Tap of it or the function
+    tracing it), its probabilities scaled by the temperature (T == 1 adds nothing).
 
-    training=False, not the bare `model.__call__` that `model.export()` registers: Keras 3's
+    Inference mode, not the bare `model.__call__` that `model.export()` registers: Keras 3's
     random augmentation layers default to training=True when a call does not say, so a model
     trained with `augment` would answer a different random flip or rotation of the image each
-    time (the exports' parity check found it)."""
+    time (the exports' parity check found it). The Tap leaves them out."""
 
     def serve(pixels: tf.Tensor) -> tf.Tensor:
-        return scale_tensor(model(pixels, training=False), temperature)
+        return scale_tensor(forward(pixels)[1], temperature)
 
     return serve

@@ -54,11 +54,13 @@ def write_savedmodel(
     Saved with `tf.saved_model.save` itself, not through Keras's ExportArchive: to list the
     variables an endpoint uses, the archive traces it outside the save, and TensorFlow traces
     it again inside (another function context), so every endpoint cost two traces of the
-    whole network. The variables are known here: they are the model's."""
+    whole network. The variables are known here: they are the model's. Every endpoint calls
+    one traced forward pass (`service.ml.unknowns.Tap`), so the network is traced once, not
+    once per endpoint, and a loaded model holds one copy of its graph."""
     import tensorflow as tf
 
     from service.ml.explain import explain_function, input_specs, serve_function
-    from service.ml.unknowns import unknowns_function
+    from service.ml.unknowns import Tap, unknowns_function
 
     pixels, classes = (
         tf.TensorSpec(spec.shape, dtype=spec.dtype, name=spec.name) for spec in input_specs(model)
@@ -67,12 +69,14 @@ def write_savedmodel(
     root.variables = list(model.variables)
     root.trainable_variables = list(model.trainable_variables)
     root.non_trainable_variables = list(model.non_trainable_variables)
+    tap = Tap(model, depths=unknowns is not None)
+    forward = tf.function(tap.maps, input_signature=[pixels], autograph=False)
     endpoints = {
-        "serve": (serve_function(model, temperature), [pixels]),
-        "explain": (explain_function(model, temperature), [pixels, classes]),
+        "serve": (serve_function(forward, temperature), [pixels]),
+        "explain": (explain_function(model, forward, temperature), [pixels, classes]),
     }
     if unknowns is not None:
-        endpoints["unknowns"] = (unknowns_function(model, temperature, unknowns), [pixels])
+        endpoints["unknowns"] = (unknowns_function(forward, temperature, unknowns), [pixels])
         root.unknown_thresholds = [
             tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
             tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),

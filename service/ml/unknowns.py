@@ -41,6 +41,8 @@ from service.ml.calibrate import scale_tensor
 from service.ml.model_cache import UnknownThresholds
 
 METHOD = "mahalanobis-ensemble"
+# pixels → (feature maps, deepest last; probabilities): `Tap.maps`, or it traced once.
+Forward = Callable[[tf.Tensor], tuple[list[tf.Tensor], tf.Tensor]]
 # The validation scores are kept at these many evenly spaced quantile levels (0, …, 1).
 QUANTILE_LEVELS = 1001
 # Training images the Gaussians are fitted on, at most (a seeded sample beyond that).
@@ -96,26 +98,44 @@ def stage_layers(backbone: keras.Model) -> list[str]:
 
 
 class Tap:
-    """The model cut open: pixels → the pooled features at each stage depth, and the
-    probabilities, in one pass of the backbone (inference mode)."""
+    """The model cut open: pixels → the backbone's feature map at each stage depth (its last
+    one, alone, with `depths=False`), and the probabilities, in one pass (inference mode)."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, depths: bool = True) -> None:
         from service.ml.explain import split_at_backbone
 
         backbone, self.head = split_at_backbone(model)
-        self.layers = stage_layers(backbone)
+        self.layers = stage_layers(backbone) if depths else [backbone.layers[-1].name]
         outputs = [backbone.get_layer(name).output for name in self.layers]
         self.tapped = keras.Model(backbone.input, outputs, name="stages")
-        self.preprocess = model.get_layer("preprocess_input")
+        # What comes before the backbone (any augmentation, idle in inference mode; the
+        # backbone's preprocess_input).
+        self.before = [
+            layer
+            for layer in model.layers[: model.layers.index(backbone)]
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
 
-    def __call__(self, pixels: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
-        maps = self.tapped(self.preprocess(pixels), training=False)
-        maps = maps if isinstance(maps, list | tuple) else [maps]
+    def maps(self, pixels: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """The feature maps, deepest last (the head's input), and the probabilities."""
+        x = pixels
+        for layer in self.before:
+            x = layer(x, training=False)
+        maps = self.tapped(x, training=False)
+        maps = list(maps) if isinstance(maps, list | tuple) else [maps]
         x = maps[-1]
         for layer in self.head:
             x = layer(x, training=False)
-        pooled = [tf.reduce_mean(tf.cast(m, tf.float32), axis=[1, 2]) for m in maps]
-        return pooled, tf.cast(x, tf.float32)
+        return maps, tf.cast(x, tf.float32)
+
+    def __call__(self, pixels: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+        maps, probabilities = self.maps(pixels)
+        return pooled(maps), probabilities
+
+
+def pooled(maps: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Each map averaged over its cells, in float32."""
+    return [tf.reduce_mean(tf.cast(m, tf.float32), axis=[1, 2]) for m in maps]
 
 
 def pooled_features(tap: Tap, pixels: tf.data.Dataset) -> tuple[list[np.ndarray], np.ndarray]:
@@ -200,11 +220,11 @@ def scores_of(detector: UnknownDetector, pooled: list[np.ndarray]) -> np.ndarray
 
 
 def unknowns_function(
-    model: keras.Model, temperature: float, detector: UnknownDetector
+    forward: Forward, temperature: float, detector: UnknownDetector
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The `unknowns` signature: pixels → `probabilities` (as `serve` gives them), `ood_score`
-    and `unknown` (past the threshold fitted for the training's unknown_rate)."""
-    tap = Tap(model)
+    and `unknown` (past the threshold fitted for the training's unknown_rate). `forward` is a
+    Tap (`depths=True`) of the model, or the function tracing it."""
     constants = [
         (
             tf.constant(d.offset, tf.float32),
@@ -218,10 +238,10 @@ def unknowns_function(
     threshold = detector.threshold
 
     def unknowns(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        pooled, probabilities = tap(pixels)
+        maps, probabilities = forward(pixels)
         standardised = []
         for features, (offset, whitening, means, centre, spread) in zip(
-            pooled, constants, strict=True
+            pooled(maps), constants, strict=True
         ):
             z = tf.matmul(features - offset, whitening)
             squared = (
