@@ -60,6 +60,23 @@ def test_fitted_thresholds_flag_the_asked_share_and_the_far_ones() -> None:
     assert thresholds.threshold(0.01) > thresholds.threshold() > thresholds.threshold(0.5)
 
 
+def test_features_that_never_vary_still_fit_a_detector() -> None:
+    """Dead units (a random or frozen backbone's ReLUs that never fire) leave a depth's
+    covariance singular, or zero: training must still end, with every image like the
+    training ones scored alike and one unlike them flagged."""
+    from service.ml.unknowns import fit_detector, scores_of
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 6)
+    alive = np.zeros((12, 16))
+    alive[:, :2] = rng.normal(0, 1, (12, 2)) + labels[:, None]  # 2 of 16 units ever fire
+    dead = np.zeros((12, 4))  # a depth where none does
+    detector = fit_detector(["alive", "dead"], ([dead, alive], labels), None, 2, 0.1)
+    assert np.isfinite(detector.quantiles).all()
+    strange = [np.ones((1, 4)), np.full((1, 16), 5.0)]
+    assert scores_of(detector, strange)[0] > detector.threshold
+
+
 def test_a_model_stored_before_answers_without_the_two_fields() -> None:
     old = ImagePrediction(filename="a.png", top=[Score(label="a", score=1.0)])
     assert set(old.model_dump()) == {"filename", "top"}

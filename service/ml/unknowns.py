@@ -158,7 +158,12 @@ def _gaussian(features: np.ndarray, labels: np.ndarray, classes: int) -> tuple[n
     present = [k for k in range(classes) if np.any(labels == k)]
     means = np.stack([features[labels == k].mean(axis=0) for k in present])
     centred = features - means[np.searchsorted(present, labels)]
-    precision = LedoitWolf().fit(centred.astype(np.float64)).precision_
+    covariance = LedoitWolf().fit(centred.astype(np.float64)).covariance_
+    # Units that never fire (a random or frozen backbone's dead ReLUs) leave the shrunk
+    # covariance singular, or zero where a whole depth is dead: a ridge of a millionth of the
+    # mean variance (1e-12 where nothing varies) keeps it invertible and changes nothing else.
+    ridge = 1e-6 * max(float(np.trace(covariance)) / len(covariance), 1e-12)
+    precision = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
     whitening = np.linalg.cholesky((precision + precision.T) / 2)
     offset = means.mean(axis=0)
     return offset, (means - offset) @ whitening, whitening
