@@ -23,7 +23,7 @@ from playwright.sync_api import expect
 
 from service.exports import service as exports
 from tests.browser import LiveService, PageProblems
-from tests.conftest import job_body
+from tests.conftest import LIGHT, job_body
 from tests.test_console import TIMEOUT_MS, dataset_zip, sign_in
 
 NAME = "colours-net"
@@ -31,14 +31,14 @@ HTMX = {"HX-Request": "true"}
 
 
 def train_versions(live: LiveService, versions: int, log: Path) -> list[str]:
-    """`versions` tiny models of one name (1 epoch, frozen random MobileNetV2 at 32 px),
+    """`versions` tiny models of one name (1 epoch, frozen random MobileNet at 32 px),
     trained through the live service's API by its worker; their ids, version 1 first."""
     with live.client() as client:
         upload = client.post(
             "/datasets", files={"file": ("colours.zip", dataset_zip(), "application/zip")}
         )
         assert upload.status_code == 201, upload.text
-        body = job_body(upload.json()["id"], name=NAME, freeze={"mode": "backbone"})
+        body = job_body(upload.json()["id"], name=NAME, backbone=LIGHT, freeze={"mode": "backbone"})
         job_ids = []
         for _ in range(versions):
             queued = client.post("/jobs", json=body)

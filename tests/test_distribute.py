@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SQLITE_ONLY, Service, colour_images, job_body, png_bytes
+from tests.conftest import LIGHT, SQLITE_ONLY, Service, colour_images, job_body, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # Largest difference allowed between the 1- and 2-replica runs' losses, and probabilities:
@@ -71,6 +71,7 @@ def test_two_replicas_follow_the_one_replica_loss_curve() -> None:
     # whole batch's (BatchNormalization is not synchronised across replicas).
     body = job_body(
         "d_mirrored",
+        backbone=LIGHT,
         freeze={"mode": "backbone"},
         training={"epochs": 2, "batch_size": 8, "seed": 1, "validation_split": 0.25},
         fine_tune=[

@@ -17,7 +17,15 @@ from sqlalchemy import func, select, text, update
 
 from service import jobs
 from service.storage.tables import Job, TrainedModel
-from tests.conftest import SQLITE_ONLY, Service, colour_images, job_body, make_settings, wait_for
+from tests.conftest import (
+    LIGHT,
+    SQLITE_ONLY,
+    Service,
+    colour_images,
+    job_body,
+    make_settings,
+    wait_for,
+)
 
 LEASE_SECONDS = 3.0
 
@@ -59,6 +67,7 @@ def models_of(service: Service, job_id: str) -> int:
 
 
 LONG_JOB = {
+    "backbone": LIGHT,
     "freeze": {"mode": "partial", "trainable_from": -8},
     "training": {"epochs": 40, "batch_size": 4},
 }
@@ -175,7 +184,7 @@ def test_three_worker_processes_train_a_queue_together(tmp_path: Path) -> None:
     workers = []
     try:
         dataset_id = service.upload(colour_images(per_class=3))["id"]
-        body = job_body(dataset_id, freeze={"mode": "backbone"})
+        body = job_body(dataset_id, backbone=LIGHT, freeze={"mode": "backbone"})
         job_ids = [service.client.post("/jobs", json=body).json()["id"] for _ in range(6)]
         workers = [start_worker(settings, tmp_path / f"worker-{n}.log") for n in range(3)]
         wait_for(
@@ -310,7 +319,9 @@ def test_chaos_random_kills_lose_no_job(tmp_path: Path) -> None:
     chance = random.Random(1234)
     try:
         dataset_id = service.upload(colour_images(per_class=3))["id"]
-        body = job_body(dataset_id, freeze={"mode": "backbone"}, training={"epochs": 3})
+        body = job_body(
+            dataset_id, backbone=LIGHT, freeze={"mode": "backbone"}, training={"epochs": 3}
+        )
         job_ids = [service.client.post("/jobs", json=body).json()["id"] for _ in range(4)]
         for trial in range(6):
             worker = start_worker(settings, tmp_path / "chaos.log")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.training.spec import JobSpec
-from tests.conftest import Service, colour_images, job_body, make_settings, wait_for
+from tests.conftest import LIGHT, Service, colour_images, job_body, make_settings, wait_for
 from tests.test_reliability import LEASE_SECONDS, job_state, start_worker
 
 
@@ -50,6 +50,7 @@ def labelled() -> Any:
 
 # A frozen stage on cached features, then the whole network; dropout, early stopping.
 STAGED = {
+    "backbone": LIGHT,
     "head": {"pooling": "avg", "dense": [8], "dropout": 0.3},
     "freeze": {"mode": "backbone"},
     "training": {
@@ -105,6 +106,7 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
 
 # Five epochs of the whole network: long enough to be killed in the third.
 KILLED = {
+    "backbone": LIGHT,
     "freeze": {"mode": "none"},
     "training": {"epochs": 5, "batch_size": 2, "seed": 5, "validation_split": 0.25},
 }

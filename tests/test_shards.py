@@ -14,7 +14,7 @@ import pytest
 from service.storage import shard_cache as shards
 from service.storage.shard_files import ShardedImages, write_shards
 from service.training.spec import JobSpec
-from tests.conftest import Service, class_zip, colour_images, job_body, make_settings
+from tests.conftest import LIGHT, Service, class_zip, colour_images, job_body, make_settings
 from tests.test_training import labelled, train_in_process, without_timing
 
 
@@ -45,6 +45,7 @@ def test_cache_is_fetched_in_bounded_batches(monkeypatch: pytest.MonkeyPatch) ->
 # The backbone frozen but no features cached (feature_cache=False): every epoch's batches of
 # pixels go through the pipeline, and the step compiles quickly.
 STREAMED = {
+    "backbone": LIGHT,
     "head": {"pooling": "avg", "dense": [8], "dropout": 0.2},
     "freeze": {"mode": "backbone"},
     "training": {"epochs": 2, "batch_size": 4, "validation_split": 0.25, "seed": 7},

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from service.storage.db import Database
 from service.storage.tables import Dataset, DatasetImage, Job, TrainedModel, VersionImage
 from tests.conftest import (
+    LIGHT,
     SQLITE_ONLY,
     Service,
     class_zip,
@@ -164,7 +165,7 @@ def test_an_append_restores_an_image_an_edit_removed_without_storing_it_again(
 def test_a_job_trains_on_the_version_it_named_while_the_dataset_changes(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=4))
     training = {"validation_split": 0.25}
-    body = job_body(dataset["id"], freeze={"mode": "backbone"}, training=training)
+    body = job_body(dataset["id"], backbone=LIGHT, freeze={"mode": "backbone"}, training=training)
     queued = service.client.post("/jobs", json=body)
     assert queued.status_code == 202, queued.text
     assert queued.json()["spec"]["dataset_version"] == 1  # the latest, recorded

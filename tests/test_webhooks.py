@@ -21,6 +21,7 @@ from service import jobs, webhooks
 from service.predictions.task import store_results
 from service.storage.tables import Job, WebhookDelivery
 from tests.conftest import (
+    LIGHT,
     Service,
     colour_images,
     job_body,
@@ -114,7 +115,11 @@ def _delivered_after_two_refusals(hooked: Service) -> None:
     try:
         dataset_id = hooked.upload(colour_images(per_class=4))["id"]
         # The quick job: the backbone frozen, its features computed once (as `small_model`).
-        frozen = {"freeze": {"mode": "backbone"}, "training": {"validation_split": 0.25}}
+        frozen = {
+            "backbone": LIGHT,
+            "freeze": {"mode": "backbone"},
+            "training": {"validation_split": 0.25},
+        }
         body = job_body(dataset_id, webhook_url=receiver.url, **frozen)
         job_id = hooked.client.post("/jobs", json=body).json()["id"]
         assert hooked.worker.run_until_idle() == 1

@@ -20,6 +20,7 @@ from service import jobs
 from service.storage.tables import Job, TrainedModel, utcnow
 from service.training.task import store_model
 from tests.conftest import (
+    LIGHT,
     SQLITE_ONLY,
     Service,
     colour_images,
@@ -61,7 +62,7 @@ def test_expired_lease_is_reclaimed_then_failed_after_max_attempts(service: Serv
 @pytest.mark.slow
 def test_cancel_stops_a_running_job(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=8))["id"]
-    body = job_body(dataset_id, training={"epochs": 50, "batch_size": 4})
+    body = job_body(dataset_id, backbone=LIGHT, training={"epochs": 50, "batch_size": 4})
     job_id = service.client.post("/jobs", json=body).json()["id"]
     thread = threading.Thread(target=service.worker.run_once)
     thread.start()
@@ -181,7 +182,7 @@ def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
         imagenet = service.client.post(
             "/jobs", json=job_body(dataset_id, backbone={"weights": "imagenet"})
         ).json()
-        plain = service.client.post("/jobs", json=job_body(dataset_id)).json()
+        plain = service.client.post("/jobs", json=job_body(dataset_id, backbone=LIGHT)).json()
         env = {
             **os.environ,
             "DATA_DIR": str(tmp_path),
