@@ -4,9 +4,10 @@ Every test gets its own database: a SQLite file, and where TEST_POSTGRES_URL nam
 PostgreSQL server (`.ci/run` starts one) also a fresh PostgreSQL database, so the
 database-facing tests run on both. A `Service`'s new SQLite file is a copy of one the
 migrations built once per session (`migrated`); tests of the migrations run them themselves.
-Models that many tests read are trained once per session,
-by the worker, through the API: `small_model` for tests that need any stored model, `trained`
-for those that need one that has learned.
+Models that many tests read are trained once per test run
+(`built_once`: by one pytest process, the others copying its folder), by the worker, through
+the API: `small_model` for tests that need any stored model, `trained` for those that need one
+that has learned.
 
 The app and the worker (and so TensorFlow) are imported only when a test starts a `Service`:
 the pure unit tests (ingest, spec) run without them.
@@ -15,7 +16,9 @@ the pure unit tests (ingest, spec) run without them.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -323,15 +326,44 @@ def service(tmp_path: Path, database_url: str) -> Iterator[Service]:
     running.close()
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    build: Callable[[Service], dict[str, Any]],
+) -> tuple[Service, dict[str, Any]]:
+    """A service with what `build` made in it (its answer: JSON), built once per test run: the
+    first pytest process to ask builds it in a folder all of xdist's processes share (the
+    parent of their base temp folders), under a lock; each then serves its own copy."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = root / f"built-{name}"
+    with (root / f"built-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "state.json").exists():
+            builder = Service(make_settings(shared / "data"))
+            try:
+                state = build(builder)
+            finally:
+                builder.close()  # its last connection checkpoints SQLite's WAL into the file
+            (shared / "state.json").write_text(json.dumps(state))
+    mine = tmp_path_factory.mktemp(name) / "data"
+    shutil.copytree(shared / "data", mine)
+    return Service(make_settings(mine)), json.loads((shared / "state.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One model trained end to end: fine-tuned MobileNetV2, BN layers trained."""
-    running = Service(make_settings(tmp_path_factory.mktemp("trained")))
     images = colour_images(per_class=24)
-    dataset = running.upload(images)
-    training = {"epochs": 5, "batch_size": 8, "validation_split": 0.25}
-    job = running.train(job_body(dataset["id"], training=training))
-    yield {"service": running, "dataset": dataset, "job": job, "images": images}
+
+    def build(service: Service) -> dict[str, Any]:
+        dataset = service.upload(images)
+        training = {"epochs": 5, "batch_size": 8, "validation_split": 0.25}
+        job = service.train(job_body(dataset["id"], training=training))
+        return {"dataset": dataset, "job": job}
+
+    running, state = built_once(tmp_path_factory, "trained", build)
+    yield {"service": running, "images": images, **state}
     running.close()
 
 
@@ -342,10 +374,14 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     Several times quicker than `trained`: most of a first epoch is compiling the training
     step, and with the backbone frozen that step holds no gradients through it.
     """
-    running = Service(make_settings(tmp_path_factory.mktemp("small")))
     images = colour_images(per_class=4)
-    dataset = running.upload(images)
-    body = job_body(dataset["id"], freeze={"mode": "backbone"}, training={"validation_split": 0.25})
-    job = running.train(body)
-    yield {"service": running, "dataset": dataset, "job": job, "images": images}
+
+    def build(service: Service) -> dict[str, Any]:
+        dataset = service.upload(images)
+        training = {"validation_split": 0.25}
+        body = job_body(dataset["id"], freeze={"mode": "backbone"}, training=training)
+        return {"dataset": dataset, "job": service.train(body)}
+
+    running, state = built_once(tmp_path_factory, "small", build)
+    yield {"service": running, "images": images, **state}
     running.close()

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from service import logs, metrics
 from service.job_kinds import KINDS
 from service.storage.tables import WorkerRow, utcnow
-from tests.conftest import Service, colour_images, job_body, make_settings
+from tests.conftest import LIGHT, Service, colour_images, job_body, make_settings
 
 KEY = "a-metrics-test-key-of-length"
 
@@ -83,13 +83,24 @@ def test_metrics_report_the_databases_jobs_workers_and_uploads(service: Service)
     assert value(found, "transfer_webhook_deliveries", status="pending") == 0
 
 
-def test_predict_latency_batches_cache_and_the_workers_timings(small_model: dict) -> None:
-    """The model was trained by the in-process worker: its queue wait, run time and epoch
-    are in this process's registry, beside the API's predict timings."""
-    service = small_model["service"]
-    model_id = small_model["job"]["model_id"]
-    image = small_model["images"]["red"][0]
-    # The model and this process's registry are shared with other tests: count what changes.
+@pytest.mark.slow
+def test_predict_latency_batches_cache_and_the_workers_timings(tmp_path: Path) -> None:
+    """A model trained by the in-process worker: its queue wait, run time and epoch are in
+    this process's registry, beside the API's predict timings. (Not a shared model: the
+    pytest process that trained one of those may be another.)"""
+    service = Service(make_settings(tmp_path))
+    try:
+        images = colour_images(per_class=2)
+        dataset_id = service.upload(images)["id"]
+        body = job_body(dataset_id, backbone=LIGHT, freeze={"mode": "backbone"})
+        model_id = service.train(body)["model_id"]
+        _predict_and_count(service, model_id, images["red"][0])
+    finally:
+        service.close()
+
+
+def _predict_and_count(service: Service, model_id: str, image: bytes) -> None:
+    # This process's registry is shared with other tests: count what changes.
     before = samples(service.client.get("/metrics").text)
     for _ in range(2):
         answer = service.client.post(
