@@ -226,8 +226,8 @@ def test_generated_client_uploads_trains_and_predicts(
     spec = load("models").JobSpec.from_dict(
         {
             "dataset_id": created.parsed.id,
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": SIZE},
-            "freeze": {"mode": "none"},
+            "backbone": {"name": "MobileNet", "weights": None, "input_size": SIZE},
+            "freeze": {"mode": "backbone"},
             "training": {"epochs": 1, "batch_size": 16},
         }
     )

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from service.ml.images import to_pixels
 from service.storage.tables import TrainedModel
 from service.training.spec import JobSpec
-from tests.conftest import SIZE, SQLITE_ONLY, Service, colour_images, job_body
+from tests.conftest import LIGHT, SIZE, SQLITE_ONLY, Service, colour_images, job_body
 
 
 class Recorder:
@@ -64,8 +64,9 @@ def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
+# On the light backbone: these tests are of the training controls, not of a network.
 FROZEN_HEAD = {
-    "backbone": {"name": "MobileNetV2", "weights": None, "input_size": SIZE},
+    "backbone": {**LIGHT, "weights": None, "input_size": SIZE},
     "head": {"pooling": "avg", "dense": [16], "dropout": 0.2},
     "freeze": {"mode": "backbone"},
     "training": {"epochs": 4, "batch_size": 8, "validation_split": 0.25, "seed": 3},
