@@ -18,6 +18,7 @@ from service.ml.features import MemoryFeatureStore, stratified_sample
 from service.ml.labels import fold_count, likely_mislabelled
 from service.training.spec import JobSpec
 from tests.conftest import (
+    LIGHT,
     SQLITE_ONLY,
     Service,
     colour_image,
@@ -245,13 +246,14 @@ def images_of(make: Any, kinds: list[str], per_class: int, seed: int) -> dict[st
 
 @pytest.fixture(scope="module")
 def shapes_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """MobileNetV2 at 64 px trained from random weights by the service on four shapes."""
+    """MobileNet at 64 px trained from random weights by the service on four shapes (the
+    light backbone: a third less CPU than MobileNetV2 for the same margins)."""
     running = Service(make_settings(tmp_path_factory.mktemp("advice")))
     pretraining = images_of(shape, ["circle", "square", "triangle", "cross"], 100, seed=0)
     dataset = running.upload(pretraining, name="shapes")
     body = job_body(
         dataset["id"],
-        backbone={"name": "MobileNetV2", "weights": None, "input_size": SHAPE_SIZE},
+        backbone={**LIGHT, "weights": None, "input_size": SHAPE_SIZE},
         freeze={"mode": "none"},
         training={"epochs": 12, "batch_size": 32, "validation_split": 0.2},
     )
@@ -273,7 +275,7 @@ def advise(service: Service, dataset_id: str, **request: Any) -> dict[str, Any]:
 def test_same_kind_scores_more_similar_than_unrelated(shapes_backbone: dict[str, Any]) -> None:
     service = shapes_backbone["service"]
     backbone = {
-        "name": "MobileNetV2",
+        **LIGHT,
         "weights": f"model:{shapes_backbone['model_id']}",
         "input_size": SHAPE_SIZE,
     }
@@ -314,18 +316,21 @@ def test_the_quadrant_moves_with_the_images_per_class(shapes_backbone: dict[str,
     more images than max_images, a stratified sample is measured and the answer says so."""
     service = shapes_backbone["service"]
     backbone = {
-        "name": "MobileNetV2",
+        **LIGHT,
         "weights": f"model:{shapes_backbone['model_id']}",
         "input_size": SHAPE_SIZE,
     }
-    few = service.upload(images_of(texture, ["fine", "coarse"], 12, seed=3), "few")
-    many = service.upload(images_of(texture, ["fine", "coarse"], 500, seed=4), "many")
+    grains = ["fine", "mid", "coarse"]
+    few = service.upload(images_of(texture, grains, 12, seed=3), "few")
+    many = service.upload(images_of(texture, grains, 500, seed=4), "many")
     little = advise(service, few["id"], backbone=backbone)["result"]
     much = advise(service, many["id"], backbone=backbone, max_images=60)["result"]
+    print("similarity: few", little["similarity"], little["quadrant"], little["probe"])
+    print("similarity: many", much["similarity"], much["quadrant"], much["probe"])
     assert (little["quadrant"]["data"], little["quadrant"]["strategy"]) == ("little", 2)
     assert (much["quadrant"]["data"], much["quadrant"]["strategy"]) == ("much", 1)
-    assert much["images"]["total"] == 1000 and much["images"]["sampled"] == 60
-    assert any("stratified sample of 60 of the 1000" in reason for reason in much["reasons"])
+    assert much["images"]["total"] == 1500 and much["images"]["sampled"] == 60
+    assert any("stratified sample of 60 of the 1500" in reason for reason in much["reasons"])
     assert [stage["freeze"]["mode"] for stage in much["spec"]["fine_tune"]] == ["none"]
 
 
