@@ -30,11 +30,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-# Compiled modules are cached even where PYTHONDONTWRITEBYTECODE is set (CI images set it):
-# the suite starts about a hundred Python processes (workers, servers, benches, xdist's), and
-# each would compile the service's modules again, as pytest would rewrite the test modules.
-# Collecting the suite took 13 s in each process without the cache, 8 s with it.
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Three test processes share the cores: one thread each inside an op, for them and the
@@ -55,7 +50,12 @@ from service.storage.tables import Base, Dataset, DatasetImage, TrainedModel, ne
 if TYPE_CHECKING:
     import httpx
 
-sys.dont_write_bytecode = False  # see PYTHONDONTWRITEBYTECODE above
+# Compiled modules are cached even where PYTHONDONTWRITEBYTECODE is set (CI images set it):
+# the suite starts about a hundred Python processes (workers, servers, benches, xdist's), and
+# each would compile the service's modules again, as pytest would rewrite the test modules.
+# Collecting the suite took 13 s in each process without the cache, 8 s with it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
+sys.dont_write_bytecode = False  # and for this one
 
 # The browser and live-server fixtures, for every test module that drives a page.
 pytest_plugins = ["tests.browser"]
