@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.api.app import create_app
 from tests.browser import API_KEY, LiveService, PageProblems
-from tests.conftest import make_settings
+from tests.conftest import LIGHT, make_settings
 
 SIZE = 32
 PER_CLASS = 8
@@ -226,7 +226,7 @@ def test_generated_client_uploads_trains_and_predicts(
     spec = load("models").JobSpec.from_dict(
         {
             "dataset_id": created.parsed.id,
-            "backbone": {"name": "MobileNet", "weights": None, "input_size": SIZE},
+            "backbone": {**LIGHT, "weights": None, "input_size": SIZE},
             "freeze": {"mode": "backbone"},
             "training": {"epochs": 1, "batch_size": 16},
         }
