@@ -2,9 +2,10 @@
 size, on the same images, in one process on this CPU.
 
     python bench/batch.py [--images 2000] [--size 96] [--epochs 1] [--quick]
-                          [--per-class N] [--freeze backbone]
+                          [--per-class N] [--freeze backbone] [--backbone NAME]
 
-The demo's model (digits, MobileNetV2 from random weights; bench/export.py's `train_demo`)
+The demo's model (digits, MobileNetV2 or `--backbone` from random weights; bench/export.py's
+`train_demo`; MobileNet under `--quick`)
 is trained by the real worker at --size px. The images are --images JPEGs of 256×256 cut
 from scikit-learn's sample photographs, zipped as a user would send them.
 - raw: the SavedModel downloaded from the API, loaded with `tf.saved_model.load`, its
@@ -36,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from bench.export import start, train_demo
-from bench.quick import parse_args
+from bench.quick import add_backbone, parse_args
 
 BATCH_SIZES = (1, 8, 32, 64, 128)
 
@@ -109,13 +110,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--per-class", type=int, default=0, help="digits per class (0: all)")
     parser.add_argument("--freeze", choices=("none", "backbone"), default="none")
+    add_backbone(parser)
     arguments = parse_args(
         parser, {"images": 16, "size": 32, "per_class": 12, "freeze": "backbone"}
     )
     with tempfile.TemporaryDirectory() as scratch:
         client, worker = start(Path(scratch))
         model_id, _ = train_demo(
-            client, worker, arguments.epochs, arguments.size, arguments.per_class, arguments.freeze
+            client,
+            worker,
+            arguments.epochs,
+            arguments.size,
+            arguments.per_class,
+            arguments.freeze,
+            arguments.backbone,
         )
         jpegs = photo_jpegs(arguments.images)
         archive = io.BytesIO()

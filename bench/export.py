@@ -3,20 +3,21 @@ CPU, each against the SavedModel the service stores, with the parity the worker 
 
     python bench/export.py [--epochs 5] [--size 32] [--runs 300] [--quick]
                            [--per-class N] [--freeze backbone] [--formats F …] [--loads 3]
+                           [--backbone NAME]
 
-In one process: the demo's model (scikit-learn's digits as a zip of class folders, MobileNetV2
-from random weights, every layer trained; `python -m service demo` offline) is trained by the
-real worker through the real API, then exported to every format by export jobs, which convert
-and check parity on the validation split. Each downloaded file is then loaded in its own
-runtime as a user would (Keras, LiteRT with one thread per core, ONNX Runtime) and timed:
+In one process: the demo's model (scikit-learn's digits as a zip of class folders, MobileNetV2 or
+`--backbone`, from random weights, every layer trained; `python -m service demo` offline) is trained
+by the real worker through the real API, then exported to every format by export jobs, which convert
+and check parity on the validation split. Each downloaded file is then loaded in its own runtime as
+a user would (Keras, LiteRT with one thread per core, ONNX Runtime) and timed:
 - size: the model file in the archive; the SavedModel's is the stored tar.gz (it also holds
   the `explain` signature);
 - load: file on disk → ready to answer (median of 3 loads, `--loads`);
 - latency: one image per call, after 10 warm-up calls (median and 90th percentile of --runs).
 Ratios are format ÷ SavedModel. A format below its parity bar is failed by the worker, which
 stores no file; the bench converts it again itself to measure it all the same. The last line
-is machine-readable. `--quick` trains on 12 digits a class with the backbone frozen, and
-exports keras, tflite-int8 and onnx (a runtime of each kind) only.
+is machine-readable. `--quick` trains MobileNet on 12 digits a class with the backbone frozen,
+and exports keras, tflite-int8 and onnx (a runtime of each kind) only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench.quick import parse_args
+from bench.quick import BACKBONE, add_backbone, parse_args
 from service.exports.spec import EXPORT_FORMATS
 
 WARM_UP = 10
@@ -77,7 +78,13 @@ def fewer_per_class(archive: bytes, per_class: int) -> bytes:
 
 
 def train_demo(
-    client: Any, worker: Any, epochs: int, size: int, per_class: int = 0, freeze: str = "none"
+    client: Any,
+    worker: Any,
+    epochs: int,
+    size: int,
+    per_class: int = 0,
+    freeze: str = "none",
+    backbone: str = BACKBONE,
 ) -> tuple[str, list[bytes]]:
     """The demo's offline model (on at most `per_class` digits of each class, if given; every
     layer trained unless `freeze` says otherwise); its id and the held-out digits."""
@@ -90,8 +97,8 @@ def train_demo(
     dataset = client.post("/datasets", files=files, data={"name": "digits"}).json()
     body = {
         "dataset_id": dataset["id"],
-        "name": "digits-mobilenetv2",
-        "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
+        "name": f"digits-{backbone.lower()}",
+        "backbone": {"name": backbone, "weights": None, "input_size": size},
         "head": {"pooling": "avg", "dropout": 0.2},
         "freeze": {"mode": freeze},
         "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001},
@@ -233,6 +240,7 @@ def main() -> None:
     parser.add_argument("--freeze", choices=("none", "backbone"), default="none")
     parser.add_argument("--formats", nargs="+", choices=EXPORT_FORMATS, default=EXPORT_FORMATS)
     parser.add_argument("--loads", type=int, default=3, help="loads timed per format")
+    add_backbone(parser)
     args = parse_args(
         parser,
         {
@@ -248,7 +256,7 @@ def main() -> None:
 
     client, worker = start(Path(tempfile.mkdtemp(prefix="bench-export-")))
     model_id, held_out = train_demo(
-        client, worker, args.epochs, args.size, args.per_class, args.freeze
+        client, worker, args.epochs, args.size, args.per_class, args.freeze, args.backbone
     )
     exported = export_all(client, worker, model_id, args.formats)
     pixels = pixels_of(held_out[:50], args.size)

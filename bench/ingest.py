@@ -3,6 +3,7 @@ a dataset of gigabytes, against the same epoch on one ten times smaller.
 
     python bench/ingest.py [--gb 3] [--image-kb 600] [--part-mb 450] [--epochs 1]
                            [--size 96] [--trainable-from N] [--database-url URL] [--quick]
+                           [--backbone NAME]
 
 1. Makes a synthetic dataset of `--gb` GB of JPEGs in a temporary folder: `--distinct`
    crops of scikit-learn's sample photographs, upscaled with grain to weigh about
@@ -15,14 +16,14 @@ a dataset of gigabytes, against the same epoch on one ten times smaller.
 3. Sends the first tenth of the files (one zip) as a second, small dataset.
 4. With a worker started for it, imports a copy of the folder (`POST /datasets/import`,
    when the service has it): seconds, MB/s, the worker's peak memory.
-5. A fresh worker trains MobileNetV2 (random weights, nothing frozen) at `--size` px for
-   `--epochs` epochs on the large dataset (streamed from its shard cache when larger than
-   TRAIN_IN_MEMORY_BYTES: with `--gb` under 1 it is set to half the large dataset, so that
-   the large one streams and the small one stays in memory), then another fresh worker on
-   the small one: the last epoch's seconds per image of each and their ratio (goal: ≤ 1.3),
-   and each worker's peak resident memory (goal: flat). A first epoch includes compiling
-   the training step, a fixed cost that weighs more on the small dataset: `--epochs 2`
-   compares steady epochs. `--trainable-from -3` trains only the last 3 layers (`--quick`).
+5. A fresh worker trains MobileNetV2 (`--backbone`; random weights, nothing frozen) at `--size` px
+   for `--epochs` epochs on the large dataset (streamed from its shard cache when larger than
+   TRAIN_IN_MEMORY_BYTES: with `--gb` under 1 it is set to half the large dataset, so that the large
+   one streams and the small one stays in memory), then another fresh worker on the small one: the
+   last epoch's seconds per image of each and their ratio (goal: ≤ 1.3), and each worker's peak
+   resident memory (goal: flat). A first epoch includes compiling the training step, a fixed cost
+   that weighs more on the small dataset: `--epochs 2` compares steady epochs. `--trainable-from -3`
+   trains only the last 3 layers (`--quick`, on MobileNet).
 
 SQLite in the data folder unless `--database-url`. The last line is machine-readable.
 """
@@ -54,7 +55,7 @@ from sklearn.datasets import load_sample_image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quick import parse_args  # noqa: E402
+from bench.quick import add_backbone, parse_args  # noqa: E402
 
 CLASSES = ("alpha", "beta", "gamma", "delta")
 SOURCES = ("china.jpg", "flower.jpg")
@@ -243,7 +244,7 @@ def with_worker(env: dict[str, str], log: Path, submit: Any, client: httpx.Clien
 def train_body(dataset_id: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "dataset_id": dataset_id,
-        "backbone": {"name": "MobileNetV2", "weights": None, "input_size": args.size},
+        "backbone": {"name": args.backbone, "weights": None, "input_size": args.size},
         "head": {"pooling": "avg", "dense": [], "dropout": 0.0},
         "freeze": (
             {"mode": "partial", "trainable_from": args.trainable_from}
@@ -308,6 +309,7 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--database-url", default="", help="default: SQLite in the folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    add_backbone(parser)
     return parse_args(
         parser,
         {

@@ -2,11 +2,11 @@
 the app a tutorial would have a user write.
 
     python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10] [--quick]
-                            [--size 224] [--photo-scale 1] [--settle 8]
+                            [--size 224] [--photo-scale 1] [--settle 8] [--backbone NAME]
 
-In one run on this machine: a MobileNetV2 at 224 px (random weights) is trained for one
-epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two
-baselines load the very SavedModel the service stored:
+In one run on this machine: a MobileNetV2 (`--backbone`) at 224 px (random weights) is trained for
+one epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two baselines
+load the very SavedModel the service stored:
 - raw: called in this process on the same decoded, resized pixels;
 - tutorial: the FastAPI app of the tutorials, started here with uvicorn — a plain `def`
   endpoint taking `list[UploadFile]`, PIL `open → convert("RGB") → resize`, `model.serve`
@@ -24,7 +24,8 @@ service's `to_pixels`, 16 threads for a batch), the tutorial app and the service
 1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
 them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
 `--size` and `--photo-scale` change the model's input size and the photographs' sides;
-`--quick` runs it all at 32 px, on photos a quarter of those sides, with few requests.
+`--quick` runs it all at 32 px, on MobileNet, on photos a quarter of those sides, with few
+requests.
 The last line is machine-readable.
 """
 
@@ -53,7 +54,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.quick import parse_args
+from bench.quick import add_backbone, parse_args
 
 SIZE = 224
 CONCURRENT_CLIENTS = 16
@@ -306,8 +307,10 @@ def start_process(arguments: list[str], environment: dict, cwd: Path | None = No
     )
 
 
-def train_model(base: str, environment: dict, workers: list, size: int = SIZE) -> tuple[str, str]:
-    """(dataset id, model id): a MobileNetV2 at `size` px trained for one epoch by a worker."""
+def train_model(
+    base: str, environment: dict, workers: list, backbone: str, size: int = SIZE
+) -> tuple[str, str]:
+    """(dataset id, model id): a `backbone` at `size` px trained for one epoch by a worker."""
     dataset = (
         httpx.post(
             f"{base}/datasets",
@@ -321,7 +324,7 @@ def train_model(base: str, environment: dict, workers: list, size: int = SIZE) -
         base,
         {
             "dataset_id": dataset["id"],
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
+            "backbone": {"name": backbone, "weights": None, "input_size": size},
             "freeze": {"mode": "backbone"},
             "training": {"epochs": 1, "batch_size": 8},
         },
@@ -332,7 +335,7 @@ def train_model(base: str, environment: dict, workers: list, size: int = SIZE) -
     assert job["status"] == "succeeded", job
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
-    print(f"model {job['model_id']}: MobileNetV2 at {size} px, stored by the worker")
+    print(f"model {job['model_id']}: {backbone} at {size} px, stored by the worker")
     return dataset["id"], job["model_id"]
 
 
@@ -360,6 +363,7 @@ def control_plane_while_training(
     dataset_id: str,
     environment: dict,
     workers: list,
+    backbone: str,
     seconds: float,
     settle: float = 8,
     size: int = 96,
@@ -369,7 +373,7 @@ def control_plane_while_training(
         base,
         {
             "dataset_id": dataset_id,
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
+            "backbone": {"name": backbone, "weights": None, "input_size": size},
             "freeze": {"mode": "partial", "trainable_from": -30},
             "training": {"epochs": 1000, "batch_size": 4},
         },
@@ -467,6 +471,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=SIZE, help="the model's input size, px")
     parser.add_argument("--photo-scale", type=float, default=1.0, help="× the photos' sides")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds before sampling")
+    add_backbone(parser)
     args = parse_args(
         parser,
         {
@@ -496,7 +501,7 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         wait_until_up(f"{base}/readyz", processes[0], "the service")
-        dataset_id, model_id = train_model(base, environment, workers, size)
+        dataset_id, model_id = train_model(base, environment, workers, args.backbone, size)
         raw_dir = stored_savedmodel(scratch, model_id)
         (scratch / "tutorial_app.py").write_text(TUTORIAL_APP)
         tutorial_environment = {**environment, "MODEL_DIR": str(raw_dir), "SIZE": str(size)}
@@ -521,7 +526,14 @@ def main() -> None:
             inputs_for(size, args.photo_scale),
         )
         timings = control_plane_while_training(
-            base, dataset_id, environment, workers, args.seconds, args.settle, min(96, size)
+            base,
+            dataset_id,
+            environment,
+            workers,
+            args.backbone,
+            args.seconds,
+            args.settle,
+            min(96, size),
         )
     finally:
         for process in [*workers, *processes]:

@@ -3,14 +3,14 @@ images of none, against the maximum-softmax baseline and the other candidate met
 what the score adds to a prediction's latency.
 
     python bench/unknowns.py [--seeds 3] [--epochs 12] [--size 32] [--runs 300]
-                             [--freeze none|backbone] [--quick]
+                             [--freeze none|backbone] [--backbone NAME] [--quick]
 
 Per seed, in this process: a model trained by the worker's own training function
-(`service.ml.train.train`, which fits the score at the end as a job does) on scikit-learn's
-digits 5–7 (8×8, upscaled to 32 px), MobileNetV2 from random weights (ImageNet weights cannot
-be downloaded here), every layer trained (`--quick`: the backbone frozen). Three quarters
-of the 5–7 digits train (a fifth of those held out for validation, as a job does); the last
-quarter is the **known** test set.
+(`service.ml.train.train`, which fits the score at the end as a job does) on scikit-learn's digits
+5–7 (8×8, upscaled to 32 px), MobileNetV2 (`--backbone`) from random weights (ImageNet weights
+cannot be downloaded here), every layer trained (`--quick`: MobileNet, frozen). Three quarters of
+the 5–7 digits train (a fifth of those held out for validation, as a job does); the last quarter is
+the **known** test set.
 Unknown: digits 8 and 9 (**near**), uniform noise and crops of scikit-learn's two sample
 photographs (**far**; scikit-learn's, not scikit-image's: the same kind of image, without
 another package).
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
 
-from bench.quick import parse_args
+from bench.quick import add_backbone, parse_args
 
 METHODS = ("ood_score", "msp", "energy", "knn", "mahalanobis_final")
 UNKNOWN_SETS = ("near", "noise", "photos")
@@ -113,7 +113,7 @@ def image_sets(seed: int, size: int, limit: int) -> dict[str, Any]:
     }
 
 
-def train_model(sets: dict[str, Any], seed: int, epochs: int, size: int, freeze: str) -> Any:
+def train_model(sets: dict[str, Any], seed: int, args: argparse.Namespace) -> Any:
     from service.ml.data import LabelledImages
     from service.ml.train import train
     from service.training.spec import JobSpec
@@ -121,10 +121,15 @@ def train_model(sets: dict[str, Any], seed: int, epochs: int, size: int, freeze:
     spec = JobSpec.model_validate(
         {
             "dataset_id": "bench",
-            "backbone": {"name": "MobileNetV2", "weights": None, "input_size": size},
+            "backbone": {"name": args.backbone, "weights": None, "input_size": args.size},
             "head": {"pooling": "avg", "dropout": 0.2},
-            "freeze": {"mode": freeze},
-            "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 0.001, "seed": seed},
+            "freeze": {"mode": args.freeze},
+            "training": {
+                "epochs": args.epochs,
+                "batch_size": 32,
+                "learning_rate": 0.001,
+                "seed": seed,
+            },
         }
     )
     data = LabelledImages(images=sets["train"], labels=sets["labels"], classes=["5", "6", "7"])
@@ -257,13 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--limit", type=int, default=10_000, help="digits 5–7 used, at most")
     parser.add_argument("--freeze", default="none", choices=["none", "backbone"])
+    add_backbone(parser)
     quick = {"seeds": 1, "epochs": 1, "runs": 10, "limit": 90, "freeze": "backbone"}
     args = parse_args(parser, quick, argv)
 
     per_seed = []
     for seed in range(args.seeds):
         sets = image_sets(seed, args.size, args.limit)
-        result = train_model(sets, seed, args.epochs, args.size, args.freeze)
+        result = train_model(sets, seed, args)
         scores = method_scores(result, sets)
         threshold = result.unknowns.threshold
         row: dict[str, Any] = {
