@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Three test processes share the cores: one thread each inside an op, for them and the
+    # The test processes share the cores: one thread each inside an op, for them and the
     # workers and benches they start, instead of a pool per core in every process spinning
     # against the others'. (Inter-op pools stay: collectives across logical devices need
     # more than one.) A value set outside wins.
@@ -82,10 +82,23 @@ SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 SLOW_FIXTURES = frozenset({"small_model", "trained", "browser", "live"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # PostgreSQL runs the tests of what the database itself does (claims, locks, migrations,
+    # blobs, pages, transactions); a request refused before any query is the same on both.
+    elsewhere = [item for item in items if _postgres_variant_of_any_database_test(item)]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        dropped = {id(item) for item in elsewhere}
+        items[:] = [item for item in items if id(item) not in dropped]
+
+
+def _postgres_variant_of_any_database_test(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    on_postgres = callspec is not None and callspec.params.get("database_url") == "postgresql"
+    return on_postgres and item.get_closest_marker("any_database") is not None
 
 
 def png_bytes(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
