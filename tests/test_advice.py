@@ -180,6 +180,7 @@ def test_advice_is_queued_as_an_advice_job(api: Service) -> None:
         ({"backbone": {**PRETRAINED, "weights": "model:m_nope"}}, 404, "m_nope"),
     ],
 )
+@pytest.mark.any_database
 def test_bad_advice_requests_say_what_is_wrong(
     api: Service, body: dict[str, Any], status: int, names: str
 ) -> None:
@@ -190,6 +191,7 @@ def test_bad_advice_requests_say_what_is_wrong(
     assert api.client.get("/jobs", params={"kind": "advice"}).json() == []
 
 
+@pytest.mark.any_database
 def test_unknown_dataset_or_advice_is_404(api: Service) -> None:
     response = api.client.post("/datasets/d_nope/advice", json={"backbone": PRETRAINED})
     assert response.status_code == 404 and "d_nope" in response.text

@@ -390,6 +390,7 @@ def test_try_it_on_a_model_failing_its_checksum_is_503_naming_it_as_the_api_answ
     assert model_id in tried.text and "sha256" in tried.text
 
 
+@pytest.mark.any_database
 def test_a_malformed_cursor_is_a_422_on_every_console_list_as_in_the_api(
     service: Service,
 ) -> None:
@@ -401,6 +402,7 @@ def test_a_malformed_cursor_is_a_422_on_every_console_list_as_in_the_api(
         assert "not a cursor this service gave" in shown.text
 
 
+@pytest.mark.any_database
 def test_console_writes_naming_what_does_not_exist_are_404_as_in_the_api(
     service: Service,
 ) -> None:

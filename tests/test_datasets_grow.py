@@ -81,6 +81,7 @@ def test_the_same_zip_twice_adds_nothing(service: Service) -> None:
     assert again["dataset"]["num_images"] == 7 == stored_rows(service)[1]
 
 
+@pytest.mark.any_database
 def test_append_keeps_the_checks_of_creation(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=2))
     refused = append(service, dataset["id"], b"not a zip")
@@ -197,6 +198,7 @@ def test_import_reads_a_folder_through_the_worker(
     assert classes(again) == {"blue": 3, "green": 2, "red": 2}
 
 
+@pytest.mark.any_database
 def test_import_skips_a_fifo_instead_of_hanging(
     importing: tuple[Service, Path],
 ) -> None:
@@ -252,6 +254,7 @@ def test_a_cancel_stops_an_import_in_the_middle_of_a_long_read(
     assert plan is None and len(asked) == 2
 
 
+@pytest.mark.any_database
 def test_import_refuses_paths_outside_the_root(
     importing: tuple[Service, Path], tmp_path: Path
 ) -> None:
@@ -265,6 +268,7 @@ def test_import_refuses_paths_outside_the_root(
     assert stored_rows(service) == (0, 0)
 
 
+@pytest.mark.any_database
 def test_import_is_off_without_a_root(service: Service) -> None:
     response = service.client.post("/datasets/import", json={"path": "anything"})
     assert response.status_code == 409

@@ -173,6 +173,7 @@ def placeholder_model(service: Service, per_class: int = 2) -> tuple[str, str, l
     return model.id, dataset_id, [image["id"] for image in chosen]
 
 
+@pytest.mark.any_database
 def test_bad_requests_name_what_is_wrong(service: Service) -> None:
     model_id, _, _ = placeholder_model(service)
     client = service.client
@@ -192,6 +193,7 @@ def test_bad_requests_name_what_is_wrong(service: Service) -> None:
     assert not_made.status_code == 404 and "no tflite export" in not_made.json()["detail"]
 
 
+@pytest.mark.any_database
 def test_onnx_answers_501_naming_the_versions_it_needs(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:

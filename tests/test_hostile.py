@@ -119,6 +119,7 @@ def test_bad_archives_are_400_naming_the_file_and_store_nothing(tmp_path: Path) 
         service.close()
 
 
+@pytest.mark.any_database
 def test_files_that_are_not_images_are_skipped_and_listed(service: Service) -> None:
     """One folder compressed with its class folders and a README beside them (the way
     people zip a folder), a few good images, and files that only look like images."""

@@ -7,9 +7,12 @@ Bad uploads, predict inputs and auth are in test_hostile.py.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import Service, colour_images, job_body, stored_rows
 
 
+@pytest.mark.any_database
 def test_bad_job_specs(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=2))["id"]
     client = service.client

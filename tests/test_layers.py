@@ -110,6 +110,7 @@ def test_preview_matches_keras(service: Service, dataset_id: str, freeze: dict[s
     assert reported_backbone_counts(preview["layers"]) == keras_backbone_counts(reference)
 
 
+@pytest.mark.any_database
 def test_unknown_layer_name_is_422_naming_it(service: Service, dataset_id: str) -> None:
     body = job_body(dataset_id, freeze={"mode": "partial", "trainable_from": "block_99_nope"})
     for path in ("/jobs", "/jobs/preview"):

@@ -232,6 +232,7 @@ def test_an_aliased_version_cannot_be_deleted(service: Service) -> None:
     assert client.get("/registry/kept/aliases/production").json()["model_id"] == second
 
 
+@pytest.mark.any_database
 def test_bad_alias_text_is_422(service: Service) -> None:
     store(service, "strict")
     for alias in ["Production", "123", "-x", "_x", "a b", "é", "x" * 65]:
@@ -247,6 +248,7 @@ def test_bad_alias_text_is_422(service: Service) -> None:
     assert put_alias(service.client, "strict", "1x", 1).status_code == 200  # digits, not only
 
 
+@pytest.mark.any_database
 def test_unknown_name_version_and_alias_are_404_naming_them(service: Service) -> None:
     client = service.client
     store(service, "known")
@@ -278,6 +280,7 @@ def test_unknown_name_version_and_alias_are_404_naming_them(service: Service) ->
         assert client.post(path, json={"instances": [image]}).status_code == 404
 
 
+@pytest.mark.any_database
 def test_predict_takes_the_model_exactly_one_way(service: Service) -> None:
     image = base64.b64encode(b"never decoded").decode()
     cases = [
@@ -303,6 +306,7 @@ def test_predict_takes_the_model_exactly_one_way(service: Service) -> None:
             assert error["loc"] == ["body", field] and message in error["msg"], error
 
 
+@pytest.mark.any_database
 def test_tf_serving_model_status(service: Service) -> None:
     client = service.client
     ids = [store(service, "served") for _ in range(3)]

@@ -158,6 +158,7 @@ def test_planted_problems_are_found_and_their_files_named(service: Service) -> N
         assert expected in text, expected
 
 
+@pytest.mark.any_database
 def test_without_input_size_nothing_is_upscaled(service: Service) -> None:
     report = get_report(service, upload(service, planted_files()))
     assert report["small_images"] == {"input_size": None, "count": 0, "images": []}
@@ -194,6 +195,7 @@ def test_a_dataset_without_problems_has_no_warnings_even_at_3_to_2(service: Serv
     }
 
 
+@pytest.mark.any_database
 def test_several_small_classes_are_counted_in_plain_english(service: Service) -> None:
     rng = np.random.default_rng(2)
     files = {name: data for label in "abc" for name, data in noise_files(rng, label, 3).items()}
@@ -373,6 +375,7 @@ def test_the_stored_label_review_is_shown(service: Service) -> None:
     ]
 
 
+@pytest.mark.any_database
 def test_an_unknown_dataset_is_404(service: Service) -> None:
     response = service.client.get("/datasets/d_missing/report")
     assert response.status_code == 404, response.text
@@ -392,6 +395,7 @@ def test_an_unknown_dataset_is_404(service: Service) -> None:
         ("input_size=2049", "input_size"),
     ],
 )
+@pytest.mark.any_database
 def test_bad_query_values_are_422_naming_the_field(
     service: Service, query: str, field: str
 ) -> None:

@@ -233,6 +233,7 @@ def placeholder_model(service: Service) -> str:
     return row.id
 
 
+@pytest.mark.any_database
 def test_costly_images_are_4xx_naming_the_file_wherever_they_are_sent(
     service: Service, nothing_large_decoded: None
 ) -> None:
@@ -270,6 +271,7 @@ def test_costly_images_are_4xx_naming_the_file_wherever_they_are_sent(
     assert all("too large for its" in reason for reason in skipped.values()), skipped
 
 
+@pytest.mark.any_database
 def test_the_api_answers_while_a_request_decodes(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,6 +409,7 @@ def test_batch_prediction_and_upload_zips_are_counted_first(
 # -- explain's work per request -----------------------------------------------------------------
 
 
+@pytest.mark.any_database
 def test_explain_draws_at_most_a_few_maps_per_image(service: Service) -> None:
     model_id = placeholder_model(service)
     fine = encoded(Image.new("RGB", (40, 40), "red"), "PNG")

@@ -90,6 +90,7 @@ def test_images_read_back_as_uploaded_with_their_media_type(service: Service) ->
 
 
 @pytest.mark.parametrize("size", [16, 45, 120])
+@pytest.mark.any_database
 def test_thumbnails_have_the_longer_side_asked_for_and_keep_the_aspect(
     service: Service, size: int
 ) -> None:
@@ -146,6 +147,7 @@ def test_listing_never_reads_the_image_bytes(service: Service) -> None:
         assert rows[0]._fields == ("id", "label", "filename", "size_bytes")
 
 
+@pytest.mark.any_database
 def test_bad_image_requests_are_4xx_naming_the_field(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=2))
     other = service.upload(colour_images(per_class=2, seed=1), name="other")
@@ -256,6 +258,7 @@ def test_bad_evaluation_sample_requests_name_the_field(small_model: dict[str, An
     assert response.status_code == 404 and "m_missing" in response.json()["detail"]
 
 
+@pytest.mark.any_database
 def test_evaluation_samples_404_without_them(service: Service) -> None:
     evaluation = {
         "accuracy": 1.0,

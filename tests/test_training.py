@@ -241,6 +241,7 @@ def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Serv
     assert layers["trainable_params"] == preview["stages"][1]["trainable_params"]
 
 
+@pytest.mark.any_database
 def test_events_of_an_unknown_job_are_404(service: Service) -> None:
     response = service.client.get("/jobs/j_missing/events")
     assert response.status_code == 404 and "j_missing" in response.json()["detail"]
@@ -386,6 +387,7 @@ def test_weights_that_do_not_fit_are_refused(service: Service, tmp_path: Path) -
         ({"training": {"augment": {"flip": "diagonal"}}}, ["body", "training", "augment", "flip"]),
     ],
 )
+@pytest.mark.any_database
 def test_bad_training_controls_are_422_naming_the_field(
     service: Service, overrides: dict[str, Any], location: list[Any]
 ) -> None:

@@ -76,6 +76,7 @@ def refused_naming_webhook_url(answer: Any) -> bool:
     return answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "webhook_url"
 
 
+@pytest.mark.any_database
 def test_internal_webhook_urls_are_refused_at_submit_on_every_route(closed: Service) -> None:
     for url in INTERNAL:
         answer = closed.client.post("/jobs", json=job_body("d_none", webhook_url=url))
@@ -183,6 +184,7 @@ def row(service: Service, delivery_id: str) -> WebhookDelivery:
         return found
 
 
+@pytest.mark.any_database
 def test_a_name_resolving_inside_is_refused_at_delivery_without_telling_what_answered(
     closed: Service, dns: dict[str, list[str]]
 ) -> None:
@@ -302,6 +304,7 @@ def endless(conn: socket.socket, until: float) -> None:
         conn.sendall(chunk)
 
 
+@pytest.mark.any_database
 def test_a_trickling_receiver_is_cut_at_the_deadline_and_delays_no_other(
     tmp_path: Path, database_url: str
 ) -> None:

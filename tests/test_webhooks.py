@@ -232,6 +232,7 @@ def _pixels() -> bytes:
     return png_bytes(np.zeros((8, 8, 3), dtype=np.uint8))
 
 
+@pytest.mark.any_database
 def test_webhook_urls_must_be_http(hooked: Service) -> None:
     dataset_id = hooked.upload(colour_images(per_class=2))["id"]
     for url in ("ftp://example.org/hook", "not a url", "http://" + "a" * 2000 + ".org"):

@@ -68,6 +68,7 @@ def test_any_worker_ends_a_dead_gpu_job_it_could_not_run(service: Service) -> No
     assert service.client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
 
+@pytest.mark.any_database
 def test_a_job_cannot_ask_for_negative_gpus(service: Service) -> None:
     body = {**job_body("d_x"), "resources": {"gpus": -1}}
     response = service.client.post("/jobs", json=body)
