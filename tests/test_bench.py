@@ -71,6 +71,7 @@ def upload_memory(output: str) -> None:
 PRINTS: dict[str, Callable[[str], None]] = {
     "advice.py": ratios("advice_s_per_1000", "advice_ratio", "cached_ratio"),
     "batch.py": ratios("throughput_ratio", "cold_throughput_ratio"),
+    "compare.py": json_line("compare", "coverage_min", "promoted_not_better_max"),
     "export.py": export_table,
     "ingest.py": json_line("ingest", "time_per_image_ratio", "worker_peak_ratio"),
     "hostile_images.py": ratios(

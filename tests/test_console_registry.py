@@ -1,10 +1,10 @@
-"""A model's exports and the registry in the console: in a real browser (system Chromium)
-against a real server and worker, a tflite export requested from the model page, followed on
-its job page, its parity figures as `GET /models/{id}/exports` answers them and its file
-downloaded; aliases set, moved and removed on the registry page, and the 409 that keeps an
-aliased version. Without a browser: the pages against the JSON routes, ONNX's 501 reason and
-the errors of the writes. Any JavaScript error or failed request fails a browser test;
-screenshots are written (SCREENSHOTS_DIR keeps them)."""
+"""A model's exports and the registry in the console: in a real browser (system Chromium) against
+a real server and worker, a tflite export requested from the model page, followed on its job
+page, its parity figures as `GET /models/{id}/exports` answers them and its file downloaded;
+aliases set, moved and removed on the registry page, and the 409 that keeps an aliased version;
+the two versions compared on the comparisons page. Without a browser: the pages against the
+JSON routes, ONNX's 501 reason and the errors of the writes. Any JavaScript error or failed
+request fails a browser test; screenshots are written (SCREENSHOTS_DIR keeps them)."""
 
 from __future__ import annotations
 
@@ -174,6 +174,33 @@ def move_and_remove(page: Any, live: LiveService) -> None:
     assert api_alias(live, "production") is None
 
 
+def compare_in_the_console(
+    page: Any, live: LiveService, model_ids: list[str], folder: Path
+) -> None:
+    """Version 1 against version 2 on their dataset, asked on the comparisons page: the page
+    follows the job and shows the API's figures, and offers "promote" only on evidence."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Comparisons").click()
+    page.select_option("#compare-a", model_ids[0])
+    page.select_option("#compare-b", model_ids[1])
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_url(re.compile(r"/console/comparisons/c_"))
+    comparison_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#verdict")).to_be_visible(timeout=TIMEOUT_MS)
+    with live.client() as client:
+        figures = client.get(f"/comparisons/{comparison_id}").json()
+    assert figures["status"] == "succeeded", figures
+    verdict = figures["verdict"]
+    expect(page.locator("#verdict")).to_contain_text(verdict[0].upper() + verdict[1:])
+    expect(page.locator("#difference")).to_have_text(f"{figures['difference']['estimate']:+.3f}")
+    rows = page.locator("#per-class tbody tr")
+    expect(rows).to_have_count(len(figures["per_class"]))
+    if figures["b_is_better"]:
+        expect(page.locator("#promote-form")).to_be_visible()
+    else:
+        expect(page.locator("#no-promotion")).to_contain_text("Not offered")
+    page.screenshot(path=str(folder / "comparison.png"), full_page=True)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_exports_and_aliases_in_a_browser(
@@ -191,6 +218,7 @@ def test_exports_and_aliases_in_a_browser(
     alias_production(page, live, model_ids, screenshots)
     refused_delete(page, live, model_ids[0])
     move_and_remove(page, live)
+    compare_in_the_console(page, live, model_ids, screenshots)
     problems.check()
     page.close()  # its event streams too, so the server stops at once
 

@@ -19,6 +19,7 @@ from service.api.request_ids import RequestIds
 from service.api.routes import (
     advice,
     backbones,
+    comparisons,
     datasets,
     exports,
     health,
@@ -117,6 +118,7 @@ TAG_ORDER = (
     "models",
     "predict",
     "monitoring",
+    "comparisons",
     "registry",
     "weights",
     "workers",
@@ -135,6 +137,7 @@ SECURED = (
     exports,
     predictions,
     monitoring,
+    comparisons,
     registry,
     weights,
     workers,

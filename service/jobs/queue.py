@@ -86,8 +86,8 @@ def _needs(resource: Resource, dataset_id: str | None, spec: dict[str, Any]) -> 
     if isinstance(resource, Dataset):
         return dataset_id == resource.id
     prefix = "model" if isinstance(resource, TrainedModel) else "file"
-    if prefix == "model" and spec.get("model_id") == resource.id:
-        return True  # an export job converts it, a batch prediction job classifies with it
+    if prefix == "model" and resource.id in (spec.get("model_id"), *spec.get("model_ids", ())):
+        return True  # an export converts it, a batch prediction or a comparison classifies
     backbone = spec.get("backbone")
     weights = backbone.get("weights") if isinstance(backbone, dict) else None
     return weights == f"{prefix}:{resource.id}"

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs, metrics
@@ -32,6 +31,7 @@ from service.datasets.ingest import (
     check_entry_count,
     read_capped,
 )
+from service.jobs import records
 from service.ml.batch import Answer, Item
 from service.ml.model_cache import ModelSource, UnknownThresholds
 from service.models.registry import ModelRef, resolve
@@ -40,7 +40,7 @@ from service.predictions.serving import check_explain_top_k, stored_source, top_
 from service.predictions.spec import BatchPredictionSpec
 from service.problems import BadContent, Conflict, Invalid, NotFound, TooLarge
 from service.storage.db import Database, largest_value
-from service.storage.pages import Page, PageOf, fetch_page
+from service.storage.pages import Page, PageOf
 from service.storage.tables import BatchPrediction, Dataset, Job, new_id
 
 ResultFormat = Literal["jsonl", "csv"]
@@ -103,17 +103,8 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
         webhook_url=request.webhook_url,
     )
     # The job holds the dataset it classifies, if any; the model is held through its spec.
-    job = jobs.queue_job(
-        session,
-        kind=PREDICT.name,
-        name=f"predict-{model.name}-v{model.version}",
-        spec=spec,
-        dataset_id=spec.dataset_id,
-    )
-    record.job_id = job.id
-    session.add(record)
-    session.flush()
-    return record
+    name = f"predict-{model.name}-v{model.version}"
+    return records.queue_for(record, session, PREDICT.name, name, spec)
 
 
 def check_storable(session: Session, archive: bytes, filename: str | None) -> None:
@@ -134,28 +125,16 @@ def _named(ref: ModelRef) -> dict[str, Any]:
     return {key: value for key, value in {**fields, "alias": ref.alias}.items() if value}
 
 
-def batch_status(job: Job | None) -> tuple[str, str | None]:
-    """(status, error) of a batch prediction, from its job."""
-    if job is None:
-        return "failed", "its job was removed"
-    return job.status, job.error
+batch_status = records.record_status
 
 
 def list_batches(session: Session, page: Page) -> PageOf[tuple[BatchPrediction, Job | None]]:
     """A page of batch predictions, newest first, each with its job."""
-    query = select(BatchPrediction, Job).outerjoin(Job, Job.id == BatchPrediction.job_id)
-    return fetch_page(session, query, BatchPrediction, page, scalars=False, key=lambda r: r[0])
+    return records.page_with_jobs(session, BatchPrediction, page)
 
 
 def get_batch(session: Session, prediction_id: str) -> tuple[BatchPrediction, Job | None]:
-    row = session.execute(
-        select(BatchPrediction, Job)
-        .outerjoin(Job, Job.id == BatchPrediction.job_id)
-        .where(BatchPrediction.id == prediction_id)
-    ).first()
-    if row is None:
-        raise NotFound(f"no batch prediction {prediction_id!r}")
-    return row[0], row[1]
+    return records.get_with_job(session, BatchPrediction, prediction_id, "batch prediction")
 
 
 def delete_batch(session: Session, prediction_id: str) -> None:
@@ -232,7 +211,7 @@ def load_batch_inputs(db: Database, spec: BatchPredictionSpec, limits: Limits) -
         # The dataset's latest version as the job runs: its images, labelled as it labels them.
         latest = versions.version_id(session, spec.dataset_id, None)
         rows = session.execute(versions.version_images(latest)).all()
-    return BatchInputs(spec, source, len(rows), _dataset_items(db, spec.dataset_id, rows))
+    return BatchInputs(spec, source, len(rows), dataset_items(db, spec.dataset_id, rows))
 
 
 def _entries(archive: bytes, filename: str | None, limits: Limits) -> list[Any]:
@@ -269,7 +248,7 @@ def _zip_items(archive: bytes, entries: list[Any], limits: Limits) -> Iterator[I
                 yield Item(about, data)
 
 
-def _dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[Item]:
+def dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[Item]:
     """The dataset's images in id order, their bytes read a bounded batch at a time, each
     batch in a short transaction of its own."""
     for start in range(0, len(rows), datasets.FETCH):

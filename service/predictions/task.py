@@ -30,7 +30,7 @@ def predict(context: JobContext, spec: BatchPredictionSpec) -> Outcome:
     monitor = context.monitor
     started = time.monotonic()
     inputs = load_batch_inputs(context.db, spec, upload_limits(context.settings))
-    model = _models(context).get(inputs.model)
+    model = worker_models(context).get(inputs.model)
     writer = ResultWriter(model.classes, spec.top_k, model.unknowns)
     monitor.on_pass(0, inputs.total)
     batches = classify(
@@ -71,7 +71,7 @@ def store_results(
     return store
 
 
-def _models(context: JobContext) -> ModelCache:
+def worker_models(context: JobContext) -> ModelCache:
     """The worker's own cache of loaded models for batch prediction (unpacked in a scratch
     folder of its own, so that workers and the API on one host never share one)."""
     from service.ml.model_cache import ModelCache

@@ -439,6 +439,28 @@ class BatchPrediction(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Comparison(Base):
+    """Two model versions scored by a "compare" job on the same images: a dataset version's.
+    The models are kept by id (a deleted one leaves its figures and loses its link)."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (_newest_first("comparisons"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    model_a_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    model_b_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
+    dataset_version: Mapped[int] = mapped_column(Integer)
+    # Once done: the figures GET /comparisons/{id} answers (service/comparisons/schemas.py).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class WeightsFile(Base):
     """A Keras weights file for a backbone, uploaded for machines that cannot download them."""
 

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from service.api.errors import problem_answer, status_of
 from service.problems import Conflict, NotFound, Problem
 from service.web import (
+    comparison_pages,
     dataset_pages,
     job_pages,
     model_pages,
@@ -35,7 +36,14 @@ async def _problem(request: Request, error: Exception) -> Response:
 
 
 # The modules of /console/… pages, each with its `pages` and `writes` routers.
-PAGE_MODULES = (dataset_pages, job_pages, model_pages, monitoring_pages, prediction_pages)
+PAGE_MODULES = (
+    dataset_pages,
+    job_pages,
+    model_pages,
+    monitoring_pages,
+    prediction_pages,
+    comparison_pages,
+)
 
 
 def install(app: FastAPI) -> None:

@@ -1,0 +1,157 @@
+"""The "compare" task: both models classify the dataset version's images, as batch
+prediction does (decoded and resized as `/predict` does, a batch at a time), and the paired
+figures are stored with the job's success."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from service.comparisons import stats
+from service.comparisons.schemas import MAX_DISAGREEMENTS
+from service.comparisons.spec import ComparisonSpec
+from service.datasets import versions
+from service.jobs.context import JobContext
+from service.jobs.kinds import JobStopped, Outcome
+from service.models.registry import ModelRef, resolve
+from service.predictions.batch import dataset_items
+from service.predictions.serving import stored_source
+from service.predictions.task import worker_models
+from service.problems import Invalid, NotFound
+from service.storage.tables import Comparison, Dataset
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's answers (class names) to the images, in the images' order."""
+
+    model_id: str
+    name: str
+    version: int
+    answers: list[str]
+
+
+def compare(context: JobContext, spec: ComparisonSpec) -> Outcome:
+    """Score both models on the version's images; what stores the figures."""
+    rows = _images(context, spec)
+    scored = [_score(context, spec, position, rows) for position in range(2)]
+    context.monitor.flush()
+    if context.monitor.should_stop():
+        raise JobStopped()
+    truth = [row.label for row in rows]
+    result = figures(truth, [row.id for row in rows], [row.filename for row in rows], *scored)
+    a, b = scored
+    return Outcome(
+        store_result(spec.comparison_id, result),
+        f"comparison of {a.model_id} and {b.model_id} on {len(rows)} images",
+    )
+
+
+def _images(context: JobContext, spec: ComparisonSpec) -> list[Any]:
+    """The version's images (id, label, filename); NotFound when the record or the dataset
+    went away since the job was queued, Invalid for a version without images."""
+    with context.db.session() as session:
+        if session.get(Comparison, spec.comparison_id) is None:
+            raise NotFound(f"no comparison {spec.comparison_id!r}: it was deleted")
+        if session.get(Dataset, spec.dataset_id) is None:
+            raise NotFound(f"no dataset {spec.dataset_id!r}: it was deleted")
+        version = versions.version_id(session, spec.dataset_id, spec.dataset_version)
+        rows = session.execute(versions.version_images(version)).all()
+    if not rows:
+        raise Invalid(f"dataset {spec.dataset_id} version {spec.dataset_version} has no images")
+    return rows
+
+
+def _score(context: JobContext, spec: ComparisonSpec, position: int, rows: list[Any]) -> Scored:
+    """The model's answer to each image (an image it cannot decode is the job's error: both
+    models read the same bytes, and a comparison on fewer images than asked would mislead)."""
+    from service.ml.batch import classify
+
+    model_id = spec.model_ids[position]
+    with context.db.session() as session:
+        row = resolve(session, ModelRef(model_id=model_id))
+        name, version, source = row.name, row.version, stored_source(context.db, row)
+    model = worker_models(context).get(source)
+    answers: list[str] = []
+    items = dataset_items(context.db, spec.dataset_id, rows)
+    batches = classify(
+        model,
+        items,
+        batch_size=context.settings.batch_predict_size,
+        should_stop=context.monitor.should_stop,
+    )
+    for batch in batches:
+        for answer in batch:
+            if answer.probabilities is None:
+                raise Invalid(f"{answer.item.about['file']}: {answer.error}")
+            answers.append(model.classes[int(np.argmax(answer.probabilities))])
+        context.monitor.on_pass(position * len(rows) + len(answers), 2 * len(rows))
+    return Scored(model_id, name, version, answers)
+
+
+def figures(
+    truth: list[str], image_ids: list[int], filenames: list[str], a: Scored, b: Scored
+) -> dict[str, Any]:
+    """What GET /comparisons/{id} answers of the two models' answers to the same images."""
+    classes = sorted(set(truth))
+    correct = [np.array(scored.answers) == np.array(truth) for scored in (a, b)]
+    difference = stats.paired_bootstrap(*correct)
+    disagreements = [
+        {
+            "image_id": image_ids[n],
+            "filename": filenames[n],
+            "label": truth[n],
+            "answers": [a.answers[n], b.answers[n]],
+        }
+        for n in range(len(truth))
+        if a.answers[n] != b.answers[n]
+    ]
+    per_class = zip(
+        classes,
+        stats.per_class_accuracy(truth, a.answers, classes),
+        stats.per_class_accuracy(truth, b.answers, classes),
+        strict=True,
+    )
+    return {
+        "images": len(truth),
+        "models": [
+            {
+                "model_id": scored.model_id,
+                "name": scored.name,
+                "version": scored.version,
+                "accuracy": float(right.mean()),
+                "macro_f1": stats.macro_f1(truth, scored.answers, classes),
+            }
+            for scored, right in zip((a, b), correct, strict=True)
+        ],
+        "difference": vars(difference),
+        "mcnemar_p": stats.mcnemar_exact(*correct),
+        "b_is_better": difference.b_is_better,
+        "verdict": stats.verdict(difference),
+        "per_class": [
+            {
+                "name": name,
+                "images": truth.count(name),
+                "a": in_a,
+                "b": in_b,
+                "difference": in_b - in_a,
+            }
+            for name, in_a, in_b in per_class
+        ],
+        "disagreements": disagreements[:MAX_DISAGREEMENTS],
+        "disagreements_total": len(disagreements),
+    }
+
+
+def store_result(comparison_id: str, result: dict[str, Any]) -> Callable[[Session], None]:
+    def store(session: Session) -> None:
+        session.execute(
+            update(Comparison).where(Comparison.id == comparison_id).values(result=result)
+        )
+
+    return store
