@@ -45,6 +45,11 @@ class ModelRead(BaseModel):
         description="The version of the dataset it learnt from: GET "
         "/datasets/{dataset_id}/versions/{dataset_version} lists exactly its images."
     )
+    parent_model_id: str | None = Field(
+        None,
+        description="The model it retrains (POST /models/{model_id}/retrain), whose weights it "
+        "started from unless asked otherwise; null for a model trained by POST /jobs.",
+    )
     backbone: str
     input_size: int
     classes: list[str]

@@ -237,9 +237,9 @@ class WebhookDelivery(Base):
 
 
 class ModelLineage(Base):
-    """Which version of its dataset a model learnt from. A table of its own rather than a
-    column of `models`: on SQLite a column added there lands after the model's blobs, and
-    reading it would walk them (see migration 0010)."""
+    """Which version of its dataset a model learnt from, and the model it retrains, if any. A
+    table of its own rather than columns of `models`: on SQLite a column added there lands
+    after the model's blobs, and reading it would walk them (see migration 0010)."""
 
     __tablename__ = "model_lineage"
 
@@ -247,6 +247,8 @@ class ModelLineage(Base):
         ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
     )
     dataset_version: Mapped[int] = mapped_column(Integer)
+    # POST /models/{id}/retrain's model; kept as history when that model is deleted.
+    parent_model_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
 
 
 class TrainedModel(Base):
@@ -283,6 +285,12 @@ class TrainedModel(Base):
     # The version of its dataset it learnt from (null for models stored without a dataset).
     dataset_version: Mapped[int | None] = column_property(
         select(ModelLineage.dataset_version)
+        .where(ModelLineage.model_id == id)
+        .correlate_except(ModelLineage)
+        .scalar_subquery()
+    )
+    parent_model_id: Mapped[str | None] = column_property(
+        select(ModelLineage.parent_model_id)
         .where(ModelLineage.model_id == id)
         .correlate_except(ModelLineage)
         .scalar_subquery()

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from service import jobs
 from service.datasets import versions
-from service.problems import Invalid, NotFound
+from service.problems import Conflict, Invalid, NotFound
 from service.storage.tables import (
     WEIGHTS_SOURCES,
     Dataset,
@@ -19,7 +19,7 @@ from service.storage.tables import (
     WeightsFile,
 )
 from service.training.kind import TRAIN
-from service.training.spec import JobSpec
+from service.training.spec import JobSpec, RetrainRequest
 
 if TYPE_CHECKING:
     from service.advice.spec import AdviceSpec
@@ -93,8 +93,35 @@ def submit(session: Session, spec: JobSpec) -> Job:
     recorded in its spec. Builds the backbone when a stage names a freeze point (TensorFlow):
     call it off any event loop."""
     version = check_references(session, spec)
+    parent = spec.parent_model_id
+    if parent is not None and session.get(TrainedModel, parent) is None:
+        raise NotFound(f"no model {parent!r}", field=("parent_model_id",))
     check_freeze_points(spec)
     return queue_training(session, spec.model_copy(update={"dataset_version": version.number}))
+
+
+def retrain(session: Session, model_id: str, request: RetrainRequest) -> Job:
+    """Queue the model's own spec on a version of its dataset (its latest by default), as the
+    next version of its name, starting from its trained backbone unless told otherwise; the
+    new model records it as its parent. NotFound for the model, Conflict when its job or its
+    dataset is gone (the spec and the images went with them)."""
+    model = session.get(TrainedModel, model_id)
+    if model is None:
+        raise NotFound(f"no model {model_id!r}")
+    job = session.get(Job, model.job_id) if model.job_id is not None else None
+    if job is None or model.dataset_id is None:
+        gone = "the job that trained it" if job is None else "its dataset"
+        raise Conflict(f"model {model_id} cannot be retrained: {gone} was deleted")
+    spec = jobs.runnable_spec(job.spec, JobSpec).model_dump(mode="json")
+    if request.warm_start:
+        spec["backbone"]["weights"] = f"model:{model.id}"
+    spec.update(
+        dataset_id=model.dataset_id,
+        dataset_version=request.dataset_version,
+        name=model.name,
+        parent_model_id=model.id,
+    )
+    return submit(session, JobSpec.model_validate(spec))
 
 
 def preview(session: Session, spec: JobSpec) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from service.backbones import BACKBONES
-from service.storage.tables import MAX_INTEGER, NAME_LENGTH, URL_LENGTH
+from service.storage.tables import ID_LENGTH, MAX_INTEGER, NAME_LENGTH, URL_LENGTH
 
 WEIGHTS_DESCRIPTION = (
     '"imagenet", null (random initialisation), "model:<model_id>" (the backbone of a model '
@@ -341,6 +341,12 @@ class JobSpec(StrictModel):
         default_factory=Resources, description="Accelerators the job needs to be claimed."
     )
     webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_DESCRIPTION)
+    parent_model_id: str | None = Field(
+        None,
+        max_length=ID_LENGTH,
+        description="The model this job retrains (POST /models/{model_id}/retrain sets it): "
+        "recorded as the new model's parent.",
+    )
 
     @model_validator(mode="after")
     def _batchnorm_default(self) -> JobSpec:
@@ -384,3 +390,21 @@ class JobSpec(StrictModel):
     def input_size(self) -> int:
         assert self.backbone.input_size is not None
         return self.backbone.input_size
+
+
+class RetrainRequest(StrictModel):
+    """POST /models/{model_id}/retrain: the model's own spec, on another version of its
+    dataset, starting from its weights."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"dataset_version": 5, "warm_start": True}]}
+    )
+
+    dataset_version: int | None = Field(
+        None, ge=1, le=MAX_INTEGER, description="The version to train on (default: the latest)."
+    )
+    warm_start: bool = Field(
+        True,
+        description="Start from this model's trained backbone (its weights as `model:<id>`); "
+        "false: from the backbone weights its own job started from.",
+    )

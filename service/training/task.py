@@ -96,7 +96,9 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     # Compared after everything that moves weights: the stages, BN recompute, restores.
     layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
     review = _review_of_training(claim, spec, data, result)
-    save = store_model(stored, layers, review, dataset_version=spec.dataset_version)
+    save = store_model(
+        stored, layers, review, dataset_version=spec.dataset_version, parent=spec.parent_model_id
+    )
     return Outcome(save, f"model {stored.id}")
 
 
@@ -121,10 +123,11 @@ def store_model(
     label_review: dict[str, Any] | None = None,
     *,
     dataset_version: int | None = None,
+    parent: str | None = None,
 ) -> Callable[[Session], None]:
     """What a training job's success stores: the model numbered as the next version of its
-    name, its layers, the version of the dataset it learnt from, and the dataset's label
-    review if the job made one."""
+    name, its layers, the version of the dataset it learnt from and the model it retrains
+    (its lineage), and the dataset's label review if the job made one."""
 
     def store(session: Session) -> None:
         model.version = next_version(session, model.name)
@@ -132,7 +135,11 @@ def store_model(
         session.flush()
         session.add_all(ModelLayer(model_id=model.id, **row) for row in layers)
         if dataset_version is not None:
-            session.add(ModelLineage(model_id=model.id, dataset_version=dataset_version))
+            session.add(
+                ModelLineage(
+                    model_id=model.id, dataset_version=dataset_version, parent_model_id=parent
+                )
+            )
         if model.dataset_id is not None and label_review is not None:
             set_label_review(session, model.dataset_id, label_review)
 

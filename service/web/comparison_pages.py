@@ -1,5 +1,6 @@
-"""The console's comparison pages: two models side by side on the same images, the
-disagreement gallery, and "promote" when the evidence is there."""
+"""The console's loop from a model to its successor: retrain it (from the model page), compare
+the two side by side on the same images with the disagreement gallery, and "promote" when the
+evidence is there."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from service.comparisons.schemas import ComparisonCreate
 from service.datasets import service as datasets
 from service.models import registry
 from service.models import service as models
-from service.problems import Problem
+from service.problems import Invalid, Problem
 from service.storage.pages import Page
 from service.storage.tables import ID_LENGTH, TrainedModel
-from service.web.common import console_routers, failed
+from service.training import service as training
+from service.training.spec import RetrainRequest
+from service.web.common import console_routers, failed, redirect_to_job
 from service.web.render import page
 
 pages, writes = console_routers()
@@ -55,13 +58,11 @@ def comparison_create(
         asked = ComparisonCreate(
             models=[model_a, model_b],
             dataset_id=dataset_id,
-            dataset_version=int(dataset_version) if dataset_version.strip() else None,
+            dataset_version=_version(dataset_version),
         )
         record = comparisons.request_comparison(session, asked)
     except (Problem, ValidationError) as error:
         return failed(request, error)
-    except ValueError:
-        return page(request, "partials/error.html", 422, message="the version is a number")
     return Response(status_code=204, headers={"HX-Redirect": f"/console/comparisons/{record.id}"})
 
 
@@ -83,3 +84,29 @@ def comparison_page(request: Request, session: SessionDep, comparison_id: str) -
         b_aliases=[alias for alias, version in aliases.items() if b and version == b.version],
         promotable=b if b is not None and found.b_is_better else None,
     )
+
+
+@writes.post("/models/{model_id}/retrain", response_class=HTMLResponse)
+def model_retrain(
+    request: Request,
+    session: SessionDep,
+    model_id: str,
+    dataset_version: Annotated[str, Form(max_length=10)] = "",
+    warm_start: Annotated[bool, Form()] = False,
+) -> Response:
+    """Queue the retraining as POST /models/{model_id}/retrain does, and follow its job."""
+    try:
+        asked = RetrainRequest(dataset_version=_version(dataset_version), warm_start=warm_start)
+        job = training.retrain(session, model_id, asked)
+    except (Problem, ValidationError) as error:
+        return failed(request, error)
+    return redirect_to_job(job.id)
+
+
+def _version(typed: str) -> int | None:
+    """A form's dataset version: empty for the latest, else a whole number."""
+    if not typed.strip():
+        return None
+    if not typed.strip().isdigit():
+        raise Invalid(f"{typed!r} is not a version number", field=("dataset_version",))
+    return int(typed)

@@ -22,12 +22,13 @@ from service.models import service as models
 from service.predictions.serving import Image
 from service.problems import NotFound, Problem
 from service.storage.pages import Page
-from service.storage.tables import MAX_INTEGER, NAME_LENGTH, TrainedModel
+from service.storage.tables import MAX_INTEGER, NAME_LENGTH, Dataset, TrainedModel
 from service.web.common import (
     console_routers,
     failed,
     redirect_to_job,
 )
+from service.web.dataset_pages import recent_versions
 from service.web.monitoring_pages import monitoring_context, optional_evaluation
 from service.web.render import page
 
@@ -58,9 +59,16 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         source=source,
         layers=models.model_layers(session, model_id)["layers"],
         aliases=[alias for alias, version in aliases.items() if version == model.version],
+        dataset_versions=_versions_of(session, model.dataset_id),
         **_export_rows(session, model_id),
         **monitoring_context(request, session, model_id, evaluation),
     )
+
+
+def _versions_of(session: DbSession, dataset_id: str | None) -> list[Any]:
+    """The retrain form's choices: the model's dataset's newest versions, newest first."""
+    dataset = session.get(Dataset, dataset_id) if dataset_id is not None else None
+    return recent_versions(session, dataset) if dataset is not None else []
 
 
 def _export_rows(session: DbSession, model_id: str) -> dict[str, Any]:

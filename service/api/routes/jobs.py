@@ -34,7 +34,7 @@ SPEC_ERRORS = {
 }
 
 
-def _job_read(job: Job, model_id: str | None) -> JobRead:
+def job_read(job: Job, model_id: str | None) -> JobRead:
     fields = {name: getattr(job, name) for name in JobRead.model_fields if name != "model_id"}
     return JobRead.model_validate({**fields, "model_id": model_id})
 
@@ -49,7 +49,7 @@ def _job_read(job: Job, model_id: str | None) -> JobRead:
 def create_job(session: SessionDep, settings: SettingsDep, spec: JobSpec) -> JobRead:
     check_submitted(spec.webhook_url, settings.webhook_allowed_networks)
     job = training.submit(session, spec)
-    return _job_read(*jobs.get_job(session, job.id))
+    return job_read(*jobs.get_job(session, job.id))
 
 
 @router.post(
@@ -80,12 +80,12 @@ def list_jobs(
     ] = JobKindName.TRAIN,
 ) -> list[JobRead]:
     rows = link_next(jobs.list_jobs(session, page, status, kind), page.limit, request, response)
-    return [_job_read(job, model_id) for job, model_id in rows]
+    return [job_read(job, model_id) for job, model_id in rows]
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=NOT_FOUND)
 def read_job(session: SessionDep, job_id: str) -> JobRead:
-    return _job_read(*jobs.get_job(session, job_id))
+    return job_read(*jobs.get_job(session, job_id))
 
 
 @router.post(
@@ -97,7 +97,7 @@ def read_job(session: SessionDep, job_id: str) -> JobRead:
 def cancel_job(session: SessionDep, job_id: str) -> JobRead:
     job, _ = jobs.get_job(session, job_id)
     jobs.cancel(session, job)
-    return _job_read(*jobs.get_job(session, job_id))
+    return job_read(*jobs.get_job(session, job_id))
 
 
 # A comment line this often keeps proxies from closing a quiet stream.

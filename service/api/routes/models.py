@@ -4,11 +4,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from service import jobs
 from service.api.deps import ServingDep, SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
+from service.api.routes.jobs import SPEC_ERRORS, job_read
 from service.models import service as models
 from service.models.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
+from service.schemas import JobRead
 from service.storage.tables import NAME_LENGTH, TrainedModel
+from service.training import service as training
+from service.training.spec import RetrainRequest
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -139,3 +144,25 @@ def delete_model(session: SessionDep, serving: ServingDep, model_id: str) -> Res
     models.delete_model(session, model_id)
     serving.evict(model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{model_id}/retrain",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Retrain: the model's own spec on a version of its dataset, from its weights",
+    description="Queues a training job with the spec that trained the model, on "
+    "`dataset_version` of its dataset (default: the latest, e.g. after labelling), named as "
+    "the model so that it becomes the name's next version. With `warm_start` (the default) "
+    "the backbone starts from this model's trained weights (`model:<id>`) and the classifier "
+    "is trained anew, since the classes may have changed; the new model's `parent_model_id` "
+    "is this one. Compare the two with POST /comparisons before moving an alias.",
+    responses={
+        **SPEC_ERRORS,
+        404: {"description": "Unknown model, or its dataset has no such version"},
+        409: {"description": "The model's job or dataset was deleted"},
+    },
+)
+def retrain_model(session: SessionDep, model_id: str, body: RetrainRequest) -> JobRead:
+    job = training.retrain(session, model_id, body)
+    return job_read(*jobs.get_job(session, job.id))
