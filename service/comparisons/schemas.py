@@ -36,8 +36,8 @@ class ComparisonCreate(StrictModel):
 
 class ModelScore(BaseModel):
     model_id: str
-    name: str | None = Field(description="The model's registry name (null once deleted).")
-    version: int | None
+    name: str = Field(description="The model's registry name, as when it was scored.")
+    version: int
     accuracy: float
     macro_f1: float = Field(description="Unweighted mean of the per-class F1 scores.")
 
@@ -93,7 +93,7 @@ class ComparisonRead(BaseModel):
             "difference": {"estimate": 0.045, "low": 0.0175, "high": 0.0725},
             "mcnemar_p": 0.0021,
             "b_is_better": True,
-            "verdict": "b is better: 4.5 points of accuracy (95 % interval 1.8 to 7.3)",
+            "verdict": "b is better: +4.5 points of accuracy (95 % interval +1.8 to +7.2)",
             "per_class": [
                 {"name": "rose", "images": 200, "a": 0.86, "b": 0.92, "difference": 0.06}
             ],

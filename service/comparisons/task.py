@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from itertools import tee
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import update
@@ -25,6 +26,10 @@ from service.predictions.task import worker_models
 from service.problems import Invalid, NotFound
 from service.storage.tables import Comparison, Dataset
 
+if TYPE_CHECKING:
+    from service.ml.batch import Answer
+    from service.ml.model_cache import LoadedModel
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -39,13 +44,12 @@ class Scored:
 def compare(context: JobContext, spec: ComparisonSpec) -> Outcome:
     """Score both models on the version's images; what stores the figures."""
     rows = _images(context, spec)
-    scored = [_score(context, spec, position, rows) for position in range(2)]
+    a, b = _score(context, spec, rows)
     context.monitor.flush()
     if context.monitor.should_stop():
         raise JobStopped()
     truth = [row.label for row in rows]
-    result = figures(truth, [row.id for row in rows], [row.filename for row in rows], *scored)
-    a, b = scored
+    result = figures(truth, [row.id for row in rows], [row.filename for row in rows], a, b)
     return Outcome(
         store_result(spec.comparison_id, result),
         f"comparison of {a.model_id} and {b.model_id} on {len(rows)} images",
@@ -67,31 +71,42 @@ def _images(context: JobContext, spec: ComparisonSpec) -> list[Any]:
     return rows
 
 
-def _score(context: JobContext, spec: ComparisonSpec, position: int, rows: list[Any]) -> Scored:
-    """The model's answer to each image (an image it cannot decode is the job's error: both
-    models read the same bytes, and a comparison on fewer images than asked would mislead)."""
+def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[Scored]:
+    """Each model's answer to each image. The images' bytes are read once: both models take
+    each batch in turn, so the two readers of the one stream stay a batch or two apart. An
+    image a model cannot decode is the job's error: both read the same bytes, and a comparison
+    on fewer images than asked would mislead."""
     from service.ml.batch import classify
 
-    model_id = spec.model_ids[position]
     with context.db.session() as session:
-        row = resolve(session, ModelRef(model_id=model_id))
-        name, version, source = row.name, row.version, stored_source(context.db, row)
-    model = worker_models(context).get(source)
-    answers: list[str] = []
-    items = dataset_items(context.db, spec.dataset_id, rows)
-    batches = classify(
-        model,
-        items,
-        batch_size=context.settings.batch_predict_size,
-        should_stop=context.monitor.should_stop,
-    )
-    for batch in batches:
-        for answer in batch:
-            if answer.probabilities is None:
-                raise Invalid(f"{answer.item.about['file']}: {answer.error}")
-            answers.append(model.classes[int(np.argmax(answer.probabilities))])
-        context.monitor.on_pass(position * len(rows) + len(answers), 2 * len(rows))
-    return Scored(model_id, name, version, answers)
+        found = [resolve(session, ModelRef(model_id=model_id)) for model_id in spec.model_ids]
+        sources = [stored_source(context.db, row) for row in found]
+        names = [(row.id, row.name, row.version) for row in found]
+    models = [worker_models(context).get(source) for source in sources]
+    streams = [
+        classify(
+            model,
+            items,
+            batch_size=context.settings.batch_predict_size,
+            should_stop=context.monitor.should_stop,
+        )
+        for model, items in zip(
+            models, tee(dataset_items(context.db, spec.dataset_id, rows)), strict=True
+        )
+    ]
+    answers: list[list[str]] = [[], []]
+    for batches in zip(*streams, strict=False):  # a stop may end one stream a batch early
+        for model, batch, named in zip(models, batches, answers, strict=True):
+            named += [_answer(model, answer) for answer in batch]
+        context.monitor.on_pass(len(answers[0]), len(rows))
+    return [Scored(*name, named) for name, named in zip(names, answers, strict=True)]
+
+
+def _answer(model: LoadedModel, answer: Answer) -> str:
+    """The class the model answers for one image."""
+    if answer.probabilities is None:
+        raise Invalid(f"{answer.item.about['file']}: {answer.error}")
+    return str(model.classes[int(np.argmax(answer.probabilities))])
 
 
 def figures(
