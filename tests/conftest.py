@@ -395,14 +395,21 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     Several times quicker than `trained`: most of a first epoch is compiling the training
     step, and with the backbone frozen that step holds no gradients through it.
     """
-    images = colour_images(per_class=4)
+    running, state = small_model_copy(tmp_path_factory)
+    yield {"service": running, "images": SMALL_IMAGES, **state}
+    running.close()
+
+
+SMALL_IMAGES = colour_images(per_class=4)
+
+
+def small_model_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Service, dict[str, Any]]:
+    """A copy of `small_model`'s service of its own, for a test that changes its data."""
 
     def build(service: Service) -> dict[str, Any]:
-        dataset = service.upload(images)
+        dataset = service.upload(SMALL_IMAGES)
         training = {"validation_split": 0.25}
         body = job_body(dataset["id"], freeze={"mode": "backbone"}, training=training)
         return {"dataset": dataset, "job": service.train(body)}
 
-    running, state = built_once(tmp_path_factory, "small", build)
-    yield {"service": running, "images": images, **state}
-    running.close()
+    return built_once(tmp_path_factory, "small", build)

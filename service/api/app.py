@@ -29,6 +29,7 @@ from service.api.routes import (
     predict,
     predictions,
     registry,
+    review,
     weights,
     workers,
 )
@@ -118,6 +119,7 @@ TAG_ORDER = (
     "models",
     "predict",
     "monitoring",
+    "review",
     "comparisons",
     "registry",
     "weights",
@@ -137,6 +139,7 @@ SECURED = (
     exports,
     predictions,
     monitoring,
+    review,
     comparisons,
     registry,
     weights,
@@ -169,14 +172,15 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         )
 
 
-APPEND = re.compile(r"(/console)?/datasets/[^/]+/images")
+# Images added to a dataset (a dataset's upload in parts) or to its unlabelled pool.
+APPEND = re.compile(r"(/console)?/datasets/[^/]+/(images|pool)")
 
 
 def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path takes: uploads have their settings, the console's too."""
     if path in ("/datasets", "/console/datasets", "/predictions", "/console/predictions"):
         return settings.max_dataset_bytes
-    if APPEND.fullmatch(path):  # images added to a dataset: a dataset's upload in parts
+    if APPEND.fullmatch(path):
         return settings.max_dataset_bytes
     if path == "/predict" or path.startswith("/v1/models/"):
         return settings.max_predict_bytes

@@ -13,6 +13,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
+from service.datasets.labelling import add_labelled, checked_labels
 from service.datasets.service import list_images, locked_dataset
 from service.datasets.spec import DatasetEdit, Relabel
 from service.problems import Conflict, Invalid, NotFound
@@ -30,50 +31,71 @@ def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> Datase
             field=("base_version",),
         )
     relabel, remove = _checked(session, latest, edit)
+    labelling = checked_labels(session, dataset.id, edit.label)
+    _require_two_classes(latest, relabel, remove, labelling.labels)
 
     def fill(session: Session, version_id: int, previous: int | None) -> None:
         versions.copy_manifest(session, version_id, previous)
-        versions.apply_edit(session, version_id, relabel, remove)
+        new_labels = {image_id: label for image_id, (_, label) in relabel.items()}
+        versions.apply_edit(session, version_id, new_labels, list(remove))
+        add_labelled(session, dataset.id, version_id, labelling)
 
-    message = edit.message or _summary(len(relabel), len(remove))
+    message = edit.message or _summary(len(relabel), len(remove), len(labelling.labels))
     return versions.new_version(session, dataset, source="edit", message=message, fill=fill)
 
 
 def _checked(
     session: Session, latest: DatasetVersion, edit: DatasetEdit
-) -> tuple[dict[int, str], list[int]]:
-    """The relabels (id → label) and the deletions; Invalid naming the first entry that is not
-    an image of the latest version, or names an image a second time."""
-    if not edit.relabel and not edit.delete:
-        raise Invalid("an edit relabels or deletes at least one image", field=("relabel",))
+) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+    """The relabels (id → (label, new label)) and the deletions (id → label); Invalid naming
+    the first entry that relabels or deletes an image not in the latest version, or names an
+    image a second time."""
+    if not edit.relabel and not edit.delete and not edit.label:
+        raise Invalid("an edit relabels, deletes or labels at least one image", field=("relabel",))
     fields: dict[int, tuple[str | int, ...]] = {}
     named = [("relabel", n, entry.image_id) for n, entry in enumerate(edit.relabel)]
     named += [("delete", n, image_id) for n, image_id in enumerate(edit.delete)]
+    named += [("label", n, entry.image_id) for n, entry in enumerate(edit.label) if entry.image_id]
     for part, number, image_id in named:
-        field = (part, number, "image_id") if part == "relabel" else (part, number)
+        field = (part, number) if part == "delete" else (part, number, "image_id")
         if image_id in fields:
             raise Invalid(f"image {image_id} is named twice in one edit", field=field)
         fields[image_id] = field
+    _require_distinct_captures(edit)
     held = versions.manifest_labels(session, latest.id, list(fields))
     for image_id, field in fields.items():
-        if image_id not in held:
+        if image_id not in held and field[0] != "label":
             raise Invalid(
                 f"image {image_id} is not in version {latest.number} of dataset "
                 f"{latest.dataset_id}",
                 field=field,
             )
-    relabel = {entry.image_id: entry.label for entry in edit.relabel}
-    _require_two_classes(latest, held, relabel, edit.delete)
-    return relabel, list(edit.delete)
+    relabel = {entry.image_id: (held[entry.image_id], entry.label) for entry in edit.relabel}
+    return relabel, {image_id: held[image_id] for image_id in edit.delete}
+
+
+def _require_distinct_captures(edit: DatasetEdit) -> None:
+    seen: set[str] = set()
+    for number, entry in enumerate(edit.label):
+        if entry.capture_id in seen:
+            raise Invalid(
+                f"capture {entry.capture_id} is named twice in one edit",
+                field=("label", number, "capture_id"),
+            )
+        if entry.capture_id:
+            seen.add(entry.capture_id)
 
 
 def _require_two_classes(
-    latest: DatasetVersion, held: dict[int, str], relabel: dict[int, str], remove: list[int]
+    latest: DatasetVersion,
+    relabel: dict[int, tuple[str, str]],
+    remove: dict[int, str],
+    labelled: list[str],
 ) -> None:
     counts = {entry["name"]: entry["count"] for entry in latest.classes}
-    for image_id in [*relabel, *remove]:
-        counts[held[image_id]] -= 1
-    for label in relabel.values():
+    for old in [*(old for old, _ in relabel.values()), *remove.values()]:
+        counts[old] -= 1
+    for label in [*(new for _, new in relabel.values()), *labelled]:
         counts[label] = counts.get(label, 0) + 1
     left = sorted(label for label, count in counts.items() if count > 0)
     if len(left) < 2:
@@ -84,9 +106,10 @@ def _require_two_classes(
         )
 
 
-def _summary(relabelled: int, removed: int) -> str:
+def _summary(relabelled: int, removed: int, labelled: int) -> str:
     parts = [f"{relabelled} relabelled"] if relabelled else []
     parts += [f"{removed} removed"] if removed else []
+    parts += [f"{labelled} labelled"] if labelled else []
     return ", ".join(parts)
 
 

@@ -232,9 +232,12 @@ def _check_member(
     return Checked(info, info.filename, parts, facts, reason)
 
 
-def plan_images(checked: Iterable[Checked]) -> Plan:
-    """Class folders decided by every image's path (`class_folder_depth`); the rest skipped."""
+def plan_images(checked: Iterable[Checked], *, labelled: bool = True) -> Plan:
+    """Class folders decided by every image's path (`class_folder_depth`); the rest skipped.
+    Not `labelled` (an unlabelled pool): every image, wherever it sits, with no label."""
     members = list(checked)
+    if not labelled:
+        return _unlabelled(members)
     depth = class_folder_depth([member.parts for member in members if member.facts is not None])
     plan = Plan()
     for member in members:
@@ -247,6 +250,17 @@ def plan_images(checked: Iterable[Checked]) -> Plan:
             plan.images.append(
                 Planned(member.key, member.path, inside[0], "/".join(inside), member.facts)
             )
+    return plan
+
+
+def _unlabelled(members: list[Checked]) -> Plan:
+    plan = Plan()
+    for member in members:
+        if member.facts is None:
+            plan.skipped.append({"path": member.path, "reason": member.reason})
+        else:
+            filename = "/".join(member.parts)
+            plan.images.append(Planned(member.key, member.path, "", filename, member.facts))
     return plan
 
 
@@ -345,7 +359,7 @@ def _count_signatures(file: IO[bytes], start: int, size: int, *, stop_past: int)
     return count
 
 
-def scan_zip(archive: zipfile.ZipFile, limits: Limits) -> Plan:
+def scan_zip(archive: zipfile.ZipFile, limits: Limits, *, labelled: bool = True) -> Plan:
     """Pass 1: every file read and decoded once, only its verdict kept.
 
     Every file is read and decoded before the layout is decided, so every byte the zip
@@ -353,7 +367,11 @@ def scan_zip(archive: zipfile.ZipFile, limits: Limits) -> Plan:
     """
     inflated = Inflated(limits.max_total_bytes)
     return plan_images(
-        _check_member(archive, entry, limits, inflated) for entry in archive_files(archive, limits)
+        (
+            _check_member(archive, entry, limits, inflated)
+            for entry in archive_files(archive, limits)
+        ),
+        labelled=labelled,
     )
 
 

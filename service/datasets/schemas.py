@@ -64,6 +64,27 @@ class DatasetImagesAdded(BaseModel):
     )
 
 
+class PoolImagesAdded(BaseModel):
+    """What POST /datasets/{dataset_id}/pool answers."""
+
+    model_config = example_config(
+        {
+            "dataset_id": "d_0123456789abcdef",
+            "added": 118,
+            "pool": 240,
+            "skipped": [
+                {"path": "IMG_0412.jpg", "reason": "already in the dataset (the same bytes)"}
+            ],
+        }
+    )
+    dataset_id: str
+    added: int = Field(description="Images added to the pool.")
+    pool: int = Field(description="Images in the pool now, waiting for a label.")
+    skipped: list[SkippedFile] = Field(
+        description="Files of this zip not added, and why: not an image, or already in the dataset."
+    )
+
+
 class DatasetImageRead(BaseModel):
     model_config = example_config(
         {"id": 1041, "label": "cats", "filename": "cats/001.jpg", "size_bytes": 48213}

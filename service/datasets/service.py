@@ -33,6 +33,7 @@ from service.storage.tables import (
     Dataset,
     DatasetImage,
     DatasetVersion,
+    PoolImage,
     VersionImage,
     new_id,
 )
@@ -190,21 +191,11 @@ def add_images(
     message: str = "",
 ) -> DatasetVersion:
     """Insert `contents` (new images and their bytes, read one at a time) in bounded batches,
-    and make the dataset's next version: the last one's manifest, these images and the
-    `restored` ones. Batches are plain INSERTs: no ORM object keeps an image's bytes once its
-    batch is sent, so memory stays flat whatever the dataset's size. Nothing is committed
+    so memory stays flat whatever the dataset's size, and make the dataset's next version:
+    the last one's manifest, these images and the `restored` ones. Nothing is committed
     here: the caller's transaction keeps all or nothing."""
     after = versions.last_image_id(session, dataset.id)
-    batch: list[dict[str, Any]] = []
-    size = 0
-    for image, data in contents:
-        batch.append(_row(dataset.id, image, data))
-        size += len(data)
-        if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
-            session.execute(insert(DatasetImage), batch)
-            batch, size = [], 0
-    if batch:
-        session.execute(insert(DatasetImage), batch)
+    insert_images(session, dataset.id, contents)
 
     def fill(session: Session, version_id: int, previous: int | None) -> None:
         versions.copy_manifest(session, version_id, previous)
@@ -213,7 +204,40 @@ def add_images(
     return versions.new_version(session, dataset, source=source, message=message, fill=fill)
 
 
-def _row(dataset_id: str, image: Planned, data: bytes) -> dict[str, Any]:
+def insert_images(
+    session: Session,
+    dataset_id: str,
+    contents: Iterable[tuple[Planned, bytes]],
+    *,
+    pool: bool = False,
+) -> None:
+    """Insert `contents` in bounded batches (plain INSERTs: no ORM object keeps an image's
+    bytes once its batch is sent); with `pool`, into the dataset's unlabelled pool."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for image, data in contents:
+        batch.append(image_row(dataset_id, image, data))
+        size += len(data)
+        if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+            _insert_batch(session, dataset_id, batch, pool)
+            batch, size = [], 0
+    if batch:
+        _insert_batch(session, dataset_id, batch, pool)
+
+
+def _insert_batch(
+    session: Session, dataset_id: str, rows: list[dict[str, Any]], pool: bool
+) -> None:
+    if not pool:
+        session.execute(insert(DatasetImage), rows)
+        return
+    ids = session.scalars(insert(DatasetImage).returning(DatasetImage.id), rows).all()
+    pooled = [{"image_id": image_id, "dataset_id": dataset_id} for image_id in ids]
+    session.execute(insert(PoolImage), pooled)
+
+
+def image_row(dataset_id: str, image: Planned, data: bytes) -> dict[str, Any]:
+    """A DatasetImage row's values: the image's bytes, label, name and facts."""
     facts = image.facts
     return {
         "dataset_id": dataset_id,

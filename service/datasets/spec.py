@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from service.storage.tables import ID_LENGTH, MAX_INTEGER, NAME_LENGTH
 from service.training.spec import WEBHOOK_DESCRIPTION, StrictModel, WebhookUrl
@@ -66,9 +66,46 @@ class Relabel(StrictModel):
     label: Label = Field(description="Its new label; a label no image had makes a new class.")
 
 
+# Captured images one edit may label: each is read, checked and stored like an upload's.
+MAX_LABELLED_CAPTURES = 1000
+
+
+class ImageRef(StrictModel):
+    """An image not in the dataset's versions: one of its unlabelled pool (`image_id`) or a
+    captured prediction (`capture_id`, GET /models/{id}/captures)."""
+
+    image_id: ImageId | None = Field(None, description="An image of the dataset's pool.")
+    capture_id: str | None = Field(
+        None, min_length=1, max_length=ID_LENGTH, description="A captured prediction."
+    )
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ImageRef:
+        if (self.image_id is None) == (self.capture_id is None):
+            raise ValueError("name the image by image_id or by capture_id, one of them")
+        return self
+
+    @property
+    def key(self) -> str:
+        """How a review mark names it: "image:<id>" or "capture:<id>"."""
+        if self.image_id is not None:
+            return f"image:{self.image_id}"
+        return f"capture:{self.capture_id}"
+
+
+class LabelImage(ImageRef):
+    """An image to label into the new version."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"capture_id": "c_1f…", "label": "cats"}]}
+    )
+
+    label: Label = Field(description="Its label; a label no image had makes a new class.")
+
+
 class DatasetEdit(StrictModel):
-    """Relabel and delete images of a dataset's latest version, as one new version: all of it
-    or nothing."""
+    """Relabel and delete images of a dataset's latest version, and label images new to it
+    (from its pool, or captured), as one new version: all of it or nothing."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -89,6 +126,12 @@ class DatasetEdit(StrictModel):
         max_length=MAX_EDIT_ENTRIES,
         description="Image ids to leave out of the new version (their bytes stay for the "
         "versions that hold them).",
+    )
+    label: list[LabelImage] = Field(
+        default_factory=list,
+        max_length=MAX_EDIT_ENTRIES,
+        description="Images new to the dataset's versions to add, labelled: from its pool or "
+        f"captured predictions (at most {MAX_LABELLED_CAPTURES} captures an edit).",
     )
     message: str = Field("", max_length=2000, description="What the edit does, for the history.")
     base_version: int | None = Field(

@@ -23,6 +23,7 @@ from service.storage.tables import (
     Dataset,
     DatasetImage,
     DatasetVersion,
+    PoolImage,
     VersionImage,
 )
 
@@ -159,18 +160,30 @@ def add_stored(
 ) -> None:
     """Add to the manifest the dataset's images stored after `after_image_id` (an upload's,
     labelled as uploaded) and `restored` (image id, label): images stored earlier, which the
-    version before no longer held."""
+    version before no longer held, or the pool held (they leave it, labelled)."""
+    pooled = select(PoolImage.image_id).where(PoolImage.image_id == DatasetImage.id)
     session.execute(
         insert(VersionImage).from_select(
             ["version_id", "image_id", "label"],
             select(literal(version_id), DatasetImage.id, DatasetImage.uploaded_label).where(
-                DatasetImage.dataset_id == dataset_id, DatasetImage.id > after_image_id
+                DatasetImage.dataset_id == dataset_id,
+                DatasetImage.id > after_image_id,
+                ~pooled.exists(),
             ),
         )
     )
     if restored:
         rows = [{"version_id": version_id, "image_id": i, "label": label} for i, label in restored]
         session.execute(insert(VersionImage), rows)
+        leave_pool(session, [image_id for image_id, _ in restored])
+
+
+def leave_pool(session: Session, image_ids: Sequence[int]) -> None:
+    """Those of `image_ids` in a pool are labelled now: out of it."""
+    for start in range(0, len(image_ids), CHUNK):
+        session.execute(
+            delete(PoolImage).where(PoolImage.image_id.in_(image_ids[start : start + CHUNK]))
+        )
 
 
 def last_image_id(session: Session, dataset_id: str) -> int:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # callers bring a built model; the API only unpacks archives,
 def export_savedmodel(
     model: keras.Model, temperature: float = 1.0, unknowns: UnknownDetector | None = None
 ) -> bytes:
-    """The model as a SavedModel, packed as a tar.gz, with two signatures:
+    """The model as a SavedModel, packed as a tar.gz, with these signatures:
 
     - `serve`: raw pixels (float32 0–255, [batch, h, w, 3]) → class probabilities, scaled by
       the fitted `temperature` (`service.ml.calibrate`), the model run in inference mode;
@@ -33,6 +33,9 @@ def export_savedmodel(
       validation scores at 1001 evenly spaced quantile levels, the unknown_rate fitted for
       and the number of validation images, from which the threshold for any other rate is
       read.
+    - `features`: the same pixels → `features` [batch, channels] (the backbone's final
+      feature map averaged over its cells) and `unknowns`' outputs (`probabilities` alone
+      without a detector), in one pass: what the review queue ranks by.
     """
     with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
         directory = Path(scratch) / "savedmodel"
@@ -60,7 +63,7 @@ def write_savedmodel(
     import tensorflow as tf
 
     from service.ml.explain import explain_function, input_specs, serve_function
-    from service.ml.unknowns import Tap, unknowns_function
+    from service.ml.unknowns import Tap, features_function, unknowns_function
 
     pixels, classes = (
         tf.TensorSpec(spec.shape, dtype=spec.dtype, name=spec.name) for spec in input_specs(model)
@@ -74,9 +77,14 @@ def write_savedmodel(
     endpoints = {
         "serve": (serve_function(forward, temperature), [pixels]),
         "explain": (explain_function(model, forward, temperature), [pixels, classes]),
+        "features": (features_function(forward, temperature), [pixels]),
     }
     if unknowns is not None:
         endpoints["unknowns"] = (unknowns_function(forward, temperature, unknowns), [pixels])
+        endpoints["features"] = (
+            unknowns_function(forward, temperature, unknowns, with_features=True),
+            [pixels],
+        )
         root.unknown_thresholds = [
             tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
             tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),

@@ -66,6 +66,14 @@ class UnknownThresholds:
         return float(np.interp(1.0 - rate, levels, self.quantiles))
 
 
+@dataclass(frozen=True)
+class Features:
+    features: np.ndarray  # [batch, channels]
+    probabilities: np.ndarray  # [batch, classes]
+    ood_scores: np.ndarray | None  # [batch]
+    from_backbone: bool  # False: `features` are the probabilities (an older model)
+
+
 @dataclass
 class LoadedModel:
     model_id: str
@@ -77,6 +85,8 @@ class LoadedModel:
     # With an `unknowns` signature: `serve` answers each image's probabilities followed by its
     # ood_score (one more column), thresholded by these.
     unknowns: UnknownThresholds | None = None
+    # The `features` signature (service/ml/export.py); None for a model stored before it.
+    features: Callable[[Any], Any] | None = None
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
         """`serve`'s rows for a batch of raw pixels, shape (n, size, size, 3): the class
@@ -92,6 +102,24 @@ class LoadedModel:
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of raw pixels."""
         return self.split(self.scores(pixels))[0]
+
+    def features_and_scores(self, pixels: np.ndarray) -> Features:
+        """Each image's features, probabilities and ood_score (None without a score) in one
+        pass. A model stored before the `features` signature answers its probabilities as
+        its features: how alike two images are is then only how alike the model's answers
+        are."""
+        pixels = pixels.astype(np.float32, copy=False)
+        if self.features is None:
+            probabilities, ood_scores = self.split(self.scores(pixels))
+            return Features(probabilities, probabilities, ood_scores, from_backbone=False)
+        answer = self.features(pixels)
+        ood = answer.get("ood_score")
+        return Features(
+            np.asarray(answer["features"]),
+            np.asarray(answer["probabilities"]),
+            None if ood is None else np.asarray(ood),
+            from_backbone=True,
+        )
 
     def explanation(self, pixels: np.ndarray, top_k: int) -> Explanation:
         """Maps of each image's `top_k` best classes (best first, in `top_scores`' order):
@@ -203,6 +231,7 @@ class ModelCache:
             input_size=source.input_size,
             serve=frozen or _keep_alive(loaded, serve),
             explain=_keep_alive(loaded, loaded.explain) if hasattr(loaded, "explain") else None,
+            features=_keep_alive(loaded, loaded.features) if hasattr(loaded, "features") else None,
             frozen=frozen is not None,
             unknowns=unknowns,
         )

@@ -225,11 +225,12 @@ def scores_of(detector: UnknownDetector, pooled: list[np.ndarray]) -> np.ndarray
 
 
 def unknowns_function(
-    forward: Forward, temperature: float, detector: UnknownDetector
+    forward: Forward, temperature: float, detector: UnknownDetector, *, with_features: bool = False
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The `unknowns` signature: pixels → `probabilities` (as `serve` gives them), `ood_score`
-    and `unknown` (past the threshold fitted for the training's unknown_rate). `forward` is a
-    Tap (`depths=True`) of the model, or the function tracing it."""
+    and `unknown` (past the threshold fitted for the training's unknown_rate); with
+    `with_features`, the `features` signature's too, from the same pass. `forward` is a Tap
+    (`depths=True`) of the model, or the function tracing it."""
     constants = [
         (
             tf.constant(d.offset, tf.float32),
@@ -245,10 +246,10 @@ def unknowns_function(
     def unknowns(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         maps, probabilities = forward(pixels)
         standardised = []
-        for features, (offset, whitening, means, centre, spread) in zip(
+        for pooled_map, (offset, whitening, means, centre, spread) in zip(
             pooled(maps), constants, strict=True
         ):
-            z = tf.matmul(features - offset, whitening)
+            z = tf.matmul(pooled_map - offset, whitening)
             squared = (
                 tf.reduce_sum(z * z, axis=1, keepdims=True)
                 - 2.0 * tf.matmul(z, means, transpose_b=True)
@@ -257,10 +258,30 @@ def unknowns_function(
             nearest = tf.maximum(tf.reduce_min(squared, axis=1), 0.0)
             standardised.append((nearest - centre) / spread)
         score = tf.reduce_max(tf.stack(standardised), axis=0)
-        return {
+        answer = {
             "probabilities": scale_tensor(probabilities, temperature),
             "ood_score": score,
             "unknown": score > threshold,
         }
+        if with_features:
+            answer["features"] = pooled(maps[-1:])[0]
+        return answer
 
     return unknowns
+
+
+def features_function(
+    forward: Forward, temperature: float
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The `features` signature of a model without an unknown-input score: pixels →
+    `features` (the backbone's final feature map, averaged over its cells: what the review
+    queue measures how alike images are by) and `probabilities` (as `serve` gives them)."""
+
+    def features(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        maps, probabilities = forward(pixels)
+        return {
+            "features": pooled(maps[-1:])[0],
+            "probabilities": scale_tensor(probabilities, temperature),
+        }
+
+    return features

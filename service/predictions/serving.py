@@ -208,8 +208,15 @@ class Serving:
     ) -> tuple[LoadedModel, np.ndarray]:
         source = self._source(model)
         pixels = decode_images(images, source.input_size)
+        return self._loaded(source), pixels
+
+    def model(self, model: str | ModelRef) -> LoadedModel:
+        """The loaded model, for work that calls it directly (the review queue): blocking."""
+        return self._loaded(self._source(model))
+
+    def _loaded(self, source: ModelSource) -> LoadedModel:
         try:
-            return self.cache.get(source), pixels
+            return self.cache.get(source)
         except ModelCorrupt as error:  # the cache's, which batch jobs meet too: a problem here
             raise Unavailable(str(error)) from None
 

@@ -163,6 +163,34 @@ class VersionImage(Base):
     label: Mapped[str] = mapped_column(String(NAME_LENGTH))
 
 
+class PoolImage(Base):
+    """An image of a dataset's unlabelled pool (POST /datasets/{id}/pool): stored with the
+    dataset's images, in no version until a person labels it, when its row goes."""
+
+    __tablename__ = "pool_images"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_images.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+
+
+class LabelledCapture(Base):
+    """A captured prediction labelled into a dataset, and the image it became: the review
+    queue does not offer it again, and an edit cannot add it twice. No key on the capture:
+    captures expire, the image stays."""
+
+    __tablename__ = "labelled_captures"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    capture_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("dataset_images.id", ondelete="CASCADE"))
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -574,3 +602,20 @@ class Capture(Base):
     # Last: SQLite stores a row's columns in order, and reading one after a BLOB walks its
     # overflow pages; lists read every column but this one.
     image: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+# A review item as a mark names it: "capture:<capture id>" or "image:<pool image id>".
+REVIEW_ITEM_LENGTH = 48
+
+
+class ReviewMark(Base):
+    """An image a person marked unknown on a model's review page (it fits none of the model's
+    classes): out of the model's queue, listed with the unknowns."""
+
+    __tablename__ = "review_marks"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    item: Mapped[str] = mapped_column(String(REVIEW_ITEM_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,7 @@ from sqlalchemy import Row
 
 from service.api.deps import DatabaseDep, SessionDep, SettingsDep
 from service.api.pagination import LINK_HEADER, PageDep, link_after, link_next
-from service.datasets import actions, edits, imports, versions
+from service.datasets import actions, edits, imports, pool, versions
 from service.datasets import report as reports
 from service.datasets import service as datasets
 from service.datasets.actions import ReportAction
@@ -20,6 +20,7 @@ from service.datasets.schemas import (
     DatasetReport,
     DatasetVersionRead,
     DiffImage,
+    PoolImagesAdded,
     RelabelledImage,
     SkippedFile,
     VersionDiff,
@@ -89,6 +90,42 @@ def add_images(
         limits=datasets.upload_limits(settings),
     )
     return added_read(appended)
+
+
+@router.post(
+    "/{dataset_id}/pool",
+    response_model=PoolImagesAdded,
+    summary="Add a zip of unlabelled images to a dataset's pool",
+    description="Images in any folders, or none: an upload's checks and skip reasons. They "
+    "belong to the dataset but to no version until labelled (an edit's `label` entries); the "
+    "review queue of a model trained on the dataset (GET /models/{model_id}/review) offers "
+    "them. An image whose bytes the dataset already stores is skipped. Nothing is stored when "
+    "the zip as a whole is refused.",
+    responses={
+        **NOT_FOUND,
+        400: {"description": "Not a zip, no image in it, or an unsafe member path"},
+        413: {"description": "Over the upload size limit"},
+    },
+)
+def add_to_pool(
+    session: SessionDep,
+    settings: SettingsDep,
+    dataset_id: str,
+    file: Annotated[UploadFile, File(description="A .zip of images, in folders or not")],
+) -> PoolImagesAdded:
+    added = pool.add_to_pool(
+        session,
+        dataset_id,
+        upload=file.file,
+        filename=file.filename,
+        limits=datasets.upload_limits(settings),
+    )
+    return PoolImagesAdded(
+        dataset_id=added.dataset.id,
+        added=added.added,
+        pool=added.pool,
+        skipped=[SkippedFile(**entry) for entry in added.skipped],
+    )
 
 
 def added_read(appended: datasets.Appended) -> DatasetImagesAdded:

@@ -1,0 +1,296 @@
+"""A model's review queue: the images most worth a person's label, and marking unknowns.
+
+Candidates are the model's newest captured predictions not yet labelled into its dataset and
+the newest images of the dataset's unlabelled pool, MAX_CANDIDATES of each. The served model
+scores them in chunks (its `features` signature: features, probabilities and ood_score in
+one pass), so memory stays one chunk of images whatever their size. Those past the model's
+unknown threshold, and those a person marked unknown, are listed apart; the others are
+ranked by service/ml/review.py. The API and the console both call `review_queue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import String, cast, insert, select
+from sqlalchemy.orm import Session
+
+from service.datasets import versions
+from service.datasets.service import get_dataset
+from service.datasets.spec import ImageRef
+from service.ml import review
+from service.ml.images import UndecodableImage, to_pixels
+from service.ml.model_cache import LoadedModel
+from service.models.service import get_model
+from service.predictions.serving import Serving
+from service.problems import Conflict, Invalid
+from service.review.schemas import ReviewItem, ReviewQueue
+from service.storage.db import Database
+from service.storage.tables import (
+    Capture,
+    DatasetImage,
+    LabelledCapture,
+    PoolImage,
+    ReviewMark,
+    TrainedModel,
+)
+
+# Unlabelled captures looked at, and as many pool images: the newest. Each costs one pass of
+# the model per request (about 10 ms at 224 px on a CPU core).
+MAX_CANDIDATES = 200
+CHUNK = 32  # images decoded and scored at a time
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str  # "capture:<id>" or "image:<id>"
+    filename: str
+    marked: bool = False
+
+    @property
+    def ref(self) -> ImageRef:
+        kind, _, value = self.key.partition(":")
+        return ImageRef(capture_id=value) if kind == "capture" else ImageRef(image_id=int(value))
+
+
+@dataclass(frozen=True)
+class Scored:
+    candidates: list[Candidate]
+    features: np.ndarray
+    probabilities: np.ndarray
+    ood_scores: np.ndarray | None
+    from_backbone: bool
+
+
+def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
+    """The model's queue: up to `limit` images to label, and up to `limit` unknowns."""
+    with serving.database.session() as session:
+        model = _reviewed_model(session, model_id)
+        dataset = get_dataset(session, model.dataset_id or "")
+        candidates = _candidates(session, model, limit)
+        since = 0
+        if model.dataset_version is not None:
+            diff = versions.diff(session, dataset, model.dataset_version, dataset.version, limit=0)
+            since = diff.counts["added"]
+        latest = dataset.version
+    loaded = serving.model(model_id)
+    scored = _score(serving.database, loaded, model.dataset_id or "", candidates)
+    items, unknowns = _order(scored, loaded, limit)
+    return ReviewQueue(
+        model_id=model.id,
+        dataset_id=dataset.id,
+        dataset_version=latest,
+        classes=list(model.classes),
+        method=review.METHOD.format(shortlist=review.SHORTLIST),
+        features="backbone" if scored.from_backbone else "scores",
+        candidates={
+            "captures": sum(c.key.startswith("capture:") and not c.marked for c in candidates),
+            "pool": sum(c.key.startswith("image:") and not c.marked for c in candidates),
+        },
+        items=[_item(model.id, dataset.id, scored, loaded, i, reason) for i, reason in items],
+        unknowns=[_item(model.id, dataset.id, scored, loaded, i, reason) for i, reason in unknowns],
+        labelled_since_model=since,
+    )
+
+
+def _reviewed_model(session: Session, model_id: str) -> TrainedModel:
+    model = get_model(session, model_id)
+    if model.dataset_id is None:
+        raise Conflict(
+            f"model {model_id}'s dataset was deleted: its review has nowhere to put labels"
+        )
+    return model
+
+
+def _candidates(session: Session, model: TrainedModel, limit: int) -> list[Candidate]:
+    """The newest unlabelled, unmarked captures and pool images; then the newest marked."""
+    marks = select(ReviewMark.item).where(ReviewMark.model_id == model.id)
+    labelled = select(LabelledCapture.capture_id).where(
+        LabelledCapture.dataset_id == model.dataset_id
+    )
+    captures = session.execute(
+        select(Capture.id, Capture.filename)
+        .where(Capture.model_id == model.id, Capture.id.not_in(labelled))
+        .where(("capture:" + Capture.id).not_in(marks))
+        .order_by(Capture.created_at.desc(), Capture.id.desc())
+        .limit(MAX_CANDIDATES)
+    )
+    found = [Candidate(f"capture:{capture_id}", name) for capture_id, name in captures]
+    pool = session.execute(
+        select(DatasetImage.id, DatasetImage.filename)
+        .join(PoolImage, PoolImage.image_id == DatasetImage.id)
+        .where(PoolImage.dataset_id == model.dataset_id)
+        .where(("image:" + cast(DatasetImage.id, String)).not_in(marks))
+        .order_by(DatasetImage.id.desc())
+        .limit(MAX_CANDIDATES)
+    )
+    found += [Candidate(f"image:{image_id}", name) for image_id, name in pool]
+    found += _marked(session, model, limit)
+    return found
+
+
+def _marked(session: Session, model: TrainedModel, limit: int) -> list[Candidate]:
+    """The newest `limit` images marked unknown that are still there to label."""
+    keys = session.scalars(
+        select(ReviewMark.item)
+        .where(ReviewMark.model_id == model.id)
+        .order_by(ReviewMark.created_at.desc())
+        .limit(limit)
+    ).all()
+    names = _filenames(session, model, keys)
+    return [Candidate(key, names[key], marked=True) for key in keys if key in names]
+
+
+def _filenames(session: Session, model: TrainedModel, keys: list[str]) -> dict[str, str]:
+    """Of those `keys`, the ones still unlabelled: a capture of the model, a pool image."""
+    capture_ids = [key.removeprefix("capture:") for key in keys if key.startswith("capture:")]
+    image_ids = [int(key.removeprefix("image:")) for key in keys if key.startswith("image:")]
+    labelled = select(LabelledCapture.capture_id).where(
+        LabelledCapture.dataset_id == model.dataset_id
+    )
+    rows = session.execute(
+        select(Capture.id, Capture.filename).where(
+            Capture.model_id == model.id, Capture.id.in_(capture_ids), Capture.id.not_in(labelled)
+        )
+    )
+    names = {f"capture:{capture_id}": name for capture_id, name in rows}
+    rows = session.execute(
+        select(DatasetImage.id, DatasetImage.filename)
+        .join(PoolImage, PoolImage.image_id == DatasetImage.id)
+        .where(PoolImage.dataset_id == model.dataset_id, DatasetImage.id.in_(image_ids))
+    )
+    names.update((f"image:{image_id}", name) for image_id, name in rows)
+    return names
+
+
+def _score(
+    database: Database, loaded: LoadedModel, dataset_id: str, candidates: list[Candidate]
+) -> Scored:
+    """Every candidate that still decodes, through the model a chunk at a time."""
+    kept: list[Candidate] = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    from_backbone = loaded.features is not None
+    for start in range(0, len(candidates), CHUNK):
+        chunk = candidates[start : start + CHUNK]
+        with database.session() as session:
+            data = _bytes(session, dataset_id, chunk)
+        pixels, decoded = [], []
+        for candidate in chunk:
+            try:
+                pixels.append(to_pixels(data[candidate.key], loaded.input_size))
+            except (KeyError, UndecodableImage):
+                continue  # labelled, expired or deleted since it was listed; or undecodable
+            decoded.append(candidate)
+        if decoded:
+            answer = loaded.features_and_scores(np.stack(pixels))
+            parts.append((answer.features, answer.probabilities, answer.ood_scores))
+            kept += decoded
+    if not parts:
+        empty = np.zeros((0, len(loaded.classes)))
+        return Scored([], empty, empty, None, from_backbone)
+    ood = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])  # type: ignore[misc]
+    features = np.concatenate([p[0] for p in parts])
+    return Scored(kept, features, np.concatenate([p[1] for p in parts]), ood, from_backbone)
+
+
+def _bytes(session: Session, dataset_id: str, chunk: list[Candidate]) -> dict[str, bytes]:
+    capture_ids = [c.key.removeprefix("capture:") for c in chunk if c.key.startswith("capture:")]
+    image_ids = [int(c.key.removeprefix("image:")) for c in chunk if c.key.startswith("image:")]
+    rows = session.execute(select(Capture.id, Capture.image).where(Capture.id.in_(capture_ids)))
+    found = {f"capture:{capture_id}": image for capture_id, image in rows}
+    rows = session.execute(
+        select(DatasetImage.id, DatasetImage.data).where(
+            DatasetImage.dataset_id == dataset_id, DatasetImage.id.in_(image_ids)
+        )
+    )
+    found.update((f"image:{image_id}", data) for image_id, data in rows)
+    return found
+
+
+def _order(
+    scored: Scored, loaded: LoadedModel, limit: int
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(index, reason) of the queue's images in order, and of the unknowns, strangest first."""
+    threshold = loaded.unknowns.threshold() if loaded.unknowns is not None else None
+    ood = scored.ood_scores
+    unknown: list[tuple[int, str]] = []
+    rest: list[int] = []
+    for index, candidate in enumerate(scored.candidates):
+        if candidate.marked:
+            unknown.append((index, "marked unknown by a person"))
+        elif ood is not None and threshold is not None and ood[index] > threshold:
+            reason = f"ood_score {ood[index]:.2f} over the model's threshold {threshold:.2f}"
+            unknown.append((index, reason))
+        else:
+            rest.append(index)
+    strangeness = ood if ood is not None else np.zeros(len(scored.candidates))
+    unknown.sort(key=lambda entry: -float(strangeness[entry[0]]))
+    picks = review.rank(scored.probabilities[rest], scored.features[rest], limit)
+    items = [(rest[pick.index], _why(scored, loaded, rest[pick.index], pick)) for pick in picks]
+    return items, unknown[:limit]
+
+
+def _why(scored: Scored, loaded: LoadedModel, index: int, pick: review.Pick) -> str:
+    row = scored.probabilities[index]
+    first, second = np.argsort(-row, kind="stable")[:2]
+    classes = loaded.classes
+    reason = (
+        f"margin {pick.margin:.2f} ({classes[first]} {row[first]:.2f}, "
+        f"{classes[second]} {row[second]:.2f})"
+    )
+    if pick.distance is None:
+        return reason + "; the least certain"
+    return reason + f"; unlike those above (distance {pick.distance:.2f})"
+
+
+def _item(
+    model_id: str, dataset_id: str, scored: Scored, loaded: LoadedModel, index: int, reason: str
+) -> ReviewItem:
+    candidate = scored.candidates[index]
+    ref = candidate.ref
+    row = scored.probabilities[index]
+    top = int(np.argmax(row))
+    if ref.capture_id is not None:
+        url = f"/models/{model_id}/captures/{ref.capture_id}/image"
+    else:
+        url = f"/datasets/{dataset_id}/images/{ref.image_id}"
+    return ReviewItem(
+        capture_id=ref.capture_id,
+        image_id=ref.image_id,
+        filename=candidate.filename,
+        image_url=url,
+        suggestion=loaded.classes[top],
+        score=float(row[top]),
+        margin=float(review.margins(row[None, :])[0]),
+        ood_score=None if scored.ood_scores is None else float(scored.ood_scores[index]),
+        reason=reason,
+    )
+
+
+def mark_unknown(session: Session, model_id: str, refs: list[ImageRef]) -> int:
+    """Mark images of the model's review unknown; how many were not marked before. Invalid
+    naming the first that is neither an unlabelled capture of the model nor in its dataset's
+    pool."""
+    model = _reviewed_model(session, model_id)
+    keys = list(dict.fromkeys(ref.key for ref in refs))
+    present = _filenames(session, model, keys)
+    for number, ref in enumerate(refs):
+        if ref.key not in present:
+            field = ("unknown", number, "capture_id" if ref.capture_id else "image_id")
+            raise Invalid(
+                f"{ref.key.replace(':', ' ')} is not an unlabelled capture of model {model_id} "
+                f"nor in the pool of dataset {model.dataset_id}",
+                field=field,
+            )
+    before = set(
+        session.scalars(
+            select(ReviewMark.item).where(
+                ReviewMark.model_id == model_id, ReviewMark.item.in_(keys)
+            )
+        )
+    )
+    new = [key for key in keys if key not in before]
+    if new:
+        session.execute(insert(ReviewMark), [{"model_id": model_id, "item": k} for k in new])
+    return len(new)

@@ -1,0 +1,159 @@
+"""The review queue: captured predictions and a dataset's unlabelled pool, ranked by what a
+label is worth, marked unknown, labelled into the dataset as one new version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.ml import review
+from tests.conftest import (
+    Service,
+    colour_images,
+    make_zip,
+    small_model_copy,
+)
+from tests.test_unknowns import strangers
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A copy of the small model's service with six captured predictions."""
+    service, state = small_model_copy(tmp_path_factory)
+    model_id = state["job"]["model_id"]
+    policy = service.client.put(f"/models/{model_id}/capture", json={"rate": 1.0})
+    assert policy.status_code == 200, policy.text
+    sent = [*colour_images(per_class=1, seed=5).values()]
+    images = [data for row in sent for data in row] + strangers(3)
+    files = [("files", (f"sent-{n}.png", data, "image/png")) for n, data in enumerate(images)]
+    answer = service.client.post("/predict", data={"model_id": model_id}, files=files)
+    assert answer.status_code == 200, answer.text
+    service.client.app.state.monitoring.recorder.drain()
+    assert service.client.delete(f"/models/{model_id}/capture").status_code == 204
+    yield {"service": service, "model_id": model_id, "dataset_id": state["dataset"]["id"]}
+    service.close()
+
+
+def queue(service: Service, model_id: str, limit: int = 100) -> dict[str, Any]:
+    answer = service.client.get(f"/models/{model_id}/review", params={"limit": limit})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
+    reviewed: dict[str, Any],
+) -> None:
+    service, model_id, dataset_id = (reviewed[key] for key in ("service", "model_id", "dataset_id"))
+    training_image = colour_images(per_class=4)["red"][0]
+    pool = make_zip(
+        {
+            f"batch/{n}.png": data
+            for n, data in enumerate(colour_images(per_class=2, seed=11)["green"])
+        }
+        | {"IMG_1.png": strangers(1, seed=8)[0], "dup.png": training_image, "notes.txt": b"x"}
+    )
+    added = service.client.post(
+        f"/datasets/{dataset_id}/pool", files={"file": ("pool.zip", pool, "application/zip")}
+    )
+    assert added.status_code == 200, added.text
+    assert (added.json()["added"], added.json()["pool"]) == (3, 3)
+    assert {row["path"] for row in added.json()["skipped"]} == {"dup.png", "notes.txt"}
+    before = service.client.get(f"/datasets/{dataset_id}").json()
+
+    whole = queue(service, model_id)
+    assert whole["features"] == "backbone" and whole["candidates"] == {"captures": 6, "pool": 3}
+    listed = whole["items"] + whole["unknowns"]
+    assert len(listed) == 9 and whole["labelled_since_model"] == 0
+    captures = {
+        row["id"]: row
+        for row in service.client.get(f"/models/{model_id}/captures", params={"limit": 50}).json()
+    }
+    kept = [service.client.get(item["image_url"]).content for item in listed]
+    files = [("files", (f"{n}.img", data)) for n, data in enumerate(kept)]
+    served = service.client.post("/predict", data={"model_id": model_id}, files=files).json()
+    for item, answer in zip(listed, served["predictions"], strict=True):
+        # Scored as /predict scores the image kept (a capture keeps a smaller JPEG).
+        assert item["suggestion"] == answer["top"][0]["label"]
+        assert item["score"] == pytest.approx(answer["top"][0]["score"], abs=1e-5)
+        assert item["ood_score"] == pytest.approx(answer["ood_score"], rel=1e-4)
+        if item["capture_id"] is not None:
+            assert item["filename"] == captures[item["capture_id"]]["filename"]
+    assert whole["items"][0]["margin"] == min(item["margin"] for item in whole["items"])
+    assert all(item["ood_score"] is not None for item in whole["unknowns"])
+
+    pool_ids = [item["image_id"] for item in listed if item["image_id"] is not None]
+    marks = f"/models/{model_id}/review/marks"
+    marked = service.client.post(marks, json={"unknown": [{"image_id": pool_ids[0]}]})
+    assert marked.json() == {"marked": 1}
+    again = service.client.post(marks, json={"unknown": [{"image_id": pool_ids[0]}]})
+    assert again.json() == {"marked": 0}
+    after = queue(service, model_id)
+    assert after["candidates"] == {"captures": 6, "pool": 2}
+    flagged = [item for item in after["unknowns"] if item["image_id"] == pool_ids[0]]
+    assert flagged[0]["reason"] == "marked unknown by a person"
+    assert pool_ids[0] not in [item["image_id"] for item in after["items"]]
+
+    capture_id = next(item["capture_id"] for item in listed if item["capture_id"])
+    edit = {
+        "label": [
+            {"capture_id": capture_id, "label": "red"},
+            {"image_id": pool_ids[0], "label": "grey"},
+            {"image_id": pool_ids[1], "label": "green"},
+        ]
+    }
+    version = service.client.post(f"/datasets/{dataset_id}/edits", json=edit)
+    assert version.status_code == 201, version.text
+    assert version.json()["message"] == "3 labelled"
+    assert version.json()["num_images"] == before["num_images"] + 3
+    counts = {entry["name"]: entry["count"] for entry in version.json()["classes"]}
+    assert counts["grey"] == 1
+    latest = queue(service, model_id)
+    assert latest["candidates"] == {"captures": 5, "pool": 1}
+    assert latest["labelled_since_model"] == 3
+    assert latest["dataset_version"] == before["version"] + 1
+    assert not [item for item in latest["unknowns"] if item["image_id"] == pool_ids[0]]
+    images = service.client.get(f"/datasets/{dataset_id}/images", params={"label": "red"}).json()
+    assert captures[capture_id]["filename"] in [image["filename"] for image in images]
+
+    twice = service.client.post(f"/datasets/{dataset_id}/edits", json={"label": edit["label"][:1]})
+    assert twice.status_code == 422 and "is already image" in twice.text
+    gone = service.client.post(f"/datasets/{dataset_id}/edits", json={"label": edit["label"][1:2]})
+    assert gone.status_code == 422 and "not in the unlabelled pool" in gone.text
+
+
+def test_bad_review_requests_say_what_is_wrong(reviewed: dict[str, Any]) -> None:
+    service, model_id, dataset_id = (reviewed[key] for key in ("service", "model_id", "dataset_id"))
+    assert service.client.get("/models/m_nope/review").status_code == 404
+    too_many = service.client.get(f"/models/{model_id}/review", params={"limit": 101})
+    assert too_many.status_code == 422 and "limit" in too_many.text
+    marks = f"/models/{model_id}/review/marks"
+    both = service.client.post(marks, json={"unknown": [{"image_id": 1, "capture_id": "c_x"}]})
+    assert both.status_code == 422 and "one of them" in both.text
+    stranger = service.client.post(marks, json={"unknown": [{"capture_id": "c_nope"}]})
+    assert stranger.status_code == 422 and "capture c_nope is not an unlabelled" in stranger.text
+    edits = f"/datasets/{dataset_id}/edits"
+    unknown = service.client.post(edits, json={"label": [{"capture_id": "c_x", "label": "red"}]})
+    assert unknown.status_code == 422 and "no capture 'c_x'" in unknown.text
+    labelled = service.client.post(edits, json={"label": [{"image_id": 1, "label": "red"}]})
+    assert labelled.status_code == 422 and "not in the unlabelled pool" in labelled.text
+    empty = service.client.post(
+        f"/datasets/{dataset_id}/pool", files={"file": ("p.zip", make_zip({"a.txt": b"x"}))}
+    )
+    assert empty.status_code == 400 and "p.zip: the zip holds no image" in empty.text
+
+
+def test_diversity_keeps_near_identical_doubtful_images_from_filling_the_page() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet([1, 1, 1], size=60)
+    features = rng.normal(size=(60, 16))
+    # Ten copies of one doubtful frame, each a little less doubtful than the last.
+    probabilities[:10] = [[0.35 + 0.0005 * n, 0.35, 0.30 - 0.0005 * n] for n in range(10)]
+    features[:10] = features[0] + rng.normal(scale=1e-3, size=(10, 16))
+    by_margin = [pick.index for pick in review.rank(probabilities, features, 8, diverse=False)]
+    diverse = review.rank(probabilities, features, 8)
+    assert sum(index < 10 for index in by_margin) >= 5
+    assert sum(pick.index < 10 for pick in diverse) == 1
+    assert diverse[0].index == by_margin[0] == 0 and diverse[0].distance is None
