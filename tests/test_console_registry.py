@@ -23,7 +23,7 @@ from playwright.sync_api import expect
 
 from service.exports import service as exports
 from tests.browser import LiveService, PageProblems
-from tests.conftest import LIGHT, job_body
+from tests.conftest import LIGHT, colour_images, job_body, make_zip
 from tests.test_console import TIMEOUT_MS, dataset_zip, sign_in
 
 NAME = "colours-net"
@@ -201,6 +201,53 @@ def compare_in_the_console(
     page.screenshot(path=str(folder / "comparison.png"), full_page=True)
 
 
+def review_in_the_console(page: Any, live: LiveService, model_id: str, folder: Path) -> None:
+    """The Review page from the keyboard: images captured from /predict and a zip added to
+    the pool, one labelled with key 1, one marked unknown with u, the rest accepted and saved
+    with one click: one new dataset version, as the API then lists."""
+    with live.client() as client:
+        assert client.put(f"/models/{model_id}/capture", json={"rate": 1.0}).status_code == 200
+        sent = [d for row in colour_images(per_class=1, seed=21).values() for d in row]
+        files = [("files", (f"sent-{n}.png", data, "image/png")) for n, data in enumerate(sent)]
+        assert client.post("/predict", data={"model_id": model_id}, files=files).is_success
+        deadline = time.monotonic() + 30
+        while len(client.get(f"/models/{model_id}/captures").json()) < len(sent):
+            assert time.monotonic() < deadline, "the captures were not stored"
+            time.sleep(0.1)
+        dataset_id = client.get(f"/models/{model_id}").json()["dataset_id"]
+        before = client.get(f"/datasets/{dataset_id}").json()["version"]
+    page.goto(f"{live.url}/console/models/{model_id}")
+    page.get_by_role("link", name="Review what it doubts and label it").click()
+    pool = {f"new/{n}.png": d for n, d in enumerate(colour_images(per_class=1, seed=22)["red"])}
+    page.set_input_files(
+        "#pool-file",
+        files=[{"name": "pool.zip", "mimeType": "application/zip", "buffer": make_zip(pool)}],
+    )
+    page.get_by_role("button", name="Add to the pool").click()
+    cards = page.locator(".review-item")
+    expect(cards).to_have_count(len(sent) + len(pool), timeout=TIMEOUT_MS)
+    keys = [cards.nth(n).get_attribute("data-key") for n in range(cards.count())]
+    grid = page.locator("#review-grid .review-item")
+    in_grid = {grid.nth(n).get_attribute("data-key") for n in range(grid.count())}
+    # Key 1 labels the first card, u marks the second, the button accepts the grid's others.
+    labelled = {keys[0]} | (in_grid - {keys[0], keys[1]})
+    page.keyboard.press("1")
+    page.keyboard.press("u")
+    expect(page.locator("#review-pending")).to_have_text("2")
+    page.screenshot(path=str(folder / "review.png"), full_page=True)
+    page.get_by_role("button", name="Accept every suggestion and save").click()
+    expect(page.locator("#review-labelled")).not_to_have_text("0", timeout=TIMEOUT_MS)
+    with live.client() as client:
+        version = client.get(f"/datasets/{dataset_id}").json()["version"]
+        queue = client.get(f"/models/{model_id}/review").json()
+    assert version == before + 1
+    expect(page.locator("#review-labelled")).to_have_text(str(queue["labelled_since_model"]))
+    assert queue["labelled_since_model"] == len(labelled)
+    marked = [item for item in queue["unknowns"] if item["reason"].startswith("marked")]
+    kind, _, value = str(keys[1]).partition(":")
+    assert [str(item[f"{kind}_id"]) for item in marked] == [value]
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_exports_and_aliases_in_a_browser(
@@ -219,6 +266,7 @@ def test_exports_and_aliases_in_a_browser(
     refused_delete(page, live, model_ids[0])
     move_and_remove(page, live)
     compare_in_the_console(page, live, model_ids, screenshots)
+    review_in_the_console(page, live, model_ids[1], screenshots)
     problems.check()
     page.close()  # its event streams too, so the server stops at once
 

@@ -3,6 +3,7 @@ label is worth, marked unknown, labelled into the dataset as one new version."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,3 +158,39 @@ def test_diversity_keeps_near_identical_doubtful_images_from_filling_the_page() 
     assert sum(index < 10 for index in by_margin) >= 5
     assert sum(pick.index < 10 for pick in diverse) == 1
     assert diverse[0].index == by_margin[0] == 0 and diverse[0].distance is None
+
+
+def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
+    reviewed: dict[str, Any],
+) -> None:
+    service, model_id, dataset_id = (reviewed[key] for key in ("service", "model_id", "dataset_id"))
+    client = service.client
+    listed = queue(service, model_id, limit=50)
+    page = client.get(f"/console/models/{model_id}/review")
+    assert page.status_code == 200, page.text
+    keys = re.findall(r'data-key="([^"]+)"', page.text)
+    expected = [
+        f"capture:{item['capture_id']}" if item["capture_id"] else f"image:{item['image_id']}"
+        for item in listed["items"] + listed["unknowns"]
+    ]
+    assert keys == expected and len(keys) >= 2
+    assert f'<strong id="review-labelled">{listed["labelled_since_model"]}</strong>' in page.text
+
+    save = f"/console/models/{model_id}/review"
+    htmx = {"HX-Request": "true"}
+    nothing = client.post(save, data={}, headers=htmx)
+    assert nothing.status_code == 422 and "label or mark at least one image" in nothing.text
+    forged = client.post(save, data={"item": "image:x", "label": "red"}, headers=htmx)
+    assert forged.status_code == 422 and "names no image of the review" in forged.text
+    before = client.get(f"/datasets/{dataset_id}").json()["version"]
+    done = client.post(
+        save, data={"item": [keys[0]], "label": ["blue"], "unknown": [keys[1]]}, headers=htmx
+    )
+    assert done.status_code == 204 and done.headers["HX-Redirect"] == save
+    version = client.get(f"/datasets/{dataset_id}/versions/{before + 1}").json()
+    assert version["message"].startswith("labelled on the review page of")
+    after = queue(service, model_id, limit=50)
+    marked = [i for i in after["unknowns"] if i["reason"] == "marked unknown by a person"]
+    kind, _, value = keys[1].partition(":")
+    assert any(str(item[f"{kind}_id"]) == value for item in marked)
+    assert after["labelled_since_model"] == listed["labelled_since_model"] + 1

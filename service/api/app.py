@@ -173,7 +173,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
 
 
 # Images added to a dataset (a dataset's upload in parts) or to its unlabelled pool.
-APPEND = re.compile(r"(/console)?/datasets/[^/]+/(images|pool)")
+APPEND = re.compile(r"(/console)?/datasets/[^/]+/(images|pool)|/console/models/[^/]+/review/pool")
 
 
 def body_limit(settings: Settings, path: str) -> int:

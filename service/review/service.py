@@ -66,8 +66,8 @@ class Scored:
 def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
     """The model's queue: up to `limit` images to label, and up to `limit` unknowns."""
     with serving.database.session() as session:
-        model = _reviewed_model(session, model_id)
-        dataset = get_dataset(session, model.dataset_id or "")
+        model, dataset_id = reviewed_model(session, model_id)
+        dataset = get_dataset(session, dataset_id)
         candidates = _candidates(session, model, limit)
         since = 0
         if model.dataset_version is not None:
@@ -75,7 +75,7 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
             since = diff.counts["added"]
         latest = dataset.version
     loaded = serving.model(model_id)
-    scored = _score(serving.database, loaded, model.dataset_id or "", candidates)
+    scored = _score(serving.database, loaded, dataset.id, candidates)
     items, unknowns = _order(scored, loaded, limit)
     return ReviewQueue(
         model_id=model.id,
@@ -94,13 +94,15 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
     )
 
 
-def _reviewed_model(session: Session, model_id: str) -> TrainedModel:
+def reviewed_model(session: Session, model_id: str) -> tuple[TrainedModel, str]:
+    """The model and its dataset's id, where its review's labels go; Conflict when the
+    dataset was deleted."""
     model = get_model(session, model_id)
     if model.dataset_id is None:
         raise Conflict(
             f"model {model_id}'s dataset was deleted: its review has nowhere to put labels"
         )
-    return model
+    return model, model.dataset_id
 
 
 def _candidates(session: Session, model: TrainedModel, limit: int) -> list[Candidate]:
@@ -272,7 +274,7 @@ def mark_unknown(session: Session, model_id: str, refs: list[ImageRef]) -> int:
     """Mark images of the model's review unknown; how many were not marked before. Invalid
     naming the first that is neither an unlabelled capture of the model nor in its dataset's
     pool."""
-    model = _reviewed_model(session, model_id)
+    model, _ = reviewed_model(session, model_id)
     keys = list(dict.fromkeys(ref.key for ref in refs))
     present = _filenames(session, model, keys)
     for number, ref in enumerate(refs):

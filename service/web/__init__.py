@@ -16,6 +16,7 @@ from service.web import (
     model_pages,
     monitoring_pages,
     prediction_pages,
+    review_pages,
     session_pages,
 )
 from service.web.render import LoginRequired, login_redirect, page
@@ -42,6 +43,7 @@ PAGE_MODULES = (
     model_pages,
     monitoring_pages,
     prediction_pages,
+    review_pages,
     comparison_pages,
 )
 

@@ -440,6 +440,92 @@ function followJob(section) {
   window.addEventListener("pagehide", () => stream.close());
 }
 
+// -- the Review page: label a model's queue from the keyboard ---------------------------------
+
+// Decisions stay in the page until saved: a label per image, or "unknown". One POST saves
+// them all as one edit of the dataset (and the marks), and the next page of the queue loads.
+function setUpReview(section) {
+  const classes = JSON.parse(section.dataset.classes);
+  const cards = () => [...section.querySelectorAll(".review-item")];
+  const typed = document.getElementById("review-type");
+  const decisions = new Map();
+  let cursor = 0;
+  const show = (card) => {
+    const decided = decisions.get(card.dataset.key);
+    card.classList.toggle("decided", decided !== undefined);
+    card.querySelector(".decision").textContent =
+      decided === undefined ? "" : decided.unknown ? "unknown" : `→ ${decided.label}`;
+    document.getElementById("review-pending").textContent = decisions.size;
+  };
+  const focus = (index) => {
+    const all = cards();
+    if (!all.length) return;
+    cursor = Math.max(0, Math.min(index, all.length - 1));
+    all.forEach((card, i) => card.classList.toggle("current", i === cursor));
+    all[cursor].focus({ preventScroll: false });
+  };
+  const decide = (decision) => {
+    const card = cards()[cursor];
+    if (!card) return;
+    if (decision === null) decisions.delete(card.dataset.key);
+    else decisions.set(card.dataset.key, decision);
+    show(card);
+    focus(cursor + 1);
+  };
+  const acceptAll = () => {
+    for (const card of section.querySelectorAll("#review-grid .review-item")) {
+      if (!decisions.has(card.dataset.key)) decisions.set(card.dataset.key, { label: card.dataset.suggestion });
+      show(card);
+    }
+  };
+  const save = () => {
+    const body = new FormData();
+    for (const [key, decision] of decisions) {
+      if (decision.unknown) body.append("unknown", key);
+      else { body.append("item", key); body.append("label", decision.label); }
+    }
+    const errors = document.getElementById("review-errors");
+    fetch(section.dataset.save, { method: "POST", body, headers: csrf() }).then(async (answer) => {
+      const next = answer.headers.get("HX-Redirect");
+      if (answer.status === 204 && next) { window.location.assign(next); return; }
+      const text = new DOMParser().parseFromString(await answer.text(), "text/html").body.textContent.trim();
+      showError(errors, text || `Saving failed (${answer.status}).`);
+    }, () => showError(errors, "The labels could not reach the service."));
+  };
+  section.addEventListener("click", (event) => {
+    const card = event.target.closest(".review-item");
+    if (card) focus(cards().indexOf(card));
+  });
+  typed.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && typed.value.trim()) {
+      event.preventDefault();
+      decide({ label: typed.value.trim() });
+      typed.value = "";
+    } else if (event.key === "Escape") {
+      typed.value = "";
+      focus(cursor);
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.target.matches("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
+    const digit = Number.parseInt(event.key, 10);
+    if (digit >= 1 && digit <= Math.min(9, classes.length)) decide({ label: classes[digit - 1] });
+    else if (event.key === "s") decide(null);
+    else if (event.key === "u") decide({ unknown: true });
+    else if (event.key === "a") acceptAll();
+    else if (event.key === "w") save();
+    else if (event.key === "ArrowRight") focus(cursor + 1);
+    else if (event.key === "ArrowLeft") focus(cursor - 1);
+    else if (event.key === "/") typed.focus();
+    else return;
+    event.preventDefault();
+  });
+  document.getElementById("review-accept").addEventListener("click", acceptAll);
+  document.getElementById("review-save").addEventListener("click", save);
+  document.getElementById("review-accept-save").addEventListener("click", () => { acceptAll(); save(); });
+  focus(0);
+}
+
 function showHistory(script) {
   const charts = makeCharts();
   JSON.parse(script.textContent).forEach((row) => charts.add(row));
@@ -458,6 +544,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (editForm) setUpImageGrid(editForm);
   const live = document.getElementById("live");
   if (live) followJob(live);
+  const review = document.getElementById("review");
+  if (review) setUpReview(review);
   const history = document.getElementById("history-data");
   if (history) showHistory(history);
   // Fragments answered with an error status still carry a message for the person (501: what
