@@ -4,6 +4,7 @@ the next version of its name, its parent recorded."""
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from service.storage.tables import TrainedModel
+from service.ml.build import build_network
+from service.ml.heads import HeadWeights, head_bytes, read_head, warm_head
+from service.storage.tables import ModelHead, TrainedModel
+from service.training.spec import JobSpec
 from tests.conftest import (
     LIGHT,
     Service,
@@ -61,7 +65,10 @@ def test_bad_retrain_requests_say_what_is_wrong(service: Service) -> None:
 
 
 @pytest.mark.slow
-def test_a_retrained_model_starts_from_its_parents_backbone(tmp_path: Path) -> None:
+def test_a_retrained_model_starts_from_its_parents_backbone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.worker")
     service = Service(make_settings(tmp_path))
     try:
         dataset = service.upload(colour_images(per_class=4))
@@ -95,6 +102,10 @@ def test_a_retrained_model_starts_from_its_parents_backbone(tmp_path: Path) -> N
         assert theirs.keys() == ours.keys()
         for name, values in theirs.items():
             assert np.array_equal(values, ours[name]), name
+        # The head started from the parent's (its columns: test_a_warm_head_keeps_…).
+        carried = f"head started from model {parent['id']}'s (3 of 3 classes carried over)"
+        assert carried in caplog.text
+        assert stored_head(service, child_id).classes == ["blue", "green", "red"]
 
         # The console: the child names its parent; the parent's page retrains (here from the
         # weights its own job began with: the box unticked), as the API does.
@@ -139,3 +150,28 @@ def backbone_arrays(service: Service, model_id: str) -> dict[str, np.ndarray]:
         )
     assert arrays
     return arrays
+
+
+def stored_head(service: Service, model_id: str) -> HeadWeights:
+    with service.database.session() as session:
+        return read_head(session.get(ModelHead, model_id).weights)
+
+
+def test_a_warm_head_keeps_each_class_column_by_name() -> None:
+    """A retrain's head starts from its parent's: the classes both know keep their columns
+    wherever they moved, a new class starts fresh, hidden layers carry over."""
+    spec = JobSpec.model_validate(job_body("d_x", backbone=LIGHT, head={"dense": [8]}))
+    parent, child = build_network(spec, 3, None), build_network(spec, 4, None)
+    fresh = child.head_layers[-1].get_weights()[0].copy()
+    saved = read_head(head_bytes(parent, ["blue", "green", "red"]))
+    assert warm_head(child, saved, ["red", "grey", "blue", "green"]) == 3
+    old, new = (network.head_layers[-1].get_weights() for network in (parent, child))
+    for j, i in ((0, 2), (2, 0), (3, 1)):
+        assert np.array_equal(new[0][:, j], old[0][:, i]) and new[1][j] == old[1][i]
+    assert np.array_equal(new[0][:, 1], fresh[:, 1])  # "grey" is new
+    hidden = [network.head_layers[1].get_weights()[0] for network in (parent, child)]
+    assert np.array_equal(*hidden)
+    wider = build_network(
+        JobSpec.model_validate({**spec.model_dump(), "head": {"dense": [16]}}), 3, None
+    )
+    assert warm_head(wider, saved, ["blue", "green", "red"]) == 0  # its input changed shape

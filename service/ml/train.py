@@ -40,6 +40,7 @@ from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.drift import Snapshot, snapshot
 from service.ml.evaluate import evaluate
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
+from service.ml.heads import HeadWeights, warm_head
 from service.ml.pipeline import Epochs, Splits, prepare_splits
 from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
 from service.training.spec import JobSpec, Stage, TrainingSpec
@@ -79,6 +80,8 @@ class TrainingResult:
     replicas: int = 1  # devices the model trained on at once (MirroredStrategy)
     # The unknown-input score fitted on the final model's features (service/ml/unknowns.py).
     unknowns: UnknownDetector | None = None
+    # With an initial head (a retrain's warm start): the classes whose column it gave.
+    head_classes_carried: int | None = None
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -114,6 +117,7 @@ def train(
     feature_store: FeatureStore | None = None,
     checkpoint_dir: Path | None = None,
     devices: Sequence[str] | None = None,
+    initial_head: HeadWeights | None = None,
 ) -> TrainingResult:
     """Train as the Keras transfer-learning guide does, everything fixed by the job's seed.
 
@@ -136,13 +140,23 @@ def train(
     its optimizer and early stopping as they were. Each epoch's order depends on the seed
     and the epoch alone, so a resumed job ends where an uninterrupted one would.
 
+    With `initial_head` (a retrain's warm start) the head starts from those weights: each
+    class's column where the class is kept (`service.ml.heads.warm_head`).
+
     Raises TrainingStopped if the observer stopped it.
     """
     keras.utils.set_random_seed(spec.training.seed)
     strategy = distribution(devices)
     with strategy.scope():
         result = _train_in_scope(
-            spec, data, observer, backbone_weights, feature_cache, feature_store, checkpoint_dir
+            spec,
+            data,
+            observer,
+            backbone_weights,
+            feature_cache,
+            feature_store,
+            checkpoint_dir,
+            initial_head,
         )
     result.replicas = strategy.num_replicas_in_sync
     return result
@@ -176,6 +190,7 @@ def _train_in_scope(
     feature_cache: bool,
     feature_store: FeatureStore | None,
     checkpoint_dir: Path | None,
+    initial_head: HeadWeights | None,
 ) -> TrainingResult:
     splits = prepare_splits(spec, data)
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
@@ -188,6 +203,7 @@ def _train_in_scope(
     finally:
         keras.mixed_precision.set_global_policy(previous)
     initial_weights = snapshot(network.backbone) if spec.backbone.pretrained else None
+    carried = warm_head(network, initial_head, data.classes) if initial_head else None
     seconds["build"] = time.perf_counter() - clock
     frozen = _FrozenFeatures(spec, splits, observer, feature_store, data.ids, seconds)
     saver = None
@@ -223,6 +239,7 @@ def _train_in_scope(
         features=frozen.features,
         features_reused=frozen.reused,
         unknowns=unknowns,
+        head_classes_carried=carried,
     )
 
 

@@ -327,6 +327,18 @@ class TrainedModel(Base):
     job: Mapped[Job | None] = relationship(back_populates="model", lazy="raise")
 
 
+class ModelHead(Base):
+    """A model's head weights and the classes of its columns (service/ml/heads.py): what a
+    retrain warm-starts its head from. A table of its own for the reason ModelLineage is."""
+
+    __tablename__ = "model_heads"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ModelLayer(Base):
     __tablename__ = "model_layers"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
 from service import jobs
@@ -31,6 +32,7 @@ from service.storage.feature_store import DatabaseFeatureStore
 from service.storage.tables import (
     WEIGHTS_SOURCES,
     DatasetImage,
+    ModelHead,
     ModelLayer,
     ModelLineage,
     TrainedModel,
@@ -40,6 +42,7 @@ from service.training.service import check_references, weights_source
 from service.training.spec import JobSpec
 
 if TYPE_CHECKING:  # TensorFlow: imported by the task when it runs, not by its importers
+    from service.ml.heads import HeadWeights
     from service.ml.train import TrainingResult
 
 log = logging.getLogger("service.worker")
@@ -52,6 +55,7 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     from service.ml import export
     from service.ml.build import describe_layers, parameter_counts
     from service.ml.drift import with_drift
+    from service.ml.heads import head_bytes
     from service.ml.train import train as fit
 
     claim, db = context.claim, context.db
@@ -67,9 +71,18 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
             backbone_weights=weights,
             feature_store=store,
             checkpoint_dir=saved,
+            initial_head=parent_head(db, spec),
         )
     if result.replicas > 1:
         log.info("job %s trained on %d replicas", claim.job_id, result.replicas)
+    if result.head_classes_carried is not None:
+        log.info(
+            "job %s: head started from model %s's (%d of %d classes carried over)",
+            claim.job_id,
+            spec.parent_model_id,
+            result.head_classes_carried,
+            len(data.classes),
+        )
     model = result.network.model
     trainable, non_trainable = parameter_counts(model)
     # The temperature fitted on the validation split, folded into the exported graph.
@@ -97,7 +110,12 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
     review = _review_of_training(claim, spec, data, result)
     save = store_model(
-        stored, layers, review, dataset_version=spec.dataset_version, parent=spec.parent_model_id
+        stored,
+        layers,
+        review,
+        dataset_version=spec.dataset_version,
+        parent=spec.parent_model_id,
+        head=head_bytes(result.network, data.classes),
     )
     return Outcome(save, f"model {stored.id}")
 
@@ -124,10 +142,12 @@ def store_model(
     *,
     dataset_version: int | None = None,
     parent: str | None = None,
+    head: bytes | None = None,
 ) -> Callable[[Session], None]:
     """What a training job's success stores: the model numbered as the next version of its
     name, its layers, the version of the dataset it learnt from and the model it retrains
-    (its lineage), and the dataset's label review if the job made one."""
+    (its lineage), its head's weights (what a retrain starts from), and the dataset's label
+    review if the job made one."""
 
     def store(session: Session) -> None:
         model.version = next_version(session, model.name)
@@ -140,10 +160,25 @@ def store_model(
                     model_id=model.id, dataset_version=dataset_version, parent_model_id=parent
                 )
             )
+        if head is not None:
+            session.add(ModelHead(model_id=model.id, weights=head))
         if model.dataset_id is not None and label_review is not None:
             set_label_review(session, model.dataset_id, label_review)
 
     return store
+
+
+def parent_head(db: Database, spec: JobSpec) -> HeadWeights | None:
+    """The head a retrain starts from: its parent's, when it starts from the parent's
+    backbone too (a warm start; a head alone on another backbone would mean nothing)."""
+    from service.ml.heads import read_head
+
+    parent = spec.parent_model_id
+    if parent is None or spec.backbone.weights != f"model:{parent}":
+        return None
+    with db.session() as session:
+        blob = session.scalar(select(ModelHead.weights).where(ModelHead.model_id == parent))
+    return read_head(blob) if blob is not None else None
 
 
 def _resume_point(context: JobContext, spec: JobSpec, data: LabelledImages) -> Path:
