@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from service.ml import review
+from service.storage.tables import ReviewMark
 from tests.conftest import (
     Service,
     colour_images,
+    count_rows,
     make_zip,
     small_model_copy,
 )
@@ -116,6 +118,7 @@ def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
     assert latest["labelled_since_model"] == 3
     assert latest["dataset_version"] == before["version"] + 1
     assert not [item for item in latest["unknowns"] if item["image_id"] == pool_ids[0]]
+    assert count_rows(service, ReviewMark) == 0  # its mark went with the label
     images = service.client.get(f"/datasets/{dataset_id}/images", params={"label": "red"}).json()
     assert captures[capture_id]["filename"] in [image["filename"] for image in images]
 

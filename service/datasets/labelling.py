@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
@@ -20,7 +20,13 @@ from service.datasets.pool import in_pool
 from service.datasets.service import HASH_CHUNK, image_row
 from service.datasets.spec import MAX_LABELLED_CAPTURES, LabelImage
 from service.problems import Invalid
-from service.storage.tables import Capture, DatasetImage, LabelledCapture, VersionImage
+from service.storage.tables import (
+    Capture,
+    DatasetImage,
+    LabelledCapture,
+    ReviewMark,
+    VersionImage,
+)
 
 Field = tuple[str | int, ...]
 
@@ -103,6 +109,12 @@ def add_labelled(session: Session, dataset_id: str, version_id: int, labelling: 
     for start in range(0, len(rows), versions.CHUNK):
         session.execute(insert(VersionImage), rows[start : start + versions.CHUNK])
     versions.leave_pool(session, list(labelling.pool))
+    # Labelled, an image marked unknown on a review page is no longer any queue's business.
+    keys = [f"image:{i}" for i in labelling.pool] + [f"capture:{c}" for c in labelling.captures]
+    for start in range(0, len(keys), versions.CHUNK):
+        session.execute(
+            delete(ReviewMark).where(ReviewMark.item.in_(keys[start : start + versions.CHUNK]))
+        )
 
 
 def _store_captures(
