@@ -69,6 +69,9 @@ def upload_memory(output: str) -> None:
 
 
 PRINTS: dict[str, Callable[[str], None]] = {
+    "active.py": json_line(
+        "active", "queue_labels_median", "margin_labels_median", "warm_retrain_s"
+    ),
     "advice.py": ratios("advice_s_per_1000", "advice_ratio", "cached_ratio"),
     "batch.py": ratios("throughput_ratio", "cold_throughput_ratio"),
     "compare.py": json_line("compare", "coverage_min", "promoted_not_better_max"),
