@@ -141,7 +141,7 @@ def test_a_refused_edit_says_what_the_api_says_and_changes_nothing(service: Serv
 
     nothing = client.post(edits, data={"base_version": "1", "action": "delete"}, headers=HTMX)
     assert nothing.status_code == 422
-    assert "an edit relabels or deletes at least one image" in text(nothing)
+    assert "an edit relabels, deletes or labels at least one image" in text(nothing)
     whole = {"base_version": "1", "action": "delete", "image": [str(i) for i in ids[:6]]}
     too_much = client.post(edits, data=whole, headers=HTMX)  # blue and green gone: one class
     assert too_much.status_code == 422 and "at least 2" in text(too_much)

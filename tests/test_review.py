@@ -9,15 +9,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from service.ml import review
-from service.storage.tables import ReviewMark
+from service.storage.tables import Capture, PoolImage, ReviewMark, new_id
 from tests.conftest import (
     Service,
     colour_images,
     count_rows,
     make_zip,
     small_model_copy,
+    stored_model,
 )
 from tests.test_unknowns import strangers
 
@@ -197,3 +199,47 @@ def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
     kind, _, value = keys[1].partition(":")
     assert any(str(item[f"{kind}_id"]) == value for item in marked)
     assert after["labelled_since_model"] == listed["labelled_since_model"] + 1
+
+
+@pytest.mark.any_database
+def test_the_pool_captures_and_marks_on_every_database(service: Service) -> None:
+    """The labelling loop's writes, without a model to score them: the pool, a capture
+    labelled into the dataset, marks, on SQLite and PostgreSQL alike."""
+    dataset = service.upload(colour_images(per_class=2))
+    pool = make_zip({f"{n}.png": d for n, d in enumerate(colour_images(1, seed=4)["red"])})
+    added = service.client.post(f"/datasets/{dataset['id']}/pool", files={"file": ("p.zip", pool)})
+    assert added.status_code == 200 and added.json()["pool"] == 1, added.text
+    model = stored_model(None, dataset_id=dataset["id"])
+    capture = Capture(
+        id=new_id("c"),
+        model_id=model.id,
+        filename="door-cam.png",
+        label="red",
+        score=0.6,
+        margin=0.2,
+        scores=[0.6, 0.4],
+        media_type="image/png",
+        width=40,
+        height=40,
+        image=colour_images(1, seed=5)["blue"][0],
+    )
+    with service.database.session(write=True) as session:
+        session.add(model)
+        session.flush()
+        session.add(capture)
+    pooled = service.client.get(f"/datasets/{dataset['id']}/images").json()
+    assert len(pooled) == dataset["num_images"]  # the pool is in no version
+    with service.database.session() as session:
+        image_id = session.scalar(select(PoolImage.image_id))
+    marks = f"/models/{model.id}/review/marks"
+    both = [{"image_id": image_id}, {"capture_id": capture.id}]
+    assert service.client.post(marks, json={"unknown": both}).json() == {"marked": 2}
+    labels = [{"image_id": image_id, "label": "red"}, {"capture_id": capture.id, "label": "blue"}]
+    edit = service.client.post(f"/datasets/{dataset['id']}/edits", json={"label": labels})
+    assert edit.status_code == 201, edit.text
+    assert edit.json()["num_images"] == dataset["num_images"] + 2
+    assert count_rows(service, ReviewMark) == count_rows(service, PoolImage) == 0
+    images = service.client.get(f"/datasets/{dataset['id']}/images", params={"label": "blue"})
+    assert "door-cam.png" in [image["filename"] for image in images.json()]
+    again = service.client.post(f"/datasets/{dataset['id']}/edits", json={"label": labels[1:]})
+    assert again.status_code == 422 and "is already image" in again.text

@@ -29,13 +29,12 @@ def export_savedmodel(
       `method` ("cam" or "grad-cam"; see `service.ml.explain`).
     - `unknowns`, with a fitted detector: the same pixels → `probabilities` (as `serve`
       gives them), `ood_score` [batch] and `unknown` [batch] (past the fitted threshold;
-      see `service.ml.unknowns`). The variable collection `unknown_thresholds` holds the
-      validation scores at 1001 evenly spaced quantile levels, the unknown_rate fitted for
-      and the number of validation images, from which the threshold for any other rate is
-      read.
-    - `features`: the same pixels → `features` [batch, channels] (the backbone's final
-      feature map averaged over its cells) and `unknowns`' outputs (`probabilities` alone
-      without a detector), in one pass: what the review queue ranks by.
+      see `service.ml.unknowns`), and `features` [batch, channels] (the backbone's final
+      feature map averaged over its cells: what the review queue measures likeness by).
+      The variable collection `unknown_thresholds` holds the validation scores at 1001
+      evenly spaced quantile levels, the unknown_rate fitted for and the number of
+      validation images, from which the threshold for any other rate is read.
+    - `features`, without a detector: the same pixels → `features` and `probabilities`.
     """
     with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
         directory = Path(scratch) / "savedmodel"
@@ -77,19 +76,19 @@ def write_savedmodel(
     endpoints = {
         "serve": (serve_function(forward, temperature), [pixels]),
         "explain": (explain_function(model, forward, temperature), [pixels, classes]),
-        "features": (features_function(forward, temperature), [pixels]),
     }
+    # Review's features come with the unknown-input score from one signature: a second one
+    # would store the detector's matrices twice (3 MB of a 14 MB model at 32 px).
     if unknowns is not None:
-        endpoints["unknowns"] = (unknowns_function(forward, temperature, unknowns), [pixels])
-        endpoints["features"] = (
-            unknowns_function(forward, temperature, unknowns, with_features=True),
-            [pixels],
-        )
+        function = unknowns_function(forward, temperature, unknowns, with_features=True)
+        endpoints["unknowns"] = (function, [pixels])
         root.unknown_thresholds = [
             tf.Variable(unknowns.quantiles.astype("float64"), trainable=False),
             tf.Variable(unknowns.unknown_rate, dtype="float64", trainable=False),
             tf.Variable(unknowns.report["images"], dtype="int64", trainable=False),
         ]
+    else:
+        endpoints["features"] = (features_function(forward, temperature), [pixels])
     signatures = {}
     for name, (function, specs) in endpoints.items():
         signatures[name] = tf.function(function, input_signature=specs, autograph=False)

@@ -85,7 +85,7 @@ class LoadedModel:
     # With an `unknowns` signature: `serve` answers each image's probabilities followed by its
     # ood_score (one more column), thresholded by these.
     unknowns: UnknownThresholds | None = None
-    # The `features` signature (service/ml/export.py); None for a model stored before it.
+    # What answers features (`_features_signature`); None for a model stored before them.
     features: Callable[[Any], Any] | None = None
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
@@ -231,7 +231,7 @@ class ModelCache:
             input_size=source.input_size,
             serve=frozen or _keep_alive(loaded, serve),
             explain=_keep_alive(loaded, loaded.explain) if hasattr(loaded, "explain") else None,
-            features=_keep_alive(loaded, loaded.features) if hasattr(loaded, "features") else None,
+            features=_features_signature(loaded),
             frozen=frozen is not None,
             unknowns=unknowns,
         )
@@ -260,6 +260,15 @@ def _serve_and_thresholds(loaded: Any, input_size: int) -> tuple[Any, UnknownThr
 
     quantiles, rate, images = (variable.numpy() for variable in loaded.unknown_thresholds)
     return serve, UnknownThresholds(quantiles.astype(np.float64), float(rate), int(images))
+
+
+def _features_signature(loaded: Any) -> Callable[..., Any] | None:
+    """What answers `features` (service/ml/export.py): `unknowns` where it carries them, else
+    the `features` signature; None for a model stored before either did."""
+    if hasattr(loaded, "unknowns"):
+        outputs = loaded.signatures["unknowns"].structured_outputs
+        return _keep_alive(loaded, loaded.unknowns) if "features" in outputs else None
+    return _keep_alive(loaded, loaded.features) if hasattr(loaded, "features") else None
 
 
 def _keep_alive(owner: Any, function: Callable[..., Any]) -> Callable[..., Any]:

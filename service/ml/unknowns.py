@@ -229,8 +229,8 @@ def unknowns_function(
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The `unknowns` signature: pixels → `probabilities` (as `serve` gives them), `ood_score`
     and `unknown` (past the threshold fitted for the training's unknown_rate); with
-    `with_features`, the `features` signature's too, from the same pass. `forward` is a Tap
-    (`depths=True`) of the model, or the function tracing it."""
+    `with_features`, the backbone's pooled `features` too (`features_function`'s), from the
+    same pass. `forward` is a Tap (`depths=True`) of the model, or the function tracing it."""
     constants = [
         (
             tf.constant(d.offset, tf.float32),
