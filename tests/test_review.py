@@ -201,7 +201,6 @@ def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
     assert after["labelled_since_model"] == listed["labelled_since_model"] + 1
 
 
-@pytest.mark.any_database
 def test_the_pool_captures_and_marks_on_every_database(service: Service) -> None:
     """The labelling loop's writes, without a model to score them: the pool, a capture
     labelled into the dataset, marks, on SQLite and PostgreSQL alike."""
