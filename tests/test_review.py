@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from service.ml import review
+from service.review.scores import SCORES
 from service.storage.tables import Capture, PoolImage, ReviewMark, new_id
 from tests.conftest import (
     Service,
@@ -68,8 +69,12 @@ def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
     assert {row["path"] for row in added.json()["skipped"]} == {"dup.png", "notes.txt"}
     before = service.client.get(f"/datasets/{dataset_id}").json()
 
+    misses = SCORES.misses
     whole = queue(service, model_id)
     assert whole["features"] == "backbone" and whole["candidates"] == {"captures": 6, "pool": 3}
+    hits = SCORES.hits
+    assert queue(service, model_id) == whole  # the second time, from the model's answers kept
+    assert (SCORES.hits - hits, SCORES.misses - misses) == (9, 9)
     listed = whole["items"] + whole["unknowns"]
     assert len(listed) == 9 and whole["labelled_since_model"] == 0
     captures = {

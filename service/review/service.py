@@ -2,10 +2,10 @@
 
 Candidates are the model's newest captured predictions not yet labelled into its dataset and
 the newest images of the dataset's unlabelled pool, MAX_CANDIDATES of each. The served model
-scores them in chunks (its `features` signature: features, probabilities and ood_score in
-one pass), so memory stays one chunk of images whatever their size. Those past the model's
-unknown threshold, and those a person marked unknown, are listed apart; the others are
-ranked by service/ml/review.py. The API and the console both call `review_queue`.
+scores them in chunks (features, probabilities and ood_score in one pass), so memory stays
+one chunk of images whatever their size; its answers are remembered (scores.py). Those past
+the model's unknown threshold, and those a person marked unknown, are listed apart; the
+others are ranked by service/ml/review.py. The API and the console both call `review_queue`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from service.models.service import get_model
 from service.predictions.serving import Serving
 from service.problems import Conflict, Invalid
 from service.review.schemas import ReviewItem, ReviewQueue
+from service.review.scores import SCORES, ItemScore
 from service.storage.db import Database
 from service.storage.tables import (
     Capture,
@@ -37,7 +38,8 @@ from service.storage.tables import (
 )
 
 # Unlabelled captures looked at, and as many pool images: the newest. Each costs one pass of
-# the model per request (about 10 ms at 224 px on a CPU core).
+# the model the first time (400 at 224 px: about 6 s on a 2-core CPU), then none
+# (service/review/scores.py).
 MAX_CANDIDATES = 200
 CHUNK = 32  # images decoded and scored at a time
 
@@ -169,31 +171,58 @@ def _filenames(session: Session, model: TrainedModel, keys: list[str]) -> dict[s
 def _score(
     database: Database, loaded: LoadedModel, dataset_id: str, candidates: list[Candidate]
 ) -> Scored:
-    """Every candidate that still decodes, through the model a chunk at a time."""
-    kept: list[Candidate] = []
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    """Every candidate that still decodes, as the model answers it: remembered answers
+    (service/review/scores.py), the others through the model a chunk at a time."""
+    scores: dict[str, ItemScore] = {}
+    missing = []
+    for candidate in candidates:
+        remembered = SCORES.get(loaded.model_id, candidate.key)
+        if remembered is None:
+            missing.append(candidate)
+        else:
+            scores[candidate.key] = remembered
+    for start in range(0, len(missing), CHUNK):
+        scores |= _fresh_scores(database, loaded, dataset_id, missing[start : start + CHUNK])
+    kept = [candidate for candidate in candidates if candidate.key in scores]
+    rows = [scores[candidate.key] for candidate in kept]
     from_backbone = loaded.features is not None
-    for start in range(0, len(candidates), CHUNK):
-        chunk = candidates[start : start + CHUNK]
-        with database.session() as session:
-            data = _bytes(session, dataset_id, chunk)
-        pixels, decoded = [], []
-        for candidate in chunk:
-            try:
-                pixels.append(to_pixels(data[candidate.key], loaded.input_size))
-            except (KeyError, UndecodableImage):
-                continue  # labelled, expired or deleted since it was listed; or undecodable
-            decoded.append(candidate)
-        if decoded:
-            answer = loaded.features_and_scores(np.stack(pixels))
-            parts.append((answer.features, answer.probabilities, answer.ood_scores))
-            kept += decoded
-    if not parts:
+    if not rows:
         empty = np.zeros((0, len(loaded.classes)))
         return Scored([], empty, empty, None, from_backbone)
-    ood = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])  # type: ignore[misc]
-    features = np.concatenate([p[0] for p in parts])
-    return Scored(kept, features, np.concatenate([p[1] for p in parts]), ood, from_backbone)
+    ood = [row.ood_score for row in rows]
+    return Scored(
+        kept,
+        np.stack([row.features for row in rows]).astype(np.float32),
+        np.stack([row.probabilities for row in rows]),
+        None if None in ood else np.array(ood),
+        from_backbone,
+    )
+
+
+def _fresh_scores(
+    database: Database, loaded: LoadedModel, dataset_id: str, chunk: list[Candidate]
+) -> dict[str, ItemScore]:
+    with database.session() as session:
+        data = _bytes(session, dataset_id, chunk)
+    pixels, decoded = [], []
+    for candidate in chunk:
+        try:
+            pixels.append(to_pixels(data[candidate.key], loaded.input_size))
+        except (KeyError, UndecodableImage):
+            continue  # labelled, expired or deleted since it was listed; or undecodable
+        decoded.append(candidate)
+    if not decoded:
+        return {}
+    answer = loaded.features_and_scores(np.stack(pixels))
+    fresh = {}
+    for number, candidate in enumerate(decoded):
+        ood = None if answer.ood_scores is None else float(answer.ood_scores[number])
+        score = ItemScore(
+            answer.features[number].astype(np.float16), answer.probabilities[number], ood
+        )
+        SCORES.put(loaded.model_id, candidate.key, score)
+        fresh[candidate.key] = score
+    return fresh
 
 
 def _bytes(session: Session, dataset_id: str, chunk: list[Candidate]) -> dict[str, bytes]:
