@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     )
 
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
+    warm_models: bool = Field(
+        True,
+        description="At start, load in the background the models registry aliases point to, "
+        "then those this host loaded most recently, up to MODEL_CACHE_SIZE; /readyz answers "
+        '503 "warming" until they are loaded.',
+    )
     batch_predict_size: int = Field(
         32, ge=1, le=1024, description="Images per model call in a batch prediction job."
     )

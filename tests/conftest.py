@@ -169,6 +169,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "lease_seconds": 30,
         "poll_seconds": 0.1,
         "progress_seconds": 0.1,
+        # Off unless a test is about it: a background load would race the tests' own.
+        "warm_models": False,
     }
     return Settings(_env_file=None, **{**values, **overrides})
 

@@ -40,6 +40,7 @@ from service.ml.batching import Batcher
 from service.ml.images import limit_concurrent_decodes
 from service.ml.model_cache import ModelCache
 from service.monitoring.watch import Monitoring
+from service.predictions import warmup
 from service.predictions.serving import Serving
 from service.security import LoginThrottle
 from service.storage.db import open_database
@@ -82,6 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher=app.state.batcher,
             max_images=settings.max_predict_files,
             recheck_seconds=settings.predict_recheck_seconds,
+        )
+        app.state.warmup = (
+            warmup.start(
+                app.state.serving, app.state.model_cache.directory, settings.model_cache_size
+            )
+            if settings.warm_models
+            else warmup.finished()
         )
         try:
             yield

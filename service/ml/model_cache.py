@@ -222,6 +222,7 @@ class ModelCache:
             unpack_archive(archive, scratch)
             scratch.rename(directory)
         loaded = tf.saved_model.load(str(directory))
+        os.utime(directory)  # when it was last loaded: what a restart warms up first
         self.loads += 1
         serve, unknowns = _serve_and_thresholds(loaded, source.input_size)
         frozen = frozen_serve(source.model_id, serve, source.input_size)

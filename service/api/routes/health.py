@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api.deps import DatabaseDep
@@ -23,10 +23,10 @@ def healthz() -> Status:
     "/readyz",
     response_model=Status,
     response_model_exclude_none=True,
-    summary="The database answers and its schema is current",
+    summary="The database answers, its schema is current and the warm-up is done",
     responses={503: {"model": Status, "description": "Not ready; `detail` says why."}},
 )
-def readyz(database: DatabaseDep) -> Status | JSONResponse:
+def readyz(request: Request, database: DatabaseDep) -> Status | JSONResponse:
     try:
         problem = database.schema_problem()
     except Exception:
@@ -36,4 +36,7 @@ def readyz(database: DatabaseDep) -> Status | JSONResponse:
         problem = "database unavailable"
     if problem:
         return JSONResponse(Status(status="unavailable", detail=problem).model_dump(), 503)
+    warming = request.app.state.warmup
+    if not warming.finished:
+        return JSONResponse(Status(status="warming", detail=warming.detail).model_dump(), 503)
     return Status(status="ok")
