@@ -16,8 +16,10 @@ Printed at 224 px (images cut from scikit-learn's sample photographs):
   the tutorial app's p50 (goal ≤ 1.0);
 - throughput: images/s with 16 concurrent clients, one image each ÷ raw images/s at batch 16
   (goal ≥ 0.8), and ÷ the tutorial app's with the same 16 clients (goal ≥ 1.5);
-- cold start: the first /predict of a model never loaded ÷ (tf.saved_model.load + first
-  call) (goal ≤ 1.5);
+- cold start, as a user meets it: the model aliased `production`, a fresh API process
+  started; once it reports ready, its first /predict by the alias ÷ (tf.saved_model.load +
+  first call) (goal ≤ 1.5); the same without the warm-up (`WARM_MODELS=false`), and each
+  start's seconds to ready; and the first /predict of a model no process had loaded;
 - control plane: p99 of GET /jobs/{id} while a worker trains on this machine (goal < 50 ms).
 Then the same latency and throughput for the raw model (decoding in this process, the
 service's `to_pixels`, 16 threads for a batch), the tutorial app and the service, at 224 px,
@@ -307,6 +309,40 @@ def start_process(arguments: list[str], environment: dict, cwd: Path | None = No
     )
 
 
+def restarts(base: str, environment: dict, model_id: str, image: bytes) -> dict[str, float]:
+    """The model aliased `production`, then a fresh API process started twice, with and
+    without its warm-up: seconds from start to /readyz 200, and the first /predict by the
+    alias after it."""
+    model = httpx.get(f"{base}/models/{model_id}", timeout=30).raise_for_status().json()
+    alias = f"{base}/registry/{model['name']}/aliases/production"
+    httpx.put(alias, json={"version": model["version"]}, timeout=30).raise_for_status()
+    fields = {"name": model["name"], "alias": "production", "top_k": "1"}
+    figures = {}
+    for warm in ("true", "false"):
+        port = free_port()
+        started = time.perf_counter()
+        process = start_process(
+            ["-m", "service", "api", "--port", str(port)], {**environment, "WARM_MODELS": warm}
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, "the restarted service")
+            ready = time.perf_counter() - started
+            started = time.perf_counter()
+            httpx.post(
+                f"http://127.0.0.1:{port}/predict",
+                data=fields,
+                files=[("files", ("first.jpg", image, "image/jpeg"))],
+                timeout=120,
+            ).raise_for_status()
+            first = time.perf_counter() - started
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        kind = "warm" if warm == "true" else "unwarmed"
+        figures |= {f"{kind}_ready": ready, f"{kind}_first": first}
+    return figures
+
+
 def train_model(
     base: str, environment: dict, workers: list, backbone: str, size: int = SIZE
 ) -> tuple[str, str]:
@@ -425,10 +461,13 @@ def print_inputs(figures: dict[str, Figures]) -> None:
         )
 
 
-def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -> None:
+def print_summary(
+    served: dict, raw: dict, timings: list[float], inputs: dict, restarted: dict
+) -> None:
     latency = served["p50"] / raw["p50"]
     throughput = served["throughput"] / raw["throughput"]
-    cold = served["cold"] / raw["cold"]
+    cold = restarted["warm_first"] / raw["cold"]
+    unwarmed = restarted["unwarmed_first"] / raw["cold"]
     jobs_p99 = percentile(timings, 99) * 1000
     small_name, photo_name = next(iter(inputs)), list(inputs)[-1]
     small, photo = inputs[small_name], inputs[photo_name]
@@ -444,7 +483,22 @@ def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -
         f"{'images/s, 16 clients vs batch 16':32}{served['throughput']:12.1f}"
         f"{raw['throughput']:12.1f}{throughput:8.3f}  ≥ 0.8"
     )
-    print(f"{'cold start (s)':32}{served['cold']:12.3f}{raw['cold']:12.3f}{cold:8.3f}  ≤ 1.5")
+    print(
+        f"{'first /predict after restart (s)':32}{restarted['warm_first']:12.3f}"
+        f"{raw['cold']:12.3f}{cold:8.3f}  ≤ 1.5"
+    )
+    print(
+        f"{'  … without the warm-up':32}{restarted['unwarmed_first']:12.3f}"
+        f"{raw['cold']:12.3f}{unwarmed:8.3f}"
+    )
+    print(
+        f"{'  start to ready (s)':32}{restarted['warm_ready']:12.3f}"
+        f"{restarted['unwarmed_ready']:12.3f}  (with, without the warm-up)"
+    )
+    print(
+        f"{'first /predict, never loaded (s)':32}{served['cold']:12.3f}{raw['cold']:12.3f}"
+        f"{served['cold'] / raw['cold']:8.3f}  (a model no alias names, in a running process)"
+    )
     print(
         f"{'GET /jobs/{id} p99 (ms), training':32}{jobs_p99:12.2f}{'':12}{'':8}  < 50 "
         f"({len(timings)} requests, p50 {percentile(timings, 50) * 1000:.2f})"
@@ -456,7 +510,8 @@ def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -
     )
     print(
         f"latency_ratio={latency:.3f} throughput_ratio={throughput:.3f} "
-        f"cold_start_ratio={cold:.3f} jobs_p99_ms={jobs_p99:.2f} "
+        f"cold_start_ratio={cold:.3f} unwarmed_cold_start_ratio={unwarmed:.3f} "
+        f"jobs_p99_ms={jobs_p99:.2f} "
         f"tutorial_latency_ratio={tutorial_latency:.3f} "
         f"tutorial_throughput_ratio={tutorial_throughput:.3f} "
         f"photo_latency_ratio={photo_latency:.3f}"
@@ -535,13 +590,14 @@ def main() -> None:
             args.settle,
             min(96, size),
         )
+        restarted = restarts(base, environment, model_id, images[0])
     finally:
         for process in [*workers, *processes]:
             process.send_signal(signal.SIGTERM)
         for process in [*workers, *processes]:
             process.wait(timeout=60)
     print_inputs(inputs)
-    print_summary(served, raw, timings, inputs)
+    print_summary(served, raw, timings, inputs, restarted)
 
 
 if __name__ == "__main__":
