@@ -1,5 +1,6 @@
-"""Warm at start: a restarted API loads the models its first requests will name before it
-says it is ready, and its first /predict by alias waits for no load."""
+"""No request waits for a model to load: a restarted API loads the models its first requests
+will name before it says it is ready, and an alias moved to a version not yet loaded keeps
+answering with the one before until the new one is loaded."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import undefer
 
 from service.predictions.warmup import Warmup
+from service.storage.tables import TrainedModel, new_id
 from tests.conftest import SMALL_IMAGES, Service, small_model_copy
 
 
@@ -53,3 +56,56 @@ def readiness(service: Service) -> list[tuple[int, Any]]:
         answers.append((response.status_code, response.json()))
         time.sleep(0.02)
     return answers
+
+
+def test_an_alias_moved_to_a_version_not_loaded_keeps_answering_with_the_old_one_meanwhile(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """No request waits for the new version to load: until it has, the alias answers with the
+    version before (each answer whole from one of them), and from then on with the new."""
+    service, state = small_model_copy(tmp_path_factory)
+    try:
+        first = service.client.get(f"/models/{state['job']['model_id']}").json()
+        second = another_version_of(service, first["id"])
+        alias = f"/registry/{first['name']}/aliases/production"
+        fields = {"name": first["name"], "alias": "production"}
+
+        def answered_by() -> str:
+            files = {"files": ("r.png", SMALL_IMAGES["red"][0])}
+            answer = service.client.post("/predict", data=fields, files=files)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["model_id"]
+
+        assert service.client.put(alias, json={"version": first["version"]}).is_success
+        assert answered_by() == first["id"]  # loaded by this request: nothing else to answer
+        assert service.client.put(alias, json={"version": second["version"]}).is_success
+        cache = service.client.app.state.model_cache
+        assert answered_by() == first["id"]  # the new version loads in the background
+        deadline = time.monotonic() + 60
+        while cache.peek(second["id"]) is None:
+            assert time.monotonic() < deadline, "the new version never loaded"
+            time.sleep(0.05)
+        assert answered_by() == second["id"]
+        assert cache.loads == 2
+    finally:
+        service.close()
+
+
+def another_version_of(service: Service, model_id: str) -> dict[str, Any]:
+    """The model stored again as its name's next version (the same SavedModel: what a
+    rollout needs is a version no process has loaded)."""
+    with service.database.session(write=True) as session:
+        row = session.get(TrainedModel, model_id, options=[undefer("*")])
+        copy = TrainedModel(
+            **{
+                column.key: getattr(row, column.key)
+                for column in TrainedModel.__table__.columns
+                if column.key not in ("id", "version", "job_id", "created_at")
+            },
+            id=new_id("m"),
+            version=row.version + 1,
+        )
+        session.add(copy)
+        session.flush()
+        copy_id = copy.id
+    return service.client.get(f"/models/{copy_id}").json()

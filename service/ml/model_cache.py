@@ -198,6 +198,11 @@ class ModelCache:
                 with self._lock:
                     self._loading.pop(source.model_id, None)
 
+    def peek(self, model_id: str) -> LoadedModel | None:
+        """The model if it is loaded; never loads it."""
+        with self._lock:
+            return self._touch(model_id)
+
     def _touch(self, model_id: str) -> LoadedModel | None:
         model = self._models.get(model_id)
         if model is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -57,6 +59,8 @@ __all__ = [
     "top_scores",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 # Model ids `Serving` remembers as found, at most.
 FOUND_LIMIT = 10_000
@@ -139,6 +143,10 @@ class Serving:
     max_images: int
     recheck_seconds: float = 0.0
     _found: dict[str, tuple[ModelSource, float]] = field(default_factory=dict, repr=False)
+    # (name, alias) → the model id this process last answered it with (see `_rolled_out`).
+    _served: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _rolling: set[str] = field(default_factory=set, repr=False)
+    _rolling_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     async def classify(self, model: str | ModelRef, images: Sequence[Image]) -> Classification:
         """Class probabilities for the images, one row each, in order. `model`: a model id, or
@@ -207,8 +215,44 @@ class Serving:
         self, model: str | ModelRef, images: Sequence[Image]
     ) -> tuple[LoadedModel, np.ndarray]:
         source = self._source(model)
-        pixels = decode_images(images, source.input_size)
-        return self._loaded(source), pixels
+        if isinstance(model, ModelRef) and model.name and model.alias:
+            loaded = self._rolled_out((model.name, model.alias), source)
+        else:
+            loaded = self._loaded(source)
+        # Decoded for the model that answers: during a rollout, perhaps the version before.
+        return loaded, decode_images(images, loaded.input_size)
+
+    def _rolled_out(self, alias: tuple[str, str], source: ModelSource) -> LoadedModel:
+        """The model to answer an alias with, without a stall when the alias moves: the
+        version it points to once that is loaded; until then, the version this process last
+        answered it with, while the new one loads in the background (TF Serving's
+        availability-preserving policy). With no earlier version at hand, it loads here."""
+        if self.cache.peek(source.model_id) is None:
+            before = self._served.get(alias)
+            previous = self.cache.peek(before) if before else None
+            if previous is not None:
+                self._load_in_background(source)
+                return previous
+        loaded = self._loaded(source)  # counted as the cache's hit, or loaded here
+        self._served[alias] = source.model_id
+        return loaded
+
+    def _load_in_background(self, source: ModelSource) -> None:
+        with self._rolling_lock:
+            if source.model_id in self._rolling:
+                return
+            self._rolling.add(source.model_id)
+
+        def load() -> None:
+            try:
+                self.cache.get(source)
+            except Exception:  # its own requests, once the old version is gone, say why
+                logger.exception("rollout: model %s could not be loaded", source.model_id)
+            finally:
+                with self._rolling_lock:
+                    self._rolling.discard(source.model_id)
+
+        threading.Thread(target=load, name=f"rollout-{source.model_id}", daemon=True).start()
 
     def model(self, model: str | ModelRef) -> LoadedModel:
         """The loaded model, for work that calls it directly (the review queue): blocking."""
