@@ -96,6 +96,7 @@ PRINTS: dict[str, Callable[[str], None]] = {
         "photo_latency_ratio",
     ),
     "report.py": ratios("facts_ratio", "old_rows_s_per_1000", "near_pairs_10000_s"),
+    "rollout.py": ratios("rollout_p99_ratio", "switch_s", "errors", "other_models"),
     "train.py": ratios("cache_ratio", "overhead_ratio"),
     "upload_memory.py": upload_memory,
     "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
