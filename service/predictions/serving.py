@@ -215,12 +215,15 @@ class Serving:
         self, model: str | ModelRef, images: Sequence[Image]
     ) -> tuple[LoadedModel, np.ndarray]:
         source = self._source(model)
-        if isinstance(model, ModelRef) and model.name and model.alias:
-            loaded = self._rolled_out((model.name, model.alias), source)
-        else:
-            loaded = self._loaded(source)
-        # Decoded for the model that answers: during a rollout, perhaps the version before.
-        return loaded, decode_images(images, loaded.input_size)
+        # Decoded before the model is loaded: a bad image is the request's 400, whatever the
+        # model's state, and costs no load.
+        pixels = decode_images(images, source.input_size)
+        if not (isinstance(model, ModelRef) and model.name and model.alias):
+            return self._loaded(source), pixels
+        loaded = self._rolled_out((model.name, model.alias), source)
+        if loaded.input_size != source.input_size:  # the version before, of another size
+            pixels = decode_images(images, loaded.input_size)
+        return loaded, pixels
 
     def _rolled_out(self, alias: tuple[str, str], source: ModelSource) -> LoadedModel:
         """The model to answer an alias with, without a stall when the alias moves: the
