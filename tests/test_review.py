@@ -49,6 +49,7 @@ def queue(service: Service, model_id: str, limit: int = 100) -> dict[str, Any]:
     return answer.json()
 
 
+@pytest.mark.slow  # its fixture trains the small model
 def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
     reviewed: dict[str, Any],
 ) -> None:
@@ -135,6 +136,7 @@ def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
     assert gone.status_code == 422 and "not in the unlabelled pool" in gone.text
 
 
+@pytest.mark.slow  # its fixture trains the small model
 def test_bad_review_requests_say_what_is_wrong(reviewed: dict[str, Any]) -> None:
     service, model_id, dataset_id = (reviewed[key] for key in ("service", "model_id", "dataset_id"))
     assert service.client.get("/models/m_nope/review").status_code == 404
@@ -170,6 +172,7 @@ def test_diversity_keeps_near_identical_doubtful_images_from_filling_the_page() 
     assert diverse[0].index == by_margin[0] == 0 and diverse[0].distance is None
 
 
+@pytest.mark.slow  # its fixture trains the small model
 def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
     reviewed: dict[str, Any],
 ) -> None:

@@ -15,6 +15,7 @@ from service.storage.tables import TrainedModel, new_id
 from tests.conftest import SMALL_IMAGES, Service, small_model_copy
 
 
+@pytest.mark.slow
 def test_a_restarted_api_loads_its_aliased_model_before_it_says_ready(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -58,6 +59,7 @@ def readiness(service: Service) -> list[tuple[int, Any]]:
     return answers
 
 
+@pytest.mark.slow
 def test_an_alias_moved_to_a_version_not_loaded_keeps_answering_with_the_old_one_meanwhile(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
