@@ -47,15 +47,17 @@ Answer = tuple[float, float, str | None]  # when sent (s after start), seconds, 
 
 
 def clients(base: str, fields: dict, image: bytes, seconds: float, move: threading.Event) -> list:
-    """16 clients for `seconds`; `move` set a third of the way in. Each answer's (when sent,
-    latency, model id: None for an error)."""
+    """16 clients for `seconds`; `move` set a third of the way in, and the last two thirds
+    after it. Each answer's (when sent, latency, model id: None for an error)."""
     answers: list[Answer] = []
     lock = threading.Lock()
+    stop = threading.Event()
     started = time.perf_counter()
 
     def loop() -> None:
         with httpx.Client(base_url=base, timeout=120) as client:
-            while (sent := time.perf_counter() - started) < seconds:
+            while not stop.is_set():
+                sent = time.perf_counter() - started
                 clock = time.perf_counter()
                 response = client.post(
                     "/predict", data=fields, files=[("files", ("i.jpg", image, "image/jpeg"))]
@@ -68,7 +70,12 @@ def clients(base: str, fields: dict, image: bytes, seconds: float, move: threadi
     for thread in threads:
         thread.start()
     time.sleep(seconds / 3)
+    # A steady window of two answers a client at least, however slow this machine is now.
+    while len(answers) < 2 * CONCURRENT_CLIENTS and any(t.is_alive() for t in threads):
+        time.sleep(0.05)
     move.set()
+    time.sleep(seconds * 2 / 3)
+    stop.set()
     for thread in threads:
         thread.join()
     return answers
