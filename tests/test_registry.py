@@ -439,5 +439,12 @@ def test_an_alias_moving_under_load_switches_requests_cleanly(named: dict[str, A
     ]
     assert {answer.json()["model_id"] for answer in predictions} <= set(ids)
     assert put_alias(service.client, name, "production", 2).json()["model_id"] == ids[1]
+    # Once the version moved to is loaded (a rollout loads it in the background while the
+    # version before answers: docs/scaling.md), the next request answers from it.
+    deadline = time.monotonic() + 60
+    while app.state.model_cache.peek(ids[1]) is None:
+        assert time.monotonic() < deadline, "the version moved to never loaded"
+        predict_form(service.client, [image], name=name, alias="production")
+        time.sleep(0.05)
     after = predict_form(service.client, [image], name=name, alias="production")
     assert after.json()["model_id"] == ids[1]
