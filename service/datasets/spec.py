@@ -92,6 +92,16 @@ class ImageRef(StrictModel):
             return f"image:{self.image_id}"
         return f"capture:{self.capture_id}"
 
+    @classmethod
+    def from_key(cls, key: str) -> ImageRef | None:
+        """The image `key` names (as `key` writes it); None when it names none."""
+        kind, _, value = key.partition(":")
+        if kind == "capture" and value:
+            return cls(capture_id=value)
+        if kind == "image" and value.isdigit():
+            return cls(image_id=int(value))
+        return None
+
 
 class LabelImage(ImageRef):
     """An image to label into the new version."""

@@ -52,8 +52,9 @@ class Candidate:
 
     @property
     def ref(self) -> ImageRef:
-        kind, _, value = self.key.partition(":")
-        return ImageRef(capture_id=value) if kind == "capture" else ImageRef(image_id=int(value))
+        ref = ImageRef.from_key(self.key)
+        assert ref is not None  # keys are made by ImageRef.key's rule
+        return ref
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,7 @@ def _marked(session: Session, model: TrainedModel, limit: int) -> list[Candidate
 
 def _filenames(session: Session, model: TrainedModel, keys: list[str]) -> dict[str, str]:
     """Of those `keys`, the ones still unlabelled: a capture of the model, a pool image."""
-    capture_ids = [key.removeprefix("capture:") for key in keys if key.startswith("capture:")]
-    image_ids = [int(key.removeprefix("image:")) for key in keys if key.startswith("image:")]
+    capture_ids, image_ids = _ids(keys)
     labelled = select(LabelledCapture.capture_id).where(
         LabelledCapture.dataset_id == model.dataset_id
     )
@@ -225,9 +225,15 @@ def _fresh_scores(
     return fresh
 
 
+def _ids(keys: list[str]) -> tuple[list[str], list[int]]:
+    """The capture ids and the pool image ids that `keys` name."""
+    refs = [ref for ref in map(ImageRef.from_key, keys) if ref is not None]
+    captures = [ref.capture_id for ref in refs if ref.capture_id is not None]
+    return captures, [ref.image_id for ref in refs if ref.image_id is not None]
+
+
 def _bytes(session: Session, dataset_id: str, chunk: list[Candidate]) -> dict[str, bytes]:
-    capture_ids = [c.key.removeprefix("capture:") for c in chunk if c.key.startswith("capture:")]
-    image_ids = [int(c.key.removeprefix("image:")) for c in chunk if c.key.startswith("image:")]
+    capture_ids, image_ids = _ids([candidate.key for candidate in chunk])
     rows = session.execute(select(Capture.id, Capture.image).where(Capture.id.in_(capture_ids)))
     found = {f"capture:{capture_id}": image for capture_id, image in rows}
     rows = session.execute(

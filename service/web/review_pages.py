@@ -88,12 +88,10 @@ def review_save(
 
 def _ref(key: str) -> ImageRef:
     """An image as the page names it: "capture:<id>" or "image:<id>"."""
-    kind, _, value = key.partition(":")
-    if kind == "capture" and value:
-        return ImageRef(capture_id=value)
-    if kind == "image" and value.isdigit():
-        return ImageRef(image_id=int(value))
-    raise Invalid(f"{key!r} names no image of the review", field=("item",))
+    ref = ImageRef.from_key(key)
+    if ref is None:
+        raise Invalid(f"{key!r} names no image of the review", field=("item",))
+    return ref
 
 
 @writes.post("/models/{model_id}/review/pool", response_class=HTMLResponse)
