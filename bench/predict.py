@@ -16,10 +16,8 @@ Printed at 224 px (images cut from scikit-learn's sample photographs):
   the tutorial app's p50 (goal ≤ 1.0);
 - throughput: images/s with 16 concurrent clients, one image each ÷ raw images/s at batch 16
   (goal ≥ 0.8), and ÷ the tutorial app's with the same 16 clients (goal ≥ 1.5);
-- cold start, as a user meets it: the model aliased `production`, a fresh API process
-  started; once it reports ready, its first /predict by the alias ÷ (tf.saved_model.load +
-  first call) (goal ≤ 1.5); the same without the warm-up (`WARM_MODELS=false`), and each
-  start's seconds to ready; and the first /predict of a model no process had loaded;
+- the first /predict of a model no process had loaded, in a running API process (a fresh
+  process with aliased models, warmed up or not, is bench/start.py's);
 - control plane: p99 of GET /jobs/{id} while a worker trains on this machine (goal < 50 ms).
 Then the same latency and throughput for the raw model (decoding in this process, the
 service's `to_pixels`, 16 threads for a batch), the tutorial app and the service, at 224 px,
@@ -119,6 +117,18 @@ def photo_jpegs(count: int, width: int, height: int, seed: int = 0) -> list[byte
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
         photos.append(buffer.getvalue())
     return photos
+
+
+def service_environment(scratch: Path) -> dict[str, str]:
+    """The environment of the service's processes in a bench: its own data directory and
+    SQLite database under `scratch`, migrated at start, the worker polling often."""
+    return {
+        **os.environ,
+        "DATA_DIR": str(scratch),
+        "DATABASE_URL": "",
+        "AUTO_MIGRATE": "true",
+        "POLL_SECONDS": "0.2",
+    }
 
 
 def free_port() -> int:
@@ -309,40 +319,6 @@ def start_process(arguments: list[str], environment: dict, cwd: Path | None = No
     )
 
 
-def restarts(base: str, environment: dict, model_id: str, image: bytes) -> dict[str, float]:
-    """The model aliased `production`, then a fresh API process started twice, with and
-    without its warm-up: seconds from start to /readyz 200, and the first /predict by the
-    alias after it."""
-    model = httpx.get(f"{base}/models/{model_id}", timeout=30).raise_for_status().json()
-    alias = f"{base}/registry/{model['name']}/aliases/production"
-    httpx.put(alias, json={"version": model["version"]}, timeout=30).raise_for_status()
-    fields = {"name": model["name"], "alias": "production", "top_k": "1"}
-    figures = {}
-    for warm in ("true", "false"):
-        port = free_port()
-        started = time.perf_counter()
-        process = start_process(
-            ["-m", "service", "api", "--port", str(port)], {**environment, "WARM_MODELS": warm}
-        )
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, "the restarted service")
-            ready = time.perf_counter() - started
-            started = time.perf_counter()
-            httpx.post(
-                f"http://127.0.0.1:{port}/predict",
-                data=fields,
-                files=[("files", ("first.jpg", image, "image/jpeg"))],
-                timeout=120,
-            ).raise_for_status()
-            first = time.perf_counter() - started
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-        kind = "warm" if warm == "true" else "unwarmed"
-        figures |= {f"{kind}_ready": ready, f"{kind}_first": first}
-    return figures
-
-
 def train_model(
     base: str, environment: dict, workers: list, backbone: str, size: int = SIZE
 ) -> tuple[str, str]:
@@ -461,13 +437,9 @@ def print_inputs(figures: dict[str, Figures]) -> None:
         )
 
 
-def print_summary(
-    served: dict, raw: dict, timings: list[float], inputs: dict, restarted: dict
-) -> None:
+def print_summary(served: dict, raw: dict, timings: list[float], inputs: dict) -> None:
     latency = served["p50"] / raw["p50"]
     throughput = served["throughput"] / raw["throughput"]
-    cold = restarted["warm_first"] / raw["cold"]
-    unwarmed = restarted["unwarmed_first"] / raw["cold"]
     jobs_p99 = percentile(timings, 99) * 1000
     small_name, photo_name = next(iter(inputs)), list(inputs)[-1]
     small, photo = inputs[small_name], inputs[photo_name]
@@ -484,18 +456,6 @@ def print_summary(
         f"{raw['throughput']:12.1f}{throughput:8.3f}  ≥ 0.8"
     )
     print(
-        f"{'first /predict after restart (s)':32}{restarted['warm_first']:12.3f}"
-        f"{raw['cold']:12.3f}{cold:8.3f}  ≤ 1.5"
-    )
-    print(
-        f"{'  … without the warm-up':32}{restarted['unwarmed_first']:12.3f}"
-        f"{raw['cold']:12.3f}{unwarmed:8.3f}"
-    )
-    print(
-        f"{'  start to ready (s)':32}{restarted['warm_ready']:12.3f}"
-        f"{restarted['unwarmed_ready']:12.3f}  (with, without the warm-up)"
-    )
-    print(
         f"{'first /predict, never loaded (s)':32}{served['cold']:12.3f}{raw['cold']:12.3f}"
         f"{served['cold'] / raw['cold']:8.3f}  (a model no alias names, in a running process)"
     )
@@ -510,7 +470,6 @@ def print_summary(
     )
     print(
         f"latency_ratio={latency:.3f} throughput_ratio={throughput:.3f} "
-        f"cold_start_ratio={cold:.3f} unwarmed_cold_start_ratio={unwarmed:.3f} "
         f"jobs_p99_ms={jobs_p99:.2f} "
         f"tutorial_latency_ratio={tutorial_latency:.3f} "
         f"tutorial_throughput_ratio={tutorial_throughput:.3f} "
@@ -543,13 +502,7 @@ def main() -> None:
     from service.ml.images import to_pixels
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
-    environment = {
-        **os.environ,
-        "DATA_DIR": str(scratch),
-        "DATABASE_URL": "",
-        "AUTO_MIGRATE": "true",
-        "POLL_SECONDS": "0.2",
-    }
+    environment = service_environment(scratch)
     port, tutorial_port = free_port(), free_port()
     base, tutorial_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{tutorial_port}"
     processes = [start_process(["-m", "service", "api", "--port", str(port)], environment)]
@@ -590,14 +543,13 @@ def main() -> None:
             args.settle,
             min(96, size),
         )
-        restarted = restarts(base, environment, model_id, images[0])
     finally:
         for process in [*workers, *processes]:
             process.send_signal(signal.SIGTERM)
         for process in [*workers, *processes]:
             process.wait(timeout=60)
     print_inputs(inputs)
-    print_summary(served, raw, timings, inputs, restarted)
+    print_summary(served, raw, timings, inputs)
 
 
 if __name__ == "__main__":

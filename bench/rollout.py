@@ -37,6 +37,7 @@ from bench.predict import (
     free_port,
     percentile,
     photo_jpegs,
+    service_environment,
     start_process,
     train_model,
     wait_until_up,
@@ -110,12 +111,7 @@ def main() -> None:
     add_backbone(parser)
     args = parse_args(parser, {"seconds": 3.0, "size": 32})
     scratch = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    environment = {
-        **os.environ,
-        "DATA_DIR": str(scratch),
-        "DATABASE_URL": "",
-        "AUTO_MIGRATE": "true",
-    }
+    environment = service_environment(scratch)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     api = start_process(["-m", "service", "api", "--port", str(port)], environment)

@@ -89,7 +89,6 @@ PRINTS: dict[str, Callable[[str], None]] = {
     "predict.py": ratios(
         "latency_ratio",
         "throughput_ratio",
-        "cold_start_ratio",
         "jobs_p99_ms",
         "tutorial_latency_ratio",
         "tutorial_throughput_ratio",
@@ -97,6 +96,9 @@ PRINTS: dict[str, Callable[[str], None]] = {
     ),
     "report.py": ratios("facts_ratio", "old_rows_s_per_1000", "near_pairs_10000_s"),
     "rollout.py": ratios("rollout_p99_ratio", "switch_s", "errors", "other_models"),
+    "start.py": ratios(
+        "cold_start_ratio", "lazy_ready_s", "warm_ready_s", "uss_per_model_mb", "models_share"
+    ),
     "train.py": ratios("cache_ratio", "overhead_ratio"),
     "upload_memory.py": upload_memory,
     "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
