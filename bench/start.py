@@ -1,7 +1,7 @@
 """An API process starting with aliased models: time to ready, its first requests, its memory,
 and what one copy of each model per host (rather than per process) could save.
 
-    python bench/start.py [--models 4] [--size 224] [--backbone NAME] [--quick]
+    python bench/start.py [--models 4] [--together 2] [--size 224] [--backbone NAME] [--quick]
 
 In one run on this machine: `--models` models (`--backbone`, MobileNetV2, at `--size` px,
 random weights, one epoch each), each under its own name with `production` on it, trained by
@@ -11,8 +11,8 @@ at a time:
   the models yet: seconds from start to /readyz 200, then the first /predict by each alias,
   and the process's memory at ready, after the first model and after the last;
 - warm (the default): the same, the models unpacked on the host already (a restart);
-- two warm processes started together, as `--workers 2` or two containers on one host would:
-  each one's time to ready and memory.
+- `--together` warm processes started together, as two containers on one host would: each
+  one's time to ready and memory.
 Memory is resident (RSS) and unique to the process (USS: what a second process adds, its
 shared libraries counted once per host). The share the models take of a process (what loading
 each model once per host could save in every further process) is (USS after the last model −
@@ -20,7 +20,8 @@ USS after the first) ÷ (models − 1) × models; TensorFlow's own runtime is th
 `cold_start_ratio` is the first /predict by alias after a warm start's ready ÷ loading the
 stored SavedModel and calling it once in this process, TensorFlow already imported (goal
 ≤ 1.5); `lazy_cold_start_ratio` the same without the warm-up.
-The last line is machine-readable. `--quick`: 2 models at 32 px, MobileNet.
+The last line is machine-readable. `--quick`: 2 models at 32 px, MobileNet, no processes
+started together.
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ def one_start(environment: dict, warm: bool, names: list[str], image: bytes) -> 
     return figures
 
 
-def two_together(environment: dict) -> list[dict]:
-    """Two warm API processes started at once on one host: each one's ready and memory."""
-    apis = [Api(environment, warm=True) for _ in range(2)]
+def together(environment: dict, count: int) -> list[dict]:
+    """Warm API processes started at once on one host: each one's ready and memory."""
+    apis = [Api(environment, warm=True) for _ in range(count)]
     try:
         return [{"ready_s": api.wait_ready(), **memory(api.process.pid)} for api in apis]
     finally:
@@ -176,7 +177,7 @@ def measure(environment: dict, scratch: Path, args: argparse.Namespace) -> dict:
         "lazy": one_start(environment, False, names, image),
         "warm": one_start(environment, True, names, image),
     }
-    figures["two_together"] = two_together(environment)
+    figures["together"] = together(environment, args.together)
     figures["raw_s"] = raw_load_and_call(stored_savedmodel(scratch, ids[0]), args.size)
     return figures
 
@@ -197,17 +198,18 @@ def report(figures: dict, models: int) -> dict:
         "warm_rss_at_ready_mb": warm["at_ready"]["rss_mb"],
         "uss_per_model_mb": per_model,
         "models_share": per_model * models / loaded,
-        "together_ready_s": max(api["ready_s"] for api in figures["two_together"]),
-        "together_uss_mb": [api["uss_mb"] for api in figures["two_together"]],
+        "together_ready_s": max((api["ready_s"] for api in figures["together"]), default=0),
+        "together_uss_mb": [api["uss_mb"] for api in figures["together"]],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--together", type=int, default=2, help="warm processes at once")
     parser.add_argument("--size", type=int, default=SIZE)
     add_backbone(parser)
-    args = parse_args(parser, {"models": 2, "size": 32})
+    args = parse_args(parser, {"models": 2, "together": 0, "size": 32})
     if args.models < 2:
         parser.error("--models: at least 2 (the memory per model is a difference)")
     scratch = Path(tempfile.mkdtemp(prefix="bench-start-"))
@@ -224,7 +226,8 @@ def main() -> None:
         f"{m['warm_uss_at_ready_mb']:.0f} MB warm (RSS {m['warm_rss_at_ready_mb']:.0f} MB)\n"
         f"  each model: {m['uss_per_model_mb']:.1f} MB of USS; the models, "
         f"{m['models_share']:.1%} of a loaded process\n"
-        f"  two processes started together: ready in {m['together_ready_s']:.2f} s, USS "
+        f"  {args.together} processes started together: ready in "
+        f"{m['together_ready_s']:.2f} s, USS "
         + ", ".join(f"{uss:.0f}" for uss in m["together_uss_mb"])
         + " MB"
     )

@@ -215,10 +215,9 @@ def _train_in_scope(
         spec, network, splits, progress, frozen, feature_cache, saver
     )
     clock = time.perf_counter()
-    metrics, evaluation, calibration = _final_metrics(
+    metrics, evaluation, calibration, unknowns = _evaluated(
         network.model, splits, history, spec, data.classes
     )
-    unknowns = fit_unknowns(network.model, splits, spec, len(data.classes))
     if evaluation is not None:
         evaluation["unknowns"] = unknowns.report
     seconds["evaluate"] = time.perf_counter() - clock
@@ -243,17 +242,35 @@ def _train_in_scope(
     )
 
 
+def _evaluated(
+    model: keras.Model,
+    splits: Splits,
+    history: list[dict[str, float]],
+    spec: JobSpec,
+    classes: list[str],
+) -> tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector]:
+    """The final model's metrics, report and calibration (`_final_metrics`), and its
+    unknown-input score. One pass over the validation split gives both the probabilities the
+    report scores and the features the score's threshold is fitted on: the model as exported,
+    after early stopping's restore and the BN fix."""
+    tap = Tap(model)
+    held_out = (
+        pooled_features(tap, splits.validation_pixels)
+        if splits.validation_pixels is not None
+        else None
+    )
+    features, probabilities = held_out if held_out is not None else (None, None)
+    metrics, evaluation, calibration = _final_metrics(probabilities, splits, history, spec, classes)
+    return metrics, evaluation, calibration, fit_unknowns(tap, splits, spec, len(classes), features)
+
+
 def fit_unknowns(
-    model: keras.Model, splits: Splits, spec: JobSpec, classes: int
+    tap: Tap, splits: Splits, spec: JobSpec, classes: int, held_out: list[np.ndarray] | None
 ) -> UnknownDetector:
     """The unknown-input score on the final model's features: its Gaussians fitted on (a
-    sample of) the training split, its threshold on the validation split."""
-    tap = Tap(model)
+    sample of) the training split, its threshold on the validation split's (`held_out`)."""
     train = splits.train.sample(MAX_FIT_IMAGES, spec.training.seed)
     features, _ = pooled_features(tap, train.pixels(spec))
-    held_out = None
-    if splits.validation_pixels is not None:
-        held_out, _ = pooled_features(tap, splits.validation_pixels)
     return fit_detector(
         tap.layers, (features, train.labels), held_out, classes, spec.training.unknown_rate
     )
@@ -452,16 +469,16 @@ def _fit_stage(
 
 
 def _final_metrics(
-    model: keras.Model,
+    probabilities: np.ndarray | None,
     splits: Splits,
     history: list[dict[str, float]],
     spec: JobSpec,
     classes: list[str],
 ) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
-    """The last epoch's metrics; with a validation split, its loss and accuracy measured
-    again, the temperature fitted on it (unless `training.calibrate` is off), and the
-    per-class report of the calibrated probabilities, which the calibration carries: those
-    the exported model gives (ranked as before, so the report is the same).
+    """The last epoch's metrics; with the validation split's `probabilities`, its loss and
+    accuracy measured again, the temperature fitted on it (unless `training.calibrate` is
+    off), and the per-class report of the calibrated probabilities, which the calibration
+    carries: those the exported model gives (ranked as before, so the report is the same).
 
     `val_loss` stays Keras's loss of the uncalibrated probabilities, comparable with the
     history's; the calibration block has the NLL before and after.
@@ -469,10 +486,8 @@ def _final_metrics(
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
-    if splits.validation_pixels is None:
+    if probabilities is None:
         return metrics, None, not_fitted(None, "no validation split to fit a temperature on")
-    # Measured on the model as exported: after early stopping's restore and the BN fix.
-    probabilities = model.predict(splits.validation_pixels, verbose=0)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
     metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
     labels = splits.validation.labels
