@@ -3,8 +3,6 @@ and the class activation maps of their `explain` signature, drawn over the image
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import os
 import shutil
@@ -233,7 +231,7 @@ class ModelCache:
         self.loads += 1
         serve, unknowns = _serve_and_thresholds(loaded, source.input_size)
         frozen = frozen_serve(source.model_id, serve, source.input_size)
-        model = LoadedModel(
+        return LoadedModel(
             model_id=source.model_id,
             classes=source.classes,
             input_size=source.input_size,
@@ -243,8 +241,6 @@ class ModelCache:
             frozen=frozen is not None,
             unknowns=unknowns,
         )
-        release_freed_memory()
-        return model
 
     def evict(self, model_id: str) -> None:
         with self._lock:
@@ -308,19 +304,6 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's `malloc_trim`; elsewhere nothing).
-
-    Loading and freezing a model builds several copies of its graph on the way and frees
-    them, but glibc keeps what was freed in its arenas: without this each loaded model held
-    about 120 MB more than it uses, in every API process (bench/start.py).
-    """
-    library = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
-    if trim is not None:
-        trim(0)
 
 
 def configure_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:
