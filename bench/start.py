@@ -96,7 +96,9 @@ class Api:
         self.process.wait(timeout=60)
 
 
-def train_aliased(base: str, environment: dict, names: list[str], backbone: str, size: int):
+def train_aliased(
+    base: str, environment: dict, names: list[str], backbone: str, size: int
+) -> list[str]:
     """One model per name, trained by one worker, each with `production` on it; their ids."""
     dataset = httpx.post(
         f"{base}/datasets",
