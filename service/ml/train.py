@@ -328,6 +328,11 @@ def _fit_stages(
     return progress.history, book.cached_stages, book.recomputed
 
 
+def _first(*batch: tf.Tensor) -> tf.Tensor:
+    """A batch's pixels, without its targets."""
+    return batch[0]
+
+
 @dataclass
 class _StageInputs:
     model: keras.Model
@@ -385,11 +390,14 @@ class _FrozenFeatures:
             if self.observer.should_stop():
                 raise TrainingStopped()
 
-        # In order, unshuffled: the features are shuffled as the pixels would have been.
-        parts = [extractor.extract(self.splits.train.pixels(self.spec), check)]
+        # In order, unshuffled (the features are shuffled as the pixels would have been), the
+        # validation images after the training ones, in one `predict` rebatched whole: each
+        # call costs the same start however few its images (0.8 s for MobileNetV2 at 32 px
+        # here), and a small split no batch shape of its own.
+        pixels = self.splits.train.pixels(self.spec).map(_first)
         if self.splits.validation_pixels is not None:
-            parts.append(extractor.extract(self.splits.validation_pixels, check))
-        return np.concatenate(parts)
+            pixels = pixels.concatenate(self.splits.validation_pixels.map(_first))
+        return extractor.extract(pixels.unbatch().batch(self.spec.training.batch_size), check)
 
     def _datasets(self, extractor: FeatureExtractor) -> tuple[Epochs, tf.data.Dataset | None]:
         features, self.reused = cached_or_extracted(
