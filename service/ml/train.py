@@ -254,12 +254,11 @@ def _evaluated(
     report scores and the features the score's threshold is fitted on: the model as exported,
     after early stopping's restore and the BN fix."""
     tap = Tap(model)
-    held_out = (
+    features, probabilities = (
         pooled_features(tap, splits.validation_pixels)
         if splits.validation_pixels is not None
-        else None
+        else (None, None)
     )
-    features, probabilities = held_out if held_out is not None else (None, None)
     metrics, evaluation, calibration = _final_metrics(probabilities, splits, history, spec, classes)
     return metrics, evaluation, calibration, fit_unknowns(tap, splits, spec, len(classes), features)
 
@@ -328,11 +327,6 @@ def _fit_stages(
     return progress.history, book.cached_stages, book.recomputed
 
 
-def _first(*batch: tf.Tensor) -> tf.Tensor:
-    """A batch's pixels, without its targets."""
-    return batch[0]
-
-
 @dataclass
 class _StageInputs:
     model: keras.Model
@@ -390,20 +384,8 @@ class _FrozenFeatures:
             if self.observer.should_stop():
                 raise TrainingStopped()
 
-        # In order, unshuffled (the features are shuffled as the pixels would have been), the
-        # validation images after the training ones, in one `predict` rebatched whole: each
-        # call, and each batch shape, costs a start however few its images (a small job's
-        # two calls 1.6 s, one call on the splits' own batches 2.0 s, rebatched 0.9 s).
-        pixels = self.splits.train.pixels(self.spec).map(_first)
-        images = len(self.splits.train)
-        if self.splits.validation_pixels is not None:
-            pixels = pixels.concatenate(self.splits.validation_pixels.map(_first))
-            images += len(self.splits.validation)
-        batch_size = self.spec.training.batch_size
-        batches = pixels.unbatch().batch(batch_size)
-        # Unbatching loses the count, and Keras warns when a dataset of unknown size ends.
-        counted = batches.apply(tf.data.experimental.assert_cardinality(-(-images // batch_size)))
-        return extractor.extract(counted, check)
+        # In order, unshuffled: the features are shuffled as the pixels would have been.
+        return extractor.extract(self.splits.every_pixel(self.spec), check)
 
     def _datasets(self, extractor: FeatureExtractor) -> tuple[Epochs, tf.data.Dataset | None]:
         features, self.reused = cached_or_extracted(
