@@ -10,9 +10,10 @@ from service.datasets.kind import IMPORT
 from service.exports.kind import EXPORT
 from service.jobs.kinds import KindRegistry
 from service.predictions.kind import PREDICT
+from service.searches.kind import SEARCH
 from service.training.kind import TRAIN
 
-KINDS = KindRegistry([TRAIN, ADVICE, EXPORT, PREDICT, IMPORT, COMPARE])
+KINDS = KindRegistry([TRAIN, ADVICE, EXPORT, PREDICT, IMPORT, COMPARE, SEARCH])
 
 # The kinds as a request parameter takes them (GET /jobs?kind=…): an unknown one is a 422.
 JobKindName = StrEnum("JobKindName", {name.upper(): name for name in KINDS.names})  # type: ignore[misc]

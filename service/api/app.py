@@ -30,6 +30,7 @@ from service.api.routes import (
     predictions,
     registry,
     review,
+    searches,
     weights,
     workers,
 )
@@ -129,6 +130,7 @@ TAG_ORDER = (
     "monitoring",
     "review",
     "comparisons",
+    "searches",
     "registry",
     "weights",
     "workers",
@@ -149,6 +151,7 @@ SECURED = (
     monitoring,
     review,
     comparisons,
+    searches,
     registry,
     weights,
     workers,

@@ -149,15 +149,36 @@ def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
         "flatten": lambda: keras.layers.Flatten(name="head_flatten"),
     }[head.pooling]
     layers = [pooling()]
+    penalty = keras.regularizers.L2(head.l2) if head.l2 > 0 else None
     for number, width in enumerate(head.dense, start=1):
-        layers.append(keras.layers.Dense(width, activation="relu", name=f"head_dense_{number}"))
+        layers.append(
+            keras.layers.Dense(
+                width, activation="relu", kernel_regularizer=penalty, name=f"head_dense_{number}"
+            )
+        )
     if head.dropout > 0:
         layers.append(keras.layers.Dropout(head.dropout, name="head_dropout"))
     # The served probabilities are float32 whatever dtype policy the layers before run in.
     layers.append(
-        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
+        keras.layers.Dense(
+            num_classes,
+            activation="softmax",
+            kernel_regularizer=penalty,
+            dtype="float32",
+            name="predictions",
+        )
     )
     return layers
+
+
+def feature_head(head: HeadSpec, features: int, num_classes: int) -> keras.Model:
+    """The head alone, after its pooling, on pooled features of width `features`: the model a
+    cached stage trains (`FeatureExtractor.head`), standing alone for a search's head trials."""
+    inputs = keras.Input((features,), name="features")
+    x = inputs
+    for layer in _head_layers(head, num_classes)[1:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
 
 
 def trainable_from_index(layer_names: list[str], trainable_from: str | int) -> int:

@@ -69,6 +69,9 @@ class ProgressCallback(keras.callbacks.Callback):
         if self.on_recorded is not None:
             self.on_recorded()
         self.observer.on_epoch(row)
+        if self.observer.should_stop():  # told at the epoch's end: no batch of the next
+            self.stopped = True
+            self.model.stop_training = True
 
 
 def restore(variables: Sequence[Any], arrays: Sequence[np.ndarray]) -> None:

@@ -393,16 +393,23 @@ class _FrozenFeatures:
         )
         if self.key is not None:  # the untouched backbone's: worth a label review
             self.features = (self.splits.positions, features)
-        training = self.spec.training
-        count = len(self.splits.train)
-        rows = (features[:count], *self.splits.train.targets)
-        elements = tf.data.Dataset.from_tensor_slices(rows)
-        train_set = Epochs(elements, count, training.batch_size, training.seed, pixels=False)
-        if self.splits.validation_pixels is None:
-            return train_set, None
-        validation = (features[count:], *self.splits.validation.targets)
-        val_set = tf.data.Dataset.from_tensor_slices(validation).batch(training.batch_size)
-        return train_set, val_set.prefetch(tf.data.AUTOTUNE)
+        return feature_epochs(features, self.splits, self.spec.training)
+
+
+def feature_epochs(
+    features: np.ndarray, splits: Splits, training: TrainingSpec
+) -> tuple[Epochs, tf.data.Dataset | None]:
+    """The head's inputs on cached features (rows: the training images, then the validation
+    ones): shuffled epochs of the training split, batches of the validation split."""
+    count = len(splits.train)
+    rows = (features[:count], *splits.train.targets)
+    elements = tf.data.Dataset.from_tensor_slices(rows)
+    train_set = Epochs(elements, count, training.batch_size, training.seed, pixels=False)
+    if splits.validation_pixels is None:
+        return train_set, None
+    validation = (features[count:], *splits.validation.targets)
+    val_set = tf.data.Dataset.from_tensor_slices(validation).batch(training.batch_size)
+    return train_set, val_set.prefetch(tf.data.AUTOTUNE)
 
 
 def _fit_stage(

@@ -509,6 +509,53 @@ class Comparison(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Search(Base):
+    """A search for the best spec within a budget (service/searches/): the request, the
+    learning-rate range test's outcome once run, and the best trial once the job is done."""
+
+    __tablename__ = "searches"
+    __table_args__ = (_newest_first("searches"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
+    dataset_version: Mapped[int] = mapped_column(Integer)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Written by the job as it goes: kept when a worker dies, so a resumed search reuses it.
+    range_test: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Once done: {"trial": number, "spec": a job spec}, and the training job train_best queued.
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    trained_job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SearchTrial(Base):
+    """One finished trial of a search, written as it ends: what a resumed search starts from."""
+
+    __tablename__ = "search_trials"
+    __table_args__ = (
+        UniqueConstraint("search_id", "number", name="uq_search_trials_search_id_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))  # "head" or "fine_tune"
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The validation metric after each epoch, as the pruner saw it.
+    scores: Mapped[list[float]] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # complete, pruned, stopped, failed
+    reason: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class WeightsFile(Base):
     """A Keras weights file for a backbone, uploaded for machines that cannot download them."""
 

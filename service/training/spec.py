@@ -127,6 +127,12 @@ class HeadSpec(StrictModel):
     )
     dense: list[int] = Field(default_factory=list, description="Hidden Dense widths (ReLU).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the output layer.")
+    l2: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="L2 penalty on the head's Dense kernels (Keras's kernel_regularizer); 0: none.",
+    )
 
     @field_validator("dense")
     @classmethod

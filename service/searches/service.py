@@ -1,0 +1,109 @@
+"""Searches as the API and the console ask for them: checked, recorded, queued, read."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.jobs import records
+from service.problems import Invalid
+from service.searches.kind import SEARCH
+from service.searches.schemas import SearchRead
+from service.searches.spec import SearchCreate, SearchSpec
+from service.searches.study import range_spec
+from service.storage.pages import Page, PageOf, after_page
+from service.storage.tables import Job, Search, SearchTrial, new_id
+from service.training.service import check_references
+
+TRIALS_PAGE = 100
+
+
+def request_search(session: Session, request: SearchCreate) -> Search:
+    """Check what the request names (the dataset and its version, the backbone's stored
+    weights), store the search and queue its job: NotFound or Invalid naming the field."""
+    record = Search(id=new_id("s"), dataset_version=0, request={})
+    spec = SearchSpec.model_validate({**request.model_dump(), "search_id": record.id})
+    version = check_references(session, range_spec(spec))
+    if len(version.classes) < 2:
+        raise Invalid(
+            f"dataset {spec.dataset_id} version {version.number} has one class: a search "
+            "needs two or more to score",
+            field=("dataset_id",),
+        )
+    spec = spec.model_copy(update={"dataset_version": version.number})
+    record.dataset_id = spec.dataset_id
+    record.dataset_version = version.number
+    record.request = request.model_copy(update={"dataset_version": version.number}).model_dump(
+        mode="json"
+    )
+    name = f"search-{spec.backbone.name}-{spec.dataset_id}"
+    return records.queue_for(record, session, SEARCH.name, name, spec)
+
+
+def list_searches(session: Session, page: Page) -> PageOf[tuple[Search, Job | None]]:
+    """A page of searches, newest first, each with its job."""
+    return records.page_with_jobs(session, Search, page)
+
+
+def get_search(session: Session, search_id: str) -> tuple[Search, Job | None]:
+    return records.get_with_job(session, Search, search_id, "search")
+
+
+def trials_page(
+    session: Session, search_id: str, limit: int = TRIALS_PAGE, after: int | None = None
+) -> tuple[list[SearchTrial], int | None]:
+    """The search's trials in their order, `limit` after trial `after`: the page, and the
+    `after` of the next one (None on the last)."""
+    query = select(SearchTrial).where(SearchTrial.search_id == search_id)
+    if after is not None:
+        query = query.where(SearchTrial.number > after)
+    rows = list(session.scalars(query.order_by(SearchTrial.number).limit(limit + 1)))
+    return after_page(rows, limit, lambda row: row.number)
+
+
+def search_read(
+    session: Session,
+    record: Search,
+    job: Job | None,
+    trials: list[SearchTrial] | None = None,
+) -> SearchRead:
+    """The search as GET /searches/{id} answers it, with a page of its trials (the first,
+    unless given): its job's state, the trials so far, the best once done."""
+    status, error = records.record_status(job)
+    if trials is None:
+        trials, _ = trials_page(session, record.id)
+    total = session.scalar(
+        select(func.count()).select_from(SearchTrial).where(SearchTrial.search_id == record.id)
+    )
+    return SearchRead.model_validate(
+        {
+            "id": record.id,
+            "status": status,
+            "error": error,
+            "job_id": record.job_id,
+            "dataset_id": record.dataset_id,
+            "dataset_version": record.dataset_version,
+            "request": record.request,
+            "range_test": record.range_test,
+            "trials": [
+                {
+                    "number": row.number,
+                    "phase": row.phase,
+                    "params": row.params,
+                    "scores": row.scores,
+                    "value": row.value,
+                    "val_loss": row.val_loss,
+                    "state": row.state,
+                    "reason": row.reason,
+                    "seconds": row.seconds,
+                    "created_at": row.created_at,
+                }
+                for row in trials
+            ],
+            "trials_total": total or 0,
+            "best": record.best,
+            "trained_job_id": record.trained_job_id,
+            "created_at": record.created_at,
+            "finished_at": job.finished_at if job is not None else None,
+        }
+    )
