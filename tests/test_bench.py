@@ -96,6 +96,14 @@ PRINTS: dict[str, Callable[[str], None]] = {
     ),
     "report.py": ratios("facts_ratio", "old_rows_s_per_1000", "near_pairs_10000_s"),
     "rollout.py": ratios("rollout_p99_ratio", "switch_s", "errors", "other_models"),
+    "search.py": json_line(
+        "search",
+        "search_minus_grid_points",
+        "compute_ratio",
+        "search_minus_default_points",
+        "head_trials_in_10_minutes",
+        "lr_within_3x_seeds",
+    ),
     "start.py": ratios(
         "cold_start_ratio", "lazy_ready_s", "warm_ready_s", "uss_per_model_mb", "models_share"
     ),

@@ -49,6 +49,8 @@ def test_bad_searches_say_what_is_wrong(service: Service) -> None:
     assert status == 422 and "freeze_depths" in detail
     status, detail = refused({**body, "space": {"learning_rate": [0.1, 0.01]}})
     assert status == 422 and "must not be above high" in detail
+    status, detail = refused({**body, "space": {"freeze_depths": [0, 500]}})
+    assert status == 422 and "MobileNetV2 has 154 layers" in detail and "freeze_depths" in detail
     status, detail = refused({**body, "dataset_id": "d_nope"})
     assert status == 404 and "d_nope" in detail
     status, detail = refused({**body, "dataset_version": 9})

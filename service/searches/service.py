@@ -6,30 +6,39 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.jobs import records
-from service.problems import Invalid
+from service.problems import Invalid, NotFound
 from service.searches.kind import SEARCH
 from service.searches.schemas import SearchRead
 from service.searches.spec import SearchCreate, SearchSpec
 from service.searches.study import range_spec
+from service.searches.trials import check_freeze_depths, job_spec
 from service.storage.pages import Page, PageOf, after_page
 from service.storage.tables import Job, Search, SearchTrial, new_id
 from service.training.service import check_references
+from service.training.spec import JobSpec
 
 TRIALS_PAGE = 100
 
 
 def request_search(session: Session, request: SearchCreate) -> Search:
     """Check what the request names (the dataset and its version, the backbone's stored
-    weights), store the search and queue its job: NotFound or Invalid naming the field."""
+    weights, freeze depths the backbone has), store the search and queue its job: NotFound
+    or Invalid naming the field. Builds the backbone when the space names freeze depths
+    (TensorFlow): call it off any event loop."""
     record = Search(id=new_id("s"), dataset_version=0, request={})
     spec = SearchSpec.model_validate({**request.model_dump(), "search_id": record.id})
-    version = check_references(session, range_spec(spec))
+    base = range_spec(spec)
+    version = check_references(session, base)
     if len(version.classes) < 2:
         raise Invalid(
             f"dataset {spec.dataset_id} version {version.number} has one class: a search "
             "needs two or more to score",
             field=("dataset_id",),
         )
+    if spec.space.freeze_depths:
+        from service.ml.build import backbone_layer_names  # TensorFlow: only for given depths
+
+        check_freeze_depths(spec, len(backbone_layer_names(spec.backbone.name, base.input_size)))
     spec = spec.model_copy(update={"dataset_version": version.number})
     record.dataset_id = spec.dataset_id
     record.dataset_version = version.number
@@ -59,6 +68,20 @@ def trials_page(
         query = query.where(SearchTrial.number > after)
     rows = list(session.scalars(query.order_by(SearchTrial.number).limit(limit + 1)))
     return after_page(rows, limit, lambda row: row.number)
+
+
+def trial_spec(session: Session, search_id: str, number: int) -> JobSpec:
+    """The job spec trial `number` of the search trained ("Train this"): built as the search
+    built it, from the stored request (its dataset version resolved), so the best trial's is
+    `best.spec`. NotFound naming the search or the trial."""
+    record, _ = get_search(session, search_id)
+    trial = session.scalar(
+        select(SearchTrial).where(SearchTrial.search_id == search_id, SearchTrial.number == number)
+    )
+    if trial is None:
+        raise NotFound(f"search {search_id} has no trial {number}")
+    request = SearchCreate.model_validate(record.request)
+    return job_spec(request, trial.params, record.dataset_version)
 
 
 def search_read(

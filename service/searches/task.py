@@ -5,6 +5,7 @@ trials stored. Its success stores the best spec and, with `train_best`, queues i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -18,7 +19,7 @@ from service.jobs.queue import restore_history
 from service.problems import Invalid, NotFound
 from service.searches.spec import SearchSpec
 from service.searches.study import Search, Trial, picked_rate, range_spec
-from service.searches.trials import HEAD, job_spec
+from service.searches.trials import HEAD, check_freeze_depths, job_spec
 from service.storage.feature_store import DatabaseFeatureStore
 from service.storage.tables import Search as SearchRecord
 from service.storage.tables import SearchTrial
@@ -31,6 +32,7 @@ def search(context: JobContext, spec: SearchSpec) -> Outcome:
     """Run (or go on with) the search; what stores its best spec."""
     from service.ml.search import SearchLab
 
+    begun = time.monotonic()
     db, monitor = context.db, context.monitor
     base = range_spec(spec)
     range_test, done = _stored(context, spec)
@@ -47,11 +49,15 @@ def search(context: JobContext, spec: SearchSpec) -> Outcome:
             store=DatabaseFeatureStore(db, spec.dataset_id),
             should_stop=monitor.should_stop,
         )
-        _check_depths(spec, lab.backbone_layers)
+        check_freeze_depths(spec, lab.backbone_layers)  # checked when asked; again here
+        # A budget in seconds counts this attempt's time from its start (the features' pass
+        # included) and an earlier attempt's by its stored range test and trials.
+        earlier = range_test["seconds"] if range_test is not None else 0.0
         if range_test is None:
             range_test = asdict(lab.range_test(base))
             _write(context, lambda s: _set(s, spec.search_id, range_test=range_test))
-        runner = Search(spec, lab, done, _Announcer(context, spec), spent=range_test["seconds"])
+        spent = earlier + time.monotonic() - begun
+        runner = Search(spec, lab, done, _Announcer(context, spec), spent=spent)
         picked = picked_rate(spec, range_test["picked"])
         runner.heads(picked)
         runner.fine_tune(picked)
@@ -88,15 +94,6 @@ def _trial(row: SearchTrial) -> Trial:
         reason=row.reason,
         seconds=row.seconds,
     )
-
-
-def _check_depths(spec: SearchSpec, layers: int) -> None:
-    depths = spec.space.freeze_depths or []
-    if any(depth >= layers for depth in depths):
-        raise Invalid(
-            f"space.freeze_depths: {spec.backbone.name} has {layers} layers; fine-tune "
-            f"fewer than that ({depths})"
-        )
 
 
 class _Announcer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.problems import Invalid
 from service.searches.spec import SearchCreate
 from service.training.spec import JobSpec
 
@@ -83,3 +84,15 @@ def default_depths(layers: int) -> list[int]:
     """Freeze depths for a backbone of `layers` layers: none, its top tenth, its top third
     (the advice's fine-tuning share)."""
     return sorted({0, max(1, round(layers / 10)), max(1, round(layers / 3))})
+
+
+def check_freeze_depths(search: SearchCreate, layers: int) -> None:
+    """Every freeze depth the space names leaves some of the backbone's `layers` frozen:
+    Invalid naming `space.freeze_depths` otherwise."""
+    depths = search.space.freeze_depths or []
+    if any(depth >= layers for depth in depths):
+        raise Invalid(
+            f"{search.backbone.name} has {layers} layers: fine-tune fewer than that "
+            f"(freeze depths {depths})",
+            field=("space", "freeze_depths"),
+        )

@@ -17,6 +17,7 @@ from service.web import (
     monitoring_pages,
     prediction_pages,
     review_pages,
+    search_pages,
     session_pages,
 )
 from service.web.render import LoginRequired, login_redirect, page
@@ -45,6 +46,7 @@ PAGE_MODULES = (
     prediction_pages,
     review_pages,
     comparison_pages,
+    search_pages,
 )
 
 

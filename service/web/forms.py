@@ -153,6 +153,38 @@ def advice_from_form(fields: FormFields) -> dict[str, Any]:
     return body
 
 
+# The search form's optional fields, as SearchCreate names them: empty leaves its default.
+SEARCH_NUMBERS = (
+    "head_epochs",
+    "fine_tune_epochs",
+    "finalists",
+    "batch_size",
+    "validation_split",
+    "seed",
+)
+
+
+def search_from_form(dataset_id: str, fields: FormFields) -> dict[str, Any]:
+    """The body of POST /searches that the dataset page's search form describes: the
+    backbone as the advice form gives it, the budget as `budget_kind` ("trials" or
+    "seconds") and the number `budget`, and the advanced fields typed in (empty: defaults).
+    What is not a number is passed on as typed, so SearchCreate names the field."""
+    body: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "backbone": advice_from_form(fields)["backbone"],
+        "budget": {_one(fields, "budget_kind", "trials"): _number(_one(fields, "budget"))},
+        "train_best": bool(_one(fields, "train_best")),
+    }
+    body.update(
+        {name: _number(_one(fields, name)) for name in SEARCH_NUMBERS if _one(fields, name)}
+    )
+    if _one(fields, "freeze_depths"):
+        body["space"] = {"freeze_depths": _widths(_one(fields, "freeze_depths"))}
+    if _one(fields, "name"):
+        body["name"] = _one(fields, "name")
+    return body
+
+
 def edit_from_form(fields: FormFields) -> dict[str, Any]:
     """The body of POST /datasets/{id}/edits that the image grid's selection describes: the
     images (`image`, repeated) relabelled to the label typed (`new_label`) or chosen
