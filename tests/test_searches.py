@@ -62,6 +62,7 @@ def test_bad_searches_say_what_is_wrong(service: Service) -> None:
     assert service.client.get("/jobs", params={"kind": "search"}).json() == []
 
 
+@pytest.mark.slow
 @SQLITE_ONLY
 def test_a_search_resumes_from_its_finished_trials_and_its_best_spec_trains_as_it_scored(
     service: Service, monkeypatch: pytest.MonkeyPatch
