@@ -174,9 +174,14 @@ def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
 def feature_head(head: HeadSpec, features: int, num_classes: int) -> keras.Model:
     """The head alone, after its pooling, on pooled features of width `features`: the model a
     cached stage trains (`FeatureExtractor.head`), standing alone for a search's head trials."""
-    inputs = keras.Input((features,), name="features")
+    return on_features(_head_layers(head, num_classes)[1:], (features,))
+
+
+def on_features(layers: list[keras.layers.Layer], shape: tuple[int, ...]) -> keras.Model:
+    """A head's layers after its pooling, as a model of their own on features of `shape`."""
+    inputs = keras.Input(shape, name="features")
     x = inputs
-    for layer in _head_layers(head, num_classes)[1:]:
+    for layer in layers:
         x = layer(x)
     return keras.Model(inputs, x, name="head")
 

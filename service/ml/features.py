@@ -69,14 +69,12 @@ class FeatureExtractor:
     def __init__(self, network: Network) -> None:
         import keras
 
+        from service.ml.build import on_features
+
         pooled = network.head_layers[0].output
         self.pooling = network.head_layers[0]
         self.extractor = keras.Model(network.model.inputs, pooled, name="features")
-        inputs = keras.Input(tuple(pooled.shape[1:]), name="features")
-        x = inputs
-        for layer in network.head_layers[1:]:
-            x = layer(x)
-        self.head: keras.Model = keras.Model(inputs, x, name="head")
+        self.head: keras.Model = on_features(network.head_layers[1:], tuple(pooled.shape[1:]))
         self.feature_bytes = 4 * math.prod(int(dim) for dim in pooled.shape[1:])
 
     def extract(

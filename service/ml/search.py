@@ -25,9 +25,15 @@ import tensorflow as tf
 from service.ml.build import backbone_layer_names, build_network, feature_head
 from service.ml.callbacks import ProgressCallback
 from service.ml.data import LabelledImages, TrainingStopped
-from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
+from service.ml.features import FeatureExtractor, FeatureStore, feature_key
 from service.ml.pipeline import Splits, prepare_splits
-from service.ml.train import compile_for_stage, feature_epochs, make_optimizer, train
+from service.ml.train import (
+    compile_for_stage,
+    feature_epochs,
+    make_optimizer,
+    split_features,
+    train,
+)
 from service.training.spec import JobSpec
 
 # The range test: this many steps, the learning rate rising geometrically between these.
@@ -94,17 +100,14 @@ class SearchLab:
         keras.backend.clear_session()
         keras.utils.set_random_seed(spec.training.seed)  # random weights: training's backbone
         extractor = FeatureExtractor(build_network(spec, len(self.data.classes), self.weights))
-
-        def check(_batch: int) -> None:
-            if self.should_stop():
-                raise TrainingStopped()
-
-        ids = None if self.data.ids is None else [self.data.ids[i] for i in self.splits.positions]
-        features, _ = cached_or_extracted(
-            self.store,
-            feature_key(spec.backbone, pooling),
-            ids,
-            lambda: extractor.extract(self.splits.every_pixel(spec), check),
+        features, _ = split_features(
+            extractor,
+            self.splits,
+            spec,
+            store=self.store,
+            key=feature_key(spec.backbone, pooling),
+            ids=self.data.ids,
+            should_stop=self.should_stop,
         )
         return features
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -352,7 +352,7 @@ class _FrozenFeatures:
         self.splits = splits
         self.observer = observer
         self.store = store
-        self.ids = None if ids is None else [ids[i] for i in splits.positions]
+        self.ids = ids
         self.seconds = seconds
         # Stored features are those of the backbone as loaded: only while no stage trained it.
         self.key = feature_key(spec.backbone, spec.head.pooling)
@@ -379,21 +379,45 @@ class _FrozenFeatures:
         train_set, val_set = self.datasets
         return _StageInputs(self.extractor.head, train_set, val_set, cached=True)
 
-    def _extract(self, extractor: FeatureExtractor) -> np.ndarray:
-        def check(_batch: int) -> None:
-            if self.observer.should_stop():
-                raise TrainingStopped()
-
-        # In order, unshuffled: the features are shuffled as the pixels would have been.
-        return extractor.extract(self.splits.every_pixel(self.spec), check)
-
     def _datasets(self, extractor: FeatureExtractor) -> tuple[Epochs, tf.data.Dataset | None]:
-        features, self.reused = cached_or_extracted(
-            self.store, self.key, self.ids, lambda: self._extract(extractor)
+        features, self.reused = split_features(
+            extractor,
+            self.splits,
+            self.spec,
+            store=self.store,
+            key=self.key,
+            ids=self.ids,
+            should_stop=self.observer.should_stop,
         )
         if self.key is not None:  # the untouched backbone's: worth a label review
             self.features = (self.splits.positions, features)
         return feature_epochs(features, self.splits, self.spec.training)
+
+
+def split_features(
+    extractor: FeatureExtractor,
+    splits: Splits,
+    spec: JobSpec,
+    *,
+    store: FeatureStore | None,
+    key: str | None,
+    ids: list[int] | None,
+    should_stop: Callable[[], bool],
+) -> tuple[np.ndarray, bool]:
+    """The frozen backbone's features of the split's images, the training ones then the
+    validation ones (rows as `feature_epochs` takes them): from `store` under `key` when all
+    are there (`ids`: the data's stored ids), else extracted in one pass, stopped by
+    `should_stop`, and stored. Also whether they came from the store."""
+    stored_ids = None if ids is None else [ids[i] for i in splits.positions]
+
+    def check(_batch: int) -> None:
+        if should_stop():
+            raise TrainingStopped()
+
+    # In order, unshuffled: the features are shuffled as the pixels would have been.
+    return cached_or_extracted(
+        store, key, stored_ids, lambda: extractor.extract(splits.every_pixel(spec), check)
+    )
 
 
 def feature_epochs(

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from service.jobs import records
 from service.problems import Invalid, NotFound
 from service.searches.kind import SEARCH
-from service.searches.schemas import SearchRead
+from service.searches.schemas import SearchRead, TrialRead
 from service.searches.spec import SearchCreate, SearchSpec
 from service.searches.study import range_spec
 from service.searches.trials import check_freeze_depths, job_spec
@@ -25,8 +25,8 @@ def request_search(session: Session, request: SearchCreate) -> Search:
     weights, freeze depths the backbone has), store the search and queue its job: NotFound
     or Invalid naming the field. Builds the backbone when the space names freeze depths
     (TensorFlow): call it off any event loop."""
-    record = Search(id=new_id("s"), dataset_version=0, request={})
-    spec = SearchSpec.model_validate({**request.model_dump(), "search_id": record.id})
+    search_id = new_id("s")
+    spec = SearchSpec.model_validate({**request.model_dump(), "search_id": search_id})
     base = range_spec(spec)
     version = check_references(session, base)
     if len(version.classes) < 2:
@@ -40,10 +40,13 @@ def request_search(session: Session, request: SearchCreate) -> Search:
 
         check_freeze_depths(spec, len(backbone_layer_names(spec.backbone.name, base.input_size)))
     spec = spec.model_copy(update={"dataset_version": version.number})
-    record.dataset_id = spec.dataset_id
-    record.dataset_version = version.number
-    record.request = request.model_copy(update={"dataset_version": version.number}).model_dump(
-        mode="json"
+    record = Search(
+        id=search_id,
+        dataset_id=spec.dataset_id,
+        dataset_version=version.number,
+        request=request.model_copy(update={"dataset_version": version.number}).model_dump(
+            mode="json"
+        ),
     )
     name = f"search-{spec.backbone.name}-{spec.dataset_id}"
     return records.queue_for(record, session, SEARCH.name, name, spec)
@@ -108,21 +111,7 @@ def search_read(
             "dataset_version": record.dataset_version,
             "request": record.request,
             "range_test": record.range_test,
-            "trials": [
-                {
-                    "number": row.number,
-                    "phase": row.phase,
-                    "params": row.params,
-                    "scores": row.scores,
-                    "value": row.value,
-                    "val_loss": row.val_loss,
-                    "state": row.state,
-                    "reason": row.reason,
-                    "seconds": row.seconds,
-                    "created_at": row.created_at,
-                }
-                for row in trials
-            ],
+            "trials": [TrialRead.model_validate(row, from_attributes=True) for row in trials],
             "trials_total": total or 0,
             "best": record.best,
             "trained_job_id": record.trained_job_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from sqlalchemy import select, update
@@ -83,17 +83,8 @@ def _stored(context: JobContext, spec: SearchSpec) -> tuple[dict[str, Any] | Non
 
 
 def _trial(row: SearchTrial) -> Trial:
-    return Trial(
-        number=row.number,
-        phase=row.phase,
-        params=dict(row.params),
-        scores=list(row.scores),
-        value=row.value,
-        val_loss=row.val_loss,
-        state=row.state,
-        reason=row.reason,
-        seconds=row.seconds,
-    )
+    """A stored trial as the search takes it back: its row's columns of the same names."""
+    return Trial(**{column.name: getattr(row, column.name) for column in fields(Trial)})
 
 
 class _Announcer:
