@@ -93,8 +93,14 @@ def make_backbone(name: str, input_size: int, weights: str | Path | None) -> ker
     return model
 
 
-def build_network(spec: JobSpec, num_classes: int, backbone_weights: str | Path | None) -> Network:
-    """The whole classifier, frozen as the first stage says (later stages re-freeze it)."""
+def build_network(
+    spec: JobSpec,
+    num_classes: int,
+    backbone_weights: str | Path | None,
+    multi_label: bool = False,
+) -> Network:
+    """The whole classifier, frozen as the first stage says (later stages re-freeze it); its
+    output a softmax over the classes, or with `multi_label` a sigmoid per label."""
     size = spec.input_size
     backbone = make_backbone(spec.backbone.name, size, backbone_weights)
     inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
@@ -107,7 +113,7 @@ def build_network(spec: JobSpec, num_classes: int, backbone_weights: str | Path 
     # layers train (the Keras transfer-learning guide). When some stage trains BN layers the
     # call follows fit(), and a frozen BN layer stays in inference mode by Keras 3's own rule.
     x = backbone(x) if spec.trains_batchnorm else backbone(x, training=False)
-    head_layers = _head_layers(spec.head, num_classes)
+    head_layers = _head_layers(spec.head, num_classes, multi_label)
     for layer in head_layers:
         x = layer(x)
     model = keras.Model(inputs, x, name="classifier")
@@ -142,7 +148,7 @@ def augmentation(augment: AugmentSpec, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
+def _head_layers(head: HeadSpec, num_classes: int, multi_label: bool) -> list[keras.layers.Layer]:
     pooling = {
         "avg": lambda: keras.layers.GlobalAveragePooling2D(name="head_avg_pool"),
         "max": lambda: keras.layers.GlobalMaxPooling2D(name="head_max_pool"),
@@ -162,7 +168,7 @@ def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
     layers.append(
         keras.layers.Dense(
             num_classes,
-            activation="softmax",
+            activation="sigmoid" if multi_label else "softmax",
             kernel_regularizer=penalty,
             dtype="float32",
             name="predictions",
@@ -174,7 +180,7 @@ def _head_layers(head: HeadSpec, num_classes: int) -> list[keras.layers.Layer]:
 def feature_head(head: HeadSpec, features: int, num_classes: int) -> keras.Model:
     """The head alone, after its pooling, on pooled features of width `features`: the model a
     cached stage trains (`FeatureExtractor.head`), standing alone for a search's head trials."""
-    return on_features(_head_layers(head, num_classes)[1:], (features,))
+    return on_features(_head_layers(head, num_classes, multi_label=False)[1:], (features,))
 
 
 def on_features(layers: list[keras.layers.Layer], shape: tuple[int, ...]) -> keras.Model:

@@ -17,10 +17,14 @@ probability); ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b|.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# A softmax head's temperature, or a sigmoid head's, one per label.
+Temperature = float | Sequence[float]
 
 BINS = 15
 # Probabilities are clipped here before their logarithm: a float32 softmax underflows to 0
@@ -46,12 +50,21 @@ def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def scale_tensor(probabilities: Any, temperature: float) -> Any:
-    """`scale` as TensorFlow ops, for the exported graph; T == 1 adds nothing to it."""
-    if temperature == 1.0:
-        return probabilities
+def scale_tensor(probabilities: Any, temperature: Temperature) -> Any:
+    """`scale` as TensorFlow ops, for the exported graph; T == 1 adds nothing to it. A
+    sequence is a sigmoid head's temperatures, one per label: sigmoid(logit(p) / T), as
+    `service.ml.multilabel.scale`."""
     import tensorflow as tf
 
+    if not isinstance(temperature, float | int):
+        if all(t == 1.0 for t in temperature):
+            return probabilities
+        # float32 holds 1 − 1e-7 apart from 1; 1 − EPSILON would round to 1 and log1p(−1) = −∞.
+        p = tf.clip_by_value(tf.cast(probabilities, tf.float32), 1e-7, 1.0 - 1e-7)
+        divisor = tf.constant(list(temperature), dtype=tf.float32)
+        return tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / divisor)
+    if temperature == 1.0:
+        return probabilities
     clipped = tf.clip_by_value(tf.cast(probabilities, tf.float32), EPSILON, 1.0)
     return tf.nn.softmax(tf.math.log(clipped) / temperature, axis=-1)
 
@@ -130,13 +143,15 @@ def expected_calibration_error(
 
 @dataclass
 class Calibration:
-    temperature: float
+    temperature: Temperature
     # The evaluation's `calibration` block: the fitted T with ECE, NLL and reliability bins
     # before and after, or {"fitted": False, "reason": …}.
     report: dict[str, Any]
     # The calibrated probabilities: what the exported model answers for the same images
     # (None when there were no images).
     probabilities: np.ndarray | None
+    # A sigmoid head's threshold per label (`service.ml.multilabel`); None for a softmax.
+    thresholds: list[float] | None = None
 
 
 def not_fitted(probabilities: np.ndarray | None, reason: str) -> Calibration:

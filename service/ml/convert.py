@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from service.backbones import get_backbone
 from service.ml.build import Network, build_network
+from service.ml.calibrate import Temperature
 from service.ml.data import ExportInputs
 from service.ml.export import unpack_archive
 from service.ml.images import to_pixels
@@ -106,9 +107,10 @@ def restore_network(loaded: Any, spec: JobSpec, num_classes: int) -> Network:
     return network
 
 
-def inference_model(network: Network, spec: JobSpec, temperature: float) -> keras.Model:
+def inference_model(network: Network, spec: JobSpec, temperature: Temperature) -> keras.Model:
     """Raw pixels → calibrated probabilities, from built-in Keras layers only (see the
-    module's docstring)."""
+    module's docstring). A sigmoid head's temperatures are one per label: sigmoid(z_j / T_j)
+    is folded as column j's kernel and bias divided by T_j."""
     size = spec.input_size
     inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
     x = inputs
@@ -125,11 +127,13 @@ def inference_model(network: Network, spec: JobSpec, temperature: float) -> kera
     for layer in hidden:
         x = layer(x)
     kernel, bias = output.get_weights()
+    activation = keras.activations.serialize(output.activation)
     last = keras.layers.Dense(
-        kernel.shape[1], activation="softmax", dtype="float32", name="predictions"
+        kernel.shape[1], activation=activation, dtype="float32", name="predictions"
     )
     outputs = last(x)
-    last.set_weights([kernel / temperature, bias / temperature])
+    divisor = np.asarray(temperature, dtype=kernel.dtype)
+    last.set_weights([kernel / divisor, bias / divisor])
     return keras.Model(inputs, outputs, name="classifier")
 
 

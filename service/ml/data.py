@@ -37,12 +37,18 @@ Images = Sequence[bytes] | ShardedImages
 @dataclass
 class LabelledImages:
     images: Images
-    labels: np.ndarray  # int32 class indices
+    # int32 class indices [n]; for a multi-label dataset a 0/1 float32 matrix [n, classes],
+    # row i the labels image i holds (none, one or several).
+    labels: np.ndarray
     classes: list[str]
     # The stored dataset's row of each image, when they came from one: the worker names the
     # validation images by these, and features are cached under them.
     ids: list[int] | None = None
     filenames: list[str] | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
 
 
 @dataclass(frozen=True)

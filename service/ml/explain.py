@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import keras
 import tensorflow as tf
 
-from service.ml.calibrate import scale_tensor
+from service.ml.calibrate import Temperature, scale_tensor
 
 if TYPE_CHECKING:
     from service.ml.unknowns import Forward
@@ -115,7 +115,7 @@ def grad_cam_maps(
 
 
 def explain_function(
-    model: keras.Model, forward: Forward, temperature: float = 1.0
+    model: keras.Model, forward: Forward, temperature: Temperature = 1.0
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """pixels [batch, h, w, 3] (raw 0–255), classes int32 [batch, n] → probabilities
     [batch, K] (as `serve` gives them, temperature applied), maps [batch, n, fh, fw],
@@ -155,7 +155,7 @@ def input_specs(model: keras.Model) -> tuple[keras.InputSpec, keras.InputSpec]:
     )
 
 
-def serve_function(forward: Forward, temperature: float) -> Any:
+def serve_function(forward: Forward, temperature: Temperature) -> Any:
     """What `serve` runs: the model in inference mode (`forward`, a Tap of it or the function
     tracing it), its probabilities scaled by the temperature (T == 1 adds nothing).
 

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # callers bring a built model; the API only unpacks archives, without keras
     import keras
 
+    from service.ml.calibrate import Temperature
     from service.ml.unknowns import UnknownDetector
 
 
 def export_savedmodel(
-    model: keras.Model, temperature: float = 1.0, unknowns: UnknownDetector | None = None
+    model: keras.Model, temperature: Temperature = 1.0, unknowns: UnknownDetector | None = None
 ) -> bytes:
     """The model as a SavedModel, packed as a tar.gz, with these signatures:
 
@@ -45,7 +46,7 @@ def export_savedmodel(
 def write_savedmodel(
     model: keras.Model,
     directory: Path,
-    temperature: float = 1.0,
+    temperature: Temperature = 1.0,
     unknowns: UnknownDetector | None = None,
 ) -> None:
     """`export_savedmodel`'s directory, unpacked, in the layout `model.export()` writes: the

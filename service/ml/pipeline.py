@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from service.ml.data import Images, LabelledImages
 from service.ml.images import to_pixels
+from service.ml.losses import SINGLE_LABEL, Objective, objective_for
 from service.ml.split import stratified_split
 from service.storage.shard_files import ShardedImages
 from service.training.spec import JobSpec, TrainingSpec
@@ -37,7 +38,22 @@ def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]
         weights = np.ones(len(classes))
         weights[present] = compute_class_weight("balanced", classes=present, y=labels)
         return weights
+    return _given_weights(training, classes)
+
+
+def label_weights(training: TrainingSpec, targets: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Multi-label: one weight per label for its positive term in the loss, "balanced" from
+    the training split's counts (`multilabel.positive_weights`), or as given."""
+    if training.class_weight == "balanced":
+        from service.ml.multilabel import positive_weights
+
+        return positive_weights(targets)
+    return _given_weights(training, classes)
+
+
+def _given_weights(training: TrainingSpec, classes: list[str]) -> np.ndarray:
     weights = np.ones(len(classes))
+    assert not isinstance(training.class_weight, str)
     for name, value in (training.class_weight or {}).items():
         if name not in classes:
             raise ValueError(f"training.class_weight names {name!r}, not a class of the dataset")
@@ -48,7 +64,10 @@ def class_weights(training: TrainingSpec, labels: np.ndarray, classes: list[str]
 def _targets(
     labels: np.ndarray, num_classes: int, weights: np.ndarray | None
 ) -> tuple[np.ndarray, ...]:
-    """One-hot targets (label smoothing needs them), with per-image weights when given."""
+    """One-hot targets (label smoothing needs them), with per-image weights when given; a
+    multi-label matrix is its own target (its weights go into the loss, per label)."""
+    if labels.ndim == 2:
+        return (labels.astype(np.float32),)
     onehot = np.eye(num_classes, dtype=np.float32)[labels]
     if weights is None:
         return (onehot,)
@@ -208,6 +227,7 @@ class Splits:
     validation: Split
     train_epochs: Epochs
     validation_pixels: tf.data.Dataset | None  # None when no image was held out
+    objective: Objective = SINGLE_LABEL
 
     def every_pixel(self, spec: JobSpec) -> tf.data.Dataset:
         """Batches of (float32 raw pixels,): the training images, then the validation ones,
@@ -238,14 +258,20 @@ class Splits:
 def prepare_splits(spec: JobSpec, data: LabelledImages) -> Splits:
     """Hold out part of each class for validation, and make the pixel datasets of both sides.
 
-    Class weights go into the training targets only: the validation loss stays the plain one.
+    Class weights go into the training targets only (multi-label: into the training loss's
+    positive terms): the validation loss stays the plain one.
     """
     training = spec.training
     train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
     train_labels, val_labels = data.labels[train_index], data.labels[val_index]
     weights = (
         class_weights(training, train_labels, data.classes)
-        if training.class_weight is not None
+        if training.class_weight is not None and not data.multi_label
+        else None
+    )
+    per_label = (
+        label_weights(training, train_labels, data.classes)
+        if training.class_weight is not None and data.multi_label
         else None
     )
     num_classes = len(data.classes)
@@ -266,6 +292,7 @@ def prepare_splits(spec: JobSpec, data: LabelledImages) -> Splits:
         validation=val_split,
         train_epochs=train_split.epochs(spec),
         validation_pixels=val_split.pixels(spec) if len(val_split) else None,
+        objective=objective_for(data.labels, per_label),
     )
 
 

@@ -34,15 +34,16 @@ import tensorflow as tf
 from service.ml import checkpoint
 from service.ml.batchnorm import recompute_batchnorm_statistics
 from service.ml.build import Network, apply_freeze, build_network
-from service.ml.calibrate import Calibration, calibrate, not_fitted
+from service.ml.calibrate import Temperature
 from service.ml.callbacks import Checkpoints, EarlyStopping, ProgressCallback, restore
 from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.drift import Snapshot, snapshot
-from service.ml.evaluate import evaluate
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.heads import HeadWeights, warm_head
+from service.ml.losses import SINGLE_LABEL, Objective
 from service.ml.pipeline import Epochs, Splits, prepare_splits
-from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
+from service.ml.unknowns import UnknownDetector
+from service.ml.validation import final_metrics
 from service.training.spec import JobSpec, Stage, TrainingSpec
 
 # Backbone features are cached for frozen stages up to this size, else the stage runs whole.
@@ -64,10 +65,12 @@ class TrainingResult:
     # probabilities for them (row k: image validation_index[k]); None without a validation split.
     validation_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     validation_probabilities: np.ndarray | None = None
-    # The temperature the exported model applies (1.0: none), and the evaluation's
+    # The temperature the exported model applies (1.0: none; a sigmoid head's, one per label),
+    # the threshold per label a sigmoid head answers at (None for a softmax), and the evaluation's
     # `calibration` block: {"fitted": True, "temperature", "ece_before", …} or
     # {"fitted": False, "reason"}.
-    temperature: float = 1.0
+    temperature: Temperature = 1.0
+    thresholds: list[float] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     # The backbone's weights as built from its source, before training: what drift.with_drift
     # compares the trained ones to. None when it started from random weights.
@@ -94,12 +97,14 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     }[name](learning_rate=learning_rate)
 
 
-def compile_for_stage(model: keras.Model, stage: Stage, training: TrainingSpec) -> None:
+def compile_for_stage(
+    model: keras.Model, stage: Stage, training: TrainingSpec, objective: Objective = SINGLE_LABEL
+) -> None:
     """A fresh optimizer per stage, as the Keras guide recompiles after changing `trainable`."""
     model.compile(
         optimizer=make_optimizer(stage.optimizer, stage.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=training.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        loss=objective.loss(training.label_smoothing),
+        metrics=objective.metrics(),
     )
     # Built here, not by the first training step: Keras (TensorFlow, no explicit strategy)
     # leaves it to that step's trace, and a tf.function that creates variables when first
@@ -128,8 +133,10 @@ def train(
        fresh optimizer and fit; then recompute the statistics of the BN layers that trained.
        Features of the untouched pretrained backbone come from `feature_store` when an
        earlier job or advice stored them, and are stored there otherwise.
-    4. Evaluate the final model on the validation split: loss, accuracy, the temperature
-       fitted on it (`service.ml.calibrate`), the per-class report.
+    4. Evaluate the final model on the validation split (`service.ml.validation`): loss,
+       accuracy, the temperature fitted on it, the per-class report; for multi-label images
+       (`data.labels` a 0/1 matrix: a sigmoid per label, binary cross-entropy) a temperature
+       and a threshold per label and the per-label report.
 
     With two or more `devices` (default: the visible GPUs) it trains on all of them at once
     (MirroredStrategy); with `training.mixed_precision`, in 16 bits.
@@ -199,7 +206,7 @@ def _train_in_scope(
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision_policy(spec.training))
     try:
-        network = build_network(spec, len(data.classes), backbone_weights)
+        network = build_network(spec, len(data.classes), backbone_weights, data.multi_label)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     initial_weights = snapshot(network.backbone) if spec.backbone.pretrained else None
@@ -215,11 +222,9 @@ def _train_in_scope(
         spec, network, splits, progress, frozen, feature_cache, saver
     )
     clock = time.perf_counter()
-    metrics, evaluation, calibration, unknowns = _evaluated(
+    metrics, evaluation, calibration, unknowns = final_metrics(
         network.model, splits, history, spec, data.classes
     )
-    if evaluation is not None:
-        evaluation["unknowns"] = unknowns.report
     seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(
         network=network,
@@ -233,45 +238,13 @@ def _train_in_scope(
         validation_index=splits.validation.index,
         validation_probabilities=calibration.probabilities,
         temperature=calibration.temperature,
+        thresholds=calibration.thresholds,
         calibration=calibration.report,
         initial_weights=initial_weights,
         features=frozen.features,
         features_reused=frozen.reused,
         unknowns=unknowns,
         head_classes_carried=carried,
-    )
-
-
-def _evaluated(
-    model: keras.Model,
-    splits: Splits,
-    history: list[dict[str, float]],
-    spec: JobSpec,
-    classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector]:
-    """The final model's metrics, report and calibration (`_final_metrics`), and its
-    unknown-input score. One pass over the validation split gives both the probabilities the
-    report scores and the features the score's threshold is fitted on: the model as exported,
-    after early stopping's restore and the BN fix."""
-    tap = Tap(model)
-    features, probabilities = (
-        pooled_features(tap, splits.validation_pixels)
-        if splits.validation_pixels is not None
-        else (None, None)
-    )
-    metrics, evaluation, calibration = _final_metrics(probabilities, splits, history, spec, classes)
-    return metrics, evaluation, calibration, fit_unknowns(tap, splits, spec, len(classes), features)
-
-
-def fit_unknowns(
-    tap: Tap, splits: Splits, spec: JobSpec, classes: int, held_out: list[np.ndarray] | None
-) -> UnknownDetector:
-    """The unknown-input score on the final model's features: its Gaussians fitted on (a
-    sample of) the training split, its threshold on the validation split's (`held_out`)."""
-    train = splits.train.sample(MAX_FIT_IMAGES, spec.training.seed)
-    features, _ = pooled_features(tap, train.pixels(spec))
-    return fit_detector(
-        tap.layers, (features, train.labels), held_out, classes, spec.training.unknown_rate
     )
 
 
@@ -318,7 +291,9 @@ def _fit_stages(
             inputs = _StageInputs(network.model, splits.train_epochs, splits.validation_pixels)
         elif stage.number not in book.cached_stages:
             book.cached_stages.append(stage.number)
-        _fit_stage(inputs, stage, spec.training, progress, frozen.seconds, saver, resumed)
+        _fit_stage(
+            inputs, stage, spec.training, splits.objective, progress, frozen.seconds, saver, resumed
+        )
         resumed = None
         # BN layers that trained this stage: their moving statistics lag far behind.
         book.recomputed += recompute_batchnorm_statistics(network.model, splits.statistics_pixels)
@@ -440,6 +415,7 @@ def _fit_stage(
     inputs: _StageInputs,
     stage: Stage,
     training: TrainingSpec,
+    objective: Objective,
     progress: ProgressCallback,
     seconds: dict[str, float],
     saver: Checkpoints | None,
@@ -447,7 +423,7 @@ def _fit_stage(
 ) -> None:
     """Compile and fit one stage, its epochs numbered on from the stages before it; from a
     checkpoint taken within it, with its optimizer and early stopping as they were."""
-    compile_for_stage(inputs.model, stage, training)
+    compile_for_stage(inputs.model, stage, training, objective)
     early_state = resumed.state.early_stopping if resumed is not None else None
     if resumed is not None and resumed.optimizer:
         restore(inputs.model.optimizer.variables, resumed.optimizer)
@@ -493,38 +469,3 @@ def _fit_stage(
     seconds["fit"] += time.perf_counter() - clock
     if progress.stopped:
         raise TrainingStopped()
-
-
-def _final_metrics(
-    probabilities: np.ndarray | None,
-    splits: Splits,
-    history: list[dict[str, float]],
-    spec: JobSpec,
-    classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
-    """The last epoch's metrics; with the validation split's `probabilities`, its loss and
-    accuracy measured again, the temperature fitted on it (unless `training.calibrate` is
-    off), and the per-class report of the calibrated probabilities, which the calibration
-    carries: those the exported model gives (ranked as before, so the report is the same).
-
-    `val_loss` stays Keras's loss of the uncalibrated probabilities, comparable with the
-    history's; the calibration block has the NLL before and after.
-    """
-    metrics = {
-        key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
-    }
-    if probabilities is None:
-        return metrics, None, not_fitted(None, "no validation split to fit a temperature on")
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
-    metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
-    labels = splits.validation.labels
-    calibration = (
-        calibrate(probabilities, labels)
-        if spec.training.calibrate
-        else not_fitted(probabilities, "training.calibrate is false")
-    )
-    assert calibration.probabilities is not None
-    evaluation = evaluate(labels, calibration.probabilities, classes)
-    evaluation["calibration"] = calibration.report
-    metrics["val_accuracy"] = evaluation["accuracy"]
-    return metrics, evaluation, calibration

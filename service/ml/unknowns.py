@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from service.ml.calibrate import scale_tensor
+from service.ml.calibrate import Temperature, scale_tensor
 from service.ml.model_cache import UnknownThresholds
 
 METHOD = "mahalanobis-ensemble"
@@ -225,7 +225,11 @@ def scores_of(detector: UnknownDetector, pooled: list[np.ndarray]) -> np.ndarray
 
 
 def unknowns_function(
-    forward: Forward, temperature: float, detector: UnknownDetector, *, with_features: bool = False
+    forward: Forward,
+    temperature: Temperature,
+    detector: UnknownDetector,
+    *,
+    with_features: bool = False,
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The `unknowns` signature: pixels → `probabilities` (as `serve` gives them), `ood_score`
     and `unknown` (past the threshold fitted for the training's unknown_rate); with
@@ -271,7 +275,7 @@ def unknowns_function(
 
 
 def features_function(
-    forward: Forward, temperature: float
+    forward: Forward, temperature: Temperature
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The `features` signature of a model without an unknown-input score: pixels →
     `features` (the backbone's final feature map, averaged over its cells: what the review

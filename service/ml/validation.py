@@ -1,0 +1,133 @@
+"""The final model on the validation split: its metrics, calibration and report, and its
+unknown-input score, from one pass over the split (the model as stored, after early
+stopping's restore and the BN fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from service.ml.calibrate import Calibration, calibrate, not_fitted
+from service.ml.evaluate import evaluate
+from service.ml.multilabel import fit_calibration
+from service.ml.pipeline import Splits
+from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
+from service.training.spec import JobSpec
+
+Scored = tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector | None]
+# Unknowns are Gaussians per class around the images of that class; an image of several
+# labels belongs to no one class, so a sigmoid head has no unknown-input score (yet).
+NO_UNKNOWNS = {"fitted": False, "reason": "a multi-label model has no unknown-input score"}
+
+
+def final_metrics(
+    model: keras.Model,
+    splits: Splits,
+    history: list[dict[str, float]],
+    spec: JobSpec,
+    classes: list[str],
+) -> Scored:
+    """The metrics, report and calibration, and the unknown-input score (None multi-label).
+    One pass gives both the probabilities the report scores and the features the score's
+    threshold is fitted on."""
+    multi_label = splits.objective.multi_label
+    tap = Tap(model, depths=not multi_label)
+    features, probabilities = (
+        pooled_features(tap, splits.validation_pixels)
+        if splits.validation_pixels is not None
+        else (None, None)
+    )
+    metrics = {
+        key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
+    }
+    if multi_label:
+        metrics, evaluation, calibration = _label_metrics(
+            probabilities, splits, metrics, spec, classes
+        )
+        if evaluation is not None:
+            evaluation["unknowns"] = NO_UNKNOWNS
+        return metrics, evaluation, calibration, None
+    metrics, evaluation, calibration = _class_metrics(probabilities, splits, metrics, spec, classes)
+    unknowns = fit_unknowns(tap, splits, spec, len(classes), features)
+    if evaluation is not None:
+        evaluation["unknowns"] = unknowns.report
+    return metrics, evaluation, calibration, unknowns
+
+
+def fit_unknowns(
+    tap: Tap, splits: Splits, spec: JobSpec, classes: int, held_out: list[np.ndarray] | None
+) -> UnknownDetector:
+    """The unknown-input score on the final model's features: its Gaussians fitted on (a
+    sample of) the training split, its threshold on the validation split's (`held_out`)."""
+    train = splits.train.sample(MAX_FIT_IMAGES, spec.training.seed)
+    features, _ = pooled_features(tap, train.pixels(spec))
+    return fit_detector(
+        tap.layers, (features, train.labels), held_out, classes, spec.training.unknown_rate
+    )
+
+
+def _validation_loss(probabilities: np.ndarray, splits: Splits, spec: JobSpec) -> float:
+    """Keras's loss of the uncalibrated probabilities, unweighted: comparable with the
+    history's `val_loss`."""
+    loss = splits.objective.loss(spec.training.label_smoothing, weighted=False)
+    return float(loss(splits.validation.targets[0], probabilities))
+
+
+def _class_metrics(
+    probabilities: np.ndarray | None,
+    splits: Splits,
+    metrics: dict[str, float],
+    spec: JobSpec,
+    classes: list[str],
+) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
+    """With the validation split's `probabilities`, its loss and accuracy measured again, the
+    temperature fitted on it (unless `training.calibrate` is off), and the per-class report of
+    the calibrated probabilities, which the calibration carries: those the exported model
+    gives (ranked as before, so the report is the same).
+
+    `val_loss` stays Keras's loss of the uncalibrated probabilities, comparable with the
+    history's; the calibration block has the NLL before and after.
+    """
+    if probabilities is None:
+        return metrics, None, not_fitted(None, "no validation split to fit a temperature on")
+    metrics["val_loss"] = _validation_loss(probabilities, splits, spec)
+    labels = splits.validation.labels
+    calibration = (
+        calibrate(probabilities, labels)
+        if spec.training.calibrate
+        else not_fitted(probabilities, "training.calibrate is false")
+    )
+    assert calibration.probabilities is not None
+    evaluation = evaluate(labels, calibration.probabilities, classes)
+    evaluation["calibration"] = calibration.report
+    metrics["val_accuracy"] = evaluation["accuracy"]
+    return metrics, evaluation, calibration
+
+
+def _label_metrics(
+    probabilities: np.ndarray | None,
+    splits: Splits,
+    metrics: dict[str, float],
+    spec: JobSpec,
+    classes: list[str],
+) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
+    """A sigmoid head's: a temperature per label (unless `training.calibrate` is off), then a
+    threshold per label on the calibrated scores, then the multi-label report at those
+    thresholds (`service.ml.multilabel`). `val_accuracy` stays the history's per-label
+    accuracy at 0.5; the set metrics are `val_micro_f1`, `val_macro_f1`, `val_exact_match`."""
+    if probabilities is None:
+        return metrics, None, not_fitted(None, "no validation split to fit temperatures on")
+    metrics["val_loss"] = _validation_loss(probabilities, splits, spec)
+    fitted = fit_calibration(
+        probabilities, splits.validation.labels, classes, temperatures=spec.training.calibrate
+    )
+    evaluation = {**fitted.evaluation, "calibration": fitted.report}
+    for name in ("micro_f1", "macro_f1", "exact_match"):
+        if evaluation[name] is not None:
+            metrics[f"val_{name}"] = evaluation[name]
+    calibration = Calibration(
+        fitted.temperatures, fitted.report, fitted.probabilities, fitted.thresholds
+    )
+    return metrics, evaluation, calibration
