@@ -86,6 +86,9 @@ PRINTS: dict[str, Callable[[str], None]] = {
     ),
     "ingest_photos.py": ratios("ingest_photo_ratio", "decode_224_ratio", "phash_hamming_max"),
     "lists.py": ratios("jobs_first_page_ratio", "models_first_page_ratio"),
+    "multilabel.py": json_line(
+        "multilabel", "micro_f1", "threshold_gain", "ece_max", "latency_ratio"
+    ),
     "predict.py": ratios(
         "latency_ratio",
         "throughput_ratio",

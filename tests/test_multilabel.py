@@ -73,8 +73,7 @@ def test_the_loss_weighs_each_labels_positives() -> None:
     predicted = rng.uniform(0.05, 0.95, (8, 3)).astype(np.float32)
     weights = [1.0, 4.0, 9.0]
     expected = -np.mean(
-        np.asarray(weights) * targets * np.log(predicted)
-        + (1 - targets) * np.log(1 - predicted),
+        np.asarray(weights) * targets * np.log(predicted) + (1 - targets) * np.log(1 - predicted),
         axis=1,
     ).mean()
     loss = LabelBinaryCrossentropy(weights)
@@ -134,4 +133,3 @@ def test_a_sigmoid_head_learns_label_sets_and_the_stored_model_applies_its_calib
     # An export folds each label's temperature into its column of the last layer.
     folded = inference_model(result.network, spec, result.temperature)
     np.testing.assert_allclose(folded.predict(validation, verbose=0), served, atol=1e-4)
-

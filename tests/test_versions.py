@@ -9,10 +9,17 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import delete, select, update
+from sqlalchemy import column, delete, insert, select, table, update
 
 from service.storage.db import Database
-from service.storage.tables import Dataset, DatasetImage, Job, TrainedModel, VersionImage
+from service.storage.tables import (
+    Dataset,
+    DatasetImage,
+    Job,
+    TrainedModel,
+    VersionImage,
+    utcnow,
+)
 from tests.conftest import (
     LIGHT,
     SQLITE_ONLY,
@@ -197,7 +204,11 @@ def test_the_migration_makes_each_dataset_its_version_1(database_url: str) -> No
     command.upgrade(config, "0012")
     classes = [{"name": "a", "count": 1}, {"name": "b", "count": 1}]
     with database.session(write=True) as session:
-        session.add(Dataset(id="d_old", name="old", num_images=2, classes=classes, skipped=[]))
+        # The columns of revision 0012 alone: the ORM's row would name later ones.
+        old = {"id": "d_old", "name": "old", "num_images": 2, "classes": classes, "skipped": []}
+        columns = [column(name, Dataset.__table__.c[name].type) for name in [*old, "created_at"]]
+        datasets = table("datasets", *columns)
+        session.execute(insert(datasets).values(created_at=utcnow(), **old))
         session.flush()
         for image_id, label in ((1, "a"), (2, "b")):
             image = DatasetImage(id=image_id, dataset_id="d_old", uploaded_label=label)

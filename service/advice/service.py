@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from service import jobs
 from service.advice.kind import ADVICE
 from service.advice.spec import AdviceRequest, AdviceSpec
-from service.datasets.service import get_dataset
+from service.datasets.service import get_dataset, require_single_label
 from service.problems import NotFound
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import Advice, Job, new_id
@@ -59,6 +59,7 @@ FROM_SCRATCH = "train the whole network from its random weights: there is nothin
 def request_advice(session: Session, dataset_id: str, request: AdviceRequest) -> Advice:
     """Queue an advice job for the dataset; NotFound/Invalid for what the request names."""
     dataset = get_dataset(session, dataset_id)
+    require_single_label(dataset, "advice")
     spec = AdviceSpec.model_validate({**request.model_dump(), "dataset_id": dataset.id})
     version = check_references(session, spec)
     request = request.model_copy(update={"dataset_version": version.number})

@@ -9,6 +9,7 @@ from service.comparisons.schemas import ComparisonCreate, ComparisonRead
 from service.comparisons.spec import ComparisonSpec
 from service.datasets import versions
 from service.jobs import records
+from service.models.service import require_single_label
 from service.problems import Invalid, NotFound
 from service.storage.pages import Page, PageOf
 from service.storage.tables import Comparison, Dataset, Job, TrainedModel, new_id
@@ -33,6 +34,7 @@ def request_comparison(session: Session, request: ComparisonCreate) -> Compariso
         model = session.get(TrainedModel, model_id)
         if model is None:
             raise NotFound(f"no model {model_id!r}", field=("models", position))
+        require_single_label(model, "a comparison")
         if not classes & set(model.classes):
             raise Invalid(
                 f"model {model_id} knows none of the classes of dataset {dataset.id} "

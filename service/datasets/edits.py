@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.datasets import versions
 from service.datasets.labelling import add_labelled, checked_labels
-from service.datasets.service import list_images, locked_dataset
+from service.datasets.service import list_images, locked_dataset, require_single_label
 from service.datasets.spec import DatasetEdit, Relabel
 from service.problems import Conflict, Invalid, NotFound
 from service.storage.tables import DatasetVersion
@@ -23,6 +23,7 @@ from service.storage.tables import DatasetVersion
 def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> DatasetVersion:
     """The dataset's new version, with `edit` applied to its latest."""
     dataset = locked_dataset(session, dataset_id)
+    require_single_label(dataset, "editing")
     latest = versions.get_version(session, dataset, None)
     if edit.base_version is not None and edit.base_version != latest.number:
         raise Conflict(

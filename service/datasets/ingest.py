@@ -20,6 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any
 
+from service.datasets.label_files import (
+    LABEL_FILES,
+    MAX_LABEL_FILE_BYTES,
+    BadLabelFile,
+    is_label_file,
+    read_label_file,
+    split_labels,
+)
 from service.ml.images import (
     PHASH_SIDE,
     ImageFacts,
@@ -190,16 +198,20 @@ class Plan:
 
     images: list[Planned] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    multi_label: bool = False  # labelled by a labels file (label_files.py), not by folders
 
     @property
     def class_counts(self) -> dict[str, int]:
-        return count_labels(image.label for image in self.images)
+        return count_labels((image.label for image in self.images), self.multi_label)
 
 
-def count_labels(labels: Iterable[str]) -> dict[str, int]:
+def count_labels(labels: Iterable[str], multi_label: bool = False) -> dict[str, int]:
+    """Images per class; `multi_label`: images per label, each image counted under each of
+    its labels (and under none when it has none)."""
     counts: dict[str, int] = {}
     for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+        for name in split_labels(label) if multi_label else [label]:
+            counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -232,12 +244,17 @@ def _check_member(
     return Checked(info, info.filename, parts, facts, reason)
 
 
-def plan_images(checked: Iterable[Checked], *, labelled: bool = True) -> Plan:
+def plan_images(
+    checked: Iterable[Checked], *, labelled: bool = True, listed: LabelFile | None = None
+) -> Plan:
     """Class folders decided by every image's path (`class_folder_depth`); the rest skipped.
-    Not `labelled` (an unlabelled pool): every image, wherever it sits, with no label."""
+    Not `labelled` (an unlabelled pool): every image, wherever it sits, with no label. With
+    a labels file (`listed`), each image's labels are the file's."""
     members = list(checked)
     if not labelled:
         return _unlabelled(members)
+    if listed is not None:
+        return _listed(members, listed)
     depth = class_folder_depth([member.parts for member in members if member.facts is not None])
     plan = Plan()
     for member in members:
@@ -250,6 +267,31 @@ def plan_images(checked: Iterable[Checked], *, labelled: bool = True) -> Plan:
             plan.images.append(
                 Planned(member.key, member.path, inside[0], "/".join(inside), member.facts)
             )
+    return plan
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    name: str
+    labels: dict[str, str]  # an image's path in the zip → its canonical label string
+
+
+def _listed(members: list[Checked], listed: LabelFile) -> Plan:
+    plan = Plan(multi_label=True)
+    for member in members:
+        path = "/".join(member.parts)
+        if member.facts is None:
+            plan.skipped.append({"path": member.path, "reason": member.reason})
+        elif path not in listed.labels:
+            plan.skipped.append({"path": member.path, "reason": f"not listed in {listed.name}"})
+        else:
+            plan.images.append(
+                Planned(member.key, member.path, listed.labels[path], path, member.facts)
+            )
+    present = {"/".join(member.parts) for member in members}
+    for path in listed.labels.keys() - present:
+        reason = f"listed in {listed.name}, not in the zip"
+        plan.skipped.append({"path": path, "reason": reason})
     return plan
 
 
@@ -366,13 +408,36 @@ def scan_zip(archive: zipfile.ZipFile, limits: Limits, *, labelled: bool = True)
     inflates to counts against the limits, wherever in the zip it lies.
     """
     inflated = Inflated(limits.max_total_bytes)
+    entries = archive_files(archive, limits)
+    listed = _label_file(archive, entries, limits, inflated) if labelled else None
+    if listed is not None:
+        entries = [entry for entry in entries if entry[1] != (listed.name,)]
     return plan_images(
-        (
-            _check_member(archive, entry, limits, inflated)
-            for entry in archive_files(archive, limits)
-        ),
+        (_check_member(archive, entry, limits, inflated) for entry in entries),
         labelled=labelled,
+        listed=listed,
     )
+
+
+def _label_file(
+    archive: zipfile.ZipFile, entries: list[Entry], limits: Limits, inflated: Inflated
+) -> LabelFile | None:
+    """The zip's labels file (label_files.py), at its top, read; None when it has none."""
+    found = [entry for entry in entries if entry[1] in [(name,) for name in LABEL_FILES]]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise BadArchive(f"zip holds both {' and '.join(LABEL_FILES)}: send one")
+    info, (name,) = found[0]
+    data = read_capped(archive, info, MAX_LABEL_FILE_BYTES, inflated)
+    if data is None:
+        raise BadArchive(f"{name} is larger than {MAX_LABEL_FILE_BYTES} bytes")
+    if not is_label_file(name, data):
+        return None
+    try:
+        return LabelFile(name, read_label_file(name, data, limits.max_files))
+    except BadLabelFile as error:
+        raise BadArchive(str(error)) from None
 
 
 def zip_images(
@@ -409,7 +474,11 @@ def read_image_zip(file: IO[bytes], limits: Limits) -> Archive:
     return Archive(images, plan.skipped)
 
 
-def require_classes(classes: dict[str, int], at_least: int = 2) -> None:
+def require_classes(classes: dict[str, int], at_least: int = 2, multi_label: bool = False) -> None:
+    if multi_label:
+        if not classes:
+            raise BadArchive("the labels file gives none of the zip's images a label")
+        return
     if len(classes) < at_least:
         found = ", ".join(f"{name!r}" for name in classes) or "none"
         raise BadArchive(

@@ -38,7 +38,7 @@ from service.datasets.schemas import (
     SmallClasses,
     SmallImages,
 )
-from service.datasets.service import get_dataset
+from service.datasets.service import get_dataset, require_single_label
 from service.datasets.similar import (
     NEAR_DUPLICATE_BITS,
     Kind,
@@ -86,6 +86,7 @@ def dataset_report(
     NotFound for an unknown dataset or version. Writes (flushes) the facts of images stored
     before they were measured at upload, so the session must be allowed to write."""
     dataset = get_dataset(session, dataset_id)
+    require_single_label(dataset, "the health report")
     reported = versions.get_version(session, dataset, version)
     measured = measure_missing(session, dataset.id)
     rows = _rows(session, reported.id)

@@ -30,17 +30,26 @@ class DatasetRead(BaseModel):
             "skipped": [{"path": "cats/bad.jpg", "reason": "not a decodable image"}],
             "created_at": "2026-11-28T12:00:00Z",
             "version": 3,
+            "multi_label": False,
         }
     )
     id: str
     name: str
     num_images: int = Field(description="Images in its latest version.")
-    classes: list[ClassCount] = Field(description="Its latest version's classes.")
+    classes: list[ClassCount] = Field(
+        description="Its latest version's classes; multi-label, its labels, each with the "
+        "images that hold it (an image counts under each of its labels)."
+    )
     skipped: list[SkippedFile]
     created_at: datetime
     version: int = Field(
         description="Its latest version's number: every upload, append, import and edit "
         "makes the next (GET /datasets/{dataset_id}/versions)."
+    )
+    multi_label: bool = Field(
+        default=False,
+        description="Several labels per image: uploaded with a labels.csv or labels.jsonl at "
+        "the zip's top instead of class folders.",
     )
 
 

@@ -26,7 +26,7 @@ from service.datasets.ingest import (
     zip_images,
 )
 from service.ml.images import UndecodableImage, thumbnail
-from service.problems import BadContent, Invalid, NotFound
+from service.problems import BadContent, Conflict, Invalid, NotFound
 from service.storage.pages import Page, PageOf, after_page, fetch_page
 from service.storage.tables import (
     MAX_INTEGER,
@@ -79,13 +79,14 @@ def create_dataset(
             # Pass 1 before the first query: on SQLite a writing session takes the database's
             # write lock with its first statement, and decoding a large zip takes a while.
             plan = scan_zip(archive, limits)
-            require_classes(plan.class_counts)
+            require_classes(plan.class_counts, multi_label=plan.multi_label)
             dataset = Dataset(
                 id=new_id("d"),
                 name=name or (filename or "dataset").removesuffix(".zip"),
                 num_images=0,
                 classes=[],
                 skipped=plan.skipped,
+                multi_label=plan.multi_label,
             )
             # A savepoint: a caller that answers the error and commits (the console) still
             # keeps none of the rows flushed before it.
@@ -120,8 +121,9 @@ def append_images(
     try:
         with open_zip(upload, limits) as archive:
             plan = scan_zip(archive, limits)  # before the first query: see create_dataset
-            require_classes(plan.class_counts, at_least=1)
+            require_classes(plan.class_counts, at_least=1, multi_label=plan.multi_label)
             dataset = locked_dataset(session, dataset_id)
+            check_layout(dataset, plan.multi_label)
             new, restored, duplicates = unseen_images(session, dataset, plan.images)
             with session.begin_nested():  # as in create_dataset: all of it or none
                 contents = zip_images(archive, new, limits)
@@ -131,8 +133,33 @@ def append_images(
     metrics.observe_upload("dataset", upload.seek(0, io.SEEK_END))
     dataset.skipped = [*dataset.skipped, *plan.skipped]
     session.flush()
-    added = count_labels([image.label for image in new] + [label for _, label in restored])
+    labels = [image.label for image in new] + [label for _, label in restored]
+    added = count_labels(labels, dataset.multi_label)
     return Appended(dataset, added, plan.skipped + duplicates)
+
+
+def require_single_label(dataset: Dataset, what: str) -> None:
+    """Conflict for what multi-label datasets do not have yet, naming it."""
+    if dataset.multi_label:
+        raise Conflict(
+            f"dataset {dataset.id} is multi-label: {what} is for single-label datasets "
+            "(class folders) for now"
+        )
+
+
+def check_layout(dataset: Dataset, multi_label: bool) -> None:
+    """BadArchive when an append's layout is not its dataset's: class folders for a
+    single-label dataset, a labels file for a multi-label one."""
+    if dataset.multi_label and not multi_label:
+        raise BadArchive(
+            f"dataset {dataset.id} is multi-label: its images come with a labels.csv or "
+            "labels.jsonl at the zip's top, not in class folders"
+        )
+    if multi_label and not dataset.multi_label:
+        raise BadArchive(
+            f"dataset {dataset.id} is single-label (class folders): a labels file makes a "
+            "multi-label dataset of its own"
+        )
 
 
 def locked_dataset(session: Session, dataset_id: str) -> Dataset:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, aliased
 
+from service.datasets.label_files import split_labels
 from service.problems import Invalid, NotFound
 from service.storage.pages import after_page
 from service.storage.tables import (
@@ -125,14 +126,18 @@ def new_version(
     session.add(version)
     session.flush()
     fill(session, version.id, latest.id if latest else None)
-    counts = session.execute(
+    rows = session.execute(
         select(VersionImage.label, func.count())
         .where(VersionImage.version_id == version.id)
         .group_by(VersionImage.label)
         .order_by(VersionImage.label)
-    )
-    version.classes = [{"name": label, "count": count} for label, count in counts]
-    version.num_images = sum(entry["count"] for entry in version.classes)
+    ).all()
+    counts: dict[str, int] = {}
+    for label, count in rows:
+        for name in split_labels(label) if dataset.multi_label else [label]:
+            counts[name] = counts.get(name, 0) + count
+    version.classes = [{"name": name, "count": counts[name]} for name in sorted(counts)]
+    version.num_images = sum(count for _, count in rows)
     dataset.classes, dataset.num_images = version.classes, version.num_images
     session.flush()
     session.expire(dataset, ["version"])  # a column property: read again when next asked

@@ -24,7 +24,7 @@ from service.datasets.service import image_data
 from service.exports.kind import EXPORT
 from service.exports.spec import ExportRequest, ExportSpec
 from service.ml.data import ExportInputs
-from service.models.service import get_model
+from service.models.service import get_model, require_single_label
 from service.problems import Conflict, NotFound, Problem, Unsupported
 from service.storage.db import Database
 from service.storage.tables import Job, ModelExport, TrainedModel, new_id
@@ -124,6 +124,7 @@ def request_export(session: Session, model_id: str, request: ExportRequest) -> M
     """Queue an export job and its record. A failed export of the format is replaced; one
     queued, running or ready is a Conflict. Unsupported when ONNX cannot run here."""
     model = get_model(session, model_id, undefer(TrainedModel.evaluation))
+    require_single_label(model, "exporting")
     if request.format == "onnx" and (reason := onnx_unsupported()) is not None:
         raise Unsupported(reason)
     _exportable(model)

@@ -87,6 +87,8 @@ class LoadedModel:
     unknowns: UnknownThresholds | None = None
     # What answers features (`_features_signature`); None for a model stored before them.
     features: Callable[[Any], Any] | None = None
+    # A multi-label model's threshold per label: it answers every label reaching its own.
+    thresholds: list[float] | None = None
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
         """`serve`'s rows for a batch of raw pixels, shape (n, size, size, 3): the class
@@ -153,6 +155,7 @@ class ModelSource:
     classes: list[str]
     input_size: int
     fetch_archive: Callable[[], bytes]
+    thresholds: list[float] | None = None  # a multi-label model's, per label
 
 
 class ModelCache:
@@ -240,6 +243,7 @@ class ModelCache:
             features=_features_signature(loaded),
             frozen=frozen is not None,
             unknowns=unknowns,
+            thresholds=source.thresholds,
         )
 
     def evict(self, model_id: str) -> None:

@@ -53,6 +53,12 @@ class ModelRead(BaseModel):
     backbone: str
     input_size: int
     classes: list[str]
+    thresholds: list[float] | None = Field(
+        None,
+        description="A multi-label model's threshold per class (in `classes`' order), fitted "
+        "on its validation split: /predict answers each label whose score reaches its own. "
+        "Null for a single-label model.",
+    )
     metrics: dict[str, float]
     params: ParamCounts
     size_bytes: int
@@ -272,6 +278,54 @@ class EvaluationRead(BaseModel):
         None,
         description="The unknown-input score's threshold, fitted on the validation split, and "
         "the share of it flagged; null for models stored before models carried the score.",
+    )
+
+
+class LabelReport(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="Validation images holding the label.")
+    average_precision: float | None = Field(
+        description="Area under the label's precision-recall curve; null without positives."
+    )
+    threshold: float = Field(description="Its score reaching this answers the label.")
+    false_positives: list[int] = Field(
+        description="Image ids (in the model's dataset) given the label wrongly, most "
+        "confident first; at most 20."
+    )
+    false_negatives: list[int] = Field(
+        description="Image ids holding the label that the model missed, least confident "
+        "first; at most 20."
+    )
+
+
+class ErrorPair(BaseModel):
+    false_positive: str
+    false_negative: str
+    count: int = Field(description="Images with both errors: one label taken for the other.")
+
+
+class LabelEvaluationRead(BaseModel):
+    """A multi-label model's report on its validation split, at its fitted thresholds."""
+
+    model_id: str
+    split: Literal["validation"] = "validation"
+    images: int
+    micro_f1: float
+    macro_f1: float | None = Field(description="Over the labels the split holds.")
+    mean_average_precision: float | None
+    exact_match: float = Field(description="Share of images whose whole label set is right.")
+    no_label_images: int = Field(description="Validation images holding none of the labels.")
+    per_label: list[LabelReport]
+    error_cooccurrence: list[ErrorPair] = Field(
+        description="Labels whose errors come together, most often first."
+    )
+    calibration: dict[str, Any] = Field(
+        description="The temperature per label (`temperatures`, with `reasons` where none "
+        "was fitted), the expected calibration error per label before and after "
+        "(`ece_before`, `ece_after`), the mean binary cross-entropy before and after."
     )
 
 

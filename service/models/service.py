@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, undefer
 
 from service import jobs
 from service.models import registry
-from service.problems import Invalid, NotFound
+from service.problems import Conflict, Invalid, NotFound
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import ModelLayer, TrainedModel
 
@@ -30,6 +30,14 @@ def get_model(session: Session, model_id: str, *options: Any) -> TrainedModel:
     if model is None:
         raise NotFound(f"no model {model_id!r}")
     return model
+
+
+def require_single_label(model: TrainedModel, what: str) -> None:
+    """Conflict for what multi-label models do not have yet, naming it."""
+    if model.thresholds is not None:
+        raise Conflict(
+            f"model {model.id} is multi-label: {what} is for single-label models for now"
+        )
 
 
 def model_layers(session: Session, model_id: str, trainable: bool | None = None) -> dict[str, Any]:
@@ -59,8 +67,24 @@ def model_evaluation(session: Session, model_id: str) -> dict[str, Any]:
     """The per-class report and confusion matrix on the validation split (without the
     per-image samples stored beside them: `evaluation_samples` reads those)."""
     model, evaluation = _evaluated(session, model_id)
+    if model.thresholds is not None:
+        raise Conflict(
+            f"model {model_id} is multi-label: its report is per label, at "
+            f"GET /models/{model_id}/label-evaluation"
+        )
     report = {key: value for key, value in evaluation.items() if key != "samples"}
     return {"model_id": model.id, **report}
+
+
+def label_evaluation(session: Session, model_id: str) -> dict[str, Any]:
+    """A multi-label model's per-label report; Conflict for a single-label model."""
+    model, evaluation = _evaluated(session, model_id)
+    if model.thresholds is None:
+        raise Conflict(
+            f"model {model_id} is single-label: its report is per class, at "
+            f"GET /models/{model_id}/evaluation"
+        )
+    return {"model_id": model.id, **evaluation}
 
 
 def evaluation_samples(
@@ -76,6 +100,7 @@ def evaluation_samples(
     the model does not have.
     """
     model, evaluation = _evaluated(session, model_id)
+    require_single_label(model, "the evaluation's samples")
     if "samples" not in evaluation:
         raise NotFound(
             f"model {model_id}'s evaluation predates per-image samples; "

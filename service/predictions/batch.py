@@ -35,6 +35,7 @@ from service.jobs import records
 from service.ml.batch import Answer, Item
 from service.ml.model_cache import ModelSource, UnknownThresholds
 from service.models.registry import ModelRef, resolve
+from service.models.service import require_single_label
 from service.predictions.kind import PREDICT
 from service.predictions.serving import check_explain_top_k, stored_source, top_scores
 from service.predictions.spec import BatchPredictionSpec
@@ -77,6 +78,7 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
     if request.archive is not None:
         check_storable(session, request.archive, request.filename)
     model = resolve(session, request.model)
+    require_single_label(model, "batch prediction")
     if request.dataset_id is not None and session.get(Dataset, request.dataset_id) is None:
         raise NotFound(f"no dataset {request.dataset_id!r}", field=("dataset_id",))
     if request.archive is not None:

@@ -106,6 +106,7 @@ class Classification:
     ood_scores: np.ndarray | None = None
     unknowns: UnknownThresholds | None = None
     input_size: int = 0  # the model's
+    thresholds: list[float] | None = None  # a multi-label model's, per label
 
     def unknown(self, unknown_rate: float | None = None) -> list[Unknown | None]:
         """Each image's ood_score and whether it passes the threshold for `unknown_rate`
@@ -115,9 +116,14 @@ class Classification:
         threshold = self.unknowns.threshold(unknown_rate)
         return [Unknown(float(score), bool(score > threshold)) for score in self.ood_scores]
 
-    def top(self, top_k: int, threshold: float = 0.0) -> list[list[Score]]:
-        """Each image's best labels; explained ones carry their heat map."""
-        rows = top_scores(self.probabilities, self.classes, top_k, threshold)
+    def top(self, top_k: int, threshold: float | None = None) -> list[list[Score]]:
+        """Each image's best labels, those below `threshold` left out; explained ones carry
+        their heat map. A multi-label model's labels each have their own threshold, which a
+        `threshold` given overrides; a softmax's default is 0 (every label, to `top_k`)."""
+        cutoff: float | np.ndarray = threshold if threshold is not None else 0.0
+        if self.thresholds is not None and threshold is None:
+            cutoff = np.asarray(self.thresholds)
+        rows = top_scores(self.probabilities, self.classes, top_k, cutoff)
         if self.heatmaps is None:
             return rows
         return [
@@ -166,6 +172,7 @@ class Serving:
             ood_scores=ood_scores,
             unknowns=loaded.unknowns,
             input_size=loaded.input_size,
+            thresholds=loaded.thresholds,
         )
 
     async def explain(
@@ -203,6 +210,7 @@ class Serving:
             explanation.ood_scores,
             loaded.unknowns,
             loaded.input_size,
+            loaded.thresholds,
         )
 
     def _submit(
@@ -301,6 +309,7 @@ SOURCE_COLUMNS = (
     TrainedModel.savedmodel_sha256,
     TrainedModel.classes,
     TrainedModel.input_size,
+    TrainedModel.thresholds,
 )
 
 
@@ -321,6 +330,7 @@ def stored_source(database: Database, row: TrainedModel) -> ModelSource:
         classes=list(row.classes),
         input_size=row.input_size,
         fetch_archive=fetch_archive,
+        thresholds=row.thresholds,
     )
 
 
@@ -366,15 +376,20 @@ def decode_base64(where: str, encoded: str) -> bytes:
 
 
 def top_scores(
-    probabilities: np.ndarray, classes: list[str], top_k: int, threshold: float = 0.0
+    probabilities: np.ndarray,
+    classes: list[str],
+    top_k: int,
+    threshold: float | np.ndarray = 0.0,
 ) -> list[list[Score]]:
-    """Each row's `top_k` best labels, best first, leaving out those below `threshold`."""
+    """Each row's `top_k` best labels, best first, leaving out those below `threshold` (one
+    for all labels, or one per label)."""
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    cutoff = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))
     return [
         [
             Score(label=classes[index], score=float(row[index]))
             for index in indices
-            if row[index] >= threshold
+            if row[index] >= cutoff[index]
         ]
         for row, indices in zip(probabilities, order, strict=True)
     ]

@@ -22,7 +22,7 @@ from service.datasets.spec import ImageRef
 from service.ml import review
 from service.ml.images import UndecodableImage, to_pixels
 from service.ml.model_cache import LoadedModel
-from service.models.service import get_model
+from service.models.service import get_model, require_single_label
 from service.predictions.serving import Serving
 from service.problems import Conflict, Invalid
 from service.review.schemas import ReviewItem, ReviewQueue
@@ -101,6 +101,7 @@ def reviewed_model(session: Session, model_id: str) -> tuple[TrainedModel, str]:
     """The model and its dataset's id, where its review's labels go; Conflict when the
     dataset was deleted."""
     model = get_model(session, model_id)
+    require_single_label(model, "the review queue")
     if model.dataset_id is None:
         raise Conflict(
             f"model {model_id}'s dataset was deleted: its review has nowhere to put labels"

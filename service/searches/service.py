@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.datasets.service import get_dataset, require_single_label
 from service.jobs import records
 from service.problems import Invalid, NotFound
 from service.searches.kind import SEARCH
@@ -29,6 +30,7 @@ def request_search(session: Session, request: SearchCreate) -> Search:
     spec = SearchSpec.model_validate({**request.model_dump(), "search_id": search_id})
     base = range_spec(spec)
     version = check_references(session, base)
+    require_single_label(get_dataset(session, spec.dataset_id), "a search")
     if len(version.classes) < 2:
         raise Invalid(
             f"dataset {spec.dataset_id} version {version.number} has one class: a search "

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
     select,
 )
@@ -40,6 +41,7 @@ NAMING_CONVENTION = {
 # validate what lands in them say the same thing (Field(max_length=NAME_LENGTH)).
 ID_LENGTH = 32  # "m_" + 16 hex digits, with room to spare
 NAME_LENGTH = 200  # names of datasets, jobs, models; class labels
+LABEL_SEPARATOR = ";"  # between an image's labels in a multi-label manifest
 URL_LENGTH = 2000  # webhook URLs
 # The largest value an Integer column holds on every backend (PostgreSQL's INTEGER).
 MAX_INTEGER = 2**31 - 1
@@ -107,6 +109,9 @@ class Dataset(Base):
     num_images: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Several labels per image (uploaded with a labels.csv or labels.jsonl): a manifest's
+    # `label` is then the image's labels joined by LABEL_SEPARATOR, sorted ("" for none).
+    multi_label: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Likely mislabelled images, found by the worker from out-of-fold predictions on backbone
     # features (service/ml/labels.py); null until an advice or training job has them.
     label_review: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
@@ -264,6 +269,18 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ModelThresholds(Base):
+    """A multi-label model's thresholds, one per label: a table of its own for the reason
+    `ModelLineage` is one."""
+
+    __tablename__ = "model_thresholds"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    thresholds: Mapped[list[float]] = mapped_column(JSON)
+
+
 class ModelLineage(Base):
     """Which version of its dataset a model learnt from, and the model it retrains, if any. A
     table of its own rather than columns of `models`: on SQLite a column added there lands
@@ -321,6 +338,14 @@ class TrainedModel(Base):
         select(ModelLineage.parent_model_id)
         .where(ModelLineage.model_id == id)
         .correlate_except(ModelLineage)
+        .scalar_subquery()
+    )
+    # A multi-label model's threshold per label (in `classes`' order), fitted on its
+    # validation split: /predict answers each label reaching its own. Null for a softmax.
+    thresholds: Mapped[list[float] | None] = column_property(
+        select(ModelThresholds.thresholds)
+        .where(ModelThresholds.model_id == id)
+        .correlate_except(ModelThresholds)
         .scalar_subquery()
     )
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, undefer
 from service import jobs
 from service.config import Settings
 from service.datasets import versions
+from service.datasets.label_files import split_labels
 from service.datasets.service import set_label_review
 from service.jobs.context import JobContext
 from service.jobs.kinds import JobStopped, Outcome
@@ -31,10 +32,12 @@ from service.storage.db import Database
 from service.storage.feature_store import DatabaseFeatureStore
 from service.storage.tables import (
     WEIGHTS_SOURCES,
+    Dataset,
     DatasetImage,
     ModelHead,
     ModelLayer,
     ModelLineage,
+    ModelThresholds,
     TrainedModel,
     new_id,
 )
@@ -116,6 +119,7 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
         dataset_version=spec.dataset_version,
         parent=spec.parent_model_id,
         head=head_bytes(result.network, data.classes),
+        thresholds=result.thresholds,
     )
     return Outcome(save, f"model {stored.id}")
 
@@ -143,11 +147,12 @@ def store_model(
     dataset_version: int | None = None,
     parent: str | None = None,
     head: bytes | None = None,
+    thresholds: list[float] | None = None,
 ) -> Callable[[Session], None]:
     """What a training job's success stores: the model numbered as the next version of its
     name, its layers, the version of the dataset it learnt from and the model it retrains
-    (its lineage), its head's weights (what a retrain starts from), and the dataset's label
-    review if the job made one."""
+    (its lineage), its head's weights (what a retrain starts from), a multi-label model's
+    thresholds, and the dataset's label review if the job made one."""
 
     def store(session: Session) -> None:
         model.version = next_version(session, model.name)
@@ -162,6 +167,8 @@ def store_model(
             )
         if head is not None:
             session.add(ModelHead(model_id=model.id, weights=head))
+        if thresholds is not None:
+            session.add(ModelThresholds(model_id=model.id, thresholds=thresholds))
         if model.dataset_id is not None and label_review is not None:
             set_label_review(session, model.dataset_id, label_review)
 
@@ -210,6 +217,7 @@ def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) 
     first time: then only ids, labels and filenames are held here."""
     with db.session() as session:
         version = check_references(session, spec)
+        multi_label = session.get_one(Dataset, version.dataset_id).multi_label
         classes = [entry["name"] for entry in version.classes]
         total = versions.total_bytes(session, version.id)
         streamed = settings is not None and total > settings.train_in_memory_bytes
@@ -220,14 +228,28 @@ def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) 
         images: Any = _shards(db, settings, version.dataset_id, rows)
     else:
         images = [row.data for row in rows]
-    index = {name: number for number, name in enumerate(classes)}
+    labels = [row.label for row in rows]
     return LabelledImages(
         images=images,
-        labels=np.array([index[row.label] for row in rows], dtype=np.int32),
+        labels=multi_hot(labels, classes) if multi_label else class_indices(labels, classes),
         classes=classes,
         ids=[row.id for row in rows],
         filenames=[row.filename for row in rows],
     )
+
+
+def class_indices(labels: Sequence[str], classes: list[str]) -> np.ndarray:
+    index = {name: number for number, name in enumerate(classes)}
+    return np.array([index[label] for label in labels], dtype=np.int32)
+
+
+def multi_hot(labels: Sequence[str], classes: list[str]) -> np.ndarray:
+    """Row i: 1 under each label image i holds (its manifest's label string, split)."""
+    index = {name: number for number, name in enumerate(classes)}
+    matrix = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for row, joined in enumerate(labels):
+        matrix[row, [index[name] for name in split_labels(joined)]] = 1.0
+    return matrix
 
 
 def _shards(db: Database, settings: Settings, dataset_id: str, rows: Sequence[Any]) -> Any:
@@ -249,6 +271,8 @@ def _with_samples(result: TrainingResult, data: LabelledImages) -> dict[str, Any
     if result.evaluation is None or result.validation_probabilities is None:
         return result.evaluation
     index = result.validation_index
+    if data.multi_label:
+        return _named_errors(result.evaluation, [data.ids[i] for i in index])
     samples = prediction_samples(
         [data.ids[i] for i in index],
         data.labels[index],
@@ -256,6 +280,20 @@ def _with_samples(result: TrainingResult, data: LabelledImages) -> dict[str, Any
         data.classes,
     )
     return {**result.evaluation, "samples": samples}
+
+
+def _named_errors(evaluation: dict[str, Any], ids: list[int]) -> dict[str, Any]:
+    """A multi-label report's false positives and negatives named by their dataset rows
+    (ML numbers them by their place in the validation split)."""
+    per_label = [
+        {
+            **row,
+            "false_positives": [ids[i] for i in row["false_positives"]],
+            "false_negatives": [ids[i] for i in row["false_negatives"]],
+        }
+        for row in evaluation["per_label"]
+    ]
+    return {**evaluation, "per_label": per_label}
 
 
 # A training job's label review probes at most this many images (a stratified sample).
@@ -270,8 +308,8 @@ def _review_of_training(
     from service.ml.features import feature_key
     from service.ml.labels import fold_count, label_review, probe
 
-    if result.features is None or data.ids is None:
-        return None
+    if result.features is None or data.ids is None or data.multi_label:
+        return None  # the review's probe is a softmax over classes
     positions, features = result.features
     if len(positions) > REVIEW_MAX_IMAGES:  # the probe's cost grows with the images
         from service.ml.features import stratified_sample

@@ -9,7 +9,13 @@ from service.api.deps import ServingDep, SessionDep
 from service.api.pagination import LINK_HEADER, PageDep, link_next
 from service.api.routes.jobs import SPEC_ERRORS, job_read
 from service.models import service as models
-from service.models.schemas import EvaluationRead, EvaluationSample, LayersRead, ModelRead
+from service.models.schemas import (
+    EvaluationRead,
+    EvaluationSample,
+    LabelEvaluationRead,
+    LayersRead,
+    ModelRead,
+)
 from service.schemas import JobRead
 from service.storage.tables import NAME_LENGTH, TrainedModel
 from service.training import service as training
@@ -77,10 +83,30 @@ def model_layers(
     "/{model_id}/evaluation",
     response_model=EvaluationRead,
     summary="Per-class precision, recall, F1 and the confusion matrix on the validation split",
-    responses={404: {"description": "Unknown model, or one trained without a validation split"}},
+    responses={
+        404: {"description": "Unknown model, or one trained without a validation split"},
+        409: {"description": "A multi-label model (GET /models/{model_id}/label-evaluation)"},
+    },
 )
 def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
     return models.model_evaluation(session, model_id)
+
+
+@router.get(
+    "/{model_id}/label-evaluation",
+    response_model=LabelEvaluationRead,
+    summary="A multi-label model's per-label report on the validation split",
+    description="Per label precision, recall, F1, support, average precision, its "
+    "threshold and the images behind its errors; micro and macro F1, mean average "
+    "precision, the exact-match ratio, and which labels' errors come together. 409 for a "
+    "single-label model (its report is GET /models/{model_id}/evaluation).",
+    responses={
+        404: {"description": "Unknown model, or one trained without a validation split"},
+        409: {"description": "A single-label model"},
+    },
+)
+def label_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
+    return models.label_evaluation(session, model_id)
 
 
 @router.get(
@@ -95,6 +121,7 @@ def model_evaluation(session: SessionDep, model_id: str) -> dict[str, Any]:
             "description": "Unknown model, one trained without a validation split, or one "
             "whose evaluation predates per-image samples"
         },
+        409: {"description": "A multi-label model: its errors are in its label-evaluation"},
     },
 )
 def evaluation_samples(

@@ -181,7 +181,8 @@ async def predict(request: Request, serving: ServingDep) -> PredictionRead:
     )
     explain_top_k = parameters.top_k if parameters.explain else 0
     result = await _classify(request, serving, model, images, explain_top_k)
-    scores = result.top(parameters.top_k, parameters.threshold)
+    given = "threshold" in parameters.model_fields_set  # else a multi-label model's own
+    scores = result.top(parameters.top_k, parameters.threshold if given else None)
     unknowns = result.unknown(parameters.unknown_rate)
     return PredictionRead(
         model_id=result.model_id,

@@ -1,0 +1,126 @@
+"""Multi-label datasets through the service: a labels file in the upload, a job that trains a
+sigmoid head on them, /predict answering each label past its own threshold, and a clear 409
+from what is single-label only for now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.ml.data import LabelledImages
+from tests.conftest import LIGHT, Service, job_body, make_settings, make_zip, post_zip
+from tests.test_multilabel import COLOURS, halves
+
+
+def label_names(row: np.ndarray) -> list[str]:
+    return [name for name, held in zip(COLOURS, row, strict=True) if held]
+
+
+def labelled_zip(data: LabelledImages, form: str = "csv", **extra: bytes) -> bytes:
+    """The images under img/, their labels in labels.csv or labels.jsonl at the top."""
+    files = {f"img/{number}.png": image for number, image in enumerate(data.images)}
+    names = [label_names(row) for row in data.labels]
+    if form == "csv":
+        rows = [f"img/{n}.png,{';'.join(labels)}" for n, labels in enumerate(names)]
+        files["labels.csv"] = "\n".join(["filename,labels", *rows]).encode()
+    else:
+        rows = [json.dumps({"file": f"img/{n}.png", "labels": ls}) for n, ls in enumerate(names)]
+        files["labels.jsonl"] = "\n".join(rows).encode()
+    return make_zip({**files, **extra})
+
+
+def refused(service: Service, content: bytes) -> str:
+    response = post_zip(service, content)
+    assert response.status_code == 400, response.text
+    return response.json()["detail"]
+
+
+@pytest.mark.any_database
+def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
+    service: Service,
+) -> None:
+    data = halves(12, seed=1)
+    stray = halves(1, seed=2).images[0]
+    response = post_zip(service, labelled_zip(data, "csv", **{"img/stray.png": stray}))
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    counts = {entry["name"]: entry["count"] for entry in dataset["classes"]}
+    expected = {name: int(data.labels[:, j].sum()) for j, name in enumerate(COLOURS)}
+    assert dataset["multi_label"] is True and dataset["num_images"] == 12
+    assert counts == {name: count for name, count in expected.items() if count}
+    assert {"path": "img/stray.png", "reason": "not listed in labels.csv"} in dataset["skipped"]
+    jsonl = post_zip(service, labelled_zip(data, "jsonl")).json()
+    assert jsonl["classes"] == dataset["classes"] and jsonl["multi_label"] is True
+
+    images = {"img/0.png": data.images[0]}
+    detail = refused(service, make_zip({**images, "labels.csv": b"filename,labels\nimg/0.png\n"}))
+    assert "labels.csv line 2: expected 2 fields" in detail
+    line = json.dumps({"file": "img/0.png", "labels": ["red;blue"]}).encode()
+    assert "labels.jsonl line 1" in refused(service, make_zip({**images, "labels.jsonl": line}))
+    both = make_zip({**images, "labels.csv": b"filename,labels\n", "labels.jsonl": b""})
+    assert "send one" in refused(service, both)
+
+    # What is single-label only for now says so, and the dataset stays as it was.
+    folders = make_zip({"red/1.png": data.images[0], "blue/2.png": data.images[1]})
+    appended = service.client.post(
+        f"/datasets/{dataset['id']}/images", files={"file": ("more.zip", folders)}
+    )
+    assert appended.status_code == 400 and "multi-label" in appended.json()["detail"]
+    for path in (f"/datasets/{dataset['id']}/advice",):
+        answer = service.client.post(path, json={"backbone": {"name": "MobileNet"}})
+        assert answer.status_code == 409 and "multi-label" in answer.json()["detail"]
+    report = service.client.get(f"/datasets/{dataset['id']}/report")
+    assert report.status_code == 409 and "health report" in report.json()["detail"]
+    assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
+    # The console shows each image's labels as tags, and no tools that would answer 409.
+    page = service.client.get(f"/console/datasets/{dataset['id']}")
+    assert page.status_code == 200 and 'id="multi-label"' in page.text
+    assert 'class="tag"' in page.text and 'id="health-form"' not in page.text
+
+
+@pytest.mark.slow
+def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path: Path) -> None:
+    service = Service(make_settings(tmp_path))
+    try:
+        data = halves(24, seed=0)
+        dataset = post_zip(service, labelled_zip(data)).json()
+        job = service.train(job_body(dataset["id"], backbone=LIGHT, training={"epochs": 1}))
+        model_id = job["model_id"]
+        model = service.client.get(f"/models/{model_id}").json()
+        thresholds = dict(zip(model["classes"], model["thresholds"], strict=True))
+        assert sorted(thresholds) == sorted(COLOURS)
+
+        report = service.client.get(f"/models/{model_id}/label-evaluation")
+        assert report.status_code == 200, report.text
+        assert [row["label"] for row in report.json()["per_label"]] == model["classes"]
+        assert service.client.get(f"/models/{model_id}/evaluation").status_code == 409
+        export = service.client.post(f"/models/{model_id}/exports", json={"format": "keras"})
+        assert export.status_code == 409 and "multi-label" in export.json()["detail"]
+
+        page = service.client.get(f"/console/models/{model_id}")
+        assert page.status_code == 200 and 'id="per-label"' in page.text
+        answers = predictions(service, model_id, data.images[:4])
+        every = predictions(service, model_id, data.images[:4], threshold="0")
+        for answer, scores in zip(answers, every, strict=True):
+            assert len(scores) == len(COLOURS)  # threshold 0: every label, scored
+            passing = {label for label, score in scores.items() if score >= thresholds[label]}
+            assert set(answer) == passing
+            assert all(answer[label] == scores[label] for label in answer)
+    finally:
+        service.close()
+
+
+def predictions(
+    service: Service, model_id: str, images: list[bytes], **form: Any
+) -> list[dict[str, float]]:
+    files = [("files", (f"{n}.png", image, "image/png")) for n, image in enumerate(images)]
+    response = service.client.post("/predict", data={"model_id": model_id, **form}, files=files)
+    assert response.status_code == 200, response.text
+    return [
+        {row["label"]: row["score"] for row in image["top"]}
+        for image in response.json()["predictions"]
+    ]
