@@ -192,7 +192,7 @@ def wait_healthy(client: httpx.Client, process: subprocess.Popen[bytes]) -> None
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise SystemExit("the API did not start")
 
 
@@ -224,7 +224,9 @@ def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
             if job["status"] != "succeeded":
                 raise SystemExit(f"job {job_id} {job['status']}: {job.get('error')}")
             return job
-        time.sleep(1.0)
+        # A short poll: the import's seconds are read off this loop, and each job's end
+        # waited for (a second a job, at most, with a poll of 1 s).
+        time.sleep(0.1)
 
 
 def with_worker(env: dict[str, str], log: Path, submit: Any, client: httpx.Client) -> Any:

@@ -2,7 +2,8 @@
 the app a tutorial would have a user write.
 
     python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10] [--quick]
-                            [--size 224] [--photo-scale 1] [--settle 8] [--backbone NAME]
+                            [--size 224] [--photo-scale 1] [--photos 2] [--settle 8]
+                            [--backbone NAME]
 
 In one run on this machine: a MobileNetV2 (`--backbone`) at 224 px (random weights) is trained for
 one epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two baselines
@@ -24,8 +25,9 @@ service's `to_pixels`, 16 threads for a batch), the tutorial app and the service
 1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
 them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
 `--size` and `--photo-scale` change the model's input size and the photographs' sides;
-`--quick` runs it all at 32 px, on MobileNet, on photos a quarter of those sides, with few
-requests.
+`--photos N` times the last N of those photo sizes only; `--quick` runs it all at 32 px, on
+MobileNet, on the 12 MP photo alone (the summary's; Full HD goes the same way), a quarter of its
+sides, with few requests.
 The last line is machine-readable.
 """
 
@@ -245,11 +247,15 @@ def http_figures(base: str, model_id: str, images: list[bytes], requests: int) -
     return {"cold": cold, "p50": percentile(single, 50), "throughput": throughput}
 
 
-def inputs_for(size: int, photo_scale: float = 1.0) -> tuple[tuple[str, int, int], ...]:
+def inputs_for(
+    size: int, photo_scale: float = 1.0, photos: int = len(PHOTO_SIZES)
+) -> tuple[tuple[str, int, int], ...]:
     """(name, width, height) of the JPEGs each system is timed on: the model's input size,
-    then PHOTO_SIZES (their sides times `photo_scale`); the last is the photo of the summary."""
-    photos = [(round(w * photo_scale), round(h * photo_scale)) for w, h in PHOTO_SIZES]
-    return ((f"{size} px", size, size), *((f"{w}×{h}", w, h) for w, h in photos))
+    then the last `photos` of PHOTO_SIZES (their sides times `photo_scale`); the last is the
+    photo of the summary."""
+    chosen = PHOTO_SIZES[len(PHOTO_SIZES) - photos :]
+    sides = [(round(w * photo_scale), round(h * photo_scale)) for w, h in chosen]
+    return ((f"{size} px", size, size), *((f"{w}×{h}", w, h) for w, h in sides))
 
 
 def raw_decoding_figures(
@@ -323,6 +329,16 @@ def train_model(
     base: str, environment: dict, workers: list, backbone: str, size: int = SIZE
 ) -> tuple[str, str]:
     """(dataset id, model id): a `backbone` at `size` px trained for one epoch by a worker."""
+    dataset_id, (model_id,) = train_models(base, environment, workers, backbone, size)
+    return dataset_id, model_id
+
+
+def train_models(
+    base: str, environment: dict, workers: list, backbone: str, size: int = SIZE, count: int = 1
+) -> tuple[str, list[str]]:
+    """(dataset id, model ids): `count` versions of one model, a `backbone` at `size` px
+    trained for one epoch each, one after the other by one worker (a worker per model would
+    only add its start-up, seconds of it: the models are the same)."""
     dataset = (
         httpx.post(
             f"{base}/datasets",
@@ -332,23 +348,26 @@ def train_model(
         .raise_for_status()
         .json()
     )
-    job_id, worker = run_job(
-        base,
-        {
-            "dataset_id": dataset["id"],
-            "backbone": {"name": backbone, "weights": None, "input_size": size},
-            "freeze": {"mode": "backbone"},
-            "training": {"epochs": 1, "batch_size": 8},
-        },
-        environment,
-    )
+    body = {
+        "dataset_id": dataset["id"],
+        "backbone": {"name": backbone, "weights": None, "input_size": size},
+        "freeze": {"mode": "backbone"},
+        "training": {"epochs": 1, "batch_size": 8},
+    }
+    job_id, worker = run_job(base, body, environment)
     workers.append(worker)
-    job = wait_for_status(base, job_id, {"succeeded", "failed"})
-    assert job["status"] == "succeeded", job
+    job_ids = [job_id]
+    for _ in range(count - 1):
+        job_ids.append(
+            httpx.post(f"{base}/jobs", json=body, timeout=60).raise_for_status().json()["id"]
+        )
+    jobs = [wait_for_status(base, job_id, {"succeeded", "failed"}) for job_id in job_ids]
+    assert all(job["status"] == "succeeded" for job in jobs), jobs
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
-    print(f"model {job['model_id']}: {backbone} at {size} px, stored by the worker")
-    return dataset["id"], job["model_id"]
+    for job in jobs:
+        print(f"model {job['model_id']}: {backbone} at {size} px, stored by the worker")
+    return dataset["id"], [job["model_id"] for job in jobs]
 
 
 def stored_savedmodel(scratch: Path, model_id: str) -> Path:
@@ -484,6 +503,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="control-plane sampling")
     parser.add_argument("--size", type=int, default=SIZE, help="the model's input size, px")
     parser.add_argument("--photo-scale", type=float, default=1.0, help="× the photos' sides")
+    parser.add_argument(
+        "--photos",
+        type=int,
+        choices=range(1, len(PHOTO_SIZES) + 1),
+        default=len(PHOTO_SIZES),
+        help="the last N photo sizes",
+    )
     parser.add_argument("--settle", type=float, default=8.0, help="seconds before sampling")
     add_backbone(parser)
     args = parse_args(
@@ -494,6 +520,7 @@ def main() -> None:
             "seconds": 1.0,
             "size": 32,
             "photo_scale": 0.25,
+            "photos": 1,  # one photo size runs every path the two do: the 12 MP one, the summary's
             "settle": 1.0,
         },
     )
@@ -531,7 +558,7 @@ def main() -> None:
             },
             args.requests,
             args.photo_requests,
-            inputs_for(size, args.photo_scale),
+            inputs_for(size, args.photo_scale, args.photos),
         )
         timings = control_plane_while_training(
             base,

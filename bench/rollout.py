@@ -39,7 +39,7 @@ from bench.predict import (
     photo_jpegs,
     service_environment,
     start_process,
-    train_model,
+    train_models,
     wait_until_up,
 )
 from bench.quick import add_backbone, parse_args
@@ -118,7 +118,7 @@ def main() -> None:
     workers: list = []
     try:
         wait_until_up(f"{base}/readyz", api, "the service")
-        ids = [train_model(base, environment, workers, args.backbone, args.size)[1] for _ in "ab"]
+        ids = train_models(base, environment, workers, args.backbone, args.size, count=2)[1]
         models = [httpx.get(f"{base}/models/{m}", timeout=30).json() for m in ids]
         assert models[0]["name"] == models[1]["name"], models
         alias = f"{base}/registry/{models[0]['name']}/aliases/production"
