@@ -4,6 +4,7 @@ from what is single-label only for now."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,11 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     for path in (f"/datasets/{dataset['id']}/advice",):
         answer = service.client.post(path, json={"backbone": {"name": "MobileNet"}})
         assert answer.status_code == 409 and "multi-label" in answer.json()["detail"]
+    single = service.upload({"red": data.images[:2], "blue": data.images[2:4]})
+    body = job_body(single["id"], training={"label_precision": 0.9})
+    answer = service.client.post("/jobs", json=body)
+    assert answer.status_code == 422 and "single-label" in answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "training", "label_precision"]
     report = service.client.get(f"/datasets/{dataset['id']}/report")
     assert report.status_code == 409 and "health report" in report.json()["detail"]
     assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
@@ -110,6 +116,22 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
             passing = {label for label, score in scores.items() if score >= thresholds[label]}
             assert set(answer) == passing
             assert all(answer[label] == scores[label] for label in answer)
+        # TF Serving's path answers every label's probability; explain maps each label shown.
+        b64 = base64.b64encode(data.images[0]).decode()
+        served = service.client.post(
+            f"/v1/models/{model_id}:predict", json={"instances": [{"b64": b64}]}
+        )
+        assert served.status_code == 200, served.text
+        row = dict(zip(model["classes"], served.json()["predictions"][0], strict=True))
+        assert row == pytest.approx(every[0], abs=1e-6)
+        explained = service.client.post(
+            "/predict",
+            data={"model_id": model_id, "explain": "true", "threshold": "0"},
+            files=[("files", ("0.png", data.images[0], "image/png"))],
+        )
+        assert explained.status_code == 200, explained.text
+        top = explained.json()["predictions"][0]["top"]
+        assert len(top) == len(COLOURS) and all(entry["heatmap"] for entry in top)
     finally:
         service.close()
 

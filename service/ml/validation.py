@@ -114,14 +114,19 @@ def _label_metrics(
     classes: list[str],
 ) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
     """A sigmoid head's: a temperature per label (unless `training.calibrate` is off), then a
-    threshold per label on the calibrated scores, then the multi-label report at those
-    thresholds (`service.ml.multilabel`). `val_accuracy` stays the history's per-label
-    accuracy at 0.5; the set metrics are `val_micro_f1`, `val_macro_f1`, `val_exact_match`."""
+    threshold per label on the calibrated scores (max F1, or `training.label_precision`), then
+    the multi-label report at those thresholds (`service.ml.multilabel`). `val_accuracy` stays
+    the history's per-label accuracy at 0.5; the set metrics are `val_micro_f1`,
+    `val_macro_f1` and `val_exact_match`."""
     if probabilities is None:
         return metrics, None, not_fitted(None, "no validation split to fit temperatures on")
     metrics["val_loss"] = _validation_loss(probabilities, splits, spec)
     fitted = fit_calibration(
-        probabilities, splits.validation.labels, classes, temperatures=spec.training.calibrate
+        probabilities,
+        splits.validation.labels,
+        classes,
+        temperatures=spec.training.calibrate,
+        precision=spec.training.label_precision,
     )
     evaluation = {**fitted.evaluation, "calibration": fitted.report}
     for name in ("micro_f1", "macro_f1", "exact_match"):

@@ -36,6 +36,12 @@ def check_references(session: Session, spec: JobSpec | AdviceSpec) -> DatasetVer
     weights_source(session, spec)
     if not isinstance(spec, JobSpec):  # advice: no class weights
         return version
+    if spec.training.label_precision is not None and not dataset.multi_label:
+        raise Invalid(
+            f"dataset {dataset.id} is single-label: label_precision sets a multi-label "
+            "model's thresholds",
+            field=("training", "label_precision"),
+        )
     class_weight = spec.training.class_weight
     if isinstance(class_weight, dict):
         names = {entry["name"] for entry in version.classes}

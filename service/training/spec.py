@@ -227,6 +227,15 @@ class TrainingSpec(StrictModel):
         "scaling: the served probabilities become softmax(log p / T), the top class never "
         "changes); nothing is fitted without a validation split.",
     )
+    label_precision: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Multi-label datasets only: fit each label's threshold to reach this "
+        "precision on the validation split (the lowest threshold that does, for the best "
+        "recall), instead of maximising its F1; a label that cannot reach it keeps its "
+        "max-F1 threshold, and the evaluation says so.",
+    )
     unknown_rate: float = Field(
         0.05,
         gt=0.0,
