@@ -15,6 +15,7 @@ import pytest
 from service.ml.data import LabelledImages
 from tests.conftest import LIGHT, Service, job_body, make_settings, make_zip, post_zip
 from tests.test_multilabel import COLOURS, halves
+from tests.test_predictions import result_lines, run_batch
 
 
 def label_names(row: np.ndarray) -> list[str]:
@@ -124,6 +125,14 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         assert served.status_code == 200, served.text
         row = dict(zip(model["classes"], served.json()["predictions"][0], strict=True))
         assert row == pytest.approx(every[0], abs=1e-6)
+        # A batch over the dataset answers as /predict does: the labels past their thresholds.
+        batch = service.client.post(
+            "/predictions", data={"model_id": model_id, "dataset_id": dataset["id"]}
+        )
+        record = run_batch(service, batch)
+        by_file = {line["file"]: line["top"] for line in result_lines(service.client, record["id"])}
+        tops = [by_file[f"img/{n}.png"] for n in range(len(answers))]
+        assert [{t["label"]: t["score"] for t in top} for top in tops] == answers
         explained = service.client.post(
             "/predict",
             data={"model_id": model_id, "explain": "true", "threshold": "0"},

@@ -35,7 +35,6 @@ from service.jobs import records
 from service.ml.batch import Answer, Item
 from service.ml.model_cache import ModelSource, UnknownThresholds
 from service.models.registry import ModelRef, resolve
-from service.models.service import require_single_label
 from service.predictions.kind import PREDICT
 from service.predictions.serving import check_explain_top_k, stored_source, top_scores
 from service.predictions.spec import BatchPredictionSpec
@@ -78,7 +77,6 @@ def request_batch(session: Session, request: BatchRequest, limits: Limits) -> Ba
     if request.archive is not None:
         check_storable(session, request.archive, request.filename)
     model = resolve(session, request.model)
-    require_single_label(model, "batch prediction")
     if request.dataset_id is not None and session.get(Dataset, request.dataset_id) is None:
         raise NotFound(f"no dataset {request.dataset_id!r}", field=("dataset_id",))
     if request.archive is not None:
@@ -264,16 +262,21 @@ def dataset_items(db: Database, dataset_id: str, rows: list[Any]) -> Iterator[It
 
 
 def result_row(
-    answer: Answer, classes: list[str], top_k: int, threshold: float | None = None
+    answer: Answer,
+    classes: list[str],
+    top_k: int,
+    threshold: float | None = None,
+    label_thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
     """One image's line of the results: its file (and image id and label for a dataset), then
-    its `top_k` labels and scores, best first, each explained one with its map, and its
-    ood_score and `unknown` (past `threshold`, the model's) where the model has them; or its
-    error."""
+    its `top_k` labels and scores, best first (a multi-label model's: those reaching their
+    `label_thresholds`), each explained one with its map, and its ood_score and `unknown`
+    (past `threshold`, the model's) where the model has them; or its error."""
     row = dict(answer.item.about)
     if answer.probabilities is None:
         return {**row, "error": answer.error}
-    (top,) = top_scores(answer.probabilities[None, :], classes, top_k)
+    cutoff = label_thresholds if label_thresholds is not None else 0.0
+    (top,) = top_scores(answer.probabilities[None, :], classes, top_k, cutoff)
     row["top"] = [score.model_dump(exclude_none=True) for score in top]
     if answer.ood_score is not None and threshold is not None:
         row["ood_score"] = answer.ood_score
@@ -291,17 +294,22 @@ class ResultWriter:
     """The results as they are made: one JSON line per image, and the bad images' list."""
 
     def __init__(
-        self, classes: list[str], top_k: int, unknowns: UnknownThresholds | None = None
+        self,
+        classes: list[str],
+        top_k: int,
+        unknowns: UnknownThresholds | None = None,
+        label_thresholds: list[float] | None = None,
     ) -> None:
         self.classes = classes
         self.top_k = top_k
+        self.label_thresholds = label_thresholds
         self.threshold = unknowns.threshold() if unknowns is not None else None
         self.lines = io.BytesIO()
         self.images = 0
         self.bad: list[dict[str, str]] = []
 
     def add(self, answer: Answer) -> None:
-        row = result_row(answer, self.classes, self.top_k, self.threshold)
+        row = result_row(answer, self.classes, self.top_k, self.threshold, self.label_thresholds)
         self.lines.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
         self.images += 1
         if "error" in row:

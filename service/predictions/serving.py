@@ -120,9 +120,9 @@ class Classification:
         """Each image's best labels, those below `threshold` left out; explained ones carry
         their heat map. A multi-label model's labels each have their own threshold, which a
         `threshold` given overrides; a softmax's default is 0 (every label, to `top_k`)."""
-        cutoff: float | np.ndarray = threshold if threshold is not None else 0.0
+        cutoff: float | Sequence[float] = threshold if threshold is not None else 0.0
         if self.thresholds is not None and threshold is None:
-            cutoff = np.asarray(self.thresholds)
+            cutoff = self.thresholds
         rows = top_scores(self.probabilities, self.classes, top_k, cutoff)
         if self.heatmaps is None:
             return rows
@@ -379,7 +379,7 @@ def top_scores(
     probabilities: np.ndarray,
     classes: list[str],
     top_k: int,
-    threshold: float | np.ndarray = 0.0,
+    threshold: float | Sequence[float] = 0.0,
 ) -> list[list[Score]]:
     """Each row's `top_k` best labels, best first, leaving out those below `threshold` (one
     for all labels, or one per label)."""

@@ -31,7 +31,7 @@ def predict(context: JobContext, spec: BatchPredictionSpec) -> Outcome:
     started = time.monotonic()
     inputs = load_batch_inputs(context.db, spec, upload_limits(context.settings))
     model = worker_models(context).get(inputs.model)
-    writer = ResultWriter(model.classes, spec.top_k, model.unknowns)
+    writer = ResultWriter(model.classes, spec.top_k, model.unknowns, model.thresholds)
     monitor.on_pass(0, inputs.total)
     batches = classify(
         model,
