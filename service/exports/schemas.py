@@ -29,7 +29,10 @@ class ExportTensor(BaseModel):
 
 class ExportParity(BaseModel):
     images: int = Field(description="The model's validation images, all of them.")
-    agreeing: int = Field(description="Images whose top class is the SavedModel's.")
+    agreeing: int = Field(
+        description="Images whose top class is the SavedModel's (multi-label: whose whole "
+        "label set at the thresholds is)."
+    )
     agreement: float = Field(description="agreeing / images.")
     bar: float = Field(description="The agreement the format must reach.")
     passed: bool
@@ -38,7 +41,10 @@ class ExportParity(BaseModel):
         "of any image."
     )
     mean_abs_difference: float
-    accuracy: float = Field(description="The export's top-1 accuracy on the true labels.")
+    accuracy: float = Field(
+        description="The export's top-1 accuracy on the true labels (multi-label: the share "
+        "of images whose label set it answers right)."
+    )
     savedmodel_accuracy: float = Field(description="The SavedModel's, on the same images.")
 
 
@@ -50,7 +56,16 @@ class ExportReport(BaseModel):
     classes: list[str]
     input: ExportTensor
     output: ExportTensor
-    temperature: float = Field(description="Folded into the last layer, as `serve` applies it.")
+    temperature: float | list[float] = Field(
+        description="Folded into the last layer, as `serve` applies it; a multi-label "
+        "model's, one per label."
+    )
+    thresholds: list[float] | None = Field(
+        None,
+        description="A multi-label model's threshold per label, in the labels file's order: "
+        "the file answers each label's probability, and a label is answered when it reaches "
+        "its threshold. Null for a single-label model.",
+    )
     calibration_images: int = Field(
         description="tflite-int8: training-split images the quantization ranges were "
         "calibrated on (else 0)."

@@ -24,7 +24,7 @@ from service.datasets.service import image_data
 from service.exports.kind import EXPORT
 from service.exports.spec import ExportRequest, ExportSpec
 from service.ml.data import ExportInputs
-from service.models.service import get_model, require_single_label
+from service.models.service import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
 from service.storage.db import Database
 from service.storage.tables import Job, ModelExport, TrainedModel, new_id
@@ -124,7 +124,6 @@ def request_export(session: Session, model_id: str, request: ExportRequest) -> M
     """Queue an export job and its record. A failed export of the format is replaced; one
     queued, running or ready is a Conflict. Unsupported when ONNX cannot run here."""
     model = get_model(session, model_id, undefer(TrainedModel.evaluation))
-    require_single_label(model, "exporting")
     if request.format == "onnx" and (reason := onnx_unsupported()) is not None:
         raise Unsupported(reason)
     _exportable(model)
@@ -238,6 +237,8 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
             else []
         )
         calibration = model.evaluation.get("calibration") or {}
+        if model.thresholds is not None:
+            return _multi_label_inputs(model, spec, job, validation, representative)
         return ExportInputs(
             model_id=model.id,
             format=spec.format,
@@ -250,6 +251,35 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
             labels=[model.classes.index(sample["label"]) for sample in samples],
             representative=representative,
         )
+
+
+def _multi_label_inputs(
+    model: TrainedModel,
+    spec: ExportSpec,
+    job: Job,
+    validation: list[bytes],
+    representative: list[bytes],
+) -> ExportInputs:
+    """A multi-label model's: its temperature per label, its thresholds, 0/1 label rows."""
+    assert model.evaluation is not None and model.thresholds is not None
+    classes = list(model.classes)
+    calibration = model.evaluation["calibration"]
+    return ExportInputs(
+        model_id=model.id,
+        format=spec.format,
+        spec=jobs.runnable_spec(job.spec, JobSpec),
+        classes=classes,
+        input_size=model.input_size,
+        temperature=calibration["temperatures"],
+        savedmodel=model.savedmodel,
+        validation=validation,
+        labels=[
+            [int(name in sample["labels"]) for name in classes]
+            for sample in model.evaluation["samples"]
+        ],
+        representative=representative,
+        thresholds=model.thresholds,
+    )
 
 
 def _images(session: Session, dataset_id: str, ids: list[int], what: str) -> list[bytes]:
@@ -284,8 +314,9 @@ def _representative(session: Session, model: TrainedModel, validation: set[int])
 def report_figures(report: dict[str, Any]) -> str:
     """The parity figures in one line, for a failed job's error."""
     parity = report["parity"]
+    kind = "label-set" if report.get("thresholds") is not None else "top-1"
     return (
-        f"top-1 agreement with the SavedModel {parity['agreement']:.2%} "
+        f"{kind} agreement with the SavedModel {parity['agreement']:.2%} "
         f"({parity['agreeing']} of {parity['images']} validation images; the bar is "
         f"{parity['bar']:.1%}), largest probability difference "
         f"{parity['max_abs_difference']:.4f}"

@@ -91,10 +91,12 @@ def preprocess_affine(backbone: str) -> tuple[np.ndarray, np.ndarray] | None:
     return matrix, shift
 
 
-def restore_network(loaded: Any, spec: JobSpec, num_classes: int) -> Network:
+def restore_network(
+    loaded: Any, spec: JobSpec, num_classes: int, multi_label: bool = False
+) -> Network:
     """The network the job's spec builds, holding the stored SavedModel's variables."""
     keras.backend.clear_session()
-    network = build_network(spec, num_classes, None)
+    network = build_network(spec, num_classes, None, multi_label)
     variables, stored = network.model.variables, loaded.variables
     shapes = [tuple(v.shape) for v in variables], [tuple(v.shape) for v in stored]
     if shapes[0] != shapes[1]:
@@ -361,11 +363,18 @@ def compare(
 
 
 def parity(
-    reference: np.ndarray, answers: np.ndarray, labels: list[int], bar: float
+    reference: np.ndarray,
+    answers: np.ndarray,
+    labels: list[int] | list[list[int]],
+    bar: float,
+    thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
     """Top-1 agreement and probability differences against the SavedModel's answers, and
-    both accuracies on the true labels (what a disagreement costs)."""
-    agreeing = int(np.sum(reference.argmax(axis=1) == answers.argmax(axis=1)))
+    both accuracies on the true labels (what a disagreement costs). A multi-label model's
+    (`thresholds`): agreement on each image's whole label set at the thresholds, and the
+    exact-match ratio as accuracy."""
+    answer = _answered(thresholds)
+    agreeing = int(np.sum(_same(answer(reference), answer(answers))))
     difference = np.abs(answers.astype(np.float64) - reference.astype(np.float64))
     agreement = agreeing / len(reference)
     truth = np.asarray(labels)
@@ -377,9 +386,22 @@ def parity(
         "passed": agreement >= bar,
         "max_abs_difference": float(difference.max()),
         "mean_abs_difference": float(difference.mean()),
-        "accuracy": float(np.mean(answers.argmax(axis=1) == truth)),
-        "savedmodel_accuracy": float(np.mean(reference.argmax(axis=1) == truth)),
+        "accuracy": float(np.mean(_same(answer(answers), truth))),
+        "savedmodel_accuracy": float(np.mean(_same(answer(reference), truth))),
     }
+
+
+def _answered(thresholds: list[float] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """What a model answers from its scores: the top class, or each label past its own."""
+    if thresholds is None:
+        return lambda scores: scores.argmax(axis=1)
+    return lambda scores: (scores >= np.asarray(thresholds)).astype(int)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image, whether two answers agree (every label of a label set)."""
+    equal = np.asarray(a) == np.asarray(b)
+    return equal.all(axis=1) if equal.ndim == 2 else equal
 
 
 def _stop_if(should_stop: Callable[[], bool]) -> None:
@@ -399,7 +421,8 @@ def export_model(
         scratch = Path(name)
         unpack_archive(inputs.savedmodel, scratch / "savedmodel")
         loaded = tf.saved_model.load(str(scratch / "savedmodel"))
-        network = restore_network(loaded, inputs.spec, len(inputs.classes))
+        multi_label = inputs.thresholds is not None
+        network = restore_network(loaded, inputs.spec, len(inputs.classes), multi_label)
         model = inference_model(network, inputs.spec, inputs.temperature)
         _stop_if(should_stop)
         started = time.monotonic()
@@ -423,8 +446,9 @@ def export_model(
         "input": runtime.input,
         "output": runtime.output,
         "temperature": inputs.temperature,
+        "thresholds": inputs.thresholds,
         "calibration_images": len(inputs.representative) if inputs.format == "tflite-int8" else 0,
-        "parity": parity(expected, answered, inputs.labels, bar),
+        "parity": parity(expected, answered, inputs.labels, bar, inputs.thresholds),
         "runtime": runtime.name,
         "converter": converter_name(inputs.format),
         "seconds": {key: round(value, 3) for key, value in seconds.items()},

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.ml.calibrate import Temperature
 from service.storage.shard_files import ShardedImages
 from service.training.spec import JobSpec
 
@@ -60,8 +61,10 @@ class ExportInputs:
     spec: JobSpec  # the training job's: the network to rebuild
     classes: list[str]
     input_size: int
-    temperature: float  # what the SavedModel's `serve` applies
+    temperature: Temperature  # what the SavedModel's `serve` applies
     savedmodel: bytes
     validation: list[bytes]  # the validation split's images, as the evaluation lists them
-    labels: list[int]  # their true classes, indices into `classes`
+    # Their true classes, indices into `classes`; a multi-label model's, 0/1 rows.
+    labels: list[int] | list[list[int]]
     representative: list[bytes]  # a stratified sample of the training split (int8 only)
+    thresholds: list[float] | None = None  # a multi-label model's, per label

@@ -272,7 +272,14 @@ def _with_samples(result: TrainingResult, data: LabelledImages) -> dict[str, Any
         return result.evaluation
     index = result.validation_index
     if data.multi_label:
-        return _named_errors(result.evaluation, [data.ids[i] for i in index])
+        ids = [data.ids[i] for i in index]
+        # What an export's parity check reads: each validation image and its labels.
+        held = data.labels[index] > 0
+        samples = [
+            {"image_id": ids[k], "labels": [data.classes[j] for j in np.flatnonzero(row)]}
+            for k, row in enumerate(held)
+        ]
+        return {**_named_errors(result.evaluation, ids), "samples": samples}
     samples = prediction_samples(
         [data.ids[i] for i in index],
         data.labels[index],
