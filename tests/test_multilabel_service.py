@@ -80,13 +80,26 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     answer = service.client.post("/jobs", json=body)
     assert answer.status_code == 422 and "single-label" in answer.text
     assert answer.json()["detail"][0]["loc"] == ["body", "training", "label_precision"]
-    report = service.client.get(f"/datasets/{dataset['id']}/report")
-    assert report.status_code == 409 and "health report" in report.json()["detail"]
+    relabel = service.client.post(
+        f"/datasets/{dataset['id']}/edits", json={"relabel": [{"image_id": 1, "label": "red"}]}
+    )
+    assert relabel.status_code == 409 and "multi-label" in relabel.json()["detail"]
     assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
+
+    # The health report counts each label, the images without one and the pairs held together.
+    report = service.client.get(f"/datasets/{dataset['id']}/report").json()
+    sets = [frozenset(label_names(row)) for row in data.labels]
+    assert report["labels"]["no_label_images"] == sum(not held for held in sets)
+    pairs = {tuple(pair["labels"]): pair["images"] for pair in report["labels"]["cooccurrence"]}
+    assert pairs == {
+        tuple(sorted(pair)): sum(set(pair) <= held for held in sets)
+        for pair in {tuple(sorted(held)) for held in sets if len(held) == 2}
+    }
     # The console shows each image's labels as tags, and no tools that would answer 409.
     page = service.client.get(f"/console/datasets/{dataset['id']}")
     assert page.status_code == 200 and 'id="multi-label"' in page.text
-    assert 'class="tag"' in page.text and 'id="health-form"' not in page.text
+    assert 'class="tag"' in page.text and 'id="label-sets"' in page.text
+    assert 'id="advice-form"' not in page.text
 
 
 @pytest.mark.slow
@@ -104,6 +117,9 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         report = service.client.get(f"/models/{model_id}/label-evaluation")
         assert report.status_code == 200, report.text
         assert [row["label"] for row in report.json()["per_label"]] == model["classes"]
+        # The health report's split is the job's: as many images held out for validation.
+        health = service.client.get(f"/datasets/{dataset['id']}/report?seed=0").json()
+        assert health["leakage"]["validation_images"] == report.json()["images"]
         assert service.client.get(f"/models/{model_id}/evaluation").status_code == 409
         export = service.client.post(f"/models/{model_id}/exports", json={"format": "onnx"})
         assert export.status_code == 202, export.text

@@ -23,7 +23,8 @@ from service.storage.tables import DatasetVersion
 def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> DatasetVersion:
     """The dataset's new version, with `edit` applied to its latest."""
     dataset = locked_dataset(session, dataset_id)
-    require_single_label(dataset, "editing")
+    if edit.relabel or edit.label:  # a label set per image: not yet; removing images is
+        require_single_label(dataset, "relabelling and labelling")
     latest = versions.get_version(session, dataset, None)
     if edit.base_version is not None and edit.base_version != latest.number:
         raise Conflict(

@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from service.storage.tables import LABEL_SEPARATOR, NAME_LENGTH
 
@@ -59,6 +61,18 @@ def is_label_file(name: str, data: bytes) -> bool:
         return True
     first = data.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
     return [field.strip().lower() for field in first.split(",")] == ["filename", "labels"]
+
+
+def label_matrix(labels: Sequence[str], classes: list[str], multi_label: bool) -> np.ndarray:
+    """What training learns from a manifest's labels: each image's class index (int32 [n]);
+    multi-label, row i 1 under each label image i holds (float32 [n, classes])."""
+    index = {name: number for number, name in enumerate(classes)}
+    if not multi_label:
+        return np.array([index[label] for label in labels], dtype=np.int32)
+    matrix = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for row, joined in enumerate(labels):
+        matrix[row, [index[name] for name in split_labels(joined)]] = 1.0
+    return matrix
 
 
 def read_label_file(name: str, data: bytes, max_rows: int) -> dict[str, str]:

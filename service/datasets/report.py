@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -23,13 +24,16 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
+from service.datasets.label_files import label_matrix, split_labels
 from service.datasets.schemas import (
     Balance,
     ClassCount,
     DatasetReport,
     ImageFinding,
     ImageShape,
+    LabelPair,
     LabelReview,
+    LabelSets,
     Leakage,
     LeakedPair,
     Mislabelled,
@@ -38,7 +42,7 @@ from service.datasets.schemas import (
     SmallClasses,
     SmallImages,
 )
-from service.datasets.service import get_dataset, require_single_label
+from service.datasets.service import get_dataset
 from service.datasets.similar import (
     NEAR_DUPLICATE_BITS,
     Kind,
@@ -86,7 +90,6 @@ def dataset_report(
     NotFound for an unknown dataset or version. Writes (flushes) the facts of images stored
     before they were measured at upload, so the session must be allowed to write."""
     dataset = get_dataset(session, dataset_id)
-    require_single_label(dataset, "the health report")
     reported = versions.get_version(session, dataset, version)
     measured = measure_missing(session, dataset.id)
     rows = _rows(session, reported.id)
@@ -110,13 +113,14 @@ def dataset_report(
             floor=MIN_CLASS_IMAGES, classes=[c for c in classes if c.count < MIN_CLASS_IMAGES]
         ),
         duplicates=similar.duplicates(),
-        leakage=_leakage(similar, [c.name for c in classes], seed, validation_split),
+        leakage=_leakage(similar, dataset, [c.name for c in classes], seed, validation_split),
         small_images=_small_images(rows, input_size),
         extreme_aspect=_finding(rows, _extreme_aspect),
         grayscale=_finding(rows, lambda row: row.mode in GRAYSCALE_MODES),
         cmyk=_finding(rows, lambda row: row.mode == "CMYK"),
         mislabelled=_mislabelled(review, dataset.id),
         warnings=[],
+        labels=_label_sets(rows) if dataset.multi_label else None,
     )
     report.warnings = warnings(report)
     return report
@@ -183,20 +187,21 @@ def _shape(row: Row[Any]) -> ImageShape:
 
 
 def split_of(
-    rows: Sequence[Row[Any]], classes: list[str], seed: int, fraction: float
+    rows: Sequence[Row[Any]], classes: list[str], seed: int, fraction: float, multi_label: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (in id order) of the training and validation images: the worker's split,
-    classes numbered in the dataset's order as `worker.load_dataset` numbers them."""
+    of the labels as the training job's `load_dataset` reads them."""
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    number = {name: index for index, name in enumerate(classes)}
-    labels = np.array([number[row.label] for row in rows], dtype=np.int32)
+    labels = label_matrix([row.label for row in rows], classes, multi_label)
     return stratified_split(labels, fraction, seed)
 
 
-def _leakage(similar: Similar, classes: list[str], seed: int, fraction: float) -> Leakage:
-    train, validation = split_of(similar.rows, classes, seed, fraction)
+def _leakage(
+    similar: Similar, dataset: Dataset, classes: list[str], seed: int, fraction: float
+) -> Leakage:
+    train, validation = split_of(similar.rows, classes, seed, fraction, dataset.multi_label)
     in_training = np.zeros(len(similar.rows), dtype=bool)
     in_training[train] = True
     pairs = []
@@ -246,6 +251,23 @@ def _pair(kind: Kind, distance: int, training: Row[Any], validation: Row[Any]) -
 
 
 # -- classes and shapes ---------------------------------------------------------------------
+
+
+def _label_sets(rows: Sequence[Row[Any]]) -> LabelSets:
+    """A multi-label dataset's images with no label, and how often each pair of labels is
+    held by one image (most often first)."""
+    pairs: dict[tuple[str, str], int] = {}
+    empty = 0
+    for row in rows:
+        held = split_labels(row.label)
+        empty += not held
+        for pair in combinations(held, 2):  # sorted: a manifest's labels are
+            pairs[pair] = pairs.get(pair, 0) + 1
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+    return LabelSets(
+        no_label_images=empty,
+        cooccurrence=[LabelPair(labels=list(pair), images=count) for pair, count in ranked],
+    )
 
 
 def _balance(classes: list[ClassCount]) -> Balance:

@@ -336,6 +336,20 @@ def _report_example() -> dict[str, Any]:
     }
 
 
+class LabelPair(BaseModel):
+    labels: list[str] = Field(description="Two labels, in name order.")
+    images: int = Field(description="Images holding both.")
+
+
+class LabelSets(BaseModel):
+    """A multi-label dataset's label sets."""
+
+    no_label_images: int = Field(description="Images holding none of the labels.")
+    cooccurrence: list[LabelPair] = Field(
+        description="Each pair of labels one image holds together, most often first."
+    )
+
+
 class DatasetReport(BaseModel):
     model_config = example_config(_report_example())
     dataset_id: str
@@ -360,3 +374,9 @@ class DatasetReport(BaseModel):
     cmyk: ImageFinding = Field(description="Stored as CMYK: colours shift when made RGB.")
     mislabelled: Mislabelled
     warnings: list[str] = Field(description="One plain sentence per problem found.")
+    labels: LabelSets | None = Field(
+        None,
+        description="A multi-label dataset's images with no label and its labels' "
+        "co-occurrence; null for a single-label dataset. `classes` are then its labels, each "
+        "counting the images that hold it.",
+    )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, undefer
 from service import jobs
 from service.config import Settings
 from service.datasets import versions
-from service.datasets.label_files import split_labels
+from service.datasets.label_files import label_matrix
 from service.datasets.service import set_label_review
 from service.jobs.context import JobContext
 from service.jobs.kinds import JobStopped, Outcome
@@ -228,28 +228,13 @@ def load_dataset(db: Database, spec: JobSpec, settings: Settings | None = None) 
         images: Any = _shards(db, settings, version.dataset_id, rows)
     else:
         images = [row.data for row in rows]
-    labels = [row.label for row in rows]
     return LabelledImages(
         images=images,
-        labels=multi_hot(labels, classes) if multi_label else class_indices(labels, classes),
+        labels=label_matrix([row.label for row in rows], classes, multi_label),
         classes=classes,
         ids=[row.id for row in rows],
         filenames=[row.filename for row in rows],
     )
-
-
-def class_indices(labels: Sequence[str], classes: list[str]) -> np.ndarray:
-    index = {name: number for number, name in enumerate(classes)}
-    return np.array([index[label] for label in labels], dtype=np.int32)
-
-
-def multi_hot(labels: Sequence[str], classes: list[str]) -> np.ndarray:
-    """Row i: 1 under each label image i holds (its manifest's label string, split)."""
-    index = {name: number for number, name in enumerate(classes)}
-    matrix = np.zeros((len(labels), len(classes)), dtype=np.float32)
-    for row, joined in enumerate(labels):
-        matrix[row, [index[name] for name in split_labels(joined)]] = 1.0
-    return matrix
 
 
 def _shards(db: Database, settings: Settings, dataset_id: str, rows: Sequence[Any]) -> Any:

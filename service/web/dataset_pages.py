@@ -154,7 +154,7 @@ def dataset_page(
         dataset=dataset,
         samples=_thumbnails(session, dataset_id, [entry["name"] for entry in dataset.classes]),
         query=query,
-        report=None if dataset.multi_label else health_report(session, dataset_id, query),
+        report=health_report(session, dataset_id, query),
         advice=_latest_advice(session, dataset_id),
         versions=recent_versions(session, dataset),
         **_image_grid(session, dataset, dataset.version, None, None),
