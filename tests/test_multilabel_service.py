@@ -85,7 +85,6 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     )
     assert relabel.status_code == 409 and "multi-label" in relabel.json()["detail"]
     assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
-
     # The health report counts each label, the images without one and the pairs held together.
     report = service.client.get(f"/datasets/{dataset['id']}/report").json()
     sets = [frozenset(label_names(row)) for row in data.labels]
@@ -100,6 +99,15 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     assert page.status_code == 200 and 'id="multi-label"' in page.text
     assert 'class="tag"' in page.text and 'id="label-sets"' in page.text
     assert 'id="advice-form"' not in page.text
+    # Removing images works (relabelling waits for label sets in edits).
+    first = service.client.get(f"/datasets/{dataset['id']}/images?limit=1").json()[0]
+    removed = service.client.post(
+        f"/datasets/{dataset['id']}/edits", json={"delete": [first["id"]]}
+    )
+    assert removed.status_code == 201, removed.text
+    counts = {entry["name"]: entry["count"] for entry in removed.json()["classes"]}
+    for name in first["label"].split(";") if first["label"] else []:
+        assert counts.get(name, 0) == expected[name] - 1
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
+from service.datasets.label_files import split_labels
 from service.datasets.labelling import add_labelled, checked_labels
 from service.datasets.service import list_images, locked_dataset, require_single_label
 from service.datasets.spec import DatasetEdit, Relabel
@@ -34,7 +35,10 @@ def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> Datase
         )
     relabel, remove = _checked(session, latest, edit)
     labelling = checked_labels(session, dataset.id, edit.label)
-    _require_two_classes(latest, relabel, remove, labelling.labels)
+    if dataset.multi_label:
+        _require_a_label(latest, remove)
+    else:
+        _require_two_classes(latest, relabel, remove, labelling.labels)
 
     def fill(session: Session, version_id: int, previous: int | None) -> None:
         versions.copy_manifest(session, version_id, previous)
@@ -86,6 +90,16 @@ def _require_distinct_captures(edit: DatasetEdit) -> None:
             )
         if entry.capture_id:
             seen.add(entry.capture_id)
+
+
+def _require_a_label(latest: DatasetVersion, remove: dict[int, str]) -> None:
+    """A multi-label dataset keeps at least one label held by an image."""
+    counts = {entry["name"]: entry["count"] for entry in latest.classes}
+    for joined in remove.values():
+        for name in split_labels(joined):
+            counts[name] -= 1
+    if not any(count > 0 for count in counts.values()):
+        raise Invalid("the edit would leave no image with a label", field=("delete",))
 
 
 def _require_two_classes(
