@@ -80,10 +80,6 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     answer = service.client.post("/jobs", json=body)
     assert answer.status_code == 422 and "single-label" in answer.text
     assert answer.json()["detail"][0]["loc"] == ["body", "training", "label_precision"]
-    relabel = service.client.post(
-        f"/datasets/{dataset['id']}/edits", json={"relabel": [{"image_id": 1, "label": "red"}]}
-    )
-    assert relabel.status_code == 409 and "multi-label" in relabel.json()["detail"]
     assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
     # The health report counts each label, the images without one and the pairs held together.
     report = service.client.get(f"/datasets/{dataset['id']}/report").json()
@@ -99,7 +95,23 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     assert page.status_code == 200 and 'id="multi-label"' in page.text
     assert 'class="tag"' in page.text and 'id="label-sets"' in page.text
     assert 'id="advice-form"' not in page.text
-    # Removing images works (relabelling waits for label sets in edits).
+    # An edit gives an image its whole label set (a new label makes a new class), or removes it.
+    url = f"/datasets/{dataset['id']}/edits"
+    relabel = {"relabel": [{"image_id": 1, "labels": ["red", "violet", "red"]}]}
+    assert service.client.post(url, json=relabel).status_code == 201
+    image = service.client.get(f"/datasets/{dataset['id']}/images?limit=1").json()[0]
+    assert image["id"] == 1 and image["label"] == "red;violet"
+    both = {"relabel": [{"image_id": 1, "label": "red", "labels": ["red"]}]}
+    assert service.client.post(url, json=both).status_code == 422
+    bad = service.client.post(url, json={"relabel": [{"image_id": 1, "labels": ["a;b"]}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "labels"
+    theirs = service.client.get(f"/datasets/{single['id']}/images?limit=1").json()[0]["id"]
+    answer = service.client.post(
+        f"/datasets/{single['id']}/edits",
+        json={"relabel": [{"image_id": theirs, "labels": ["x"]}]},
+    )
+    assert answer.status_code == 422 and "single-label" in answer.text
+    before = service.client.get(f"/datasets/{dataset['id']}").json()["classes"]
     first = service.client.get(f"/datasets/{dataset['id']}/images?limit=1").json()[0]
     removed = service.client.post(
         f"/datasets/{dataset['id']}/edits", json={"delete": [first["id"]]}
@@ -107,7 +119,7 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     assert removed.status_code == 201, removed.text
     counts = {entry["name"]: entry["count"] for entry in removed.json()["classes"]}
     for name in first["label"].split(";") if first["label"] else []:
-        assert counts.get(name, 0) == expected[name] - 1
+        assert counts.get(name, 0) == {e["name"]: e["count"] for e in before}[name] - 1
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
-from service.datasets.label_files import split_labels
+from service.datasets.label_files import BadLabelFile, label_set, split_labels
 from service.datasets.labelling import add_labelled, checked_labels
 from service.datasets.service import list_images, locked_dataset, require_single_label
 from service.datasets.spec import DatasetEdit, Relabel
@@ -24,8 +24,8 @@ from service.storage.tables import DatasetVersion
 def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> DatasetVersion:
     """The dataset's new version, with `edit` applied to its latest."""
     dataset = locked_dataset(session, dataset_id)
-    if edit.relabel or edit.label:  # a label set per image: not yet; removing images is
-        require_single_label(dataset, "relabelling and labelling")
+    if edit.label:  # pool and captured images: none in a multi-label dataset yet
+        require_single_label(dataset, "labelling pool or captured images")
     latest = versions.get_version(session, dataset, None)
     if edit.base_version is not None and edit.base_version != latest.number:
         raise Conflict(
@@ -33,10 +33,10 @@ def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> Datase
             f"and its latest is now {latest.number}; look again and resend",
             field=("base_version",),
         )
-    relabel, remove = _checked(session, latest, edit)
+    relabel, remove = _checked(session, latest, edit, dataset.multi_label)
     labelling = checked_labels(session, dataset.id, edit.label)
     if dataset.multi_label:
-        _require_a_label(latest, remove)
+        _require_a_label(latest, relabel, remove)
     else:
         _require_two_classes(latest, relabel, remove, labelling.labels)
 
@@ -51,7 +51,7 @@ def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> Datase
 
 
 def _checked(
-    session: Session, latest: DatasetVersion, edit: DatasetEdit
+    session: Session, latest: DatasetVersion, edit: DatasetEdit, multi_label: bool
 ) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
     """The relabels (id → (label, new label)) and the deletions (id → label); Invalid naming
     the first entry that relabels or deletes an image not in the latest version, or names an
@@ -76,8 +76,28 @@ def _checked(
                 f"{latest.dataset_id}",
                 field=field,
             )
-    relabel = {entry.image_id: (held[entry.image_id], entry.label) for entry in edit.relabel}
+    relabel = {
+        entry.image_id: (held[entry.image_id], _new_label(entry, number, multi_label))
+        for number, entry in enumerate(edit.relabel)
+    }
     return relabel, {image_id: held[image_id] for image_id in edit.delete}
+
+
+def _new_label(entry: Relabel, number: int, multi_label: bool) -> str:
+    """The label a relabel gives: its `label`; a multi-label image's set, as manifests keep
+    it (`label` there meaning a set of one)."""
+    if not multi_label:
+        if entry.labels is not None:
+            raise Invalid(
+                "this dataset is single-label: give the image its `label`",
+                field=("relabel", number, "labels"),
+            )
+        assert entry.label is not None
+        return entry.label
+    try:
+        return label_set(entry.labels if entry.labels is not None else [entry.label], "")
+    except BadLabelFile as error:
+        raise Invalid(str(error).removeprefix(": "), field=("relabel", number, "labels")) from None
 
 
 def _require_distinct_captures(edit: DatasetEdit) -> None:
@@ -92,12 +112,17 @@ def _require_distinct_captures(edit: DatasetEdit) -> None:
             seen.add(entry.capture_id)
 
 
-def _require_a_label(latest: DatasetVersion, remove: dict[int, str]) -> None:
+def _require_a_label(
+    latest: DatasetVersion, relabel: dict[int, tuple[str, str]], remove: dict[int, str]
+) -> None:
     """A multi-label dataset keeps at least one label held by an image."""
     counts = {entry["name"]: entry["count"] for entry in latest.classes}
-    for joined in remove.values():
+    for joined in [*(old for old, _ in relabel.values()), *remove.values()]:
         for name in split_labels(joined):
             counts[name] -= 1
+    for _, joined in relabel.values():
+        for name in split_labels(joined):
+            counts[name] = counts.get(name, 0) + 1
     if not any(count > 0 for count in counts.values()):
         raise Invalid("the edit would leave no image with a label", field=("delete",))
 

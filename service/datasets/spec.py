@@ -61,9 +61,27 @@ class ImageLabel(StrictModel):
     label: Label
 
 
+# Labels one image of a multi-label dataset may hold.
+MAX_IMAGE_LABELS = 100
+
+
 class Relabel(StrictModel):
     image_id: ImageId
-    label: Label = Field(description="Its new label; a label no image had makes a new class.")
+    label: Label | None = Field(
+        None, description="Its new label; a label no image had makes a new class."
+    )
+    labels: list[Label] | None = Field(
+        None,
+        max_length=MAX_IMAGE_LABELS,
+        description="A multi-label dataset's image: its new labels, all of them (`[]`: none). "
+        "Instead of `label`, which there means the one label.",
+    )
+
+    @model_validator(mode="after")
+    def one_way(self) -> Relabel:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("give `label` or `labels`, one of them")
+        return self
 
 
 # Captured images one edit may label: each is read, checked and stored like an upload's.
