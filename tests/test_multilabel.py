@@ -112,7 +112,9 @@ def test_a_sigmoid_head_learns_label_sets_and_the_stored_model_applies_its_calib
     assert result.thresholds == [row["threshold"] for row in evaluation["per_label"]]
     assert len(result.temperature) == len(COLOURS)
     assert evaluation["calibration"]["temperatures"] == result.temperature
-    assert evaluation["unknowns"]["fitted"] is False
+    # Unknowns: a Gaussian per label set seen in training, thresholded on the validation split.
+    assert evaluation["unknowns"]["split"] == "validation"
+    assert evaluation["unknowns"]["flagged_share"] <= 0.2 and result.unknowns is not None
     assert result.metrics["val_micro_f1"] == evaluation["micro_f1"]
     # The report is of what the stored model answers: its calibrated scores.
     truth = data.labels[result.validation_index]

@@ -151,6 +151,12 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
 
         page = service.client.get(f"/console/models/{model_id}")
         assert page.status_code == 200 and 'id="per-label"' in page.text
+        answered = service.client.post(
+            "/predict",
+            data={"model_id": model_id},
+            files=[("files", ("0.png", data.images[0], "image/png"))],
+        ).json()["predictions"][0]
+        assert isinstance(answered["ood_score"], float) and "unknown" in answered
         answers = predictions(service, model_id, data.images[:4])
         every = predictions(service, model_id, data.images[:4], threshold="0")
         for answer, scores in zip(answers, every, strict=True):

@@ -16,10 +16,7 @@ from service.ml.pipeline import Splits
 from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
 from service.training.spec import JobSpec
 
-Scored = tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector | None]
-# Unknowns are Gaussians per class around the images of that class; an image of several
-# labels belongs to no one class, so a sigmoid head has no unknown-input score (yet).
-NO_UNKNOWNS = {"fitted": False, "reason": "a multi-label model has no unknown-input score"}
+Scored = tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector]
 
 
 def final_metrics(
@@ -29,11 +26,9 @@ def final_metrics(
     spec: JobSpec,
     classes: list[str],
 ) -> Scored:
-    """The metrics, report and calibration, and the unknown-input score (None multi-label).
-    One pass gives both the probabilities the report scores and the features the score's
-    threshold is fitted on."""
-    multi_label = splits.objective.multi_label
-    tap = Tap(model, depths=not multi_label)
+    """The metrics, report and calibration, and the unknown-input score. One pass gives both
+    the probabilities the report scores and the features the score's threshold is fitted on."""
+    tap = Tap(model)
     features, probabilities = (
         pooled_features(tap, splits.validation_pixels)
         if splits.validation_pixels is not None
@@ -42,30 +37,33 @@ def final_metrics(
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
-    if multi_label:
-        metrics, evaluation, calibration = _label_metrics(
-            probabilities, splits, metrics, spec, classes
-        )
-        if evaluation is not None:
-            evaluation["unknowns"] = NO_UNKNOWNS
-        return metrics, evaluation, calibration, None
-    metrics, evaluation, calibration = _class_metrics(probabilities, splits, metrics, spec, classes)
-    unknowns = fit_unknowns(tap, splits, spec, len(classes), features)
+    scoring = _label_metrics if splits.objective.multi_label else _class_metrics
+    metrics, evaluation, calibration = scoring(probabilities, splits, metrics, spec, classes)
+    unknowns = fit_unknowns(tap, splits, spec, features)
     if evaluation is not None:
         evaluation["unknowns"] = unknowns.report
     return metrics, evaluation, calibration, unknowns
 
 
 def fit_unknowns(
-    tap: Tap, splits: Splits, spec: JobSpec, classes: int, held_out: list[np.ndarray] | None
+    tap: Tap, splits: Splits, spec: JobSpec, held_out: list[np.ndarray] | None
 ) -> UnknownDetector:
     """The unknown-input score on the final model's features: its Gaussians fitted on (a
     sample of) the training split, its threshold on the validation split's (`held_out`)."""
     train = splits.train.sample(MAX_FIT_IMAGES, spec.training.seed)
     features, _ = pooled_features(tap, train.pixels(spec))
-    return fit_detector(
-        tap.layers, (features, train.labels), held_out, classes, spec.training.unknown_rate
-    )
+    groups, count = _groups(train.labels)
+    return fit_detector(tap.layers, (features, groups), held_out, count, spec.training.unknown_rate)
+
+
+def _groups(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """What the score's Gaussians group images by, numbered, and how many groups: a
+    single-label image's class; a multi-label image's whole label set (no label included),
+    as an image of two labels is neither's typical image."""
+    if labels.ndim == 1:
+        return labels, int(labels.max()) + 1 if len(labels) else 0
+    sets, index = np.unique(labels > 0, axis=0, return_inverse=True)
+    return index.reshape(-1), len(sets)
 
 
 def _validation_loss(probabilities: np.ndarray, splits: Splits, spec: JobSpec) -> float:

@@ -327,6 +327,11 @@ class LabelEvaluationRead(BaseModel):
         "was fitted), the expected calibration error per label before and after "
         "(`ece_before`, `ece_after`), the mean binary cross-entropy before and after."
     )
+    unknowns: UnknownsReport | None = Field(
+        None,
+        description="The unknown-input score (a Gaussian per label set seen in training), its "
+        "threshold fitted on the validation split, and the share of it flagged.",
+    )
 
 
 class EvaluationSample(BaseModel):
