@@ -155,14 +155,25 @@ def _threshold_counts(
     return candidates, tp, fp
 
 
-def _max_f1_threshold(
-    candidates: np.ndarray, tp: np.ndarray, fp: np.ndarray, positives: int
-) -> float:
+def _max_f1_index(candidates: np.ndarray, tp: np.ndarray, fp: np.ndarray, positives: int) -> int:
     """The candidate of highest F1, the one nearest 0.5 among equals: 0.5 itself wins every tie
     it is in, so a threshold moves from it only for a real gain on the validation split."""
     f1 = 2 * tp / (tp + fp + positives)
     tied = np.flatnonzero(f1 == f1.max())
-    return float(candidates[tied[np.argmin(np.abs(candidates[tied] - DEFAULT_THRESHOLD))]])
+    return int(tied[np.argmin(np.abs(candidates[tied] - DEFAULT_THRESHOLD))])
+
+
+def _in_the_gap(candidates: np.ndarray, index: int, scores: np.ndarray) -> float:
+    """The threshold that answers what candidate `index` answers, midway between it and the
+    next lower score: a threshold on a validation image's own score would flip that image on
+    the least difference of arithmetic (an export's runtime, another batch size), and the
+    middle of the gap is as far from both sides as the split allows. 0.5 stays where it is
+    the candidate and no image scores it."""
+    value = float(candidates[index])
+    if value == DEFAULT_THRESHOLD and not np.any(scores == value):
+        return value
+    lower = float(candidates[index - 1]) if index > 0 else 0.0
+    return (lower + value) / 2
 
 
 def _label_threshold(
@@ -173,7 +184,7 @@ def _label_threshold(
     if positives == 0:
         return DEFAULT_THRESHOLD, "no positive validation image: kept 0.5"
     candidates, tp, fp = _threshold_counts(scores, positive)
-    max_f1 = _max_f1_threshold(candidates, tp, fp, positives)
+    max_f1 = _in_the_gap(candidates, _max_f1_index(candidates, tp, fp, positives), scores)
     if precision is None:
         return max_f1, None
     predicted = tp + fp
@@ -181,7 +192,7 @@ def _label_threshold(
     enough = np.flatnonzero(reached >= precision)
     if len(enough):
         # The lowest threshold reaching the precision answers the label most often: best recall.
-        return float(candidates[enough[0]]), None
+        return _in_the_gap(candidates, int(enough[0]), scores), None
     return max_f1, (
         f"no threshold reaches precision {precision:g} on the validation split (at most "
         f"{reached.max():.3g}): the max-F1 threshold"
@@ -194,7 +205,8 @@ def fit_thresholds(
     """Per label, the threshold maximising its F1 on these (validation) images or, given a
     `precision`, the lowest one whose precision reaches it (the max-F1 one where none does,
     with the reason). Candidates are the distinct scores and 0.5, as no other threshold
-    changes which images are answered; a label without positives keeps 0.5."""
+    changes which images are answered; each is then moved to the middle of the gap below it
+    (`_in_the_gap`); a label without positives keeps 0.5."""
     if precision is not None and not 0.0 < precision <= 1.0:
         raise ValueError(f"precision must be in (0, 1], not {precision:g}")
     probabilities = np.asarray(probabilities, dtype=np.float64)
