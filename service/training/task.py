@@ -55,8 +55,7 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
     """Train the job; what stores its model (and the dataset's label review)."""
     import keras
 
-    from service.ml import export
-    from service.ml.build import describe_layers, parameter_counts
+    from service.ml.build import describe_layers
     from service.ml.drift import with_drift
     from service.ml.heads import head_bytes
     from service.ml.train import train as fit
@@ -86,13 +85,37 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
             result.head_classes_carried,
             len(data.classes),
         )
+    stored = _model_row(claim, spec, data, result)
+    # Compared after everything that moves weights: the stages, BN recompute, restores.
+    network = result.network
+    layers = with_drift(describe_layers(network.model), network.backbone, result.initial_weights)
+    review = _review_of_training(claim, spec, data, result)
+    save = store_model(
+        stored,
+        layers,
+        review,
+        dataset_version=spec.dataset_version,
+        parent=spec.parent_model_id,
+        head=head_bytes(result.network, data.classes),
+        thresholds=result.thresholds,
+    )
+    return Outcome(save, f"model {stored.id}")
+
+
+def _model_row(
+    claim: jobs.Claim, spec: JobSpec, data: LabelledImages, result: TrainingResult
+) -> TrainedModel:
+    """The trained model's row: its SavedModel, with the temperature fitted on the validation
+    split folded into the graph, its evaluation and its backbone's weights."""
+    from service.ml import export
+    from service.ml.build import parameter_counts
+
     model = result.network.model
     trainable, non_trainable = parameter_counts(model)
-    # The temperature fitted on the validation split, folded into the exported graph.
     savedmodel = export.export_savedmodel(
         model, temperature=result.temperature, unknowns=result.unknowns
     )
-    stored = TrainedModel(
+    return TrainedModel(
         id=new_id("m"),
         name=claim.name or spec.name or claim.job_id,
         job_id=claim.job_id,
@@ -109,19 +132,6 @@ def train(context: JobContext, spec: JobSpec) -> Outcome:
         savedmodel=savedmodel,
         backbone_weights=export.weights_bytes(result.network.backbone),
     )
-    # Compared after everything that moves weights: the stages, BN recompute, restores.
-    layers = with_drift(describe_layers(model), result.network.backbone, result.initial_weights)
-    review = _review_of_training(claim, spec, data, result)
-    save = store_model(
-        stored,
-        layers,
-        review,
-        dataset_version=spec.dataset_version,
-        parent=spec.parent_model_id,
-        head=head_bytes(result.network, data.classes),
-        thresholds=result.thresholds,
-    )
-    return Outcome(save, f"model {stored.id}")
 
 
 @contextmanager
