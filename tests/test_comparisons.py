@@ -51,8 +51,20 @@ def test_macro_f1_and_per_class_accuracy_count_every_class_of_the_images() -> No
     truth = ["cat", "cat", "dog", "dog"]
     answers = ["cat", "cat", "cat", "cat"]  # never answers dog: dog's F1 is 0
     # cat: precision ½, recall 1, F1 ⅔.
-    assert stats.macro_f1(truth, answers, ["cat", "dog"]) == pytest.approx((2 / 3 + 0) / 2)
-    assert stats.per_class_accuracy(truth, answers, ["cat", "dog"]) == [1.0, 0.0]
+    recalls, macro_f1 = stats.per_class(truth, answers, ["cat", "dog"])
+    assert macro_f1 == pytest.approx((2 / 3 + 0) / 2) and recalls == [1.0, 0.0]
+
+
+def test_label_sets_are_scored_label_by_label() -> None:
+    from sklearn.metrics import f1_score
+
+    truth = ["cat;dog", "cat", "", "dog"]
+    answers = ["cat", "cat;owl", "", "cat;dog"]  # owl: no image holds it, scored nowhere
+    recalls, macro_f1 = stats.per_label(truth, answers, ["cat", "dog"])
+    assert recalls == [1.0, 0.5]  # cat: both its images; dog: one of its two
+    held = [[1, 1], [1, 0], [0, 0], [0, 1]]
+    given = [[1, 0], [1, 0], [0, 0], [1, 1]]
+    assert macro_f1 == pytest.approx(f1_score(held, given, average="macro", zero_division=0))
 
 
 # -- through the API ---------------------------------------------------------------------------

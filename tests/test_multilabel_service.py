@@ -183,6 +183,26 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         assert [set(scores) for scores in batched] == [set(scores) for scores in answers]
         for scores, answer in zip(batched, answers, strict=True):  # other batches: float32
             assert scores == pytest.approx(answer, abs=1e-6)
+        # A comparison of two multi-label models: right when the whole label set is.
+        other = service.train(job_body(dataset["id"], backbone=LIGHT, training={"seed": 1}))
+        answer = service.client.post(
+            "/comparisons",
+            json={"models": [model_id, other["model_id"]], "dataset_id": dataset["id"]},
+        )
+        assert answer.status_code == 202, answer.text
+        assert service.worker.run_until_idle() == 1
+        done = service.client.get(f"/comparisons/{answer.json()['id']}").json()
+        assert done["status"] == "succeeded", done
+        sets = {
+            f"img/{n}.png": ";".join(sorted(label_names(row))) for n, row in enumerate(data.labels)
+        }
+        answered = {
+            line["file"]: ";".join(sorted(t["label"] for t in line["top"]))
+            for line in result_lines(service.client, record["id"])
+        }
+        exact = np.mean([answered[name] == sets[name] for name in sets])
+        assert done["models"][0]["accuracy"] == pytest.approx(exact, abs=1e-12)
+        assert [row["name"] for row in done["per_class"]] == sorted(COLOURS)
         explained = service.client.post(
             "/predict",
             data={"model_id": model_id, "explain": "true", "threshold": "0"},

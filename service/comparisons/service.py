@@ -9,7 +9,6 @@ from service.comparisons.schemas import ComparisonCreate, ComparisonRead
 from service.comparisons.spec import ComparisonSpec
 from service.datasets import versions
 from service.jobs import records
-from service.models.service import require_single_label
 from service.problems import Invalid, NotFound
 from service.storage.pages import Page, PageOf
 from service.storage.tables import Comparison, Dataset, Job, TrainedModel, new_id
@@ -34,7 +33,14 @@ def request_comparison(session: Session, request: ComparisonCreate) -> Compariso
         model = session.get(TrainedModel, model_id)
         if model is None:
             raise NotFound(f"no model {model_id!r}", field=("models", position))
-        require_single_label(model, "a comparison")
+        if (model.thresholds is not None) != dataset.multi_label:
+            kinds = ("single-label", "multi-label")
+            raise Invalid(
+                f"model {model_id} is {kinds[model.thresholds is not None]} and dataset "
+                f"{dataset.id} {kinds[dataset.multi_label]}: a comparison scores answers of "
+                "the dataset's kind",
+                field=("models", position),
+            )
         if not classes & set(model.classes):
             raise Invalid(
                 f"model {model_id} knows none of the classes of dataset {dataset.id} "

@@ -86,12 +86,33 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
 
 
-def macro_f1(truth: list[str], answers: list[str], classes: list[str]) -> float:
-    """Macro F1 over the evaluation set's classes (a class a model never answers scores 0)."""
-    return float(f1_score(truth, answers, labels=classes, average="macro", zero_division=0))
-
-
-def per_class_accuracy(truth: list[str], answers: list[str], classes: list[str]) -> list[float]:
-    """Each class's share of its images answered right (its recall), in `classes`' order."""
+def per_class(
+    truth: list[str], answers: list[str], classes: list[str]
+) -> tuple[list[float], float]:
+    """Each class's share of its images answered right (its recall), in `classes`' order, and
+    the macro F1 over those classes (a class a model never answers scores 0)."""
     truth_array, answers_array = np.asarray(truth), np.asarray(answers)
-    return [float(np.mean(answers_array[truth_array == name] == name)) for name in classes]
+    recalls = [float(np.mean(answers_array[truth_array == name] == name)) for name in classes]
+    macro = f1_score(truth, answers, labels=classes, average="macro", zero_division=0)
+    return recalls, float(macro)
+
+
+def _held(sets: list[str], labels: list[str]) -> np.ndarray:
+    """Which of `labels` each label set holds (a label outside them, which a model may answer
+    and the images never hold, counts only against its exact match)."""
+    from service.datasets.label_files import split_labels
+
+    index = {name: j for j, name in enumerate(labels)}
+    matrix = np.zeros((len(sets), len(labels)), dtype=bool)
+    for row, joined in enumerate(sets):
+        matrix[row, [index[name] for name in split_labels(joined) if name in index]] = True
+    return matrix
+
+
+def per_label(truth: list[str], answers: list[str], labels: list[str]) -> tuple[list[float], float]:
+    """`per_class` for label sets (manifest strings): each label's share of the images holding
+    it that were answered it, and the macro F1 over the labels."""
+    held, given = (_held(sets, labels) for sets in (truth, answers))
+    recalls = [float(given[held[:, j], j].mean()) for j in range(len(labels))]
+    macro = f1_score(held, given, average="macro", zero_division=0)
+    return recalls, float(macro)

@@ -17,6 +17,7 @@ from service.comparisons import stats
 from service.comparisons.schemas import MAX_DISAGREEMENTS
 from service.comparisons.spec import ComparisonSpec
 from service.datasets import versions
+from service.datasets.label_files import label_set, split_labels
 from service.jobs.context import JobContext
 from service.jobs.kinds import JobStopped, Outcome
 from service.models.registry import ModelRef, resolve
@@ -39,6 +40,7 @@ class Scored:
     name: str
     version: int
     answers: list[str]
+    multi_label: bool = False
 
 
 def compare(context: JobContext, spec: ComparisonSpec) -> Outcome:
@@ -49,7 +51,8 @@ def compare(context: JobContext, spec: ComparisonSpec) -> Outcome:
     if context.monitor.should_stop():
         raise JobStopped()
     truth = [row.label for row in rows]
-    result = figures(truth, [row.id for row in rows], [row.filename for row in rows], a, b)
+    ids, filenames = [row.id for row in rows], [row.filename for row in rows]
+    result = figures(truth, ids, filenames, a, b, any(s.multi_label for s in (a, b)))
     return Outcome(
         store_result(spec.comparison_id, result),
         f"comparison of {a.model_id} and {b.model_id} on {len(rows)} images",
@@ -82,6 +85,7 @@ def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[S
         found = [resolve(session, ModelRef(model_id=model_id)) for model_id in spec.model_ids]
         sources = [stored_source(context.db, row) for row in found]
         names = [(row.id, row.name, row.version) for row in found]
+        kinds = [row.thresholds is not None for row in found]
     models = [worker_models(context).get(source) for source in sources]
     streams = [
         classify(
@@ -99,21 +103,35 @@ def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[S
         for model, batch, named in zip(models, batches, answers, strict=True):
             named += [_answer(model, answer) for answer in batch]
         context.monitor.on_pass(len(answers[0]), len(rows))
-    return [Scored(*name, named) for name, named in zip(names, answers, strict=True)]
+    return [
+        Scored(*name, named, kind) for name, named, kind in zip(names, answers, kinds, strict=True)
+    ]
 
 
 def _answer(model: LoadedModel, answer: Answer) -> str:
-    """The class the model answers for one image."""
+    """The class the model answers for one image; a multi-label model's, its labels past
+    their thresholds as a manifest keeps them (sorted, joined): right when the whole set is."""
     if answer.probabilities is None:
         raise Invalid(f"{answer.item.about['file']}: {answer.error}")
+    if model.thresholds is not None:
+        held = answer.probabilities >= np.asarray(model.thresholds)
+        return label_set([name for name, on in zip(model.classes, held, strict=True) if on], "")
     return str(model.classes[int(np.argmax(answer.probabilities))])
 
 
 def figures(
-    truth: list[str], image_ids: list[int], filenames: list[str], a: Scored, b: Scored
+    truth: list[str],
+    image_ids: list[int],
+    filenames: list[str],
+    a: Scored,
+    b: Scored,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
-    """What GET /comparisons/{id} answers of the two models' answers to the same images."""
-    classes = sorted(set(truth))
+    """What GET /comparisons/{id} answers of the two models' answers to the same images. A
+    multi-label answer is right when its whole label set is (`accuracy`: the exact-match
+    ratio); `macro_f1` and `per_class` are then per label."""
+    sets = [split_labels(label) if multi_label else [label] for label in truth]
+    classes = sorted({name for held in sets for name in held})
     correct = [np.array(scored.answers) == np.array(truth) for scored in (a, b)]
     difference = stats.paired_bootstrap(*correct)
     disagreements = [
@@ -126,12 +144,9 @@ def figures(
         for n in range(len(truth))
         if a.answers[n] != b.answers[n]
     ]
-    per_class = zip(
-        classes,
-        stats.per_class_accuracy(truth, a.answers, classes),
-        stats.per_class_accuracy(truth, b.answers, classes),
-        strict=True,
-    )
+    score = stats.per_label if multi_label else stats.per_class
+    (recall_a, f1_a), (recall_b, f1_b) = (score(truth, s.answers, classes) for s in (a, b))
+    per_class = zip(classes, recall_a, recall_b, strict=True)
     return {
         "images": len(truth),
         "models": [
@@ -140,9 +155,9 @@ def figures(
                 "name": scored.name,
                 "version": scored.version,
                 "accuracy": float(right.mean()),
-                "macro_f1": stats.macro_f1(truth, scored.answers, classes),
+                "macro_f1": macro_f1,
             }
-            for scored, right in zip((a, b), correct, strict=True)
+            for scored, right, macro_f1 in zip((a, b), correct, (f1_a, f1_b), strict=True)
         ],
         "difference": vars(difference),
         "mcnemar_p": stats.mcnemar_exact(*correct),
@@ -151,7 +166,7 @@ def figures(
         "per_class": [
             {
                 "name": name,
-                "images": truth.count(name),
+                "images": sum(name in held for held in sets),
                 "a": in_a,
                 "b": in_b,
                 "difference": in_b - in_a,
