@@ -17,7 +17,7 @@ from service.comparisons import stats
 from service.comparisons.schemas import MAX_DISAGREEMENTS
 from service.comparisons.spec import ComparisonSpec
 from service.datasets import versions
-from service.datasets.label_files import label_set, split_labels
+from service.datasets.label_files import label_set, labels_of
 from service.jobs.context import JobContext
 from service.jobs.kinds import JobStopped, Outcome
 from service.models.registry import ModelRef, resolve
@@ -40,38 +40,40 @@ class Scored:
     name: str
     version: int
     answers: list[str]
-    multi_label: bool = False
 
 
 def compare(context: JobContext, spec: ComparisonSpec) -> Outcome:
     """Score both models on the version's images; what stores the figures."""
-    rows = _images(context, spec)
+    rows, multi_label = _images(context, spec)
     a, b = _score(context, spec, rows)
     context.monitor.flush()
     if context.monitor.should_stop():
         raise JobStopped()
     truth = [row.label for row in rows]
     ids, filenames = [row.id for row in rows], [row.filename for row in rows]
-    result = figures(truth, ids, filenames, a, b, any(s.multi_label for s in (a, b)))
+    result = figures(truth, ids, filenames, a, b, multi_label)
     return Outcome(
         store_result(spec.comparison_id, result),
         f"comparison of {a.model_id} and {b.model_id} on {len(rows)} images",
     )
 
 
-def _images(context: JobContext, spec: ComparisonSpec) -> list[Any]:
-    """The version's images (id, label, filename); NotFound when the record or the dataset
-    went away since the job was queued, Invalid for a version without images."""
+def _images(context: JobContext, spec: ComparisonSpec) -> tuple[list[Any], bool]:
+    """The version's images (id, label, filename) and whether the dataset is multi-label (its
+    models are of its kind: `request_comparison` checked); NotFound when the record or the
+    dataset went away since the job was queued, Invalid for a version without images."""
     with context.db.session() as session:
         if session.get(Comparison, spec.comparison_id) is None:
             raise NotFound(f"no comparison {spec.comparison_id!r}: it was deleted")
-        if session.get(Dataset, spec.dataset_id) is None:
+        dataset = session.get(Dataset, spec.dataset_id)
+        if dataset is None:
             raise NotFound(f"no dataset {spec.dataset_id!r}: it was deleted")
+        multi_label = dataset.multi_label
         version = versions.version_id(session, spec.dataset_id, spec.dataset_version)
         rows = session.execute(versions.version_images(version)).all()
     if not rows:
         raise Invalid(f"dataset {spec.dataset_id} version {spec.dataset_version} has no images")
-    return rows
+    return list(rows), multi_label
 
 
 def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[Scored]:
@@ -85,7 +87,6 @@ def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[S
         found = [resolve(session, ModelRef(model_id=model_id)) for model_id in spec.model_ids]
         sources = [stored_source(context.db, row) for row in found]
         names = [(row.id, row.name, row.version) for row in found]
-        kinds = [row.thresholds is not None for row in found]
     models = [worker_models(context).get(source) for source in sources]
     streams = [
         classify(
@@ -103,9 +104,7 @@ def _score(context: JobContext, spec: ComparisonSpec, rows: list[Any]) -> list[S
         for model, batch, named in zip(models, batches, answers, strict=True):
             named += [_answer(model, answer) for answer in batch]
         context.monitor.on_pass(len(answers[0]), len(rows))
-    return [
-        Scored(*name, named, kind) for name, named, kind in zip(names, answers, kinds, strict=True)
-    ]
+    return [Scored(*name, named) for name, named in zip(names, answers, strict=True)]
 
 
 def _answer(model: LoadedModel, answer: Answer) -> str:
@@ -130,7 +129,7 @@ def figures(
     """What GET /comparisons/{id} answers of the two models' answers to the same images. A
     multi-label answer is right when its whole label set is (`accuracy`: the exact-match
     ratio); `macro_f1` and `per_class` are then per label."""
-    sets = [split_labels(label) if multi_label else [label] for label in truth]
+    sets = [labels_of(label, multi_label) for label in truth]
     classes = sorted({name for held in sets for name in held})
     correct = [np.array(scored.answers) == np.array(truth) for scored in (a, b)]
     difference = stats.paired_bootstrap(*correct)

@@ -25,8 +25,8 @@ from service.datasets.label_files import (
     MAX_LABEL_FILE_BYTES,
     BadLabelFile,
     is_label_file,
+    label_counts,
     read_label_file,
-    split_labels,
 )
 from service.ml.images import (
     PHASH_SIDE,
@@ -206,13 +206,8 @@ class Plan:
 
 
 def count_labels(labels: Iterable[str], multi_label: bool = False) -> dict[str, int]:
-    """Images per class; `multi_label`: images per label, each image counted under each of
-    its labels (and under none when it has none)."""
-    counts: dict[str, int] = {}
-    for label in labels:
-        for name in split_labels(label) if multi_label else [label]:
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+    """Images per class (`label_counts`), one image per label given."""
+    return label_counts(((label, 1) for label in labels), multi_label)
 
 
 def check_image(data: bytes | None, cap: int) -> tuple[ImageFacts | None, str]:

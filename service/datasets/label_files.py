@@ -52,6 +52,21 @@ def split_labels(joined: str) -> list[str]:
     return joined.split(LABEL_SEPARATOR) if joined else []
 
 
+def labels_of(label: str, multi_label: bool) -> list[str]:
+    """The classes a manifest's label stands for: itself, or a multi-label image's labels."""
+    return split_labels(label) if multi_label else [label]
+
+
+def label_counts(counted: Iterable[tuple[str, int]], multi_label: bool) -> dict[str, int]:
+    """Images per class, by name, from (manifest label, images) pairs; multi-label, images per
+    label, an image counted under each of its labels (and under none when it has none)."""
+    counts: dict[str, int] = {}
+    for label, images in counted:
+        for name in labels_of(label, multi_label):
+            counts[name] = counts.get(name, 0) + images
+    return dict(sorted(counts.items()))
+
+
 def is_label_file(name: str, data: bytes) -> bool:
     """Whether the file at the zip's top labels its images: any `labels.jsonl`; a
     `labels.csv` whose first line is the header `filename,labels`. Before multi-label

@@ -113,7 +113,9 @@ def dataset_report(
             floor=MIN_CLASS_IMAGES, classes=[c for c in classes if c.count < MIN_CLASS_IMAGES]
         ),
         duplicates=similar.duplicates(),
-        leakage=_leakage(similar, dataset, [c.name for c in classes], seed, validation_split),
+        leakage=_leakage(
+            similar, [c.name for c in classes], seed, validation_split, dataset.multi_label
+        ),
         small_images=_small_images(rows, input_size),
         extreme_aspect=_finding(rows, _extreme_aspect),
         grayscale=_finding(rows, lambda row: row.mode in GRAYSCALE_MODES),
@@ -199,9 +201,9 @@ def split_of(
 
 
 def _leakage(
-    similar: Similar, dataset: Dataset, classes: list[str], seed: int, fraction: float
+    similar: Similar, classes: list[str], seed: int, fraction: float, multi_label: bool
 ) -> Leakage:
-    train, validation = split_of(similar.rows, classes, seed, fraction, dataset.multi_label)
+    train, validation = split_of(similar.rows, classes, seed, fraction, multi_label)
     in_training = np.zeros(len(similar.rows), dtype=bool)
     in_training[train] = True
     pairs = []

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session, aliased
 
-from service.datasets.label_files import split_labels
+from service.datasets.label_files import label_counts
 from service.problems import Invalid, NotFound
 from service.storage.pages import after_page
 from service.storage.tables import (
@@ -132,11 +132,8 @@ def new_version(
         .group_by(VersionImage.label)
         .order_by(VersionImage.label)
     ).all()
-    counts: dict[str, int] = {}
-    for label, count in rows:
-        for name in split_labels(label) if dataset.multi_label else [label]:
-            counts[name] = counts.get(name, 0) + count
-    version.classes = [{"name": name, "count": counts[name]} for name in sorted(counts)]
+    counts = label_counts(((label, count) for label, count in rows), dataset.multi_label)
+    version.classes = [{"name": name, "count": count} for name, count in counts.items()]
     version.num_images = sum(count for _, count in rows)
     dataset.classes, dataset.num_images = version.classes, version.num_images
     session.flush()

@@ -23,6 +23,7 @@ from service.datasets import versions
 from service.datasets.service import image_data
 from service.exports.kind import EXPORT
 from service.exports.spec import ExportRequest, ExportSpec
+from service.ml.calibrate import Temperature
 from service.ml.data import ExportInputs
 from service.models.service import get_model
 from service.problems import Conflict, NotFound, Problem, Unsupported
@@ -236,50 +237,33 @@ def load_export_inputs(db: Database, spec: ExportSpec) -> ExportInputs:
             if spec.format == "tflite-int8"
             else []
         )
-        calibration = model.evaluation.get("calibration") or {}
-        if model.thresholds is not None:
-            return _multi_label_inputs(model, spec, job, validation, representative)
+        temperature, labels = _calibration_and_truth(model)
         return ExportInputs(
             model_id=model.id,
             format=spec.format,
             spec=jobs.runnable_spec(job.spec, JobSpec),
             classes=list(model.classes),
             input_size=model.input_size,
-            temperature=float(calibration["temperature"]) if calibration.get("fitted") else 1.0,
+            temperature=temperature,
             savedmodel=model.savedmodel,
             validation=validation,
-            labels=[model.classes.index(sample["label"]) for sample in samples],
+            labels=labels,
             representative=representative,
+            thresholds=model.thresholds,
         )
 
 
-def _multi_label_inputs(
-    model: TrainedModel,
-    spec: ExportSpec,
-    job: Job,
-    validation: list[bytes],
-    representative: list[bytes],
-) -> ExportInputs:
-    """A multi-label model's: its temperature per label, its thresholds, 0/1 label rows."""
-    assert model.evaluation is not None and model.thresholds is not None
-    classes = list(model.classes)
-    calibration = model.evaluation["calibration"]
-    return ExportInputs(
-        model_id=model.id,
-        format=spec.format,
-        spec=jobs.runnable_spec(job.spec, JobSpec),
-        classes=classes,
-        input_size=model.input_size,
-        temperature=calibration["temperatures"],
-        savedmodel=model.savedmodel,
-        validation=validation,
-        labels=[
-            [int(name in sample["labels"]) for name in classes]
-            for sample in model.evaluation["samples"]
-        ],
-        representative=representative,
-        thresholds=model.thresholds,
-    )
+def _calibration_and_truth(model: TrainedModel) -> tuple[Temperature, list[Any]]:
+    """What `serve` applies (a temperature, or one per label of a multi-label model) and the
+    validation images' true answers: class indices, or 0/1 rows of a multi-label model."""
+    assert model.evaluation is not None
+    calibration = model.evaluation.get("calibration") or {}
+    samples = model.evaluation["samples"]
+    if model.thresholds is not None:
+        rows = [[int(name in sample["labels"]) for name in model.classes] for sample in samples]
+        return calibration["temperatures"], rows
+    temperature = float(calibration["temperature"]) if calibration.get("fitted") else 1.0
+    return temperature, [model.classes.index(sample["label"]) for sample in samples]
 
 
 def _images(session: Session, dataset_id: str, ids: list[int], what: str) -> list[bytes]:

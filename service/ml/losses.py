@@ -57,10 +57,6 @@ class Objective:
     multi_label: bool = False
     positive_weights: tuple[float, ...] | None = None
 
-    @property
-    def activation(self) -> str:
-        return "sigmoid" if self.multi_label else "softmax"
-
     def loss(self, label_smoothing: float, weighted: bool = True) -> keras.losses.Loss:
         """The training loss; `weighted=False`: the plain one the validation split reports."""
         if not self.multi_label:

@@ -264,16 +264,12 @@ def prepare_splits(spec: JobSpec, data: LabelledImages) -> Splits:
     training = spec.training
     train_index, val_index = stratified_split(data.labels, training.validation_split, training.seed)
     train_labels, val_labels = data.labels[train_index], data.labels[val_index]
-    weights = (
-        class_weights(training, train_labels, data.classes)
-        if training.class_weight is not None and not data.multi_label
-        else None
-    )
-    per_label = (
-        label_weights(training, train_labels, data.classes)
-        if training.class_weight is not None and data.multi_label
-        else None
-    )
+    weights: np.ndarray | None = None  # per image, into the targets
+    per_label: np.ndarray | None = None  # per label, into the loss
+    if training.class_weight is not None and data.multi_label:
+        per_label = label_weights(training, train_labels, data.classes)
+    elif training.class_weight is not None:
+        weights = class_weights(training, train_labels, data.classes)
     num_classes = len(data.classes)
     train_split = Split(
         _subset(data.images, train_index),

@@ -37,11 +37,17 @@ def final_metrics(
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
-    scoring = _label_metrics if splits.objective.multi_label else _class_metrics
-    metrics, evaluation, calibration = scoring(probabilities, splits, metrics, spec, classes)
     unknowns = fit_unknowns(tap, splits, spec, features)
-    if evaluation is not None:
-        evaluation["unknowns"] = unknowns.report
+    if probabilities is None:
+        reason = "no validation split to fit a temperature on"
+        return metrics, None, not_fitted(None, reason), unknowns
+    # Keras's loss of the uncalibrated probabilities, unweighted: comparable with the
+    # history's `val_loss`; the calibration block has the loss before and after.
+    loss = splits.objective.loss(spec.training.label_smoothing, weighted=False)
+    metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
+    scoring = _label_metrics if splits.objective.multi_label else _class_metrics
+    evaluation, calibration = scoring(probabilities, splits, metrics, spec, classes)
+    evaluation["unknowns"] = unknowns.report
     return metrics, evaluation, calibration, unknowns
 
 
@@ -66,31 +72,17 @@ def _groups(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return index.reshape(-1), len(sets)
 
 
-def _validation_loss(probabilities: np.ndarray, splits: Splits, spec: JobSpec) -> float:
-    """Keras's loss of the uncalibrated probabilities, unweighted: comparable with the
-    history's `val_loss`."""
-    loss = splits.objective.loss(spec.training.label_smoothing, weighted=False)
-    return float(loss(splits.validation.targets[0], probabilities))
-
-
 def _class_metrics(
-    probabilities: np.ndarray | None,
+    probabilities: np.ndarray,
     splits: Splits,
     metrics: dict[str, float],
     spec: JobSpec,
     classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
-    """With the validation split's `probabilities`, its loss and accuracy measured again, the
-    temperature fitted on it (unless `training.calibrate` is off), and the per-class report of
-    the calibrated probabilities, which the calibration carries: those the exported model
-    gives (ranked as before, so the report is the same).
-
-    `val_loss` stays Keras's loss of the uncalibrated probabilities, comparable with the
-    history's; the calibration block has the NLL before and after.
-    """
-    if probabilities is None:
-        return metrics, None, not_fitted(None, "no validation split to fit a temperature on")
-    metrics["val_loss"] = _validation_loss(probabilities, splits, spec)
+) -> tuple[dict[str, Any], Calibration]:
+    """A softmax's: the temperature fitted on the validation split's `probabilities` (unless
+    `training.calibrate` is off), the per-class report of the calibrated probabilities, which
+    the calibration carries: those the exported model gives (ranked as before, so the report
+    is the same), and `val_accuracy` measured again into `metrics`."""
     labels = splits.validation.labels
     calibration = (
         calibrate(probabilities, labels)
@@ -101,24 +93,21 @@ def _class_metrics(
     evaluation = evaluate(labels, calibration.probabilities, classes)
     evaluation["calibration"] = calibration.report
     metrics["val_accuracy"] = evaluation["accuracy"]
-    return metrics, evaluation, calibration
+    return evaluation, calibration
 
 
 def _label_metrics(
-    probabilities: np.ndarray | None,
+    probabilities: np.ndarray,
     splits: Splits,
     metrics: dict[str, float],
     spec: JobSpec,
     classes: list[str],
-) -> tuple[dict[str, float], dict[str, Any] | None, Calibration]:
+) -> tuple[dict[str, Any], Calibration]:
     """A sigmoid head's: a temperature per label (unless `training.calibrate` is off), then a
     threshold per label on the calibrated scores (max F1, or `training.label_precision`), then
     the multi-label report at those thresholds (`service.ml.multilabel`). `val_accuracy` stays
     the history's per-label accuracy at 0.5; the set metrics are `val_micro_f1`,
-    `val_macro_f1` and `val_exact_match`."""
-    if probabilities is None:
-        return metrics, None, not_fitted(None, "no validation split to fit temperatures on")
-    metrics["val_loss"] = _validation_loss(probabilities, splits, spec)
+    `val_macro_f1` and `val_exact_match` into `metrics`."""
     fitted = fit_calibration(
         probabilities,
         splits.validation.labels,
@@ -133,4 +122,4 @@ def _label_metrics(
     calibration = Calibration(
         fitted.temperatures, fitted.report, fitted.probabilities, fitted.thresholds
     )
-    return metrics, evaluation, calibration
+    return evaluation, calibration
