@@ -83,6 +83,7 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     assert service.client.get(f"/datasets/{dataset['id']}").json()["version"] == 1
     # The health report counts each label, the images without one and the pairs held together.
     report = service.client.get(f"/datasets/{dataset['id']}/report").json()
+    assert "single-label" in report["mislabelled"]["note"]  # no advice to point to here
     sets = [frozenset(label_names(row)) for row in data.labels]
     assert report["labels"]["no_label_images"] == sum(not held for held in sets)
     pairs = {tuple(pair["labels"]): pair["images"] for pair in report["labels"]["cooccurrence"]}
@@ -141,6 +142,9 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         health = service.client.get(f"/datasets/{dataset['id']}/report?seed=0").json()
         assert health["leakage"]["validation_images"] == report.json()["images"]
         assert service.client.get(f"/models/{model_id}/evaluation").status_code == 409
+        # Drift reads its reference (the validation split's ood_scores) from either report.
+        drift = service.client.get(f"/models/{model_id}/drift")
+        assert drift.status_code == 200 and drift.json()["reference_images"] > 0, drift.text
         export = service.client.post(f"/models/{model_id}/exports", json={"format": "onnx"})
         assert export.status_code == 202, export.text
         assert service.worker.run_until_idle() >= 1

@@ -71,6 +71,8 @@ HOW_TO_REVIEW = (
     "No label review yet: run POST /datasets/{id}/advice, or train a job whose first stage "
     "freezes the whole backbone; either stores one."
 )
+# The review's probe answers one class per image: a label set has no one class to suggest.
+NO_REVIEW_OF_SETS = "No label review: it is for single-label datasets, one class per image"
 BALANCE_NOTE = (
     'training.class_weight: "balanced" weighs each class by the inverse of its count, '
     "which compensates."
@@ -120,7 +122,11 @@ def dataset_report(
         extreme_aspect=_finding(rows, _extreme_aspect),
         grayscale=_finding(rows, lambda row: row.mode in GRAYSCALE_MODES),
         cmyk=_finding(rows, lambda row: row.mode == "CMYK"),
-        mislabelled=_mislabelled(review, dataset.id),
+        mislabelled=(
+            Mislabelled(review=None, note=NO_REVIEW_OF_SETS)
+            if dataset.multi_label
+            else _mislabelled(review, dataset.id)
+        ),
         warnings=[],
         labels=_label_sets(rows) if dataset.multi_label else None,
     )

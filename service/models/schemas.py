@@ -310,6 +310,43 @@ class ErrorPair(BaseModel):
 class LabelEvaluationRead(BaseModel):
     """A multi-label model's report on its validation split, at its fitted thresholds."""
 
+    model_config = example_config(
+        {
+            "model_id": "m_0123456789abcdef",
+            "split": "validation",
+            "images": 40,
+            "micro_f1": 0.91,
+            "macro_f1": 0.88,
+            "mean_average_precision": 0.94,
+            "exact_match": 0.8,
+            "no_label_images": 3,
+            "per_label": [
+                {
+                    "label": "cat",
+                    "precision": 0.95,
+                    "recall": 0.9,
+                    "f1": 0.92,
+                    "support": 20,
+                    "average_precision": 0.97,
+                    "threshold": 0.42,
+                    "false_positives": [1093],
+                    "false_negatives": [1041, 1187],
+                }
+            ],
+            "error_cooccurrence": [{"false_positive": "dog", "false_negative": "cat", "count": 2}],
+            "calibration": {
+                "fitted": True,
+                "temperatures": [1.31],
+                "reasons": [None],
+                "ece_before": [0.061],
+                "ece_after": [0.024],
+                "nll_before": 0.21,
+                "nll_after": 0.18,
+                "threshold_reasons": [None],
+            },
+            "unknowns": None,
+        }
+    )
     model_id: str
     split: Literal["validation"] = "validation"
     images: int

@@ -63,28 +63,36 @@ def _evaluated(session: Session, model_id: str) -> tuple[TrainedModel, dict[str,
     return model, model.evaluation
 
 
-def model_evaluation(session: Session, model_id: str) -> dict[str, Any]:
-    """The per-class report and confusion matrix on the validation split (without the
-    per-image samples stored beside them: `evaluation_samples` reads those)."""
+def model_report(session: Session, model_id: str) -> tuple[TrainedModel, dict[str, Any]]:
+    """The model and its report on the validation split, of its kind: per class with the
+    confusion matrix, or per label (without the per-image samples stored beside them:
+    `evaluation_samples` reads those). Its `calibration` and `unknowns` blocks are there
+    either way: drift reads its reference from them."""
     model, evaluation = _evaluated(session, model_id)
+    report = {key: value for key, value in evaluation.items() if key != "samples"}
+    return model, {"model_id": model.id, **report}
+
+
+def model_evaluation(session: Session, model_id: str) -> dict[str, Any]:
+    """A single-label model's per-class report; Conflict for a multi-label model."""
+    model, report = model_report(session, model_id)
     if model.thresholds is not None:
         raise Conflict(
             f"model {model_id} is multi-label: its report is per label, at "
             f"GET /models/{model_id}/label-evaluation"
         )
-    report = {key: value for key, value in evaluation.items() if key != "samples"}
-    return {"model_id": model.id, **report}
+    return report
 
 
 def label_evaluation(session: Session, model_id: str) -> dict[str, Any]:
     """A multi-label model's per-label report; Conflict for a single-label model."""
-    model, evaluation = _evaluated(session, model_id)
+    model, report = model_report(session, model_id)
     if model.thresholds is None:
         raise Conflict(
             f"model {model_id} is single-label: its report is per class, at "
             f"GET /models/{model_id}/evaluation"
         )
-    return {"model_id": model.id, **evaluation}
+    return report
 
 
 def evaluation_samples(

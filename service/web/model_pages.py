@@ -47,7 +47,6 @@ def model_list(request: Request, session: SessionDep, cursor: str | None = None)
 def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResponse:
     model = models.get_model(session, model_id)
     evaluation = optional_evaluation(session, model_id)
-    label_evaluation = optional_evaluation(session, model_id, per_label=True)
     job = jobs.get_job(session, model.job_id)[0] if model.job_id else None
     source = (job.spec.get("backbone") or {}).get("weights") if job else None
     aliases = registry.aliases_of(session, model.name)
@@ -56,7 +55,6 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         "model.html",
         model=model,
         evaluation=evaluation,
-        label_evaluation=label_evaluation,
         job=job,
         source=source,
         layers=models.model_layers(session, model_id)["layers"],

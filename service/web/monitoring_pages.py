@@ -32,15 +32,11 @@ NO_REFERENCE = (
 )
 
 
-def optional_evaluation(
-    session: DbSession, model_id: str, per_label: bool = False
-) -> dict[str, Any] | None:
-    """The model's evaluation (`per_label`: a multi-label model's); None for one trained
-    without a validation split, or of the other kind."""
+def optional_evaluation(session: DbSession, model_id: str) -> dict[str, Any] | None:
+    """The model's report of its kind (`models.model_report`); None for one trained without
+    a validation split."""
     try:
-        if per_label:
-            return models.label_evaluation(session, model_id)
-        return models.model_evaluation(session, model_id)
+        return models.model_report(session, model_id)[1]
     except Problem:
         return None
 

@@ -189,5 +189,5 @@ def capture_image(session: SessionDep, model_id: str, capture_id: str) -> Respon
     },
 )
 def model_drift(request: Request, session: SessionDep, model_id: str) -> DriftRead:
-    evaluation = models.model_evaluation(session, model_id)
-    return drift_report(_monitoring(request).drift, model_id, evaluation)
+    _, report = models.model_report(session, model_id)
+    return drift_report(_monitoring(request).drift, model_id, report)
