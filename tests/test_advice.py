@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from service.advice.service import Figures, advised_spec, quadrant, similarity
 from service.advice.spec import AdviceSpec
 from service.ml.features import MemoryFeatureStore, stratified_sample
-from service.ml.labels import fold_count, likely_mislabelled
+from service.ml.labels import chance_score, fold_count, likely_mislabelled, probe
 from service.training.spec import JobSpec
 from tests.conftest import (
     LIGHT,
@@ -34,8 +34,10 @@ PRETRAINED = {"name": "MobileNetV2", "weights": "imagenet", "input_size": 96}
 def figures(median: int, probe: float, random: float, counts: list[int] | None = None) -> Figures:
     return Figures(
         counts=counts or [median, median, median],
+        total=sum(counts or [median, median, median]),
         sampled=3 * median,
         folds=5,
+        metric="accuracy",
         probe_accuracy=probe,
         random_accuracy=random,
         chance=1 / 3,
@@ -107,6 +109,27 @@ def test_fold_count_never_exceeds_the_smallest_class() -> None:
     assert fold_count(np.array([0] * 10 + [1] * 3)) == 3
     assert fold_count(np.array([0] * 10 + [1] * 30)) == 5
     assert fold_count(np.array([0] * 10 + [1])) == 0
+
+
+def test_a_multi_label_probe_scores_how_well_features_rank_each_label() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=(80, 3)) < [0.5, 0.3, 0.15]).astype(np.float32)
+    noise = rng.normal(size=(80, 4))
+    telling = np.hstack([labels * 2 + rng.normal(0, 0.5, labels.shape), noise])
+    folds = fold_count(labels)  # each label's positives bound the folds, as classes do
+    assert folds == min(5, int(labels.sum(axis=0).min()))
+    assert fold_count(np.array([[1, 0], [1, 1], [1, 0]])) == 0  # one image holds the second
+    knows = probe(telling, labels, folds=folds, seed=0)
+    blind = probe(noise, labels, folds=folds, seed=0)
+    assert knows.metric == "mean_average_precision" and knows.probabilities.shape == (80, 3)
+    assert knows.score == pytest.approx(
+        average_precision_score(labels, knows.probabilities, average="macro"), abs=1e-12
+    )
+    chance = chance_score(labels)  # what scores that know nothing average: each label's share
+    assert chance == pytest.approx(labels.mean(axis=0).mean())
+    assert knows.score > 0.95 and blind.score < chance + 0.2
 
 
 def test_confident_disagreement_is_flagged_with_the_suggested_label() -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.ml.data import LabelledImages
+from service.training.spec import JobSpec
 from tests.conftest import LIGHT, Service, job_body, make_settings, make_zip, post_zip
 from tests.test_multilabel import COLOURS, halves
 from tests.test_predictions import result_lines, run_batch
@@ -72,9 +73,9 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
         f"/datasets/{dataset['id']}/images", files={"file": ("more.zip", folders)}
     )
     assert appended.status_code == 400 and "multi-label" in appended.json()["detail"]
-    for path in (f"/datasets/{dataset['id']}/advice",):
-        answer = service.client.post(path, json={"backbone": {"name": "MobileNet"}})
-        assert answer.status_code == 409 and "multi-label" in answer.json()["detail"]
+    searched = {"backbone": {"name": "MobileNet"}, "budget": {"trials": 2}}
+    answer = service.client.post("/searches", json={"dataset_id": dataset["id"], **searched})
+    assert answer.status_code == 409 and "multi-label" in answer.json()["detail"]
     single = service.upload({"red": data.images[:2], "blue": data.images[2:4]})
     body = job_body(single["id"], training={"label_precision": 0.9})
     answer = service.client.post("/jobs", json=body)
@@ -95,7 +96,7 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     page = service.client.get(f"/console/datasets/{dataset['id']}")
     assert page.status_code == 200 and 'id="multi-label"' in page.text
     assert 'class="tag"' in page.text and 'id="label-sets"' in page.text
-    assert 'id="advice-form"' not in page.text
+    assert 'id="advice-form"' in page.text and 'id="search-form"' not in page.text
     # An edit gives an image its whole label set (a new label makes a new class), or removes it.
     url = f"/datasets/{dataset['id']}/edits"
     relabel = {"relabel": [{"image_id": 1, "labels": ["red", "violet", "red"]}]}
@@ -142,6 +143,7 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         health = service.client.get(f"/datasets/{dataset['id']}/report?seed=0").json()
         assert health["leakage"]["validation_images"] == report.json()["images"]
         assert service.client.get(f"/models/{model_id}/evaluation").status_code == 409
+        advised(service, dataset["id"], model_id, data)
         # Drift reads its reference (the validation split's ood_scores) from either report.
         drift = service.client.get(f"/models/{model_id}/drift")
         assert drift.status_code == 200 and drift.json()["reference_images"] > 0, drift.text
@@ -217,6 +219,27 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         assert len(top) == len(COLOURS) and all(entry["heatmap"] for entry in top)
     finally:
         service.close()
+
+
+def advised(service: Service, dataset_id: str, model_id: str, data: LabelledImages) -> None:
+    """Advice on a multi-label dataset: a probe per label, scored by mean average precision
+    against what knowing nothing scores, the images counted once, no label review."""
+    backbone = {**LIGHT, "weights": f"model:{model_id}", "input_size": 32}
+    asked = service.client.post(f"/datasets/{dataset_id}/advice", json={"backbone": backbone})
+    assert asked.status_code == 202, asked.text
+    assert service.worker.run_until_idle() == 1
+    advice = service.client.get(f"/datasets/{dataset_id}/advice/{asked.json()['id']}").json()
+    assert advice["status"] == "succeeded", advice
+    result = advice["result"]
+    assert result["probe"]["metric"] == "mean_average_precision"
+    assert result["probe"]["chance"] == pytest.approx(float(data.labels.mean(axis=0).mean()))
+    assert 0 <= result["probe"]["random_accuracy"] <= 1 and 0 <= result["probe"]["accuracy"] <= 1
+    assert result["images"]["total"] == result["images"]["sampled"] == len(data.labels)
+    assert result["images"]["smallest_class"] == int(data.labels.sum(axis=0).min())
+    assert any("mean average precision" in reason for reason in result["reasons"])
+    assert JobSpec.model_validate(result["spec"]).dataset_id == dataset_id  # POST /jobs takes it
+    report = service.client.get(f"/datasets/{dataset_id}/report").json()
+    assert report["mislabelled"]["review"] is None  # a probe per label reviews no label set
 
 
 def predictions(

@@ -19,17 +19,28 @@ class AdviceImages(BaseModel):
     total: int
     sampled: int = Field(description="Images whose features were extracted: all, or a sample.")
     smallest_class: int
-    median_class: float = Field(description="Images in the median class: the data-size axis.")
+    median_class: float = Field(
+        description="Images in the median class (multi-label: label): the data-size axis."
+    )
     largest_class: int
 
 
 class AdviceProbe(BaseModel):
     folds: int
-    accuracy: float = Field(description="Out-of-fold accuracy on the pretrained features.")
+    metric: Literal["accuracy", "mean_average_precision"] = Field(
+        "accuracy",
+        description="What the probe's three figures are in: accuracy; for a multi-label "
+        "dataset, the mean over labels of their average precision (one logistic regression "
+        "per label).",
+    )
+    accuracy: float = Field(description="Out-of-fold score on the pretrained features.")
     random_accuracy: float = Field(
         description="The same probe on the same architecture with random weights."
     )
-    chance: float = Field(description="The largest class's share: always answering it.")
+    chance: float = Field(
+        description="Knowing nothing: the largest class's share (always answering it); "
+        "multi-label, the labels' mean share of the images."
+    )
 
 
 class AdviceQuadrant(BaseModel):
@@ -53,7 +64,8 @@ class AdviceResult(BaseModel):
     probe: AdviceProbe
     similarity: float = Field(
         description="(accuracy − random_accuracy) / (1 − random_accuracy), clipped to 0..1: the "
-        "share of the errors random weights leave that the pretrained features remove."
+        "share of the errors random weights leave that the pretrained features remove (in the "
+        "probe's metric)."
     )
     quadrant: AdviceQuadrant
     reasons: list[str] = Field(description="The advice in plain words, with the numbers.")

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from service import jobs
 from service.advice.kind import ADVICE
 from service.advice.spec import AdviceRequest, AdviceSpec
-from service.datasets.service import get_dataset, require_single_label
+from service.datasets.service import get_dataset
 from service.problems import NotFound
 from service.storage.pages import Page, PageOf, fetch_page
 from service.storage.tables import Advice, Job, new_id
@@ -59,7 +59,6 @@ FROM_SCRATCH = "train the whole network from its random weights: there is nothin
 def request_advice(session: Session, dataset_id: str, request: AdviceRequest) -> Advice:
     """Queue an advice job for the dataset; NotFound/Invalid for what the request names."""
     dataset = get_dataset(session, dataset_id)
-    require_single_label(dataset, "advice")
     spec = AdviceSpec.model_validate({**request.model_dump(), "dataset_id": dataset.id})
     version = check_references(session, spec)
     request = request.model_copy(update={"dataset_version": version.number})
@@ -128,13 +127,19 @@ def similarity(pretrained: float, random: float) -> float:
 class Figures:
     """What the worker measured, and the dataset's class counts."""
 
-    counts: list[int]  # images per class, the whole dataset
+    counts: list[int]  # images per class (multi-label: per label), the whole dataset
+    total: int  # images in the whole dataset
     sampled: int  # images the features were extracted for: all, or a stratified sample
     folds: int
-    probe_accuracy: float
-    random_accuracy: float
-    chance: float
+    metric: str  # the probes': "accuracy"; "mean_average_precision" for a multi-label dataset
+    probe_accuracy: float  # the pretrained features' probe, in `metric`
+    random_accuracy: float  # the random weights' probe, in `metric`
+    chance: float  # knowing nothing, in `metric`
     backbone_layers: int
+
+    @property
+    def multi_label(self) -> bool:
+        return self.metric != "accuracy"
 
     @property
     def median(self) -> float:
@@ -206,27 +211,25 @@ def reasons(figures: Figures, spec: AdviceSpec, cell: dict[str, Any]) -> list[st
     """The advice in plain words, with the numbers behind it."""
     backbone = _named(spec.backbone)
     score = similarity(figures.probe_accuracy, figures.random_accuracy)
+    kind = "label" if figures.multi_label else "class"
     said = [
-        f"The median class has {figures.median:g} images (the smallest {min(figures.counts)}); "
-        f"from {spec.much_data_per_class} per class the data count as much, so this is "
-        f"{cell['data']} data.",
-        f"A linear probe on {backbone}'s pooled features predicts the labels with "
-        f"{figures.probe_accuracy:.1%} accuracy ({figures.folds}-fold cross-validation on "
-        f"{figures.sampled} images), against {figures.random_accuracy:.1%} with the same "
-        f"architecture's random weights and {figures.chance:.1%} by always answering the "
-        "largest class.",
+        f"The median {kind} has {figures.median:g} images (the smallest "
+        f"{min(figures.counts)}); from {spec.much_data_per_class} per {kind} the data count "
+        f"as much, so this is {cell['data']} data.",
+        _probe_sentence(figures, backbone),
     ]
-    if figures.sampled < sum(figures.counts):
+    if figures.sampled < figures.total:
         said.append(
             f"Features were extracted for a stratified sample of {figures.sampled} of the "
-            f"{sum(figures.counts)} images (max_images {spec.max_images}), each class in its "
-            "share."
+            f"{figures.total} images (max_images {spec.max_images}), each "
+            f"{'rarest label' if figures.multi_label else 'class'} in its share."
         )
     if spec.backbone.pretrained:
         said.append(
-            f"Similarity {score:.2f}: the pretrained features remove {score:.0%} of the errors "
-            f"random weights leave; from {SIMILAR_AT} the data count as similar to what the "
-            f"backbone was trained on, so they are {cell['similarity']}."
+            f"Similarity {score:.2f}: the pretrained features remove {score:.0%} of the "
+            f"{'ranking errors' if figures.multi_label else 'errors'} random weights leave; "
+            f"from {SIMILAR_AT} the data count as similar to what the backbone was trained on, "
+            f"so they are {cell['similarity']}."
         )
     else:
         said.append("The backbone has random weights: there is nothing to transfer.")
@@ -236,12 +239,31 @@ def reasons(figures: Figures, spec: AdviceSpec, cell: dict[str, Any]) -> list[st
             "or the pictures may not show what tells the classes apart."
         )
     if figures.imbalance > IMBALANCE_RATIO:
+        weighted = "each label's images" if figures.multi_label else "the classes"
         said.append(
-            f"The largest class has {figures.imbalance:.1f}× the images of the smallest: the "
-            'spec weights the classes ("class_weight": "balanced").'
+            f"The largest {kind} has {figures.imbalance:.1f}× the images of the smallest: the "
+            f'spec weights {weighted} ("class_weight": "balanced").'
         )
     said.append(f"Strategy {cell['strategy']}: {cell['summary']}.")
     return said
+
+
+def _probe_sentence(figures: Figures, backbone: str) -> str:
+    measured = f"({figures.folds}-fold cross-validation on {figures.sampled} images)"
+    if figures.multi_label:
+        return (
+            f"A linear probe per label on {backbone}'s pooled features ranks each label's "
+            f"images with a mean average precision of {figures.probe_accuracy:.1%} {measured}, "
+            f"against {figures.random_accuracy:.1%} with the same architecture's random "
+            f"weights and {figures.chance:.1%} for scores that know nothing (each label's "
+            "share of the images)."
+        )
+    return (
+        f"A linear probe on {backbone}'s pooled features predicts the labels with "
+        f"{figures.probe_accuracy:.1%} accuracy {measured}, against "
+        f"{figures.random_accuracy:.1%} with the same architecture's random weights and "
+        f"{figures.chance:.1%} by always answering the largest class."
+    )
 
 
 def _named(backbone: BackboneSpec) -> str:
@@ -254,7 +276,7 @@ def advice_result(figures: Figures, spec: AdviceSpec, features: dict[str, Any]) 
     cell = quadrant(figures, spec)
     return {
         "images": {
-            "total": sum(figures.counts),
+            "total": figures.total,
             "sampled": figures.sampled,
             "smallest_class": min(figures.counts),
             "median_class": figures.median,
@@ -262,6 +284,7 @@ def advice_result(figures: Figures, spec: AdviceSpec, features: dict[str, Any]) 
         },
         "probe": {
             "folds": figures.folds,
+            "metric": figures.metric,
             "accuracy": figures.probe_accuracy,
             "random_accuracy": figures.random_accuracy,
             "chance": figures.chance,

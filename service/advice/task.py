@@ -3,13 +3,13 @@ table's quadrant and the advised spec, and the dataset's label review from the s
 
 from __future__ import annotations
 
-import numpy as np
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from service.advice.service import Figures, advice_result
 from service.advice.spec import AdviceSpec
 from service.datasets import versions
+from service.datasets.label_files import label_matrix
 from service.datasets.service import image_data, set_label_review
 from service.jobs.context import JobContext
 from service.jobs.kinds import Outcome
@@ -17,7 +17,7 @@ from service.ml.data import LabelledImages
 from service.problems import Invalid
 from service.storage.db import Database
 from service.storage.feature_store import DatabaseFeatureStore
-from service.storage.tables import Advice
+from service.storage.tables import Advice, Dataset
 from service.training.service import check_references
 from service.training.task import backbone_weights, from_ml
 
@@ -28,7 +28,7 @@ def advise(context: JobContext, spec: AdviceSpec) -> Outcome:
     from service.ml.probe import ProbeSettings, TooFewImages, measure
 
     db, claim = context.db, context.claim
-    sample, counts = load_sample(db, spec)
+    sample, counts, total = load_sample(db, spec)
     store = DatabaseFeatureStore(db, spec.dataset_id)
     settings = ProbeSettings(backbone=spec.backbone, folds=spec.folds, seed=spec.seed)
     with backbone_weights(db, spec) as weights, from_ml():
@@ -40,17 +40,19 @@ def advise(context: JobContext, spec: AdviceSpec) -> Outcome:
             raise Invalid(str(error)) from None
     figures = Figures(
         counts=counts,
+        total=total,
         sampled=len(sample.labels),
         folds=measured.pretrained.folds,
-        probe_accuracy=measured.pretrained.accuracy,
-        random_accuracy=measured.random.accuracy,
+        metric=measured.pretrained.metric,
+        probe_accuracy=measured.pretrained.score,
+        random_accuracy=measured.random.score,
         chance=measured.chance,
         backbone_layers=measured.backbone_layers,
     )
     features = {"key": measured.key, "reused": measured.reused, "seconds": measured.seconds}
     assert sample.ids is not None and sample.filenames is not None
     # Random weights' features say little about the labels: keep any review made with
-    # pretrained ones rather than replace it.
+    # pretrained ones rather than replace it. A label set has no review (a softmax's).
     review = (
         label_review(
             measured.pretrained,
@@ -61,7 +63,7 @@ def advise(context: JobContext, spec: AdviceSpec) -> Outcome:
             features=measured.key,
             job_id=claim.job_id,
         )
-        if measured.key is not None
+        if measured.key is not None and not sample.multi_label
         else None
     )
     result = advice_result(figures, spec, features)
@@ -74,24 +76,28 @@ def advise(context: JobContext, spec: AdviceSpec) -> Outcome:
     return Outcome(store, f"advice for dataset {spec.dataset_id}")
 
 
-def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[int]]:
+def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[int], int]:
     """A stratified sample of at most `spec.max_images` of the dataset's images (only theirs
-    are read), and the whole dataset's images per class."""
+    are read; multi-label, stratified by each image's rarest label), and the whole dataset's
+    images per class (per label) and images in all."""
     from service.ml.features import stratified_sample
+    from service.ml.labels import class_counts
+    from service.ml.split import strata
 
     with db.session() as session:
         version = check_references(session, spec)
+        multi_label = session.get_one(Dataset, version.dataset_id).multi_label
         classes = [entry["name"] for entry in version.classes]
         rows = session.execute(versions.version_images(version.id)).all()
-        index = {name: number for number, name in enumerate(classes)}
-        labels = np.array([index[row.label] for row in rows], dtype=np.int32)
-        chosen = [rows[i] for i in stratified_sample(labels, spec.max_images, spec.seed)]
-        data = image_data(session, version.dataset_id, [row.id for row in chosen])
+        labels = label_matrix([row.label for row in rows], classes, multi_label)
+        chosen = stratified_sample(strata(labels), spec.max_images, spec.seed)
+        ids = [rows[i].id for i in chosen]
+        data = image_data(session, version.dataset_id, ids)
     sample = LabelledImages(
-        images=[data[row.id] for row in chosen],
-        labels=np.array([index[row.label] for row in chosen], dtype=np.int32),
+        images=[data[image_id] for image_id in ids],
+        labels=labels[chosen],
         classes=classes,
-        ids=[row.id for row in chosen],
-        filenames=[row.filename for row in chosen],
+        ids=ids,
+        filenames=[rows[i].filename for i in chosen],
     )
-    return sample, np.bincount(labels, minlength=len(classes)).tolist()
+    return sample, class_counts(labels, len(classes)).tolist(), len(rows)

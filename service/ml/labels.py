@@ -9,6 +9,7 @@ cannot vouch for its own label.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,29 +33,47 @@ REVIEW_METHOD = (
 
 @dataclass(frozen=True)
 class Probe:
-    """Out-of-fold probabilities (row i: image i, columns: class indices) and their accuracy."""
+    """Out-of-fold probabilities (row i: image i, columns: class indices) and their score:
+    the accuracy; for multi-label labels, the mean over labels of their average precision."""
 
     probabilities: np.ndarray
-    accuracy: float
+    score: float
     folds: int
+    multi_label: bool
+
+    @property
+    def metric(self) -> str:
+        return "mean_average_precision" if self.multi_label else "accuracy"
+
+
+def class_counts(labels: np.ndarray, classes: int = 0) -> np.ndarray:
+    """Images per class index (at least `classes` of them): of class indices [n], or of a
+    multi-label 0/1 matrix [n, K] (an image counted under each label it holds)."""
+    if labels.ndim == 2:
+        return (labels > 0).sum(axis=0)
+    return np.bincount(labels, minlength=classes)
 
 
 def fold_count(labels: np.ndarray, wanted: int = MAX_FOLDS) -> int:
     """As many folds as wanted, but no more than the smallest class has images (each fold
     must see every class), and at least 2; 0 when a class has a single image."""
-    counts = np.bincount(labels)
+    counts = class_counts(labels)
     smallest = int(counts[counts > 0].min()) if counts.any() else 0
     return 0 if smallest < 2 else min(wanted, smallest)
 
 
 def probe(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int) -> Probe:
     """The k-fold linear probe of `features` for `labels` (class indices 0..K-1, each class
-    present, `folds` ≤ the smallest class)."""
+    present, `folds` ≤ the smallest class; or a multi-label 0/1 matrix, one logistic
+    regression per label, the folds stratified by each image's rarest label)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from service.ml.split import strata
 
     smallest_fold = len(labels) - -(-len(labels) // folds)  # the images a fold trains on
     components = min(PROBE_COMPONENTS, features.shape[1], smallest_fold)
@@ -63,12 +82,31 @@ def probe(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int) ->
         PCA(components, random_state=seed),
         LogisticRegression(C=PROBE_C, max_iter=MAX_ITERATIONS),
     )
+    multi_label = labels.ndim == 2
+    if multi_label:
+        classifier = OneVsRestClassifier(classifier)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A multi-label stratum (images whose rarest label is the same) smaller than k only
+        # cannot be in every fold: the folds still hold each label's images as evenly as can be.
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(splitter.split(features, strata(labels)))
     probabilities = cross_val_predict(
-        classifier, _finite(features), labels, cv=splitter, method="predict_proba"
+        classifier, _finite(features), labels, cv=splits, method="predict_proba"
     )
+    if multi_label:
+        return Probe(probabilities, mean_average_precision(probabilities, labels), folds, True)
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
-    return Probe(probabilities=probabilities, accuracy=accuracy, folds=folds)
+    return Probe(probabilities, accuracy, folds, False)
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over the labels some image holds of their average precision: threshold-free,
+    so a probe whose scores rank a rare label's images first counts as knowing it."""
+    from sklearn.metrics import average_precision_score
+
+    held = (labels > 0).any(axis=0)
+    return float(average_precision_score(labels[:, held], scores[:, held], average="macro"))
 
 
 def _finite(features: np.ndarray) -> np.ndarray:
@@ -76,8 +114,13 @@ def _finite(features: np.ndarray) -> np.ndarray:
     return np.nan_to_num(features.astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
 
 
-def chance_accuracy(labels: np.ndarray) -> float:
-    """What always answering the largest class scores: the floor a probe must clear."""
+def chance_score(labels: np.ndarray) -> float:
+    """The floor a probe must clear: what always answering the largest class scores; for
+    multi-label labels, the average precision of scores that know nothing, each label's share
+    of the images (averaged over the labels some image holds)."""
+    if labels.ndim == 2:
+        shares = (labels > 0).mean(axis=0)
+        return float(shares[shares > 0].mean())
     return float(np.bincount(labels).max() / len(labels))
 
 
@@ -133,6 +176,6 @@ def label_review(
         "job_id": job_id,
         "created_at": datetime.now(UTC).isoformat(),
         "images_checked": len(labels),
-        "probe_accuracy": result.accuracy,
+        "probe_accuracy": result.score,
         "issues": likely_mislabelled(result.probabilities, labels, image_ids, filenames, classes),
     }

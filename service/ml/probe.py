@@ -19,7 +19,7 @@ import numpy as np
 from service.ml.build import build_network
 from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
-from service.ml.labels import Probe, chance_accuracy, fold_count, probe
+from service.ml.labels import Probe, chance_score, class_counts, fold_count, probe
 from service.ml.pipeline import pixel_dataset
 from service.training.spec import BackboneSpec, JobSpec
 
@@ -46,7 +46,7 @@ class Measurement:
     labels: np.ndarray  # the sample's labels
     pretrained: Probe
     random: Probe
-    chance: float
+    chance: float  # in the probes' metric
     features: np.ndarray  # the pretrained features of the sample
     backbone_layers: int
     key: str | None  # the pretrained features' cache key (None: random weights)
@@ -126,7 +126,8 @@ def measure(
     labels = sample.labels
     folds = fold_count(labels, settings.folds)
     if folds == 0:
-        small = [name for i, name in enumerate(sample.classes) if np.sum(labels == i) < 2]
+        counts = class_counts(labels, len(sample.classes))
+        small = [name for i, name in enumerate(sample.classes) if counts[i] < 2]
         raise TooFewImages(f"a k-fold probe needs at least 2 images per class; {small} have fewer")
     pretrained = settings.backbone.pretrained
     extraction = _Extraction(settings, sample, observer, passes=2 if pretrained else 1)
@@ -150,7 +151,7 @@ def measure(
         labels=labels,
         pretrained=pretrained_probe,
         random=random_probe,
-        chance=chance_accuracy(labels),
+        chance=chance_score(labels),
         features=features,
         backbone_layers=extraction.backbone_layers,
         key=key,
