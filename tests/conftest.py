@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
 sys.dont_write_bytecode = False  # and for this one
 
-# The browser and live-server fixtures, for every test module that drives a page.
-pytest_plugins = ["tests.browser"]
+# The browser and live-server fixtures, for every test module that drives a page; and the
+# order in which xdist's workers get the tests (longest first, blocks of equal seconds).
+pytest_plugins = ["tests.browser", "tests.schedule"]
 
 COLOURS = {"blue": 2, "green": 1, "red": 0}
 SIZE = 32
