@@ -262,3 +262,16 @@ def test_positive_weights_balance_a_rare_label() -> None:
     targets[:2, 2] = 1  # 998 / 2 = 499, clipped down to 100
     # label 3: no positive
     np.testing.assert_allclose(multilabel.positive_weights(targets), [19.0, 1.0, 100.0, 1.0])
+
+
+def test_the_report_lists_the_most_frequent_label_pairs_and_counts_them_all() -> None:
+    from types import SimpleNamespace
+
+    from service.datasets.report import MAX_LABEL_PAIRS, _label_sets
+
+    many = ";".join(f"l{n:02d}" for n in range(16))  # 120 pairs in one image
+    rows = [SimpleNamespace(label=label) for label in (many, "l00;l01", "")]
+    found = _label_sets(rows)  # type: ignore[arg-type]
+    assert found.pairs == 120 and found.no_label_images == 1
+    assert len(found.cooccurrence) == MAX_LABEL_PAIRS
+    assert found.cooccurrence[0].labels == ["l00", "l01"] and found.cooccurrence[0].images == 2

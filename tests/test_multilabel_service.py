@@ -88,6 +88,8 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     sets = [frozenset(label_names(row)) for row in data.labels]
     assert report["labels"]["no_label_images"] == sum(not held for held in sets)
     pairs = {tuple(pair["labels"]): pair["images"] for pair in report["labels"]["cooccurrence"]}
+    assert report["labels"]["pairs"] == len(pairs)
+    assert any(" labels have fewer than 20 images" in line for line in report["warnings"])
     assert pairs == {
         tuple(sorted(pair)): sum(set(pair) <= held for held in sets)
         for pair in {tuple(sorted(held)) for held in sets if len(held) == 2}

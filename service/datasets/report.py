@@ -63,6 +63,9 @@ MAX_ASPECT_RATIO = 2.5
 # Largest class ÷ smallest past which the model favours the large ones (Azure Custom
 # Vision's guidance: keep classes within 2:1).
 MAX_BALANCE_RATIO = 2.0
+# A report lists this many of the label pairs images hold together, the most frequent: a
+# dataset of a thousand labels can hold half a million pairs.
+MAX_LABEL_PAIRS = 100
 # Pillow modes without colour: the model sees them as three equal channels.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # Old images measured per query: bounds the bytes in memory while measuring.
@@ -76,6 +79,10 @@ NO_REVIEW_OF_SETS = "No label review: it is for single-label datasets, one class
 BALANCE_NOTE = (
     'training.class_weight: "balanced" weighs each class by the inverse of its count, '
     "which compensates."
+)
+LABEL_BALANCE_NOTE = (
+    'training.class_weight: "balanced" weighs each label\'s images by the images without it '
+    "÷ those with it, which compensates."
 )
 
 
@@ -110,7 +117,7 @@ def dataset_report(
             max_aspect_ratio=MAX_ASPECT_RATIO,
             max_balance_ratio=MAX_BALANCE_RATIO,
         ),
-        balance=_balance(classes),
+        balance=_balance(classes, dataset.multi_label),
         small_classes=SmallClasses(
             floor=MIN_CLASS_IMAGES, classes=[c for c in classes if c.count < MIN_CLASS_IMAGES]
         ),
@@ -271,14 +278,15 @@ def _label_sets(rows: Sequence[Row[Any]]) -> LabelSets:
         empty += not held
         for pair in combinations(held, 2):  # sorted: a manifest's labels are
             pairs[pair] = pairs.get(pair, 0) + 1
-    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABEL_PAIRS]
     return LabelSets(
         no_label_images=empty,
+        pairs=len(pairs),
         cooccurrence=[LabelPair(labels=list(pair), images=count) for pair, count in ranked],
     )
 
 
-def _balance(classes: list[ClassCount]) -> Balance:
+def _balance(classes: list[ClassCount], multi_label: bool) -> Balance:
     largest = max(classes, key=lambda entry: entry.count)
     smallest = min(classes, key=lambda entry: entry.count)
     ratio = largest.count / max(smallest.count, 1)
@@ -288,7 +296,7 @@ def _balance(classes: list[ClassCount]) -> Balance:
         largest=largest,
         smallest=smallest,
         imbalanced=imbalanced,
-        note=BALANCE_NOTE if imbalanced else None,
+        note=(LABEL_BALANCE_NOTE if multi_label else BALANCE_NOTE) if imbalanced else None,
     )
 
 
@@ -361,18 +369,20 @@ def _leakage_warnings(report: DatasetReport) -> list[str]:
 def _class_warnings(report: DatasetReport) -> list[str]:
     found = []
     balance = report.balance
+    # A multi-label dataset's classes are its labels, and are called so.
+    one, many = ("label", "labels") if report.labels is not None else ("class", "classes")
     if balance.imbalanced:
         found.append(
-            f"Classes are imbalanced {balance.ratio:g}:1 ({balance.largest.name} "
+            f"{many.capitalize()} are imbalanced {balance.ratio:g}:1 ({balance.largest.name} "
             f"{balance.largest.count}, {balance.smallest.name} {balance.smallest.count}), "
-            f"past {MAX_BALANCE_RATIO:g}:1: the model will favour the larger classes; "
-            + BALANCE_NOTE
+            f"past {MAX_BALANCE_RATIO:g}:1: the model will favour the larger {many}; "
+            f"{balance.note}"
         )
     small = report.small_classes.classes
     if small:
         counts = ", ".join(f"{entry.name} ({entry.count})" for entry in small)
         found.append(
-            f"{_count(len(small), 'class', 'classes')} {_verb(len(small), 'has', 'have')} "
+            f"{_count(len(small), one, many)} {_verb(len(small), 'has', 'have')} "
             f"fewer than {MIN_CLASS_IMAGES} images, too few to learn and validate on: {counts}"
         )
     return found

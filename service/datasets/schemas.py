@@ -345,8 +345,10 @@ class LabelSets(BaseModel):
     """A multi-label dataset's label sets."""
 
     no_label_images: int = Field(description="Images holding none of the labels.")
+    pairs: int = Field(description="How many pairs of labels some image holds together.")
     cooccurrence: list[LabelPair] = Field(
-        description="Each pair of labels one image holds together, most often first."
+        description="The pairs of labels one image holds together, most often first: the "
+        "100 most frequent of them."
     )
 
 
