@@ -177,10 +177,12 @@ def _head_layers(head: HeadSpec, num_classes: int, multi_label: bool) -> list[ke
     return layers
 
 
-def feature_head(head: HeadSpec, features: int, num_classes: int) -> keras.Model:
+def feature_head(
+    head: HeadSpec, features: int, num_classes: int, multi_label: bool = False
+) -> keras.Model:
     """The head alone, after its pooling, on pooled features of width `features`: the model a
     cached stage trains (`FeatureExtractor.head`), standing alone for a search's head trials."""
-    return on_features(_head_layers(head, num_classes, multi_label=False)[1:], (features,))
+    return on_features(_head_layers(head, num_classes, multi_label)[1:], (features,))
 
 
 def on_features(layers: list[keras.layers.Layer], shape: tuple[int, ...]) -> keras.Model:

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from service.ml.multilabel import RANKING_METRIC
+
 
 @keras.saving.register_keras_serializable(package="transfer_service")
 class LabelBinaryCrossentropy(keras.losses.Loss):
@@ -66,10 +68,21 @@ class Objective:
 
     def metrics(self) -> list[keras.metrics.Metric]:
         """`accuracy` in the history: the share of images whose class is right; multi-label,
-        the share of (image, label) answers right at 0.5, which early stopping can follow."""
+        the share of (image, label) answers right at 0.5, which early stopping can follow,
+        and `mean_average_precision`: how well each label's scores rank its images first,
+        averaged over the labels (Keras's area under the precision-recall curve per label),
+        what a search ranks multi-label trials by."""
         if self.multi_label:
-            return [keras.metrics.BinaryAccuracy(name="accuracy")]
+            return [
+                keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.AUC(curve="PR", multi_label=True, name=RANKING_METRIC),
+            ]
         return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+    @property
+    def score(self) -> str:
+        """The metric a search ranks trials by: accuracy; multi-label, RANKING_METRIC."""
+        return RANKING_METRIC if self.multi_label else "accuracy"
 
 
 SINGLE_LABEL = Objective()

@@ -39,6 +39,10 @@ LISTED_ERRORS = 20
 # A rare label's positive weight: below 1 it would down-weigh a common label's positives,
 # above 100 a handful of positives would outweigh every negative of the batch.
 POSITIVE_WEIGHT_BOUNDS = (1.0, 100.0)
+# What a multi-label model's trials are ranked by (a search's `metric`), in the history as
+# `val_mean_average_precision`: threshold-free, where per-label accuracy at 0.5 is mostly
+# that of the labels an image does not hold.
+RANKING_METRIC = "mean_average_precision"
 
 
 def logits_of(probabilities: np.ndarray) -> np.ndarray:

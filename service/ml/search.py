@@ -43,7 +43,8 @@ RANGE_LOW, RANGE_HIGH = 1e-6, 1.0
 RANGE_SMOOTHING = 0.9
 RANGE_DIVERGED = 4.0
 
-# report(epoch, val_accuracy, val_loss) after each epoch; True stops the trial there.
+# report(epoch, score, val_loss) after each epoch (the score: val_accuracy, or a multi-label
+# head's mean average precision); True stops the trial there.
 Report = Callable[[int, float, float], bool]
 
 
@@ -60,7 +61,7 @@ class RangeTest:
 
 @dataclass
 class TrialRun:
-    """How a trial went: its validation accuracy after each epoch, its last loss, and
+    """How a trial went: its validation score after each epoch, its last loss, and
     whether `report` stopped it."""
 
     scores: list[float] = field(default_factory=list)
@@ -91,6 +92,9 @@ class SearchLab:
         self.splits: Splits = prepare_splits(spec, data)
         self.features = {pooling: self._features(pooling) for pooling in poolings}
         self.backbone_layers = len(backbone_layer_names(spec.backbone.name, spec.input_size))
+        # The history's key of what trials are ranked by: val_accuracy; multi-label, the
+        # labels' mean average precision.
+        self.score = f"val_{self.splits.objective.score}"
 
     def _features(self, pooling: str) -> np.ndarray:
         """The frozen backbone's pooled features, training images then validation ones: from
@@ -117,7 +121,7 @@ class SearchLab:
         clock = time.perf_counter()
         model = self._head(spec)
         optimizer = make_optimizer(spec.training.optimizer, RANGE_LOW)
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.training.label_smoothing)
+        loss = self.splits.objective.loss(spec.training.label_smoothing)
         train_set, _ = feature_epochs(self.features[spec.head.pooling], self.splits, spec.training)
         batches = train_set.batches(0, math.ceil(steps / train_set.steps)).take(steps)
 
@@ -150,13 +154,13 @@ class SearchLab:
         cached stage does; `report` after every epoch may stop it there."""
         clock = time.perf_counter()
         model = self._head(spec)
-        compile_for_stage(model, spec.stages[0], spec.training)
+        compile_for_stage(model, spec.stages[0], spec.training, self.splits.objective)
         train_set, val_set = feature_epochs(
             self.features[spec.head.pooling], self.splits, spec.training
         )
         run = TrialRun()
         progress = ProgressCallback(
-            _Reporter(run, report, self.should_stop, first_stage=1),
+            _Reporter(run, report, self.should_stop, first_stage=1, score=self.score),
             stages=1,
             epochs=spec.training.epochs,
             steps=train_set.steps,
@@ -178,10 +182,10 @@ class SearchLab:
     def fine_tune_trial(self, spec: JobSpec, report: Report) -> TrialRun:
         """Train `spec` as a training job would (its first stage on the cached features);
         `report` after every fine-tuning epoch may stop it there. Its last score is the
-        trained model's validation accuracy (without fine-tuning, its only one)."""
+        trained model's (without fine-tuning, its only one)."""
         clock = time.perf_counter()
         run = TrialRun()
-        reporter = _Reporter(run, report, self.should_stop, first_stage=2)
+        reporter = _Reporter(run, report, self.should_stop, first_stage=2, score=self.score)
         keras.backend.clear_session()
         try:
             result = train(
@@ -195,7 +199,7 @@ class SearchLab:
             if not run.stopped_early:
                 raise
         else:
-            final = float(result.metrics["val_accuracy"])
+            final = float(result.metrics[self.score])
             run.val_loss = float(result.metrics.get("val_loss", math.nan))
             if spec.fine_tune:
                 run.scores[-1] = final  # the same epoch, after the BN statistics' recompute
@@ -208,7 +212,7 @@ class SearchLab:
         keras.backend.clear_session()
         keras.utils.set_random_seed(spec.training.seed)
         width = self.features[spec.head.pooling].shape[1]
-        return feature_head(spec.head, width, len(self.data.classes))
+        return feature_head(spec.head, width, len(self.data.classes), self.data.multi_label)
 
 
 class _Reporter:
@@ -216,9 +220,15 @@ class _Reporter:
     `first_stage` on, hands each to `report`, and stops when it or the job says so."""
 
     def __init__(
-        self, run: TrialRun, report: Report, should_stop: Callable[[], bool], first_stage: int
+        self,
+        run: TrialRun,
+        report: Report,
+        should_stop: Callable[[], bool],
+        first_stage: int,
+        score: str,
     ) -> None:
         self.run = run
+        self.score = score
         self.report = report
         self.job_stops = should_stop
         self.first_stage = first_stage
@@ -228,10 +238,10 @@ class _Reporter:
         pass
 
     def on_epoch(self, row: dict[str, float]) -> None:
-        if row.get("stage", 1) < self.first_stage or "val_accuracy" not in row:
+        if row.get("stage", 1) < self.first_stage or self.score not in row:
             return
         self.epochs += 1
-        self.run.scores.append(float(row["val_accuracy"]))
+        self.run.scores.append(float(row[self.score]))
         self.run.val_loss = float(row["val_loss"])
         if self.report(self.epochs, self.run.scores[-1], self.run.val_loss):
             self.run.stopped_early = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,7 +21,8 @@ class TrialRead(BaseModel):
         '"128,64"; "" for none), and for fine_tune the freeze_depth.'
     )
     scores: list[float] = Field(
-        description="Validation accuracy after each epoch (fine_tune: each fine-tuning epoch)."
+        description="The search's `metric` on the validation split after each epoch "
+        "(fine_tune: each fine-tuning epoch)."
     )
     value: float | None = Field(description="The last score: what the trial is ranked by.")
     val_loss: float | None
@@ -55,6 +56,7 @@ class SearchRead(BaseModel):
             "job_id": "j_0123456789abcdef",
             "dataset_id": "d_0123456789abcdef",
             "dataset_version": 3,
+            "metric": "accuracy",
             "request": {
                 "backbone": {"name": "MobileNetV2", "weights": "imagenet", "input_size": 160},
                 "budget": {"seconds": 600},
@@ -100,6 +102,11 @@ class SearchRead(BaseModel):
     job_id: str | None = Field(description="Its job: trials on GET /jobs/{job_id}/events.")
     dataset_id: str | None = Field(description="Null once the dataset is deleted.")
     dataset_version: int
+    metric: Literal["accuracy", "mean_average_precision"] = Field(
+        description="What the trials' scores are: validation accuracy; for a multi-label "
+        "dataset, the labels' mean average precision (Keras's area under each label's "
+        "precision-recall curve, averaged)."
+    )
     request: dict[str, Any] = Field(description="The request, every default filled in.")
     range_test: RangeTestRead | None = Field(description="The learning-rate range test, once run.")
     trials: list[TrialRead] = Field(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.datasets.service import get_dataset, require_single_label
+from service.datasets.service import get_dataset
 from service.jobs import records
+from service.ml.multilabel import RANKING_METRIC
 from service.problems import Invalid, NotFound
 from service.searches.kind import SEARCH
 from service.searches.schemas import SearchRead, TrialRead
@@ -30,7 +31,7 @@ def request_search(session: Session, request: SearchCreate) -> Search:
     spec = SearchSpec.model_validate({**request.model_dump(), "search_id": search_id})
     base = range_spec(spec)
     version = check_references(session, base)
-    require_single_label(get_dataset(session, spec.dataset_id), "a search")
+    multi_label = get_dataset(session, spec.dataset_id).multi_label
     if len(version.classes) < 2:
         raise Invalid(
             f"dataset {spec.dataset_id} version {version.number} has one class: a search "
@@ -46,6 +47,7 @@ def request_search(session: Session, request: SearchCreate) -> Search:
         id=search_id,
         dataset_id=spec.dataset_id,
         dataset_version=version.number,
+        metric=RANKING_METRIC if multi_label else "accuracy",
         request=request.model_copy(update={"dataset_version": version.number}).model_dump(
             mode="json"
         ),
@@ -111,6 +113,7 @@ def search_read(
             "job_id": record.job_id,
             "dataset_id": record.dataset_id,
             "dataset_version": record.dataset_version,
+            "metric": record.metric,
             "request": record.request,
             "range_test": record.range_test,
             "trials": [TrialRead.model_validate(row, from_attributes=True) for row in trials],

@@ -35,8 +35,8 @@ def search(context: JobContext, spec: SearchSpec) -> Outcome:
     begun = time.monotonic()
     db, monitor = context.db, context.monitor
     base = range_spec(spec)
-    range_test, done = _stored(context, spec)
-    if not restore_history(db, context.claim, [_history_row(trial) for trial in done]):
+    range_test, done, metric = _stored(context, spec)
+    if not restore_history(db, context.claim, [_history_row(trial, metric) for trial in done]):
         raise JobStopped()
     data = load_dataset(db, base, context.settings)
     monitor.on_progress(_progress(spec, 1, len(done)))
@@ -57,7 +57,7 @@ def search(context: JobContext, spec: SearchSpec) -> Outcome:
             range_test = asdict(lab.range_test(base))
             _write(context, lambda s: _set(s, spec.search_id, range_test=range_test))
         spent = earlier + time.monotonic() - begun
-        runner = Search(spec, lab, done, _Announcer(context, spec), spent=spent)
+        runner = Search(spec, lab, done, _Announcer(context, spec, metric), spent=spent)
         picked = picked_rate(spec, range_test["picked"])
         runner.heads(picked)
         runner.fine_tune(picked)
@@ -67,8 +67,10 @@ def search(context: JobContext, spec: SearchSpec) -> Outcome:
     return Outcome(_store_best(spec, best), f"search {spec.search_id}: trial {best.number}")
 
 
-def _stored(context: JobContext, spec: SearchSpec) -> tuple[dict[str, Any] | None, list[Trial]]:
-    """The range test and the trials an earlier attempt stored."""
+def _stored(
+    context: JobContext, spec: SearchSpec
+) -> tuple[dict[str, Any] | None, list[Trial], str]:
+    """The range test and the trials an earlier attempt stored, and the search's metric."""
     with context.db.session() as session:
         record = session.get(SearchRecord, spec.search_id)
         if record is None:
@@ -79,7 +81,7 @@ def _stored(context: JobContext, spec: SearchSpec) -> tuple[dict[str, Any] | Non
             .where(SearchTrial.search_id == spec.search_id)
             .order_by(SearchTrial.number)
         ).all()
-        return record.range_test, [_trial(row) for row in rows]
+        return record.range_test, [_trial(row) for row in rows], record.metric
 
 
 def _trial(row: SearchTrial) -> Trial:
@@ -91,14 +93,15 @@ class _Announcer:
     """Stores each trial as it ends, fenced by the lease, and announces it: a row of the
     job's history (an `epoch` event on its stream) and the progress that follows."""
 
-    def __init__(self, context: JobContext, spec: SearchSpec) -> None:
+    def __init__(self, context: JobContext, spec: SearchSpec, metric: str) -> None:
         self.context = context
         self.spec = spec
+        self.metric = metric
 
     def __call__(self, trial: Trial) -> None:
         row = SearchTrial(search_id=self.spec.search_id, **asdict(trial))
         _write(self.context, lambda session: session.add(row))
-        self.context.monitor.on_epoch(_history_row(trial))
+        self.context.monitor.on_epoch(_history_row(trial, self.metric))
         stage = 2 if trial.phase == HEAD else 3
         self.context.monitor.on_progress(_progress(self.spec, stage, trial.number + 1))
 
@@ -111,13 +114,14 @@ def _progress(spec: SearchSpec, stage: int, finished: int) -> dict[str, int]:
     return {"stage": stage, "stages": 3, "epoch": 1, "epochs": 1, **trials}
 
 
-def _history_row(trial: Trial) -> dict[str, Any]:
-    """A trial as a row of the job's history: the event stream's `epoch` event."""
+def _history_row(trial: Trial, metric: str) -> dict[str, Any]:
+    """A trial as a row of the job's history: the event stream's `epoch` event, its score
+    under the search's metric (`val_accuracy`, `val_mean_average_precision`)."""
     return {
         "epoch": trial.number + 1,
         "stage": 2 if trial.phase == HEAD else 3,
         "trial": trial.number,
-        "val_accuracy": trial.value,
+        f"val_{metric}": trial.value,
         "val_loss": trial.val_loss,
         "seconds": trial.seconds,
     }

@@ -550,6 +550,9 @@ class Search(Base):
     )
     dataset_version: Mapped[int] = mapped_column(Integer)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What its trials' scores are: "accuracy", or a multi-label dataset's
+    # "mean_average_precision".
+    metric: Mapped[str] = mapped_column(String(32), default="accuracy", server_default="accuracy")
     # Written by the job as it goes: kept when a worker dies, so a resumed search reuses it.
     range_test: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Once done: {"trial": number, "spec": a job spec}, and the training job train_best queued.
