@@ -249,7 +249,7 @@ def test_a_model_trained_on_the_full_decode_agrees_with_itself_on_the_reduced_on
     images, labels, classes = photo_crops(per_class=100)
     body = {
         "dataset_id": "d_test",
-        "backbone": {"name": "MobileNetV2", "weights": None, "input_size": 32},
+        "backbone": {"name": "MobileNet", "weights": None, "input_size": 32},
         "head": {"pooling": "avg", "dense": [], "dropout": 0.0},
         "freeze": {"mode": "none"},
         "training": {"epochs": 20, "batch_size": 16, "validation_split": 0.5, "seed": 0},
