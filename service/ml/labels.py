@@ -73,6 +73,7 @@ def probe(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int) ->
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from service.ml.multilabel import mean_average_precision
     from service.ml.split import strata
 
     smallest_fold = len(labels) - -(-len(labels) // folds)  # the images a fold trains on
@@ -98,15 +99,6 @@ def probe(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int) ->
         return Probe(probabilities, mean_average_precision(probabilities, labels), folds, True)
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
     return Probe(probabilities, accuracy, folds, False)
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The mean over the labels some image holds of their average precision: threshold-free,
-    so a probe whose scores rank a rare label's images first counts as knowing it."""
-    from sklearn.metrics import average_precision_score
-
-    held = (labels > 0).any(axis=0)
-    return float(average_precision_score(labels[:, held], scores[:, held], average="macro"))
 
 
 def _finite(features: np.ndarray) -> np.ndarray:

@@ -45,6 +45,15 @@ POSITIVE_WEIGHT_BOUNDS = (1.0, 100.0)
 RANKING_METRIC = "mean_average_precision"
 
 
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over the labels some image holds of their average precision: threshold-free,
+    so scores that rank a rare label's images first count as knowing it."""
+    from sklearn.metrics import average_precision_score
+
+    held = (labels > 0).any(axis=0)
+    return float(average_precision_score(labels[:, held], scores[:, held], average="macro"))
+
+
 def logits_of(probabilities: np.ndarray) -> np.ndarray:
     """log(p / (1 − p)) in float64, p clipped at EPSILON: recovers the logits a model stored as
     probabilities, finite even where a float32 sigmoid saturated at 0 or 1."""
