@@ -78,10 +78,9 @@ def advise(context: JobContext, spec: AdviceSpec) -> Outcome:
 
 def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[int], int]:
     """A stratified sample of at most `spec.max_images` of the dataset's images (only theirs
-    are read; multi-label, stratified by each image's rarest label), and the whole dataset's
-    images per class (per label) and images in all."""
+    are read; multi-label, stratified by each image's rarest label), and the version's images
+    per class (per label) and images in all, as the version counted them."""
     from service.ml.features import stratified_sample
-    from service.ml.labels import class_counts
     from service.ml.split import strata
 
     with db.session() as session:
@@ -93,6 +92,8 @@ def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[in
         chosen = stratified_sample(strata(labels), spec.max_images, spec.seed)
         ids = [rows[i].id for i in chosen]
         data = image_data(session, version.dataset_id, ids)
+        counts = [entry["count"] for entry in version.classes]
+        total = version.num_images
     sample = LabelledImages(
         images=[data[image_id] for image_id in ids],
         labels=labels[chosen],
@@ -100,4 +101,4 @@ def load_sample(db: Database, spec: AdviceSpec) -> tuple[LabelledImages, list[in
         ids=ids,
         filenames=[rows[i].filename for i in chosen],
     )
-    return sample, class_counts(labels, len(classes)).tolist(), len(rows)
+    return sample, counts, total
