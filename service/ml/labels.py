@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from service.ml.multilabel import mean_average_precision, ranking_metric
+
 MAX_FOLDS = 5
 # Logistic regression's inverse regularisation: features of 1,000+ dimensions and a few
 # dozen images per class overfit without it.
@@ -43,7 +45,7 @@ class Probe:
 
     @property
     def metric(self) -> str:
-        return "mean_average_precision" if self.multi_label else "accuracy"
+        return ranking_metric(self.multi_label)
 
 
 def class_counts(labels: np.ndarray, classes: int = 0) -> np.ndarray:
@@ -73,7 +75,6 @@ def probe(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int) ->
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from service.ml.multilabel import mean_average_precision
     from service.ml.split import strata
 
     smallest_fold = len(labels) - -(-len(labels) // folds)  # the images a fold trains on

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from service.ml.multilabel import RANKING_METRIC
+from service.ml.multilabel import RANKING_METRIC, ranking_metric
 
 
 @keras.saving.register_keras_serializable(package="transfer_service")
@@ -82,7 +82,7 @@ class Objective:
     @property
     def score(self) -> str:
         """The metric a search ranks trials by: accuracy; multi-label, RANKING_METRIC."""
-        return RANKING_METRIC if self.multi_label else "accuracy"
+        return ranking_metric(self.multi_label)
 
 
 SINGLE_LABEL = Objective()

@@ -45,6 +45,11 @@ POSITIVE_WEIGHT_BOUNDS = (1.0, 100.0)
 RANKING_METRIC = "mean_average_precision"
 
 
+def ranking_metric(multi_label: bool) -> str:
+    """What a probe or a search scores a model by: accuracy, or RANKING_METRIC."""
+    return RANKING_METRIC if multi_label else "accuracy"
+
+
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """The mean over the labels some image holds of their average precision: threshold-free,
     so scores that rank a rare label's images first count as knowing it."""

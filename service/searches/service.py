@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from service.datasets.service import get_dataset
 from service.jobs import records
-from service.ml.multilabel import RANKING_METRIC
+from service.ml.multilabel import ranking_metric
 from service.problems import Invalid, NotFound
 from service.searches.kind import SEARCH
 from service.searches.schemas import SearchRead, TrialRead
@@ -47,7 +47,7 @@ def request_search(session: Session, request: SearchCreate) -> Search:
         id=search_id,
         dataset_id=spec.dataset_id,
         dataset_version=version.number,
-        metric=RANKING_METRIC if multi_label else "accuracy",
+        metric=ranking_metric(multi_label),
         request=request.model_copy(update={"dataset_version": version.number}).model_dump(
             mode="json"
         ),
