@@ -1,6 +1,6 @@
 """Multi-label datasets through the service: a labels file in the upload, a job that trains a
-sigmoid head on them, /predict answering each label past its own threshold, and a clear 409
-from what is single-label only for now."""
+sigmoid head on them, /predict answering each label past its own threshold, and the review
+loop labelling pool and captured images with label sets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from service.ml.data import LabelledImages
+from service.storage.tables import PoolImage
 from service.training.spec import JobSpec
 from tests.conftest import LIGHT, Service, job_body, make_settings, make_zip, post_zip
 from tests.test_multilabel import COLOURS, halves
@@ -124,6 +126,47 @@ def test_a_labels_file_makes_a_multi_label_dataset_and_a_bad_one_is_named(
     counts = {entry["name"]: entry["count"] for entry in removed.json()["classes"]}
     for name in first["label"].split(";") if first["label"] else []:
         assert counts.get(name, 0) == {e["name"]: e["count"] for e in before}[name] - 1
+    labelled_from_the_pool(service, dataset["id"], single["id"])
+
+
+def labelled_from_the_pool(service: Service, dataset_id: str, single_id: str) -> None:
+    """Unlabelled images join a multi-label dataset's pool and leave it with label sets
+    (`label` meaning a set of one); `labels` on a single-label dataset's pool is a 422."""
+    pool = {f"pool/{n}.png": image for n, image in enumerate(halves(3, seed=7).images)}
+    for target in (dataset_id, single_id):
+        added = service.client.post(
+            f"/datasets/{target}/pool", files={"file": ("pool.zip", make_zip(pool))}
+        )
+        assert added.status_code == 200 and added.json()["added"] == 3, added.text
+    ids = pool_images(service, dataset_id)
+    before = counts_of(service.client.get(f"/datasets/{dataset_id}").json())
+    entries = [
+        {"image_id": ids[0], "labels": ["violet", "red", "violet"]},
+        {"image_id": ids[1], "labels": []},
+        {"image_id": ids[2], "label": "green"},
+    ]
+    edited = service.client.post(f"/datasets/{dataset_id}/edits", json={"label": entries})
+    assert edited.status_code == 201, edited.text
+    after = counts_of(edited.json())
+    assert after == {**before, "violet": 1, "red": before["red"] + 1, "green": before["green"] + 1}
+    assert pool_images(service, dataset_id) == []
+    theirs = pool_images(service, single_id)[0]
+    answer = service.client.post(
+        f"/datasets/{single_id}/edits", json={"label": [{"image_id": theirs, "labels": ["red"]}]}
+    )
+    assert answer.status_code == 422 and "single-label" in answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "label", 0, "labels"]
+
+
+def counts_of(dataset: dict[str, Any]) -> dict[str, int]:
+    return {entry["name"]: entry["count"] for entry in dataset["classes"]}
+
+
+def pool_images(service: Service, dataset_id: str) -> list[int]:
+    """The ids of the dataset's pool (the API lists them through a model's review queue)."""
+    with service.database.session() as session:
+        query = select(PoolImage.image_id).where(PoolImage.dataset_id == dataset_id)
+        return sorted(session.scalars(query))
 
 
 @pytest.mark.slow
@@ -220,8 +263,43 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         assert explained.status_code == 200, explained.text
         top = explained.json()["predictions"][0]["top"]
         assert len(top) == len(COLOURS) and all(entry["heatmap"] for entry in top)
+        review_loop(service, dataset["id"], model_id, thresholds)
     finally:
         service.close()
+
+
+def review_loop(
+    service: Service, dataset_id: str, model_id: str, thresholds: dict[str, float]
+) -> None:
+    """The review queue of a multi-label model: each pool image suggested the label set
+    /predict answers, its margin that of the label nearest its threshold; a capture labelled
+    with a set."""
+    pool = halves(3, seed=7).images
+    files = {"file": ("pool.zip", make_zip({f"pool/{n}.png": d for n, d in enumerate(pool)}))}
+    assert service.client.post(f"/datasets/{dataset_id}/pool", files=files).is_success
+    assert service.client.put(f"/models/{model_id}/capture", json={"rate": 1.0}).is_success
+    predictions(service, model_id, halves(1, seed=8).images)
+    service.client.app.state.monitoring.recorder.drain()
+    queue = service.client.get(f"/models/{model_id}/review").json()
+    assert queue["thresholds"] == [thresholds[name] for name in queue["classes"]]
+    assert queue["candidates"] == {"captures": 1, "pool": 3}, queue
+    every = predictions(service, model_id, pool, threshold="0")
+    listed = queue["items"] + queue["unknowns"]  # a 1-epoch model finds much unknown
+    assert len(listed) == 4
+    for item in listed:
+        if item["image_id"] is None:
+            continue  # a capture keeps a smaller JPEG of what was sent
+        scores = every[int(item["filename"].removeprefix("pool/").removesuffix(".png"))]
+        assert set(item["labels"]) == {n for n, score in scores.items() if score >= thresholds[n]}
+        nearest = min(abs(score - thresholds[name]) for name, score in scores.items())
+        assert item["margin"] == pytest.approx(nearest, abs=1e-5)
+    page = service.client.get(f"/console/models/{model_id}/review")
+    assert 'data-multi-label="true"' in page.text and 'id="review-multi-label"' in page.text
+    capture_id = next(item["capture_id"] for item in listed if item["capture_id"])
+    edit = {"label": [{"capture_id": capture_id, "labels": ["blue", "red"]}]}
+    edited = service.client.post(f"/datasets/{dataset_id}/edits", json=edit)
+    assert edited.status_code == 201, edited.text
+    assert service.client.get(f"/models/{model_id}/review").json()["labelled_since_model"] == 1
 
 
 def advised(service: Service, dataset_id: str, model_id: str, data: LabelledImages) -> None:

@@ -172,6 +172,24 @@ def test_diversity_keeps_near_identical_doubtful_images_from_filling_the_page() 
     assert diverse[0].index == by_margin[0] == 0 and diverse[0].distance is None
 
 
+def test_a_multi_label_models_doubt_is_its_label_nearest_a_threshold() -> None:
+    """Each label decided on its own: a row sure of every label but one sits where the one
+    is, whatever the others; a softmax's margin would call the first row sure."""
+    thresholds = np.array([0.5, 0.3, 0.7])
+    probabilities = np.array(
+        [
+            [0.98, 0.02, 0.72],  # blue just past its threshold
+            [0.60, 0.60, 0.20],  # every label 0.1 or more from its threshold
+            [0.51, 0.90, 0.05],  # red barely given
+        ]
+    )
+    margins = review.margins(probabilities, thresholds)
+    assert margins == pytest.approx([0.02, 0.1, 0.01])
+    picks = review.rank(probabilities, np.eye(3), 3, diverse=False, thresholds=thresholds)
+    assert [pick.index for pick in picks] == [2, 0, 1]
+    assert review.margins(probabilities)[0] == pytest.approx(0.26)  # as if it were a softmax
+
+
 @pytest.mark.slow  # its fixture trains the small model
 def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
     reviewed: dict[str, Any],

@@ -13,9 +13,9 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service.datasets import versions
-from service.datasets.label_files import BadLabelFile, label_set, split_labels
-from service.datasets.labelling import add_labelled, checked_labels
-from service.datasets.service import list_images, locked_dataset, require_single_label
+from service.datasets.label_files import split_labels
+from service.datasets.labelling import add_labelled, checked_labels, chosen_label
+from service.datasets.service import list_images, locked_dataset
 from service.datasets.spec import DatasetEdit, Relabel
 from service.problems import Conflict, Invalid, NotFound
 from service.storage.tables import DatasetVersion
@@ -24,8 +24,6 @@ from service.storage.tables import DatasetVersion
 def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> DatasetVersion:
     """The dataset's new version, with `edit` applied to its latest."""
     dataset = locked_dataset(session, dataset_id)
-    if edit.label:  # pool and captured images: none in a multi-label dataset yet
-        require_single_label(dataset, "labelling pool or captured images")
     latest = versions.get_version(session, dataset, None)
     if edit.base_version is not None and edit.base_version != latest.number:
         raise Conflict(
@@ -34,9 +32,9 @@ def edit_dataset(session: Session, dataset_id: str, edit: DatasetEdit) -> Datase
             field=("base_version",),
         )
     relabel, remove = _checked(session, latest, edit, dataset.multi_label)
-    labelling = checked_labels(session, dataset.id, edit.label)
+    labelling = checked_labels(session, dataset.id, edit.label, dataset.multi_label)
     if dataset.multi_label:
-        _require_a_label(latest, relabel, remove)
+        _require_a_label(latest, relabel, remove, labelling.labels)
     else:
         _require_two_classes(latest, relabel, remove, labelling.labels)
 
@@ -77,27 +75,13 @@ def _checked(
                 field=field,
             )
     relabel = {
-        entry.image_id: (held[entry.image_id], _new_label(entry, number, multi_label))
+        entry.image_id: (
+            held[entry.image_id],
+            chosen_label(entry, ("relabel", number), multi_label),
+        )
         for number, entry in enumerate(edit.relabel)
     }
     return relabel, {image_id: held[image_id] for image_id in edit.delete}
-
-
-def _new_label(entry: Relabel, number: int, multi_label: bool) -> str:
-    """The label a relabel gives: its `label`; a multi-label image's set, as manifests keep
-    it (`label` there meaning a set of one)."""
-    if not multi_label:
-        if entry.labels is not None:
-            raise Invalid(
-                "this dataset is single-label: give the image its `label`",
-                field=("relabel", number, "labels"),
-            )
-        assert entry.label is not None
-        return entry.label
-    try:
-        return label_set(entry.labels if entry.labels is not None else [entry.label], "")
-    except BadLabelFile as error:
-        raise Invalid(str(error).removeprefix(": "), field=("relabel", number, "labels")) from None
 
 
 def _require_distinct_captures(edit: DatasetEdit) -> None:
@@ -113,14 +97,17 @@ def _require_distinct_captures(edit: DatasetEdit) -> None:
 
 
 def _require_a_label(
-    latest: DatasetVersion, relabel: dict[int, tuple[str, str]], remove: dict[int, str]
+    latest: DatasetVersion,
+    relabel: dict[int, tuple[str, str]],
+    remove: dict[int, str],
+    labelled: list[str],
 ) -> None:
     """A multi-label dataset keeps at least one label held by an image."""
     counts = {entry["name"]: entry["count"] for entry in latest.classes}
     for joined in [*(old for old, _ in relabel.values()), *remove.values()]:
         for name in split_labels(joined):
             counts[name] -= 1
-    for _, joined in relabel.values():
+    for joined in [*(new for _, new in relabel.values()), *labelled]:
         for name in split_labels(joined):
             counts[name] = counts.get(name, 0) + 1
     if not any(count > 0 for count in counts.values()):

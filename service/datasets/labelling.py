@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from service.datasets import versions
 from service.datasets.ingest import Planned, check_image
+from service.datasets.label_files import BadLabelFile, label_set
 from service.datasets.pool import in_pool
 from service.datasets.service import HASH_CHUNK, image_row
-from service.datasets.spec import MAX_LABELLED_CAPTURES, LabelImage
+from service.datasets.spec import MAX_LABELLED_CAPTURES, LabelChoice, LabelImage
 from service.problems import Invalid
 from service.storage.tables import (
     Capture,
@@ -33,7 +34,8 @@ Field = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Labelling:
-    """What `label` entries add: pool image ids and capture ids, each with its label."""
+    """What `label` entries add: pool image ids and capture ids, each with its label (a
+    multi-label image's: its set, as manifests keep it)."""
 
     pool: dict[int, str]
     captures: dict[str, str]
@@ -43,9 +45,30 @@ class Labelling:
         return [*self.pool.values(), *self.captures.values()]
 
 
-def checked_labels(session: Session, dataset_id: str, entries: list[LabelImage]) -> Labelling:
+def chosen_label(choice: LabelChoice, field: Field, multi_label: bool) -> str:
+    """The manifest label an entry gives: its `label`; a multi-label image's set, joined as
+    manifests keep it (`label` there meaning a set of one). Invalid naming `field`'s
+    `labels` when the entry does not fit the dataset."""
+    if not multi_label:
+        if choice.labels is not None:
+            raise Invalid(
+                "this dataset is single-label: give the image its `label`",
+                field=(*field, "labels"),
+            )
+        assert choice.label is not None
+        return choice.label
+    try:
+        return label_set(choice.labels if choice.labels is not None else [choice.label], "")
+    except BadLabelFile as error:
+        raise Invalid(str(error).removeprefix(": "), field=(*field, "labels")) from None
+
+
+def checked_labels(
+    session: Session, dataset_id: str, entries: list[LabelImage], multi_label: bool
+) -> Labelling:
     """The entries as a Labelling; Invalid naming the first that is neither in the dataset's
-    pool nor a capture it can take."""
+    pool nor a capture it can take, or whose labels do not fit the dataset."""
+    given = [chosen_label(e, ("label", n), multi_label) for n, e in enumerate(entries)]
     pool_entries = {e.image_id: n for n, e in enumerate(entries) if e.image_id is not None}
     capture_entries = {e.capture_id: n for n, e in enumerate(entries) if e.capture_id}
     if len(capture_entries) > MAX_LABELLED_CAPTURES:
@@ -64,8 +87,8 @@ def checked_labels(session: Session, dataset_id: str, entries: list[LabelImage])
             )
     _check_captures(session, dataset_id, capture_entries)
     return Labelling(
-        pool={e.image_id: e.label for e in entries if e.image_id is not None},
-        captures={e.capture_id: e.label for e in entries if e.capture_id},
+        pool={e.image_id: g for e, g in zip(entries, given, strict=True) if e.image_id},
+        captures={e.capture_id: g for e, g in zip(entries, given, strict=True) if e.capture_id},
     )
 
 

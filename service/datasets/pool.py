@@ -20,7 +20,6 @@ from service.datasets.service import (
     HASH_CHUNK,
     insert_images,
     locked_dataset,
-    require_single_label,
 )
 from service.problems import BadContent
 from service.storage.tables import Dataset, DatasetImage, PoolImage
@@ -48,7 +47,6 @@ def add_to_pool(
             if not plan.images:
                 raise BadArchive("the zip holds no image")
             dataset = locked_dataset(session, dataset_id)
-            require_single_label(dataset, "the unlabelled pool")
             new, duplicates = _unstored(session, dataset, plan.images)
             with session.begin_nested():  # all of it or none, as an upload
                 insert_images(session, dataset.id, zip_images(archive, new, limits), pool=True)

@@ -26,7 +26,7 @@ from service.datasets.ingest import (
     zip_images,
 )
 from service.ml.images import UndecodableImage, thumbnail
-from service.problems import BadContent, Conflict, Invalid, NotFound
+from service.problems import BadContent, Invalid, NotFound
 from service.storage.pages import Page, PageOf, after_page, fetch_page
 from service.storage.tables import (
     MAX_INTEGER,
@@ -136,15 +136,6 @@ def append_images(
     labels = [image.label for image in new] + [label for _, label in restored]
     added = count_labels(labels, dataset.multi_label)
     return Appended(dataset, added, plan.skipped + duplicates)
-
-
-def require_single_label(dataset: Dataset, what: str) -> None:
-    """Conflict for what multi-label datasets do not have yet, naming it."""
-    if dataset.multi_label:
-        raise Conflict(
-            f"dataset {dataset.id} is multi-label: {what} is for single-label datasets "
-            "(class folders) for now"
-        )
 
 
 def check_layout(dataset: Dataset, multi_label: bool) -> None:

@@ -65,23 +65,29 @@ class ImageLabel(StrictModel):
 MAX_IMAGE_LABELS = 100
 
 
-class Relabel(StrictModel):
-    image_id: ImageId
+class LabelChoice(StrictModel):
+    """An image's new labels: `label` (a single-label dataset's class), or `labels`, a
+    multi-label dataset's whole set."""
+
     label: Label | None = Field(
-        None, description="Its new label; a label no image had makes a new class."
+        None, description="Its label; a label no image had makes a new class."
     )
     labels: list[Label] | None = Field(
         None,
         max_length=MAX_IMAGE_LABELS,
-        description="A multi-label dataset's image: its new labels, all of them (`[]`: none). "
+        description="A multi-label dataset's image: its labels, all of them (`[]`: none). "
         "Instead of `label`, which there means the one label.",
     )
 
     @model_validator(mode="after")
-    def one_way(self) -> Relabel:
+    def one_way(self) -> LabelChoice:
         if (self.label is None) == (self.labels is None):
             raise ValueError("give `label` or `labels`, one of them")
         return self
+
+
+class Relabel(LabelChoice):
+    image_id: ImageId
 
 
 # Captured images one edit may label: each is read, checked and stored like an upload's.
@@ -121,14 +127,12 @@ class ImageRef(StrictModel):
         return None
 
 
-class LabelImage(ImageRef):
+class LabelImage(ImageRef, LabelChoice):
     """An image to label into the new version."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"capture_id": "c_1f…", "label": "cats"}]}
     )
-
-    label: Label = Field(description="Its label; a label no image had makes a new class.")
 
 
 class DatasetEdit(StrictModel):

@@ -1,7 +1,10 @@
 """Which images are most worth a person's label: uncertainty first, then diversity.
 
 1. Uncertainty: the margin between the model's top two probabilities (small: the model can
-   hardly choose). The `SHORTLIST` × `limit` images of smallest margin are the shortlist.
+   hardly choose). A multi-label model decides each label on its own, against its own
+   threshold: its margin is the smallest distance of any label's probability to that
+   label's threshold (the label it is least sure to give or withhold; Brinker 2006's
+   "BinMin"). The `SHORTLIST` × `limit` images of smallest margin are the shortlist.
 2. Diversity: greedy k-center over the shortlist on L2-normalised features. The first pick
    is the smallest margin; each next one maximises (1 − margin) × its cosine distance to the
    nearest image already picked, so ten near-identical doubtful frames take one place, not
@@ -23,6 +26,10 @@ METHOD = (
     "the model's top two probabilities, ordered by greedy k-center on L2-normalised features "
     "(each pick maximises (1 − margin) × cosine distance to the nearest image picked before)"
 )
+MULTI_LABEL_METHOD = METHOD.replace(
+    "margin between the model's top two probabilities",
+    "margin between a label's probability and its threshold (the closest label)",
+)
 SHORTLIST = 5
 
 
@@ -33,8 +40,11 @@ class Pick:
     distance: float | None  # cosine distance to the nearest image picked before; None: first
 
 
-def margins(probabilities: np.ndarray) -> np.ndarray:
-    """Top probability minus the second, per row (the top alone for a single class)."""
+def margins(probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Top probability minus the second, per row (the top alone for a single class); with a
+    multi-label model's `thresholds`, the smallest |probability − threshold| of the row."""
+    if thresholds is not None:
+        return np.min(np.abs(probabilities - thresholds), axis=1).astype(np.float64)
     if probabilities.shape[1] < 2:
         return probabilities[:, 0].astype(np.float64)
     top_two = -np.sort(-probabilities, axis=1)[:, :2]
@@ -42,10 +52,16 @@ def margins(probabilities: np.ndarray) -> np.ndarray:
 
 
 def rank(
-    probabilities: np.ndarray, features: np.ndarray, limit: int, *, diverse: bool = True
+    probabilities: np.ndarray,
+    features: np.ndarray,
+    limit: int,
+    *,
+    diverse: bool = True,
+    thresholds: np.ndarray | None = None,
 ) -> list[Pick]:
-    """Up to `limit` candidates in the order to label them. `diverse=False`: margin alone."""
-    margin = margins(probabilities)
+    """Up to `limit` candidates in the order to label them. `diverse=False`: margin alone;
+    `thresholds`: a multi-label model's, per label."""
+    margin = margins(probabilities, thresholds)
     order = np.argsort(margin, kind="stable")
     if not diverse:
         return [Pick(int(i), float(margin[i]), None) for i in order[:limit]]

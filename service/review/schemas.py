@@ -19,8 +19,16 @@ class ReviewItem(BaseModel):
     filename: str
     image_url: str = Field(description="Where its bytes are (with the API key, as any path).")
     suggestion: str = Field(description="The model's top label for it.")
+    labels: list[str] | None = Field(
+        None,
+        description="A multi-label model's answer: every label reaching its threshold (the "
+        "set to accept); None for a single-label model.",
+    )
     score: float = Field(description="The suggestion's probability.")
-    margin: float = Field(description="The top probability minus the second's.")
+    margin: float = Field(
+        description="The top probability minus the second's; a multi-label model's: the "
+        "smallest distance of a label's probability to its threshold."
+    )
     ood_score: float | None = Field(
         None, description="How unlike the model's training images it is (None: no score)."
     )
@@ -59,6 +67,11 @@ class ReviewQueue(BaseModel):
     dataset_id: str = Field(description="Where labels go: the model's dataset.")
     dataset_version: int = Field(description="The dataset's latest version, which labels extend.")
     classes: list[str] = Field(description="The model's classes.")
+    thresholds: list[float] | None = Field(
+        None,
+        description="A multi-label model's threshold per label (as `classes`): label its "
+        "images with sets (`labels`); None for a single-label model.",
+    )
     method: str = Field(description="How the queue is ordered.")
     features: str = Field(
         description='"backbone": diversity measured on the backbone\'s features; "scores": on '

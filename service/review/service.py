@@ -22,7 +22,7 @@ from service.datasets.spec import ImageRef
 from service.ml import review
 from service.ml.images import UndecodableImage, to_pixels
 from service.ml.model_cache import LoadedModel
-from service.models.service import get_model, require_single_label
+from service.models.service import get_model
 from service.predictions.serving import Serving
 from service.problems import Conflict, Invalid
 from service.review.schemas import ReviewItem, ReviewQueue
@@ -80,12 +80,14 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
     loaded = serving.model(model_id)
     scored = _score(serving.database, loaded, dataset.id, candidates)
     items, unknowns = _order(scored, loaded, limit)
+    method = review.METHOD if loaded.thresholds is None else review.MULTI_LABEL_METHOD
     return ReviewQueue(
         model_id=model.id,
         dataset_id=dataset.id,
         dataset_version=latest,
         classes=list(model.classes),
-        method=review.METHOD.format(shortlist=review.SHORTLIST),
+        thresholds=loaded.thresholds,
+        method=method.format(shortlist=review.SHORTLIST),
         features="backbone" if scored.from_backbone else "scores",
         candidates={
             "captures": sum(c.key.startswith("capture:") and not c.marked for c in candidates),
@@ -101,7 +103,6 @@ def reviewed_model(session: Session, model_id: str) -> tuple[TrainedModel, str]:
     """The model and its dataset's id, where its review's labels go; Conflict when the
     dataset was deleted."""
     model = get_model(session, model_id)
-    require_single_label(model, "the review queue")
     if model.dataset_id is None:
         raise Conflict(
             f"model {model_id}'s dataset was deleted: its review has nowhere to put labels"
@@ -264,19 +265,34 @@ def _order(
             rest.append(index)
     strangeness = ood if ood is not None else np.zeros(len(scored.candidates))
     unknown.sort(key=lambda entry: -float(strangeness[entry[0]]))
-    picks = review.rank(scored.probabilities[rest], scored.features[rest], limit)
+    picks = review.rank(
+        scored.probabilities[rest], scored.features[rest], limit, thresholds=_thresholds(loaded)
+    )
     items = [(rest[pick.index], _why(scored, loaded, rest[pick.index], pick)) for pick in picks]
     return items, unknown[:limit]
 
 
+def _thresholds(loaded: LoadedModel) -> np.ndarray | None:
+    """A multi-label model's threshold per label; None for a softmax's."""
+    return None if loaded.thresholds is None else np.asarray(loaded.thresholds)
+
+
 def _why(scored: Scored, loaded: LoadedModel, index: int, pick: review.Pick) -> str:
     row = scored.probabilities[index]
-    first, second = np.argsort(-row, kind="stable")[:2]
     classes = loaded.classes
-    reason = (
-        f"margin {pick.margin:.2f} ({classes[first]} {row[first]:.2f}, "
-        f"{classes[second]} {row[second]:.2f})"
-    )
+    thresholds = _thresholds(loaded)
+    if thresholds is not None:
+        closest = int(np.argmin(np.abs(row - thresholds)))
+        reason = (
+            f"margin {pick.margin:.2f} ({classes[closest]} {row[closest]:.2f}, its threshold "
+            f"{thresholds[closest]:.2f})"
+        )
+    else:
+        first, second = np.argsort(-row, kind="stable")[:2]
+        reason = (
+            f"margin {pick.margin:.2f} ({classes[first]} {row[first]:.2f}, "
+            f"{classes[second]} {row[second]:.2f})"
+        )
     if pick.distance is None:
         return reason + "; the least certain"
     return reason + f"; unlike those above (distance {pick.distance:.2f})"
@@ -289,6 +305,7 @@ def _item(
     ref = candidate.ref
     row = scored.probabilities[index]
     top = int(np.argmax(row))
+    thresholds = _thresholds(loaded)
     if ref.capture_id is not None:
         url = f"/models/{model_id}/captures/{ref.capture_id}/image"
     else:
@@ -299,8 +316,11 @@ def _item(
         filename=candidate.filename,
         image_url=url,
         suggestion=loaded.classes[top],
+        labels=None
+        if thresholds is None
+        else [name for name, p, t in zip(loaded.classes, row, thresholds, strict=True) if p >= t],
         score=float(row[top]),
-        margin=float(review.margins(row[None, :])[0]),
+        margin=float(review.margins(row[None, :], thresholds)[0]),
         ood_score=None if scored.ood_scores is None else float(scored.ood_scores[index]),
         reason=reason,
     )
