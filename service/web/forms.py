@@ -188,7 +188,8 @@ def search_from_form(dataset_id: str, fields: FormFields) -> dict[str, Any]:
 def edit_from_form(fields: FormFields) -> dict[str, Any]:
     """The body of POST /datasets/{id}/edits that the image grid's selection describes: the
     images (`image`, repeated) relabelled to the label typed (`new_label`) or chosen
-    (`label`), or deleted, as `action` says; against `base_version`, the version shown."""
+    (`label`), given label sets (`labels`, one per image, joined by ";": a multi-label
+    dataset's), or deleted, as `action` says; against `base_version`, the version shown."""
     images = [_number(value.strip()) for value in fields.get("image", []) if value.strip()]
     body: dict[str, Any] = {"message": _one(fields, "message")}
     if _one(fields, "base_version"):
@@ -199,6 +200,14 @@ def edit_from_form(fields: FormFields) -> dict[str, Any]:
     elif action == "relabel":
         label = _one(fields, "new_label") or _one(fields, "label")
         body["relabel"] = [{"image_id": image, "label": label} for image in images]
+    elif action == "labels":
+        sets = fields.get("labels", [])
+        if len(sets) != len(images):
+            raise Invalid("each image selected needs its labels", field=("labels",))
+        body["relabel"] = [
+            {"image_id": image, "labels": [name for name in joined.split(";") if name]}
+            for image, joined in zip(images, sets, strict=True)
+        ]
     return body
 
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from service.api.deps import ServingDep, SessionDep, SettingsDep
 from service.datasets import edits, pool
 from service.datasets import service as datasets
+from service.datasets.label_files import split_labels
 from service.datasets.spec import DatasetEdit, ImageRef, LabelImage
 from service.models import service as models
 from service.problems import Invalid, Problem
@@ -66,14 +67,14 @@ def review_save(
     try:
         if len(item) != len(label):
             raise Invalid("each label names one image", field=("label",))
+        model, dataset_id = reviews.reviewed_model(session, model_id)
         labels = [
-            LabelImage(**_ref(key).model_dump(exclude_none=True), label=name)
+            _labelled(key, name, model.thresholds is not None)
             for key, name in zip(item, label, strict=True)
         ]
         marks = [_ref(key) for key in unknown]
         if not labels and not marks:
             raise Invalid("label or mark at least one image before saving", field=("label",))
-        model, dataset_id = reviews.reviewed_model(session, model_id)
         with session.begin_nested():  # the labels and the marks, or neither
             if labels:
                 message = f"labelled on the review page of {model.name} v{model.version}"
@@ -84,6 +85,13 @@ def review_save(
     except (Problem, ValidationError) as error:
         return failed(request, error)
     return Response(status_code=204, headers={"HX-Redirect": f"/console/models/{model_id}/review"})
+
+
+def _labelled(key: str, label: str, multi_label: bool) -> LabelImage:
+    """An image as the page labels it: a class, or a multi-label model's set, joined by ";"
+    as manifests keep it ("": none of the labels)."""
+    chosen = {"labels": split_labels(label)} if multi_label else {"label": label}
+    return LabelImage(**_ref(key).model_dump(exclude_none=True), **chosen)
 
 
 def _ref(key: str) -> ImageRef:

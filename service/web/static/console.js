@@ -285,6 +285,20 @@ function setUpImageGrid(form) {
       input.value = pick.dataset.image;
       form.append(input);
     }
+    form.querySelectorAll('input[name="labels"]').forEach((input) => input.remove());
+    if (action === "add" || action === "remove") {
+      // A multi-label dataset's selection: each image's set as shown, with the label added
+      // or taken away (the edit is made against the version shown, so none changed since).
+      const name = typed.value.trim() || select.value;
+      for (const pick of images) {
+        const labels = (pick.dataset.label ? pick.dataset.label.split(";") : []).filter((l) => l !== name);
+        if (action === "add") labels.push(name);
+        const input = Object.assign(document.createElement("input"), { type: "hidden", name: "labels" });
+        input.value = labels.sort().join(";");
+        form.append(input);
+      }
+      action = "labels";
+    }
     form.querySelector('input[name="action"]').value = action;
     htmx.trigger(form, "submit");
   };
@@ -304,7 +318,7 @@ function setUpImageGrid(form) {
       event.preventDefault();
       select.selectedIndex = digit - 1;
       typed.value = "";  // the shortcut names an existing class
-      send("relabel");
+      send(form.dataset.multiLabel === "true" ? "add" : "relabel");
     } else if (event.key === "Delete" || event.key === "Backspace") {
       event.preventDefault();
       send("delete");
@@ -442,10 +456,13 @@ function followJob(section) {
 
 // -- the Review page: label a model's queue from the keyboard ---------------------------------
 
-// Decisions stay in the page until saved: a label per image, or "unknown". One POST saves
-// them all as one edit of the dataset (and the marks), and the next page of the queue loads.
+// Decisions stay in the page until saved: a label per image (a multi-label model's: a set of
+// labels), or "unknown". One POST saves them all as one edit of the dataset (and the marks),
+// and the next page of the queue loads.
 function setUpReview(section) {
   const classes = JSON.parse(section.dataset.classes);
+  const multiLabel = section.dataset.multiLabel === "true";
+  const split = (joined) => (joined ? joined.split(";") : []);
   const cards = () => [...section.querySelectorAll(".review-item")];
   const typed = document.getElementById("review-type");
   const decisions = new Map();
@@ -454,7 +471,8 @@ function setUpReview(section) {
     const decided = decisions.get(card.dataset.key);
     card.classList.toggle("decided", decided !== undefined);
     card.querySelector(".decision").textContent =
-      decided === undefined ? "" : decided.unknown ? "unknown" : `→ ${decided.label}`;
+      decided === undefined ? "" : decided.unknown ? "unknown"
+        : decided.labels ? `→ ${decided.labels.join(", ") || "no label"}` : `→ ${decided.label}`;
     document.getElementById("review-pending").textContent = decisions.size;
   };
   const focus = (index) => {
@@ -472,9 +490,21 @@ function setUpReview(section) {
     show(card);
     focus(cursor + 1);
   };
+  const suggested = (card) =>
+    multiLabel ? { labels: split(card.dataset.suggestion) } : { label: card.dataset.suggestion };
+  // A multi-label card's set as it stands: decided, else the model's.
+  const labelsOf = (card) => decisions.get(card.dataset.key)?.labels ?? split(card.dataset.suggestion);
+  const toggle = (name, on) => {
+    const card = cards()[cursor];
+    if (!card) return;
+    const labels = labelsOf(card).filter((label) => label !== name);
+    if (on ?? !labelsOf(card).includes(name)) labels.push(name);
+    decisions.set(card.dataset.key, { labels: labels.sort() });
+    show(card);
+  };
   const acceptAll = () => {
     for (const card of section.querySelectorAll("#review-grid .review-item")) {
-      if (!decisions.has(card.dataset.key)) decisions.set(card.dataset.key, { label: card.dataset.suggestion });
+      if (!decisions.has(card.dataset.key)) decisions.set(card.dataset.key, suggested(card));
       show(card);
     }
   };
@@ -482,7 +512,7 @@ function setUpReview(section) {
     const body = new FormData();
     for (const [key, decision] of decisions) {
       if (decision.unknown) body.append("unknown", key);
-      else { body.append("item", key); body.append("label", decision.label); }
+      else { body.append("item", key); body.append("label", decision.labels ? decision.labels.join(";") : decision.label); }
     }
     const errors = document.getElementById("review-errors");
     fetch(section.dataset.save, { method: "POST", body, headers: csrf() }).then(async (answer) => {
@@ -499,7 +529,7 @@ function setUpReview(section) {
   typed.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && typed.value.trim()) {
       event.preventDefault();
-      decide({ label: typed.value.trim() });
+      if (multiLabel) { toggle(typed.value.trim(), true); focus(cursor); } else decide({ label: typed.value.trim() });
       typed.value = "";
     } else if (event.key === "Escape") {
       typed.value = "";
@@ -509,7 +539,11 @@ function setUpReview(section) {
   document.addEventListener("keydown", (event) => {
     if (event.target.matches("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
     const digit = Number.parseInt(event.key, 10);
-    if (digit >= 1 && digit <= Math.min(9, classes.length)) decide({ label: classes[digit - 1] });
+    const card = cards()[cursor];
+    if (digit >= 1 && digit <= Math.min(9, classes.length)) {
+      if (multiLabel) toggle(classes[digit - 1]); else decide({ label: classes[digit - 1] });
+    } else if (multiLabel && digit === 0) decide({ labels: [] });
+    else if (multiLabel && event.key === "Enter" && card) decide({ labels: labelsOf(card) });
     else if (event.key === "s") decide(null);
     else if (event.key === "u") decide({ unknown: true });
     else if (event.key === "a") acceptAll();
