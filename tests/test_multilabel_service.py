@@ -203,6 +203,7 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
 
         page = service.client.get(f"/console/models/{model_id}")
         assert page.status_code == 200 and 'id="per-label"' in page.text
+        assert 'data-metric="mean_average_precision"' in page.text  # its history's chart
         answered = service.client.post(
             "/predict",
             data={"model_id": model_id},
@@ -347,6 +348,9 @@ def searched(service: Service, dataset_id: str) -> None:
         trial["value"] for trial in search["trials"]
     ]
     assert JobSpec.model_validate(search["best"]["spec"]).dataset_id == dataset_id
+    # Its job page charts and tabulates each trial's score under that metric.
+    page = service.client.get(f"/console/jobs/{search['job_id']}").text
+    assert 'data-metric="mean_average_precision"' in page and "Val. mean average precision" in page
 
 
 def predictions(

@@ -15,10 +15,11 @@ from service.api.deps import SessionDep
 from service.datasets import service as datasets
 from service.exports.kind import EXPORT
 from service.jobs import JobStatus
+from service.ml.multilabel import ranking_metric
 from service.predictions.kind import PREDICT
 from service.problems import Problem
 from service.storage.pages import Page
-from service.storage.tables import MAX_INTEGER
+from service.storage.tables import MAX_INTEGER, Dataset
 from service.training import service as training
 from service.training.spec import JobSpec
 from service.web.common import (
@@ -184,7 +185,15 @@ def job_page(request: Request, session: SessionDep, job_id: str) -> HTMLResponse
         export=job.spec if job.kind == EXPORT.name else None,
         # classifies a batch ({"prediction_id", "model_id", …}): its results download here
         batch=job.spec if job.kind == PREDICT.name else None,
+        metric=ranking_metric(_multi_label(session, job.dataset_id)),
     )
+
+
+def _multi_label(session: DbSession, dataset_id: str | None) -> bool:
+    """Whether the job's dataset is multi-label: its charts then follow what its model or
+    search is ranked by, the labels' mean average precision."""
+    dataset = session.get(Dataset, dataset_id) if dataset_id is not None else None
+    return dataset is not None and dataset.multi_label
 
 
 @writes.post("/jobs/{job_id}/cancel")

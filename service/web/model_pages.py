@@ -17,6 +17,7 @@ from service.datasets import service as datasets
 from service.datasets.spec import ImageId
 from service.exports import service as exports
 from service.exports.spec import EXPORT_FORMATS, ExportRequest
+from service.ml.multilabel import ranking_metric
 from service.models import registry
 from service.models import service as models
 from service.predictions.serving import Image
@@ -60,6 +61,7 @@ def model_page(request: Request, session: SessionDep, model_id: str) -> HTMLResp
         layers=models.model_layers(session, model_id)["layers"],
         aliases=[alias for alias, version in aliases.items() if version == model.version],
         dataset_versions=_versions_of(session, model.dataset_id),
+        metric=ranking_metric(model.thresholds is not None),
         **_export_rows(session, model_id),
         **monitoring_context(request, session, model_id, evaluation),
     )

@@ -353,6 +353,7 @@ function makeCharts() {
     },
   });
   const rows = [];
+  const metric = document.querySelector(".charts").dataset.metric;
   const chart = (id, key) => new uPlot({
     width: width(), height: 220,
     scales: { x: { time: false } },
@@ -361,7 +362,7 @@ function makeCharts() {
              { label: `val_${key}`, stroke: "#b34700", width: 2, dash: [6, 3] }],
     plugins: [stageLines(rows)],
   }, [[], [], []], document.getElementById(id));
-  const charts = { loss: chart("chart-loss", "loss"), accuracy: chart("chart-accuracy", "accuracy") };
+  const charts = { loss: chart("chart-loss", "loss"), [metric]: chart("chart-metric", metric) };
   window.addEventListener("resize", () => {
     Object.values(charts).forEach((plot) => plot.setSize({ width: width(), height: 220 }));
   });
@@ -374,6 +375,7 @@ function makeCharts() {
       }
     },
     points: () => rows.length,
+    metric,
   };
 }
 
@@ -407,7 +409,8 @@ function followEpochs(stream, section) {
     const row = JSON.parse(event.data);
     charts.add(row);
     const line = epochs.insertRow();
-    [row.epoch, row.stage ?? 1, row.loss, row.accuracy, row.val_loss, row.val_accuracy, row.seconds]
+    const metric = charts.metric;
+    [row.epoch, row.stage ?? 1, row.loss, row[metric], row.val_loss, row[`val_${metric}`], row.seconds]
       .forEach((value, index) => { line.insertCell().textContent = index < 2 ? value : cell(value); });
     section.dataset.points = String(charts.points());
   });
