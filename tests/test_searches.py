@@ -147,6 +147,7 @@ def test_a_search_resumes_from_its_finished_trials_and_its_best_spec_trains_as_i
     model = service.client.get(f"/models/{trained['model_id']}").json()
     assert model["name"] == "searched"
     assert model["metrics"]["val_accuracy"] == pytest.approx(best["value"], abs=1e-6)
+    assert model["metrics"]["val_loss"] == pytest.approx(best["val_loss"], abs=1e-6)
 
     # The trials page by number; the Link header names the next page.
     page = service.client.get(f"/searches/{search_id}", params={"limit": 2})

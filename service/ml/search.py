@@ -182,7 +182,8 @@ class SearchLab:
     def fine_tune_trial(self, spec: JobSpec, report: Report) -> TrialRun:
         """Train `spec` as a training job would (its first stage on the cached features);
         `report` after every fine-tuning epoch may stop it there. Its last score is the
-        trained model's (without fine-tuning, its only one)."""
+        trained model's (without fine-tuning, its only one), measured as a job measures it;
+        not the calibration and unknown-input score a stored model also needs."""
         clock = time.perf_counter()
         run = TrialRun()
         reporter = _Reporter(run, report, self.should_stop, first_stage=2, score=self.score)
@@ -194,6 +195,7 @@ class SearchLab:
                 reporter,
                 backbone_weights=self.weights,
                 feature_store=self.store,
+                trial=True,
             )
         except TrainingStopped:
             if not run.stopped_early:

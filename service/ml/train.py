@@ -123,6 +123,7 @@ def train(
     checkpoint_dir: Path | None = None,
     devices: Sequence[str] | None = None,
     initial_head: HeadWeights | None = None,
+    trial: bool = False,
 ) -> TrainingResult:
     """Train as the Keras transfer-learning guide does, everything fixed by the job's seed.
 
@@ -150,6 +151,8 @@ def train(
     With `initial_head` (a retrain's warm start) the head starts from those weights: each
     class's column where the class is kept (`service.ml.heads.warm_head`).
 
+    `trial` (a search's fine-tuning trial): step 4 measures the metrics alone.
+
     Raises TrainingStopped if the observer stopped it.
     """
     keras.utils.set_random_seed(spec.training.seed)
@@ -164,6 +167,7 @@ def train(
             feature_store,
             checkpoint_dir,
             initial_head,
+            trial,
         )
     result.replicas = strategy.num_replicas_in_sync
     return result
@@ -198,6 +202,7 @@ def _train_in_scope(
     feature_store: FeatureStore | None,
     checkpoint_dir: Path | None,
     initial_head: HeadWeights | None,
+    trial: bool,
 ) -> TrainingResult:
     splits = prepare_splits(spec, data)
     seconds = dict.fromkeys(("build", "features", "fit", "evaluate"), 0.0)
@@ -223,7 +228,7 @@ def _train_in_scope(
     )
     clock = time.perf_counter()
     metrics, evaluation, calibration, unknowns = final_metrics(
-        network.model, splits, history, spec, data.classes
+        network.model, splits, history, spec, data.classes, trial=trial
     )
     seconds["evaluate"] = time.perf_counter() - clock
     return TrainingResult(

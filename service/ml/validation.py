@@ -16,7 +16,7 @@ from service.ml.pipeline import Splits
 from service.ml.unknowns import MAX_FIT_IMAGES, Tap, UnknownDetector, fit_detector, pooled_features
 from service.training.spec import JobSpec
 
-Scored = tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector]
+Scored = tuple[dict[str, float], dict[str, Any] | None, Calibration, UnknownDetector | None]
 
 
 def final_metrics(
@@ -25,9 +25,15 @@ def final_metrics(
     history: list[dict[str, float]],
     spec: JobSpec,
     classes: list[str],
+    *,
+    trial: bool = False,
 ) -> Scored:
     """The metrics, report and calibration, and the unknown-input score. One pass gives both
-    the probabilities the report scores and the features the score's threshold is fitted on."""
+    the probabilities the report scores and the features the score's threshold is fitted on.
+
+    `trial` (a search's fine-tuning trial, never stored): the metrics alone, measured as for
+    a stored model; no calibration, report or unknown-input score, which on a trial's few
+    images cost seconds more than its fit."""
     tap = Tap(model)
     features, probabilities = (
         pooled_features(tap, splits.validation_pixels)
@@ -37,18 +43,37 @@ def final_metrics(
     metrics = {
         key: value for key, value in history[-1].items() if key not in ("epoch", "stage", "seconds")
     }
+    if probabilities is not None:
+        # Keras's loss of the uncalibrated probabilities, unweighted: comparable with the
+        # history's `val_loss`; the calibration block has the loss before and after.
+        loss = splits.objective.loss(spec.training.label_smoothing, weighted=False)
+        metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
+    if trial:
+        return (
+            _trial_metrics(probabilities, splits, metrics),
+            None,
+            not_fitted(None, "a trial"),
+            None,
+        )
     unknowns = fit_unknowns(tap, splits, spec, features)
     if probabilities is None:
         reason = "no validation split to fit a temperature on"
         return metrics, None, not_fitted(None, reason), unknowns
-    # Keras's loss of the uncalibrated probabilities, unweighted: comparable with the
-    # history's `val_loss`; the calibration block has the loss before and after.
-    loss = splits.objective.loss(spec.training.label_smoothing, weighted=False)
-    metrics["val_loss"] = float(loss(splits.validation.targets[0], probabilities))
     scoring = _label_metrics if splits.objective.multi_label else _class_metrics
     evaluation, calibration = scoring(probabilities, splits, metrics, spec, classes)
     evaluation["unknowns"] = unknowns.report
     return metrics, evaluation, calibration, unknowns
+
+
+def _trial_metrics(
+    probabilities: np.ndarray | None, splits: Splits, metrics: dict[str, float]
+) -> dict[str, float]:
+    """A softmax's `val_accuracy` measured again on the final model, as for a stored one:
+    a temperature never changes it (it keeps each image's ranking)."""
+    if probabilities is not None and not splits.objective.multi_label:
+        right = np.argmax(probabilities, axis=1) == splits.validation.labels
+        metrics["val_accuracy"] = float(np.mean(right))
+    return metrics
 
 
 def fit_unknowns(
