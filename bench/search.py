@@ -29,7 +29,9 @@ serving does. Per seed:
 4. whether the range test's pick lies within 3× of the grid's best learning rate.
 Then one search with a budget of `--budget-seconds` (600: ten minutes) on seed 0's data, its
 head configurations counted (quick mode: a few seconds of its head phase alone, and the count
-projected to the head phase's share of ten minutes).
+projected to the head phase's share of ten minutes). Last, one fine-tuning trial's `train`
+timed scored as a trial (its metrics alone) against scored as a job (calibrated, with its
+unknown-input score), alternated: `trial_seconds_ratio`.
 
 Goals: search_minus_grid_points ≥ −0.5, compute_ratio ≤ 0.25,
 search_minus_default_points ≥ 2, head_trials_in_10_minutes ≥ 60, lr_within_3x_seeds ≥ 2 of 3.
@@ -79,6 +81,9 @@ TEN_MINUTES = 600.0
 # The grid's one L2 and one label smoothing: inside the search's ranges, mid-scale.
 GRID_L2 = 1e-4
 GRID_SMOOTHING = 0.1
+# The freeze depth a fine-tuning trial is timed at when the space names none: the middle
+# of the search's default depths for MobileNetV2 at 32 px.
+FINE_TUNE_DEPTH = 15
 
 
 class Quiet:
@@ -314,6 +319,30 @@ def run_grid(
     return GridRun(len(points), params, -accuracy, held_out_accuracy(model, test), seconds)
 
 
+def trial_cost(
+    args: argparse.Namespace, digits: Digits, weights: Path, reps: int
+) -> tuple[float, float]:
+    """Median seconds of one fine-tuning trial's `train` scored as a trial (the metrics
+    alone) and as a job (its calibration and unknown-input score too), alternated in this
+    process on seed 0's images after a first run has stored their features."""
+    train_positions, _ = target_split(digits, 0, args.per_class)
+    data = digits.labelled(train_positions, TARGET.start)
+    spec = search_spec(args, 0, {"trials": 1})
+    depth = max(args.depths or [FINE_TUNE_DEPTH])
+    params = {**grid_points(args, [depth])[0], "freeze_depth": depth}
+    job = job_spec(spec, params, spec.dataset_version)
+    store = MemoryFeatureStore()
+    trained(job, data, weights, store)
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(reps):
+        for trial in (True, False):
+            clock = time.perf_counter()
+            keras.backend.clear_session()
+            train(job, data, Quiet(), backbone_weights=weights, feature_store=store, trial=trial)
+            seconds[trial].append(time.perf_counter() - clock)
+    return statistics.median(seconds[True]), statistics.median(seconds[False])
+
+
 def default_spec(args: argparse.Namespace, seed: int) -> JobSpec:
     body = {"dataset_id": "d_digits_5_9", "backbone": backbone(args, WEIGHTS_ID)}
     return JobSpec.model_validate({**body, "training": {"seed": seed}})
@@ -527,6 +556,11 @@ def main() -> None:
         for row in rows:
             print_row(row)
         minutes = ten_minutes(args, digits, weights)
+        as_trial, as_job = trial_cost(args, digits, weights, reps=1 if args.quick else 5)
+    print(
+        f"\na fine-tuning trial's train(): {as_trial:.2f} s scored as a trial, {as_job:.2f} s "
+        f"as a job (calibrated, with its unknown-input score): {as_trial / as_job:.3f}"
+    )
     print(
         f"\nsearch with a budget of {minutes.budget:g} s: {minutes.heads} head configurations "
         f"({minutes.projected:.0f} at that rate in ten minutes' head share), "
@@ -536,6 +570,7 @@ def main() -> None:
     figures = summary(rows, minutes)
     if minutes.test is not None:
         figures["budget_search_test_accuracy"] = minutes.test
+    figures["trial_seconds_ratio"] = round(as_trial / as_job, 3)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     print(f"seconds={figures['seconds']}")
     print(json.dumps(figures))
