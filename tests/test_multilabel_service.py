@@ -297,6 +297,10 @@ def review_loop(
     page = service.client.get(f"/console/models/{model_id}/review")
     assert 'data-multi-label="true"' in page.text and 'id="review-multi-label"' in page.text
     capture_id = next(item["capture_id"] for item in listed if item["capture_id"])
+    for captured in service.client.get(f"/models/{model_id}/captures").json():
+        scores = captured["scores"].items()
+        nearest = min(abs(score - thresholds[name]) for name, score in scores)
+        assert captured["margin"] == pytest.approx(nearest, abs=1e-5)  # as "uncertain" sorts
     edit = {"label": [{"capture_id": capture_id, "labels": ["blue", "red"]}]}
     edited = service.client.post(f"/datasets/{dataset_id}/edits", json=edit)
     assert edited.status_code == 201, edited.text

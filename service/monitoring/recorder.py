@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
+from service.ml import review
 from service.ml.images import UndecodableImage, thumbnail
 from service.monitoring.captures import Policy, active_policies, delete_expired, store
 from service.storage.db import Database
@@ -46,6 +47,18 @@ class Offered:
     probabilities: np.ndarray  # [classes]
     ood_score: float | None
     unknown: bool | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What every image of one answer shares: the model, its classes and input size, its
+    thresholds (a multi-label model's), the request."""
+
+    model_id: str
+    classes: list[str]
+    input_size: int
+    thresholds: Sequence[float] | None
+    request_id: str | None
 
 
 class CaptureRecorder:
@@ -77,9 +90,11 @@ class CaptureRecorder:
         input_size: int,
         images: Sequence[Offered],
         request_id: str | None,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         """Keep a random share of `images` if the model captures: from the request, in
-        microseconds; the storing happens on the capture thread."""
+        microseconds; the storing happens on the capture thread. `thresholds`: a multi-label
+        model's, per label, which its captures' margins are measured from."""
         policy = self._policies.get(model_id)
         if policy is None:
             return
@@ -91,9 +106,8 @@ class CaptureRecorder:
                 self.dropped += len(kept)
                 return
             self._pending += len(kept)
-        self._thread.submit(
-            self._store, model_id, list(classes), input_size, kept, request_id, policy
-        )
+        answer = Answer(model_id, list(classes), input_size, thresholds, request_id)
+        self._thread.submit(self._store, answer, kept, policy)
 
     def refresh(self, session: Session | None = None) -> None:
         """Read the policies now. Through `session`: a request that has just changed one, its
@@ -127,27 +141,15 @@ class CaptureRecorder:
         finally:
             self._refreshing = False
 
-    def _store(
-        self,
-        model_id: str,
-        classes: list[str],
-        input_size: int,
-        images: list[Offered],
-        request_id: str | None,
-        policy: Policy,
-    ) -> None:
+    def _store(self, answer: Answer, images: list[Offered], policy: Policy) -> None:
         try:
-            captures = [
-                capture
-                for image in images
-                if (capture := _capture(model_id, classes, input_size, image, request_id))
-            ]
+            captures = [capture for image in images if (capture := _capture(answer, image))]
             if captures:
                 with self.database.session(write=True) as session:
                     store(session, captures, policy)
                 self.stored += len(captures)
         except Exception:  # a capture lost is logged; serving goes on
-            log.exception("captures of model %s could not be stored", model_id)
+            log.exception("captures of model %s could not be stored", answer.model_id)
         finally:
             with self._lock:
                 self._pending -= len(images)
@@ -171,25 +173,24 @@ class CaptureRecorder:
         self._thread.shutdown(wait=True)
 
 
-def _capture(
-    model_id: str, classes: list[str], input_size: int, image: Offered, request_id: str | None
-) -> Capture | None:
+def _capture(answer: Answer, image: Offered) -> Capture | None:
     try:
-        jpeg = thumbnail(image.data, 2 * input_size, enlarge=False)
+        jpeg = thumbnail(image.data, 2 * answer.input_size, enlarge=False)
     except UndecodableImage:  # it was classified, so decodable; never mind if not
         return None
     width, height = PILImage.open(io.BytesIO(jpeg)).size
     probabilities = image.probabilities.astype(float)
-    order = np.argsort(-probabilities, kind="stable")
-    second = probabilities[order[1]] if len(order) > 1 else 0.0
+    top = int(np.argmax(probabilities))
+    thresholds = None if answer.thresholds is None else np.asarray(answer.thresholds)
     return Capture(
         id=new_id("c"),
-        model_id=model_id,
-        request_id=request_id,
+        model_id=answer.model_id,
+        request_id=answer.request_id,
         filename=image.filename[:255],
-        label=classes[int(order[0])],
-        score=float(probabilities[order[0]]),
-        margin=float(probabilities[order[0]] - second),
+        label=answer.classes[top],
+        score=float(probabilities[top]),
+        # As the review queue ranks: a multi-label model's, the label nearest its threshold.
+        margin=float(review.margins(probabilities[None, :], thresholds)[0]),
         ood_score=image.ood_score,
         unknown=image.unknown,
         scores=[round(float(p), SCORE_DECIMALS) for p in probabilities],

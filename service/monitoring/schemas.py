@@ -56,7 +56,10 @@ class CaptureRead(BaseModel):
     filename: str = Field(description="As the request named it (`instances[i]` for JSON).")
     label: str = Field(description="The model's top label.")
     score: float = Field(description="Its probability.")
-    margin: float = Field(description="Top probability minus the second: small is uncertain.")
+    margin: float = Field(
+        description="Top probability minus the second: small is uncertain. A multi-label "
+        "model's: the smallest distance of a label's probability to its threshold."
+    )
     ood_score: float | None = Field(description="null for models without the score.")
     unknown: bool | None
     scores: dict[str, float] = Field(description="Every class's probability.")

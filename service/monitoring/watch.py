@@ -54,7 +54,12 @@ class Monitoring:
                 )
             ]
             self.recorder.offer(
-                result.model_id, result.classes, result.input_size, offered, request_id
+                result.model_id,
+                result.classes,
+                result.input_size,
+                offered,
+                request_id,
+                result.thresholds,
             )
         if result.ood_scores is not None and result.unknowns is not None:
             flags = [bool(unknown.unknown) for unknown in unknowns if unknown is not None]
