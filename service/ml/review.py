@@ -17,19 +17,19 @@ clustering. bench/active.py measures it against margin alone and against random 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 METHOD = (
     "uncertainty then diversity: the {shortlist}×limit images with the smallest margin between "
-    "the model's top two probabilities, ordered by greedy k-center on L2-normalised features "
+    "{margin}, ordered by greedy k-center on L2-normalised features "
     "(each pick maximises (1 − margin) × cosine distance to the nearest image picked before)"
 )
-MULTI_LABEL_METHOD = METHOD.replace(
-    "margin between the model's top two probabilities",
-    "margin between a label's probability and its threshold (the closest label)",
-)
+# What METHOD's margin is between: a softmax's, and a multi-label model's.
+MARGIN = "the model's top two probabilities"
+MULTI_LABEL_MARGIN = "a label's probability and its threshold (the closest label)"
 SHORTLIST = 5
 
 
@@ -40,11 +40,12 @@ class Pick:
     distance: float | None  # cosine distance to the nearest image picked before; None: first
 
 
-def margins(probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+def margins(probabilities: np.ndarray, thresholds: Sequence[float] | None = None) -> np.ndarray:
     """Top probability minus the second, per row (the top alone for a single class); with a
     multi-label model's `thresholds`, the smallest |probability − threshold| of the row."""
     if thresholds is not None:
-        return np.min(np.abs(probabilities - thresholds), axis=1).astype(np.float64)
+        distances = np.abs(probabilities - np.asarray(thresholds))
+        return np.min(distances, axis=1).astype(np.float64)
     if probabilities.shape[1] < 2:
         return probabilities[:, 0].astype(np.float64)
     top_two = -np.sort(-probabilities, axis=1)[:, :2]
@@ -57,7 +58,7 @@ def rank(
     limit: int,
     *,
     diverse: bool = True,
-    thresholds: np.ndarray | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[Pick]:
     """Up to `limit` candidates in the order to label them. `diverse=False`: margin alone;
     `thresholds`: a multi-label model's, per label."""

@@ -181,7 +181,6 @@ def _capture(answer: Answer, image: Offered) -> Capture | None:
     width, height = PILImage.open(io.BytesIO(jpeg)).size
     probabilities = image.probabilities.astype(float)
     top = int(np.argmax(probabilities))
-    thresholds = None if answer.thresholds is None else np.asarray(answer.thresholds)
     return Capture(
         id=new_id("c"),
         model_id=answer.model_id,
@@ -190,7 +189,7 @@ def _capture(answer: Answer, image: Offered) -> Capture | None:
         label=answer.classes[top],
         score=float(probabilities[top]),
         # As the review queue ranks: a multi-label model's, the label nearest its threshold.
-        margin=float(review.margins(probabilities[None, :], thresholds)[0]),
+        margin=float(review.margins(probabilities[None, :], answer.thresholds)[0]),
         ood_score=image.ood_score,
         unknown=image.unknown,
         scores=[round(float(p), SCORE_DECIMALS) for p in probabilities],

@@ -23,7 +23,7 @@ from service.ml import review
 from service.ml.images import UndecodableImage, to_pixels
 from service.ml.model_cache import LoadedModel
 from service.models.service import get_model
-from service.predictions.serving import Serving
+from service.predictions.serving import Serving, top_scores
 from service.problems import Conflict, Invalid
 from service.review.schemas import ReviewItem, ReviewQueue
 from service.review.scores import SCORES, ItemScore
@@ -80,14 +80,14 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
     loaded = serving.model(model_id)
     scored = _score(serving.database, loaded, dataset.id, candidates)
     items, unknowns = _order(scored, loaded, limit)
-    method = review.METHOD if loaded.thresholds is None else review.MULTI_LABEL_METHOD
+    margin = review.MARGIN if loaded.thresholds is None else review.MULTI_LABEL_MARGIN
     return ReviewQueue(
         model_id=model.id,
         dataset_id=dataset.id,
         dataset_version=latest,
         classes=list(model.classes),
         thresholds=loaded.thresholds,
-        method=method.format(shortlist=review.SHORTLIST),
+        method=review.METHOD.format(shortlist=review.SHORTLIST, margin=margin),
         features="backbone" if scored.from_backbone else "scores",
         candidates={
             "captures": sum(c.key.startswith("capture:") and not c.marked for c in candidates),
@@ -266,22 +266,17 @@ def _order(
     strangeness = ood if ood is not None else np.zeros(len(scored.candidates))
     unknown.sort(key=lambda entry: -float(strangeness[entry[0]]))
     picks = review.rank(
-        scored.probabilities[rest], scored.features[rest], limit, thresholds=_thresholds(loaded)
+        scored.probabilities[rest], scored.features[rest], limit, thresholds=loaded.thresholds
     )
     items = [(rest[pick.index], _why(scored, loaded, rest[pick.index], pick)) for pick in picks]
     return items, unknown[:limit]
 
 
-def _thresholds(loaded: LoadedModel) -> np.ndarray | None:
-    """A multi-label model's threshold per label; None for a softmax's."""
-    return None if loaded.thresholds is None else np.asarray(loaded.thresholds)
-
-
 def _why(scored: Scored, loaded: LoadedModel, index: int, pick: review.Pick) -> str:
     row = scored.probabilities[index]
     classes = loaded.classes
-    thresholds = _thresholds(loaded)
-    if thresholds is not None:
+    if loaded.thresholds is not None:
+        thresholds = np.asarray(loaded.thresholds)
         closest = int(np.argmin(np.abs(row - thresholds)))
         reason = (
             f"margin {pick.margin:.2f} ({classes[closest]} {row[closest]:.2f}, its threshold "
@@ -305,7 +300,7 @@ def _item(
     ref = candidate.ref
     row = scored.probabilities[index]
     top = int(np.argmax(row))
-    thresholds = _thresholds(loaded)
+    thresholds = loaded.thresholds
     if ref.capture_id is not None:
         url = f"/models/{model_id}/captures/{ref.capture_id}/image"
     else:
@@ -316,14 +311,18 @@ def _item(
         filename=candidate.filename,
         image_url=url,
         suggestion=loaded.classes[top],
-        labels=None
-        if thresholds is None
-        else [name for name, p, t in zip(loaded.classes, row, thresholds, strict=True) if p >= t],
+        labels=None if thresholds is None else _answered(row, loaded.classes, thresholds),
         score=float(row[top]),
         margin=float(review.margins(row[None, :], thresholds)[0]),
         ood_score=None if scored.ood_scores is None else float(scored.ood_scores[index]),
         reason=reason,
     )
+
+
+def _answered(row: np.ndarray, classes: list[str], thresholds: list[float]) -> list[str]:
+    """A multi-label model's labels for the row, best first: those /predict answers."""
+    (scores,) = top_scores(row[None, :], classes, len(classes), thresholds)
+    return [score.label for score in scores]
 
 
 def mark_unknown(session: Session, model_id: str, refs: list[ImageRef]) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.datasets.label_files import split_labels
 from service.problems import Invalid
 from service.storage.tables import MAX_INTEGER
 
@@ -205,7 +206,7 @@ def edit_from_form(fields: FormFields) -> dict[str, Any]:
         if len(sets) != len(images):
             raise Invalid("each image selected needs its labels", field=("labels",))
         body["relabel"] = [
-            {"image_id": image, "labels": [name for name in joined.split(";") if name]}
+            {"image_id": image, "labels": split_labels(joined)}
             for image, joined in zip(images, sets, strict=True)
         ]
     return body
