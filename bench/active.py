@@ -175,7 +175,7 @@ def network(backbone: str, size: int, epochs: int, pixels: np.ndarray) -> tuple[
     keras.utils.set_random_seed(spec.training.seed)
     extractor = FeatureExtractor(build_network(spec, CLASSES, None))
     batches = tf.data.Dataset.from_tensor_slices(pixels).batch(spec.training.batch_size)
-    features = extractor.extract(batches)
+    features = extractor.extract(batches, len(pixels))
     model = extractor.head
     compile_for_stage(model, spec.stages[0], spec.training)
     state = [variable.numpy() for variable in model.optimizer.variables]

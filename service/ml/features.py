@@ -78,10 +78,14 @@ class FeatureExtractor:
         self.feature_bytes = 4 * math.prod(int(dim) for dim in pooled.shape[1:])
 
     def extract(
-        self, pixels: tf.data.Dataset, on_batch: Callable[[int], None] | None = None
+        self,
+        pixels: tf.data.Dataset,
+        count: int,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Features of every image of `pixels` (batches whose first element is the pixels), in
-        order; `on_batch(k)` after batch k — it may raise to stop."""
+        """Features of the first `count` images of `pixels` (batches whose first element is the
+        pixels; the rows past `count`, a padded last batch's filler, are dropped), in order;
+        `on_batch(k)` after batch k — it may raise to stop."""
         import keras
 
         class Batches(keras.callbacks.Callback):
@@ -92,7 +96,7 @@ class FeatureExtractor:
         # predict, not predict_on_batch: under MirroredStrategy the latter answers every
         # replica's copy of the batch (Keras 3.15). float32 whatever the network computes in.
         features = self.extractor.predict(pixels, verbose=0, callbacks=[Batches()])
-        return np.asarray(features, np.float32)
+        return np.asarray(features[:count], np.float32)
 
 
 def cached_or_extracted(

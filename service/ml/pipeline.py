@@ -134,8 +134,25 @@ def pixel_dataset(
     return _batched_pixels(decoded_elements(images, targets, size=size), batch_size)
 
 
-def _batched_pixels(elements: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    dataset = elements.batch(batch_size)
+def padded_pixels(images: Images, *, size: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of (float32 raw pixels,) in order, the last filled up with black images
+    (`_batched_pixels`): for a backbone pass, whose caller keeps the first len(images) rows."""
+    elements = decoded_elements(images, (), size=size)
+    return _batched_pixels(elements, batch_size, padded_from=len(images))
+
+
+def _batched_pixels(
+    elements: tf.data.Dataset, batch_size: int, *, padded_from: int | None = None
+) -> tf.data.Dataset:
+    """Batches of (float32 pixels, *targets). With `padded_from` (how many elements there
+    are), the last batch is filled up with black images: every batch then has one shape, and
+    a network called on them is traced once, not again for the last batch's (MobileNetV2 at
+    96 px over 450 images: 1.29 s → 1.00 s). Rows from `padded_from` on are the filler."""
+    if padded_from is not None and padded_from % batch_size:
+        black = tuple(tf.zeros(spec.shape, spec.dtype) for spec in elements.element_spec)
+        filler = tf.data.Dataset.from_tensors(black).repeat(-padded_from % batch_size)
+        elements = elements.concatenate(filler)
+    dataset = elements.batch(batch_size, drop_remainder=padded_from is not None)
     return dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -233,12 +250,15 @@ class Splits:
         """Batches of (float32 raw pixels,): the training images, then the validation ones,
         in order, batched across the two. Features are extracted so, in one `predict`: each
         call, and each batch shape, costs a start however few its images (a small job's two
-        calls 1.6 s, one on the splits' own batches 2.0 s, batched across them 0.9 s)."""
+        calls 1.6 s, one on the splits' own batches 2.0 s, batched across them 0.9 s); the
+        last batch is filled up with black images, so all have one shape: the rows from
+        len(train) + len(validation) on are filler."""
         elements = decoded_elements(self.train.images, (), size=spec.input_size)
         if len(self.validation):
             held_out = decoded_elements(self.validation.images, (), size=spec.input_size)
             elements = elements.concatenate(held_out)
-        return _batched_pixels(elements, spec.training.batch_size)
+        count = len(self.train) + len(self.validation)
+        return _batched_pixels(elements, spec.training.batch_size, padded_from=count)
 
     @property
     def statistics_pixels(self) -> tf.data.Dataset:

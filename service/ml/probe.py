@@ -20,7 +20,7 @@ from service.ml.build import build_network
 from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.labels import Probe, chance_score, class_counts, fold_count, probe
-from service.ml.pipeline import pixel_dataset
+from service.ml.pipeline import padded_pixels
 from service.training.spec import BackboneSpec, JobSpec
 
 BATCH_SIZE = 32
@@ -81,11 +81,8 @@ class _Extraction:
 
     def __post_init__(self) -> None:
         # One pixel dataset for both passes: decoded once, then read from its in-memory cache.
-        self.pixels = pixel_dataset(
-            self.sample.images,
-            (),
-            size=self.settings.backbone.input_size or 0,
-            batch_size=BATCH_SIZE,
+        self.pixels = padded_pixels(
+            self.sample.images, size=self.settings.backbone.input_size or 0, batch_size=BATCH_SIZE
         )
         self.steps = -(-len(self.sample.labels) // BATCH_SIZE)
 
@@ -96,7 +93,8 @@ class _Extraction:
         spec = _extraction_spec(self.settings, weights is not None)
         network = build_network(spec, len(self.sample.classes), weights)
         self.backbone_layers = len(network.backbone.layers)
-        return FeatureExtractor(network).extract(self.pixels, partial(self._report, phase))
+        count = len(self.sample.images)
+        return FeatureExtractor(network).extract(self.pixels, count, partial(self._report, phase))
 
     def _report(self, phase: int, step: int) -> None:
         if self.observer.should_stop():
