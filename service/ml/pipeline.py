@@ -128,17 +128,18 @@ def _as_float(pixels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
 
 
 def pixel_dataset(
-    images: Images, targets: tuple[np.ndarray, ...], *, size: int, batch_size: int
+    images: Images,
+    targets: tuple[np.ndarray, ...],
+    *,
+    size: int,
+    batch_size: int,
+    padded: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (float32 raw pixels 0–255, *targets) in order."""
-    return _batched_pixels(decoded_elements(images, targets, size=size), batch_size)
-
-
-def padded_pixels(images: Images, *, size: int, batch_size: int) -> tf.data.Dataset:
-    """Batches of (float32 raw pixels,) in order, the last filled up with black images
-    (`_batched_pixels`): for a backbone pass, whose caller keeps the first len(images) rows."""
-    elements = decoded_elements(images, (), size=size)
-    return _batched_pixels(elements, batch_size, padded_from=len(images))
+    """Batches of (float32 raw pixels 0–255, *targets) in order. `padded`: the last batch
+    filled up with black images (`_batched_pixels`), for a backbone pass whose caller keeps
+    the first len(images) rows."""
+    elements = decoded_elements(images, targets, size=size)
+    return _batched_pixels(elements, batch_size, padded_from=len(images) if padded else None)
 
 
 def _batched_pixels(
@@ -150,10 +151,10 @@ def _batched_pixels(
     (MobileNetV2 at 96 px over 450 images: 1.29 s → 1.00 s). Rows from `padded_from` on are
     the filler. One batch alone is one shape already, and is left as it is."""
     several = padded_from is not None and padded_from > batch_size
-    if several and padded_from % batch_size:
+    missing = -(padded_from or 0) % batch_size if several else 0
+    if missing:
         black = tuple(tf.zeros(spec.shape, spec.dtype) for spec in elements.element_spec)
-        filler = tf.data.Dataset.from_tensors(black).repeat(-padded_from % batch_size)
-        elements = elements.concatenate(filler)
+        elements = elements.concatenate(tf.data.Dataset.from_tensors(black).repeat(missing))
     dataset = elements.batch(batch_size, drop_remainder=several)
     return dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -254,13 +255,17 @@ class Splits:
         call, and each batch shape, costs a start however few its images (a small job's two
         calls 1.6 s, one on the splits' own batches 2.0 s, batched across them 0.9 s); the
         last batch is filled up with black images, so all have one shape: the rows from
-        len(train) + len(validation) on are filler."""
+        `count` on are filler."""
         elements = decoded_elements(self.train.images, (), size=spec.input_size)
         if len(self.validation):
             held_out = decoded_elements(self.validation.images, (), size=spec.input_size)
             elements = elements.concatenate(held_out)
-        count = len(self.train) + len(self.validation)
-        return _batched_pixels(elements, spec.training.batch_size, padded_from=count)
+        return _batched_pixels(elements, spec.training.batch_size, padded_from=self.count)
+
+    @property
+    def count(self) -> int:
+        """Images in the two splits: the rows of features `every_pixel`'s batches give."""
+        return len(self.train) + len(self.validation)
 
     @property
     def statistics_pixels(self) -> tf.data.Dataset:

@@ -20,7 +20,7 @@ from service.ml.build import build_network
 from service.ml.data import LabelledImages, TrainingObserver, TrainingStopped
 from service.ml.features import FeatureExtractor, FeatureStore, cached_or_extracted, feature_key
 from service.ml.labels import Probe, chance_score, class_counts, fold_count, probe
-from service.ml.pipeline import padded_pixels
+from service.ml.pipeline import pixel_dataset
 from service.training.spec import BackboneSpec, JobSpec
 
 BATCH_SIZE = 32
@@ -81,8 +81,12 @@ class _Extraction:
 
     def __post_init__(self) -> None:
         # One pixel dataset for both passes: decoded once, then read from its in-memory cache.
-        self.pixels = padded_pixels(
-            self.sample.images, size=self.settings.backbone.input_size or 0, batch_size=BATCH_SIZE
+        self.pixels = pixel_dataset(
+            self.sample.images,
+            (),
+            size=self.settings.backbone.input_size or 0,
+            batch_size=BATCH_SIZE,
+            padded=True,
         )
         self.steps = -(-len(self.sample.labels) // BATCH_SIZE)
 

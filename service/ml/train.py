@@ -395,9 +395,11 @@ def split_features(
             raise TrainingStopped()
 
     # In order, unshuffled: the features are shuffled as the pixels would have been.
-    count = len(splits.train) + len(splits.validation)
     return cached_or_extracted(
-        store, key, stored_ids, lambda: extractor.extract(splits.every_pixel(spec), count, check)
+        store,
+        key,
+        stored_ids,
+        lambda: extractor.extract(splits.every_pixel(spec), splits.count, check),
     )
 
 
