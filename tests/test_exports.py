@@ -74,6 +74,9 @@ def run_in_own_runtime(format: str, data: bytes, pixels: np.ndarray, tmp_path: P
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=data)
+    # What LiteRT's signature runners look the model up by: `model.export()`'s names.
+    signature = {"serving_default": {"inputs": ["pixels"], "outputs": ["output_0"]}}
+    assert interpreter.get_signature_list() == signature
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     rows = []
     for image in pixels:  # batch 1, as the file is written
