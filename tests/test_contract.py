@@ -20,8 +20,8 @@ from service.api.app import create_app
 from service.storage.db import Database
 from tests.conftest import make_settings
 
-EXAMPLES_PER_OPERATION = 80
-BINARY_EXAMPLES_PER_OPERATION = 60
+EXAMPLES_PER_OPERATION = 50
+BINARY_EXAMPLES_PER_OPERATION = 40
 BOUNDARY = "fuzzedge"
 
 KEY = "contract-test-key-0123456789"
