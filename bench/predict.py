@@ -27,7 +27,8 @@ them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
 `--size` and `--photo-scale` change the model's input size and the photographs' sides;
 `--photos N` times the last N of those photo sizes only; `--quick` runs it all at 32 px, on
 MobileNet, on the 12 MP photo alone (the summary's; Full HD goes the same way), a quarter of its
-sides, with few requests.
+sides, with few requests, and the worker that trained the model (kept, idle) runs the control
+plane's job instead of a fresh one.
 The last line is machine-readable.
 """
 
@@ -151,24 +152,31 @@ def dataset_zip(per_class: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_job(base: str, body: dict, environment: dict) -> tuple[str, subprocess.Popen]:
+def run_job(
+    base: str, body: dict, environment: dict, worker: subprocess.Popen | None = None
+) -> tuple[str, subprocess.Popen]:
+    """The job queued, and the worker that runs it: `worker` if given, else a new one."""
     job = httpx.post(f"{base}/jobs", json=body, timeout=60).raise_for_status().json()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service", "worker"],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if worker is None:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return job["id"], worker
 
 
 def wait_for_status(base: str, job_id: str, wanted: set[str], timeout: float = 900) -> dict:
+    # One client for the whole wait: `httpx.get` builds a client (and its TLS context) per
+    # call, some 20 ms of CPU each, which a poll would spend beside what the bench measures.
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/jobs/{job_id}", timeout=30).json()
-        if job["status"] in wanted:
-            return job
-        time.sleep(0.25)
+    with httpx.Client(timeout=30) as client:
+        while time.monotonic() < deadline:
+            job = client.get(f"{base}/jobs/{job_id}").json()
+            if job["status"] in wanted:
+                return job
+            time.sleep(0.25)
     raise TimeoutError(f"job {job_id} never reached {wanted}")
 
 
@@ -303,15 +311,16 @@ def control_plane(base: str, job_id: str, seconds: float) -> list[float]:
 
 
 def wait_until_up(url: str, process: subprocess.Popen, what: str) -> None:
-    for _ in range(1200):
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode} before answering")
-        try:
-            if httpx.get(url).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client() as client:  # one client for the whole wait (see wait_for_status)
+        for _ in range(1200):
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode} before answering")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
     raise TimeoutError(f"{what} never answered {url}")
 
 
@@ -326,19 +335,33 @@ def start_process(arguments: list[str], environment: dict, cwd: Path | None = No
 
 
 def train_model(
-    base: str, environment: dict, workers: list, backbone: str, size: int = SIZE
+    base: str,
+    environment: dict,
+    workers: list,
+    backbone: str,
+    size: int = SIZE,
+    keep_worker: bool = False,
 ) -> tuple[str, str]:
     """(dataset id, model id): a `backbone` at `size` px trained for one epoch by a worker."""
-    dataset_id, (model_id,) = train_models(base, environment, workers, backbone, size)
+    dataset_id, (model_id,) = train_models(
+        base, environment, workers, backbone, size, keep_worker=keep_worker
+    )
     return dataset_id, model_id
 
 
 def train_models(
-    base: str, environment: dict, workers: list, backbone: str, size: int = SIZE, count: int = 1
+    base: str,
+    environment: dict,
+    workers: list,
+    backbone: str,
+    size: int = SIZE,
+    count: int = 1,
+    keep_worker: bool = False,
 ) -> tuple[str, list[str]]:
     """(dataset id, model ids): `count` versions of one model, a `backbone` at `size` px
     trained for one epoch each, one after the other by one worker (a worker per model would
-    only add its start-up, seconds of it: the models are the same)."""
+    only add its start-up, seconds of it: the models are the same). The worker is stopped
+    then, unless `keep_worker` (it stays in `workers`, idle, for a later job)."""
     dataset = (
         httpx.post(
             f"{base}/datasets",
@@ -363,8 +386,9 @@ def train_models(
         )
     jobs = [wait_for_status(base, job_id, {"succeeded", "failed"}) for job_id in job_ids]
     assert all(job["status"] == "succeeded" for job in jobs), jobs
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=60)
+    if not keep_worker:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
     for job in jobs:
         print(f"model {job['model_id']}: {backbone} at {size} px, stored by the worker")
     return dataset["id"], [job["model_id"] for job in jobs]
@@ -398,9 +422,11 @@ def control_plane_while_training(
     seconds: float,
     settle: float = 8,
     size: int = 96,
+    worker: subprocess.Popen | None = None,
 ) -> list[float]:
-    """GET /jobs/{id} timings while a worker trains (top of the backbone: no feature cache)."""
-    job_id, worker = run_job(
+    """GET /jobs/{id} timings while a worker trains (top of the backbone: no feature cache):
+    `worker` if given (idle, in `workers` already), else a new one."""
+    job_id, started = run_job(
         base,
         {
             "dataset_id": dataset_id,
@@ -409,8 +435,10 @@ def control_plane_while_training(
             "training": {"epochs": 1000, "batch_size": 4},
         },
         environment,
+        worker,
     )
-    workers.append(worker)
+    if started is not worker:
+        workers.append(started)
     wait_for_status(base, job_id, {"running"})
     time.sleep(settle)  # past start-up: the worker is in its epochs
     timings = control_plane(base, job_id, seconds)
@@ -536,7 +564,11 @@ def main() -> None:
     workers: list[subprocess.Popen] = []
     try:
         wait_until_up(f"{base}/readyz", processes[0], "the service")
-        dataset_id, model_id = train_model(base, environment, workers, args.backbone, size)
+        # Quick mode keeps the training worker for the control plane's job: one TensorFlow
+        # process start the fewer (idle meanwhile, it polls the queue every POLL_SECONDS).
+        dataset_id, model_id = train_model(
+            base, environment, workers, args.backbone, size, keep_worker=args.quick
+        )
         raw_dir = stored_savedmodel(scratch, model_id)
         (scratch / "tutorial_app.py").write_text(TUTORIAL_APP)
         tutorial_environment = {**environment, "MODEL_DIR": str(raw_dir), "SIZE": str(size)}
@@ -569,6 +601,7 @@ def main() -> None:
             args.seconds,
             args.settle,
             min(96, size),
+            workers[0] if args.quick else None,
         )
     finally:
         for process in [*workers, *processes]:
