@@ -16,6 +16,7 @@ from service.ml.drift import relative_change
 from service.storage.db import Database
 from service.storage.tables import TrainedModel
 from tests.conftest import (
+    LIGHT,
     SIZE,
     SQLITE_ONLY,
     Service,
@@ -25,9 +26,11 @@ from tests.conftest import (
     stored_model,
 )
 
-BACKBONE = "mobilenetv2_1.00_32"
-# MobileNetV2's last 11 layers, from block_16_expand: what stage 2 of the staged job trains.
-TRAINED_FROM = -11
+# On the light backbone: the figures are of weights and statistics, not of a network.
+BACKBONE = "mobilenet_1.00_32"
+# MobileNet's last 6 layers, from conv_dw_13 (two convolutions, each with its
+# BatchNormalization): what stage 2 of the staged job trains.
+TRAINED_FROM = -6
 
 
 def test_relative_change_arithmetic() -> None:
@@ -78,11 +81,12 @@ def test_models_stored_before_the_figures_read_null(tmp_path: Path) -> None:
         service.close()
 
 
-def seeded_backbone_file(path: Path) -> None:
-    """A MobileNetV2 weights file with nothing at its initial value: random kernels and
-    BatchNormalization statistics away from their zeros and ones."""
+def seeded_backbone_file(path: Path, name: str = "MobileNetV2") -> None:
+    """A weights file of backbone `name` (test_advice's: MobileNetV2) with nothing at its
+    initial value: random kernels and BatchNormalization statistics away from their zeros
+    and ones."""
     keras.utils.set_random_seed(7)
-    backbone = keras.applications.MobileNetV2(
+    backbone = getattr(keras.applications, name)(
         include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
     )
     rng = np.random.default_rng(7)
@@ -102,7 +106,7 @@ def stored_arrays(service: Service, model_id: str, tmp_path: Path) -> dict[str, 
         )
     path = tmp_path / f"{model_id}.weights.h5"
     path.write_bytes(blob)
-    backbone = keras.applications.MobileNetV2(
+    backbone = keras.applications.MobileNet(
         include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
     )
     backbone.load_weights(str(path))
@@ -171,23 +175,22 @@ def train_from_file_then_model(service: Service, tmp_path: Path) -> tuple[str, s
     trains the head, stage 2 the backbone's last layers, BatchNormalization included.
     Answers the two model ids."""
     file_path = tmp_path / "seeded.weights.h5"
-    seeded_backbone_file(file_path)
+    seeded_backbone_file(file_path, LIGHT["name"])
     upload = service.client.post(
         "/weights",
         files={"file": (file_path.name, file_path.read_bytes(), "application/octet-stream")},
-        data={"backbone": "MobileNetV2"},
+        data={"backbone": LIGHT["name"]},
     )
     assert upload.status_code == 201, upload.text
     dataset_id = service.upload(colour_images(per_class=4))["id"]
     frozen = {"mode": "backbone"}
-    first = service.train(
-        job_body(dataset_id, backbone={"weights": f"file:{upload.json()['id']}"}, freeze=frozen)
-    )
+    from_file = {**LIGHT, "weights": f"file:{upload.json()['id']}"}
+    first = service.train(job_body(dataset_id, backbone=from_file, freeze=frozen))
     stage_two = {"mode": "partial", "trainable_from": TRAINED_FROM, "batchnorm": "trainable"}
     second = service.train(
         job_body(
             dataset_id,
-            backbone={"weights": f"model:{first['model_id']}"},
+            backbone={**LIGHT, "weights": f"model:{first['model_id']}"},
             freeze=frozen,
             fine_tune=[{"freeze": stage_two, "epochs": 1, "learning_rate": 0.001}],
         )

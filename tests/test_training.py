@@ -187,13 +187,15 @@ def read_events(response: Any) -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.slow
 def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Service) -> None:
     dataset = service.upload(colour_images(per_class=6))
+    # On the light backbone: the events and the flags are the service's, not a network's.
     body = job_body(
         dataset["id"],
+        backbone=LIGHT,
         freeze={"mode": "backbone"},
         training={"epochs": 2, "batch_size": 8},
         fine_tune=[
             {
-                "freeze": {"mode": "partial", "trainable_from": "block_16_expand"},
+                "freeze": {"mode": "partial", "trainable_from": "conv_dw_13"},
                 "epochs": 1,
                 "learning_rate": 1e-4,
             }
@@ -236,7 +238,7 @@ def test_staged_job_streams_events_and_keeps_the_last_stages_flags(service: Serv
     assert flags == [(row["path"], row["trainable"]) for row in preview["stages"][1]["layers"]]
     assert flags != [(row["path"], row["trainable"]) for row in preview["stages"][0]["layers"]]
     backbone = [row for row in layers["layers"] if "/" in row["path"]]
-    start = next(i for i, row in enumerate(backbone) if row["name"] == "block_16_expand")
+    start = next(i for i, row in enumerate(backbone) if row["name"] == "conv_dw_13")
     assert not any(row["trainable"] for row in backbone[:start])
     # batchnorm defaults to trainable with random weights: every layer from the point trains.
     assert all(row["trainable"] for row in backbone[start:])
@@ -301,18 +303,19 @@ def upload_weights(service: Service, path: Path, backbone: str) -> Any:
 @SQLITE_ONLY  # weights files as PostgreSQL blobs: test_training's refusals, test_jobs
 @pytest.mark.slow
 def test_uploaded_weights_file_seeds_the_backbone(service: Service, tmp_path: Path) -> None:
-    path = tmp_path / "mobilenet_v2.weights.h5"
-    original = save_backbone_weights("MobileNetV2", path)
-    response = upload_weights(service, path, "MobileNetV2")
+    # On the light backbone: the file's round trip is the service's, not a network's.
+    path = tmp_path / "mobilenet.weights.h5"
+    original = save_backbone_weights(LIGHT["name"], path)
+    response = upload_weights(service, path, LIGHT["name"])
     assert response.status_code == 201, response.text
     weights = response.json()
-    assert weights["backbone"] == "MobileNetV2" and weights["size_bytes"] == path.stat().st_size
+    assert weights["backbone"] == LIGHT["name"] and weights["size_bytes"] == path.stat().st_size
     assert [w["id"] for w in service.client.get("/weights").json()] == [weights["id"]]
 
     dataset = service.upload(colour_images(per_class=4))
     body = job_body(
         dataset["id"],
-        backbone={"weights": f"file:{weights['id']}"},
+        backbone={**LIGHT, "weights": f"file:{weights['id']}"},
         freeze={"mode": "backbone"},
     )
     job = service.train(body)
@@ -324,7 +327,7 @@ def test_uploaded_weights_file_seeds_the_backbone(service: Service, tmp_path: Pa
     trained_path = tmp_path / "trained.weights.h5"
     trained_path.write_bytes(blob)
     keras.backend.clear_session()
-    restored = save_backbone_weights("MobileNetV2", tmp_path / "scratch.weights.h5", seed=99)
+    restored = save_backbone_weights(LIGHT["name"], tmp_path / "scratch.weights.h5", seed=99)
     restored.load_weights(str(trained_path))
     for trained_weight, file_weight in zip(
         restored.get_weights(), original.get_weights(), strict=True
