@@ -11,8 +11,7 @@ left to steal at the end is short.
 Expected seconds come from tests/durations.json, written from a full run's `--durations=0`
 by `python -m tests.schedule LOG`; a test it does not know counts as the median of its lane
 (slow or not). Tests sharing a module- or class-scoped fixture stay together, in file order,
-so each worker builds that fixture once. Tests that start busy processes of their own (marked
-`processes` or `browser`) all go to the first worker, so that no two of them share the cores.
+so each worker builds that fixture once.
 """
 
 from __future__ import annotations
@@ -60,12 +59,6 @@ def units(items: Sequence[Any]) -> list[list[Any]]:
     return [*grouped.values(), *alone]
 
 
-def starts_processes(item: Any) -> bool:
-    """Whether the test starts busy processes beside its own: marked `processes` (benches,
-    worker processes) or `browser` (Chromium's)."""
-    return any(item.get_closest_marker(name) is not None for name in ("processes", "browser"))
-
-
 def expected_seconds(items: Sequence[Any], known: dict[str, float]) -> dict[str, float]:
     """Each test's expected seconds: its recorded ones, or the median of its lane's."""
     lanes: dict[bool, list[float]] = {True: [], False: []}
@@ -89,16 +82,7 @@ def deal(items: Sequence[Any], workers: int, known: dict[str, float]) -> list[An
 
     blocks: list[list[list[Any]]] = [[] for _ in range(workers)]
     totals = [0.0] * workers
-    ordered = sorted(units(items), key=length, reverse=True)  # longest processing time first
-    # Tests that start busy processes of their own run one after another in the first block:
-    # two of them at once put four to six busy processes on two cores, where TensorFlow's
-    # thread pools and the tests' timeouts both suffer. The rest fill the lighter block.
-    starting = [unit for unit in ordered if any(map(starts_processes, unit))]
-    blocks[0].extend(starting)
-    totals[0] += sum(map(length, starting))
-    for unit in ordered:
-        if any(map(starts_processes, unit)):
-            continue
+    for unit in sorted(units(items), key=length, reverse=True):  # longest processing time first
         lightest = totals.index(min(totals))
         blocks[lightest].append(unit)
         totals[lightest] += length(unit)

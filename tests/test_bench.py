@@ -126,7 +126,6 @@ BENCHES = sorted(path.name for path in BENCH.glob("*.py") if path.name not in HE
 
 
 @pytest.mark.slow
-@pytest.mark.processes
 @pytest.mark.parametrize("name", BENCHES)
 def test_bench(name: str) -> None:
     assert name in PRINTS, f"bench/{name} has no entry in PRINTS: what must its quick run print?"

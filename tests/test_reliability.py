@@ -77,7 +77,6 @@ LONG_JOB = {
 # TensorFlow (test_worker's expired lease, this module's three processes claiming at once).
 @SQLITE_ONLY
 @pytest.mark.slow
-@pytest.mark.processes
 def test_killed_worker_job_is_reclaimed_and_a_crashing_job_fails(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -150,7 +149,6 @@ print(json.dumps(runs))
 """
 
 
-@pytest.mark.processes
 def test_three_processes_claim_each_job_exactly_once(service: Service) -> None:
     dataset_id = service.upload(colour_images(per_class=2))["id"]
     job_ids = {
@@ -180,7 +178,6 @@ def test_three_processes_claim_each_job_exactly_once(service: Service) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.processes
 def test_three_worker_processes_train_a_queue_together(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, lease_seconds=30)
     service = Service(settings)
@@ -349,7 +346,6 @@ KILL_DELAYS = {
 
 
 @pytest.mark.slow
-@pytest.mark.processes
 def test_chaos_random_kills_lose_no_job(tmp_path: Path) -> None:
     """Workers killed at random moments of a job's life, over and over; then every job ends,
     once.

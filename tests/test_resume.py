@@ -113,7 +113,6 @@ KILLED = {
 
 
 @pytest.mark.slow
-@pytest.mark.processes
 def test_a_worker_killed_in_epoch_3_of_5_is_resumed_by_another(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

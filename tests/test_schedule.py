@@ -15,10 +15,9 @@ class Item:
     nodeid: str
     slow: bool = False
     shared: bool = False  # uses a module-scoped fixture
-    marker: str | None = None  # "processes" or "browser"
 
     def get_closest_marker(self, name: str) -> object | None:
-        return object() if (name == "slow" and self.slow) or name == self.marker else None
+        return object() if name == "slow" and self.slow else None
 
     @property
     def _fixtureinfo(self) -> Any:
@@ -45,27 +44,6 @@ def test_blocks_are_cut_where_xdist_cuts_them_and_weigh_about_the_same() -> None
     shared = ids.index("tests/test_c.py::shared_1")
     assert ids[shared + 1] == "tests/test_c.py::shared_2"  # one unit, in file order
     assert deal(items[:3], 2, {}) and len(deal(items[:3], 2, {})) == 3  # unknown: medians
-
-
-def test_tests_starting_processes_run_one_after_another_in_the_first_block() -> None:
-    items = [Item(f"tests/test_a.py::fast_{n}") for n in range(20)]
-    items += [Item(f"tests/test_b.py::bench_{n}", slow=True, marker="processes") for n in range(3)]
-    items += [Item(f"tests/test_c.py::page_{n}", slow=True, marker="browser") for n in range(2)]
-    items += [Item(f"tests/test_d.py::train_{n}", slow=True) for n in range(3)]
-    known = {item.nodeid: 0.5 for item in items[:20]}
-    known |= {f"tests/test_b.py::bench_{n}": 30.0 - n for n in range(3)}
-    known |= {f"tests/test_c.py::page_{n}": 20.0 for n in range(2)}
-    known |= {f"tests/test_d.py::train_{n}": 40.0 for n in range(3)}
-    dealt = deal(items, 2, known)
-    first = [item.nodeid for item in dealt[:14]]
-    # Each busy-process test in the first block, longest first, before anything else there.
-    assert first[:5] == [
-        *(f"tests/test_b.py::bench_{n}" for n in range(3)),
-        *(f"tests/test_c.py::page_{n}" for n in range(2)),
-    ]
-    assert all(item.marker is None for item in dealt[14:])
-    totals = [sum(known[item.nodeid] for item in block) for block in (dealt[:14], dealt[14:])]
-    assert abs(totals[0] - totals[1]) <= 40.0, totals  # the rest balance what they can
 
 
 def test_durations_are_read_from_a_runs_report() -> None:

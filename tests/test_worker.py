@@ -173,7 +173,6 @@ def weight_arrays(blob: bytes) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.processes
 def test_worker_subprocess_fails_bad_job_and_goes_on(tmp_path: Path) -> None:
     """`python -m service worker`: an offline imagenet job fails naming the file; the next
     job succeeds; SIGTERM ends the process cleanly."""
