@@ -106,7 +106,7 @@ def stored_arrays(service: Service, model_id: str, tmp_path: Path) -> dict[str, 
         )
     path = tmp_path / f"{model_id}.weights.h5"
     path.write_bytes(blob)
-    backbone = keras.applications.MobileNet(
+    backbone = getattr(keras.applications, LIGHT["name"])(
         include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
     )
     backbone.load_weights(str(path))
