@@ -113,6 +113,7 @@ PRINTS: dict[str, Callable[[str], None]] = {
     "train.py": ratios("cache_ratio", "overhead_ratio"),
     "upload_memory.py": upload_memory,
     "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
+    "tuners.py": json_line("tuners", "tpe_minus_kerastuner_points"),
     "unknowns.py": json_line(
         "unknowns",
         "near_auroc",
