@@ -211,7 +211,10 @@ class SearchLab:
         return run
 
     def _head(self, spec: JobSpec) -> keras.Model:
-        keras.backend.clear_session()
+        # Without the full garbage collection clear_session runs by default: a third of a
+        # head trial's seconds with a backbone's objects alive, and a trial's head is a few
+        # Dense layers, freed with it (Keras's own advice for models built in a short loop).
+        keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(spec.training.seed)
         width = self.features[spec.head.pooling].shape[1]
         return feature_head(spec.head, width, len(self.data.classes), self.data.multi_label)
