@@ -71,7 +71,7 @@ from service.ml.images import to_pixels
 from service.ml.search import SearchLab
 from service.ml.train import TrainingResult, train
 from service.searches.spec import SearchSpec
-from service.searches.study import HEAD_SHARE, Search, Trial, picked_rate, range_spec
+from service.searches.study import HEAD_SHARE, Search, Trial, picked_rate, range_spec, rank_key
 from service.searches.trials import HEAD, choice, default_depths, job_spec
 from service.training.spec import JobSpec
 
@@ -312,8 +312,7 @@ def run_grid(
     best: tuple[tuple[float, float], dict[str, Any], keras.Model] | None = None
     for params in points:
         result = trained(job_spec(spec, params, spec.dataset_version), data, weights, store)
-        loss = result.metrics.get("val_loss", math.inf)
-        rank = (-float(result.metrics["val_accuracy"]), loss if math.isfinite(loss) else 1e9)
+        rank = rank_key(float(result.metrics["val_accuracy"]), result.metrics.get("val_loss"))
         if best is None or rank < best[0]:
             best = (rank, params, result.network.model)
     seconds = time.perf_counter() - clock

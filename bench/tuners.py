@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -68,7 +67,14 @@ from bench.search import (
 from service.ml.features import MemoryFeatureStore
 from service.ml.search import SearchLab
 from service.searches.spec import SearchSpec
-from service.searches.study import Search, Trial, head_distributions, picked_rate, range_spec
+from service.searches.study import (
+    Search,
+    Trial,
+    head_distributions,
+    picked_rate,
+    range_spec,
+    rank_key,
+)
 from service.searches.trials import job_spec
 
 LIBRARIES = ("optuna_tpe", "kerastuner_bayes", "kerastuner_random", "optuna_random")
@@ -84,9 +90,8 @@ class Tried:
     seconds: float
 
     @property
-    def rank(self) -> tuple[float, float]:  # the service's order (study.Trial.rank)
-        loss = self.val_loss if self.val_loss is not None and math.isfinite(self.val_loss) else 1e9
-        return (-(self.value or 0.0), loss)
+    def rank(self) -> tuple[float, float]:
+        return rank_key(self.value, self.val_loss)
 
 
 @dataclass(frozen=True)
@@ -204,9 +209,13 @@ def one_seed(
     store = MemoryFeatureStore()
     base = range_spec(spec)
     lab = SearchLab(
-        base, data, list(spec.space.pooling), backbone_weights=weights, store=store,
+        base,
+        data,
+        list(spec.space.pooling),
+        backbone_weights=weights,
+        store=store,
         should_stop=lambda: False,
-    )  # fmt: skip
+    )
     picked = picked_rate(spec, lab.range_test(base).picked)
     runs = []
     for library in LIBRARIES:

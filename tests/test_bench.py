@@ -111,9 +111,9 @@ PRINTS: dict[str, Callable[[str], None]] = {
         "cold_start_ratio", "lazy_ready_s", "warm_ready_s", "uss_per_model_mb", "models_share"
     ),
     "train.py": ratios("cache_ratio", "overhead_ratio"),
+    "tuners.py": json_line("tuners", "tpe_minus_kerastuner_points"),
     "upload_memory.py": upload_memory,
     "versions.py": ratios("edit_s", "bytes_per_image", "manifest_read_ratio"),
-    "tuners.py": json_line("tuners", "tpe_minus_kerastuner_points"),
     "unknowns.py": json_line(
         "unknowns",
         "near_auroc",

@@ -80,9 +80,13 @@ class Trial:
 
     @property
     def rank(self) -> tuple[float, float]:
-        """Better first when sorted: accuracy, then the lower loss."""
-        loss = self.val_loss if self.val_loss is not None and math.isfinite(self.val_loss) else 1e9
-        return (-(self.value or 0.0), loss)
+        return rank_key(self.value, self.val_loss)
+
+
+def rank_key(value: float | None, val_loss: float | None) -> tuple[float, float]:
+    """Better first when sorted: the score, then the lower loss (none, or not finite: last)."""
+    loss = val_loss if val_loss is not None and math.isfinite(val_loss) else 1e9
+    return (-(value or 0.0), loss)
 
 
 class Search:
