@@ -3,7 +3,7 @@ the app a tutorial would have a user write.
 
     python bench/predict.py [--requests 200] [--photo-requests 40] [--seconds 10] [--quick]
                             [--size 224] [--photo-scale 1] [--photos 2] [--settle 8]
-                            [--backbone NAME]
+                            [--rounds 3] [--backbone NAME]
 
 In one run on this machine: a MobileNetV2 (`--backbone`) at 224 px (random weights) is trained for
 one epoch by the real worker and stored; the real API (uvicorn on loopback) serves it. Two baselines
@@ -23,7 +23,9 @@ Printed at 224 px (images cut from scikit-learn's sample photographs):
 Then the same latency and throughput for the raw model (decoding in this process, the
 service's `to_pixels`, 16 threads for a batch), the tutorial app and the service, at 224 px,
 1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
-them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5).
+them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5). The three take turns, `--rounds` times
+on each size, so that a slower spell of this shared machine falls on each of them, not on
+whichever ran then; the summary's service ÷ tutorial figures come from these turns.
 `--size` and `--photo-scale` change the model's input size and the photographs' sides;
 `--photos N` times the last N of those photo sizes only; `--quick` runs it all at 32 px, on
 MobileNet, on the 12 MP photo alone (the summary's; Full HD goes the same way), a quarter of its
@@ -454,18 +456,35 @@ def per_input(
     requests: int,
     photo_requests: int,
     inputs: tuple[tuple[str, int, int], ...],
+    rounds: int = 1,
 ) -> dict[str, Figures]:
     """Each system's figures on each input size: {input: {system: figures}}, in `inputs`'
-    order (the model's size first)."""
+    order (the model's size first). The systems take turns, `rounds` times, so that a slower
+    spell of a shared machine falls on each of them rather than on whichever ran then; each
+    figure is over all rounds (the median p50, the images over the seconds)."""
     figures: dict[str, Figures] = {}
     size = inputs[0][1]
     for name, width, height in inputs:
         small = width * height <= size * size
         images = photo_jpegs(32 if small else 4, width, height, seed=width)
         count = requests if small else photo_requests
-        figures[name] = {system: call(images, count) for system, call in measure.items()}
-        print(f"measured {name}: {len(images[0]) / 1e6:.2f} MB per JPEG, {count} requests")
+        runs: dict[str, list[dict]] = {system: [] for system in measure}
+        for _ in range(rounds):
+            for system, call in measure.items():
+                runs[system].append(call(images, count))
+        figures[name] = {system: over_rounds(each) for system, each in runs.items()}
+        megabytes = len(images[0]) / 1e6
+        print(f"measured {name}: {megabytes:.2f} MB per JPEG, {count} requests × {rounds}")
     return figures
+
+
+def over_rounds(runs: list[dict]) -> dict[str, float]:
+    """Rounds of equal requests as one: the median p50, and images/s as the total images over
+    the total seconds (the harmonic mean of the rounds' rates)."""
+    return {
+        "p50": float(np.median([run["p50"] for run in runs])),
+        "throughput": len(runs) / sum(1 / run["throughput"] for run in runs),
+    }
 
 
 def print_inputs(figures: dict[str, Figures]) -> None:
@@ -539,6 +558,9 @@ def main() -> None:
         help="the last N photo sizes",
     )
     parser.add_argument("--settle", type=float, default=8.0, help="seconds before sampling")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns the systems take on each input size"
+    )
     add_backbone(parser)
     args = parse_args(
         parser,
@@ -550,6 +572,7 @@ def main() -> None:
             "photo_scale": 0.25,
             "photos": 1,  # one photo size runs every path the two do: the 12 MP one, the summary's
             "settle": 1.0,
+            "rounds": 1,
         },
     )
     size = args.size
@@ -591,6 +614,7 @@ def main() -> None:
             args.requests,
             args.photo_requests,
             inputs_for(size, args.photo_scale, args.photos),
+            args.rounds,
         )
         timings = control_plane_while_training(
             base,
