@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     )
 
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept in memory by the API.")
+    freeze_loaded_models: bool = Field(
+        True,
+        description="After each model load, keep the objects the API holds out of the garbage "
+        "collector's full scans (gc.freeze), so a collection does not pause serving for the "
+        "whole loaded TensorFlow heap; an evicted model's are handed back.",
+    )
     warm_models: bool = Field(
         True,
         description="At start, load in the background the models registry aliases point to, "

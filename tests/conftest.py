@@ -172,6 +172,9 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "progress_seconds": 0.1,
         # Off unless a test is about it: a background load would race the tests' own.
         "warm_models": False,
+        # Off unless a test is about it: a test process loads many models in turn, and what
+        # one froze in cycles would stay until its app closed.
+        "freeze_loaded_models": False,
     }
     return Settings(_env_file=None, **{**values, **overrides})
 

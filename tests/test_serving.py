@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import re
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +239,12 @@ def test_bad_json_and_tf_serving_requests_are_4xx(small_model: dict[str, Any]) -
 def test_cache_loads_once_under_concurrent_first_requests(
     small_model: dict[str, Any], tmp_path
 ) -> None:
+    """One load for eight first requests. With `freeze` (FREEZE_LOADED_MODELS, the API's
+    default) a full collection no longer scans the loaded model, and an evicted model's memory
+    still comes back."""
     service = small_model["service"]
     model_id = small_model["job"]["model_id"]
-    cache = ModelCache(tmp_path / "cache", capacity=2)
+    cache = ModelCache(tmp_path / "cache", capacity=2, freeze=True)
     source = model_source(service.database, model_id)
     barrier = threading.Barrier(8)
     loaded = []
@@ -248,16 +253,28 @@ def test_cache_loads_once_under_concurrent_first_requests(
         barrier.wait()
         loaded.append(cache.get(source))
 
+    assert gc.get_freeze_count() == 0  # the tests' apps do not freeze
     threads = [threading.Thread(target=first_request) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert cache.loads == 1 and len({id(model) for model in loaded}) == 1
-    cache.evict(model_id)
-    assert not list((tmp_path / "cache").glob(f"{model_id}-*"))
-    cache.get(source)
-    assert cache.loads == 2
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert cache.loads == 1 and len({id(model) for model in loaded}) == 1
+        assert gc.get_freeze_count() > 0
+        assert not any(thing is loaded[0] for thing in gc.get_objects())  # the scanned ones
+        gone = weakref.ref(loaded[0])
+        loaded.clear()
+        cache.evict(model_id)
+        assert not list((tmp_path / "cache").glob(f"{model_id}-*"))
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert gone() is None
+        cache.get(source)
+        assert cache.loads == 2 and gc.get_freeze_count() > 0
+    finally:
+        cache.close()
+    assert gc.get_freeze_count() == 0
 
 
 def test_answers_name_each_file_as_sent(small_model: dict[str, Any]) -> None:

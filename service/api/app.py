@@ -63,7 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit_concurrent_decodes(settings.max_concurrent_decodes)
         database = open_database(settings.database_url, auto_migrate=settings.auto_migrate)
         app.state.database = database
-        app.state.model_cache = ModelCache(settings.cache_dir / "models", settings.model_cache_size)
+        app.state.model_cache = ModelCache(
+            settings.cache_dir / "models",
+            settings.model_cache_size,
+            freeze=settings.freeze_loaded_models,
+        )
         app.state.batcher = Batcher(
             max_batch=settings.predict_max_batch,
             max_wait=settings.predict_max_wait_ms / 1000,
@@ -97,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.batcher.close()
             app.state.monitoring.close()
+            app.state.model_cache.close()
             database.dispose()
 
     app = FastAPI(
