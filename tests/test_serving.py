@@ -253,7 +253,7 @@ def test_cache_loads_once_under_concurrent_first_requests(
         barrier.wait()
         loaded.append(cache.get(source))
 
-    assert gc.get_freeze_count() == 0  # the tests' apps do not freeze
+    frozen_before = gc.get_freeze_count()  # the suite's own (tests/conftest.py)
     threads = [threading.Thread(target=first_request) for _ in range(8)]
     try:
         for thread in threads:
@@ -261,7 +261,7 @@ def test_cache_loads_once_under_concurrent_first_requests(
         for thread in threads:
             thread.join()
         assert cache.loads == 1 and len({id(model) for model in loaded}) == 1
-        assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > frozen_before
         assert not any(thing is loaded[0] for thing in gc.get_objects())  # the scanned ones
         gone = weakref.ref(loaded[0])
         loaded.clear()
