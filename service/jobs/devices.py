@@ -73,7 +73,9 @@ def configure_devices(settings: Settings) -> list[Device]:
     (the others hidden from TensorFlow, memory growth on these so several processes can
     share one), or the CPU when it keeps none. Call it before TensorFlow starts its runtime:
     a multi-GPU job mirrors its model over exactly the GPUs left visible."""
-    import tensorflow as tf
+    from service.ml.runtime import import_tensorflow
+
+    tf = import_tensorflow()
 
     found = tf.config.list_physical_devices("GPU")
     kept = [

@@ -19,6 +19,7 @@ from PIL import Image
 
 from service.ml.export import sha256, unpack_archive
 from service.ml.frozen import frozen_serve
+from service.ml.runtime import import_tensorflow
 
 # How much of the overlay is the heat map's colour; the rest is the image.
 OVERLAY_ALPHA = 0.5
@@ -226,7 +227,7 @@ class ModelCache:
         return model
 
     def _load(self, source: ModelSource) -> LoadedModel:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         directory = self.directory / f"{source.model_id}-{source.sha256[:16]}"
         if not (directory / "saved_model.pb").exists():
