@@ -25,7 +25,8 @@ service's `to_pixels`, 16 threads for a batch), the tutorial app and the service
 1920×1080 and 4000×3000: the sample photographs upscaled with a little grain, as phones send
 them (goal at 12 MP: service p50 ÷ tutorial p50 ≤ 0.5). The three take turns, `--rounds` times
 on each size, so that a slower spell of this shared machine falls on each of them, not on
-whichever ran then; the summary's service ÷ tutorial figures come from these turns.
+whichever ran then; the summary's service ÷ tutorial figures come from these turns, and its
+service ÷ raw figures from turns of their own.
 `--size` and `--photo-scale` change the model's input size and the photographs' sides;
 `--photos N` times the last N of those photo sizes only; `--quick` runs it all at 32 px, on
 MobileNet, on the 12 MP photo alone (the summary's; Full HD goes the same way), a quarter of its
@@ -478,6 +479,22 @@ def per_input(
     return figures
 
 
+def taking_turns(
+    service: Callable[[], dict], raw: Callable[[], dict], rounds: int
+) -> tuple[dict, dict]:
+    """The service's and the raw model's figures over `rounds` turns each, alternated; the
+    first load (`cold`) is the first turn's."""
+    turns: tuple[list[dict], list[dict]] = ([], [])
+    for _ in range(rounds):
+        turns[0].append(service())
+        turns[1].append(raw())
+    first_service, first_raw = turns[0][0], turns[1][0]
+    return (
+        {**over_rounds(turns[0]), "cold": first_service["cold"]},
+        {**over_rounds(turns[1]), "cold": first_raw["cold"]},
+    )
+
+
 def over_rounds(runs: list[dict]) -> dict[str, float]:
     """Rounds of equal requests as one: the median p50, and images/s as the total images over
     the total seconds (the harmonic mean of the rounds' rates)."""
@@ -601,8 +618,11 @@ def main() -> None:
 
         images = photo_jpegs(32, size, size, seed=size)
         pixels = np.stack([to_pixels(image, size) for image in images]).astype(np.float32)
-        served = http_figures(base, model_id, images, args.requests)
-        raw = raw_figures(raw_dir, pixels, args.requests)
+        served, raw = taking_turns(
+            lambda: http_figures(base, model_id, images, args.requests),
+            lambda: raw_figures(raw_dir, pixels, args.requests),
+            args.rounds,
+        )
         inputs = per_input(
             {
                 "raw": lambda images, count: raw_decoding_figures(raw_dir, images, count, size),
