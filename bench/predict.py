@@ -50,6 +50,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -460,47 +461,38 @@ def per_input(
     rounds: int = 1,
 ) -> dict[str, Figures]:
     """Each system's figures on each input size: {input: {system: figures}}, in `inputs`'
-    order (the model's size first). The systems take turns, `rounds` times, so that a slower
-    spell of a shared machine falls on each of them rather than on whichever ran then; each
-    figure is over all rounds (the median p50, the images over the seconds)."""
+    order (the model's size first), each over `rounds` turns (`in_turns`)."""
     figures: dict[str, Figures] = {}
     size = inputs[0][1]
     for name, width, height in inputs:
         small = width * height <= size * size
         images = photo_jpegs(32 if small else 4, width, height, seed=width)
         count = requests if small else photo_requests
-        runs: dict[str, list[dict]] = {system: [] for system in measure}
-        for _ in range(rounds):
-            for system, call in measure.items():
-                runs[system].append(call(images, count))
-        figures[name] = {system: over_rounds(each) for system, each in runs.items()}
+        figures[name] = in_turns(
+            {system: partial(call, images, count) for system, call in measure.items()}, rounds
+        )
         megabytes = len(images[0]) / 1e6
         print(f"measured {name}: {megabytes:.2f} MB per JPEG, {count} requests × {rounds}")
     return figures
 
 
-def taking_turns(
-    service: Callable[[], dict], raw: Callable[[], dict], rounds: int
-) -> tuple[dict, dict]:
-    """The service's and the raw model's figures over `rounds` turns each, alternated; the
-    first load (`cold`) is the first turn's."""
-    turns: tuple[list[dict], list[dict]] = ([], [])
+def in_turns(measure: dict[str, Callable[[], dict]], rounds: int) -> dict[str, dict]:
+    """Each system's figures over `rounds` turns, the systems alternated so that a slower
+    spell of a shared machine falls on each of them rather than on whichever ran then: the
+    median p50, images/s as the total images over the total seconds (the harmonic mean of the
+    turns' rates, each turn sending as many), and the first turn's first load (`cold`) where
+    one was timed."""
+    runs: dict[str, list[dict]] = {system: [] for system in measure}
     for _ in range(rounds):
-        turns[0].append(service())
-        turns[1].append(raw())
-    first_service, first_raw = turns[0][0], turns[1][0]
-    return (
-        {**over_rounds(turns[0]), "cold": first_service["cold"]},
-        {**over_rounds(turns[1]), "cold": first_raw["cold"]},
-    )
-
-
-def over_rounds(runs: list[dict]) -> dict[str, float]:
-    """Rounds of equal requests as one: the median p50, and images/s as the total images over
-    the total seconds (the harmonic mean of the rounds' rates)."""
+        for system, call in measure.items():
+            runs[system].append(call())
     return {
-        "p50": float(np.median([run["p50"] for run in runs])),
-        "throughput": len(runs) / sum(1 / run["throughput"] for run in runs),
+        system: {
+            **({"cold": each[0]["cold"]} if "cold" in each[0] else {}),
+            "p50": float(np.median([run["p50"] for run in each])),
+            "throughput": len(each) / sum(1 / run["throughput"] for run in each),
+        }
+        for system, each in runs.items()
     }
 
 
@@ -618,11 +610,14 @@ def main() -> None:
 
         images = photo_jpegs(32, size, size, seed=size)
         pixels = np.stack([to_pixels(image, size) for image in images]).astype(np.float32)
-        served, raw = taking_turns(
-            lambda: http_figures(base, model_id, images, args.requests),
-            lambda: raw_figures(raw_dir, pixels, args.requests),
+        summary = in_turns(
+            {
+                "service": partial(http_figures, base, model_id, images, args.requests),
+                "raw": partial(raw_figures, raw_dir, pixels, args.requests),
+            },
             args.rounds,
         )
+        served, raw = summary["service"], summary["raw"]
         inputs = per_input(
             {
                 "raw": lambda images, count: raw_decoding_figures(raw_dir, images, count, size),
