@@ -274,13 +274,13 @@ def shapes_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     """MobileNet at 64 px trained from random weights by the service on four shapes (the
     light backbone: a third less CPU than MobileNetV2 for the same margins)."""
     running = Service(make_settings(tmp_path_factory.mktemp("advice")))
-    pretraining = images_of(shape, ["circle", "square", "triangle", "cross"], 100, seed=0)
+    pretraining = images_of(shape, ["circle", "square", "triangle", "cross"], 60, seed=0)
     dataset = running.upload(pretraining, name="shapes")
     body = job_body(
         dataset["id"],
         backbone={**LIGHT, "weights": None, "input_size": SHAPE_SIZE},
         freeze={"mode": "none"},
-        training={"epochs": 12, "batch_size": 32, "validation_split": 0.2},
+        training={"epochs": 6, "batch_size": 32, "validation_split": 0.2},
     )
     job = running.train(body)
     yield {"service": running, "model_id": job["model_id"]}
