@@ -45,6 +45,7 @@ from PIL import Image
 from sqlalchemy import ColumnElement, create_engine, func, make_url, select
 
 from service.config import Settings
+from service.security import COOKIE, CSRF_HEADER, csrf_token, new_session
 from service.storage.db import Database
 from service.storage.tables import Base, Dataset, DatasetImage, TrainedModel, new_id
 
@@ -308,9 +309,14 @@ class Service:
         self.client = TestClient(create_app(settings))
         self.client.__enter__()
         if settings.api_key is None:
-            # The console's writes need its CSRF token, key or no key: the client takes the
-            # one a page hands out (and the page's cookie), as a browser does.
-            self.client.headers["X-CSRF-Token"] = console_token(self.client)
+            # The console's writes need a session's CSRF token, key or no key. Made here as a
+            # page makes them (tests/test_access.py takes them from a page, as a browser
+            # does): a first request to a new app builds every route it is matched against
+            # (FastAPI builds an included router's routes at its first match), 0.1-0.3 s for
+            # the console's, which a test of the JSON API alone never asks for.
+            session, cookie = new_session(settings)
+            self.client.cookies.set(COOKIE, cookie)
+            self.client.headers[CSRF_HEADER] = csrf_token(settings, session)
         self.worker = Worker(self.database, settings, KINDS)
 
     def close(self) -> None:
