@@ -253,7 +253,7 @@ def test_a_model_trained_on_the_full_decode_agrees_with_itself_on_the_reduced_on
         "backbone": {"name": "MobileNet", "weights": None, "input_size": 32},
         "head": {"pooling": "avg", "dense": [], "dropout": 0.0},
         "freeze": {"mode": "none"},
-        "training": {"epochs": 20, "batch_size": 16, "validation_split": 0.5, "seed": 0},
+        "training": {"epochs": 10, "batch_size": 16, "validation_split": 0.5, "seed": 0},
     }
     keras.backend.clear_session()
     monkeypatch.setattr(pipeline, "to_pixels", full_size_pixels)
