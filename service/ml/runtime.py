@@ -9,10 +9,10 @@ from types import ModuleType
 
 def import_tensorflow() -> ModuleType:
     """TensorFlow (and Keras), imported with the garbage collector paused. The import makes
-    about 350,000 objects that live as long as the process; while they are made, every 25 %
+    about 360,000 objects that live as long as the process; while they are made, every 25 %
     of growth sets off a full collection that rescans all of them. Measured here: 2.7 s for the
-    import with the collector on, 2.0–2.3 s paused. The next full collection scans them once.
-    The worker imports it before its first job, the API at its first model load.
+    import with the collector on, 2.0–2.3 s paused. The worker imports it before its first
+    job, the API at its first model load.
 
     Then they are frozen (`gc.freeze`, after one collection for the import's 1,800 unreachable
     objects): modules live as long as the process, so no later collection needs to rescan
