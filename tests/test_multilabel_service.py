@@ -234,8 +234,10 @@ def test_a_multi_label_model_answers_each_label_past_its_own_threshold(tmp_path:
         tops = [by_file[f"img/{n}.png"] for n in range(len(answers))]
         batched = [{t["label"]: t["score"] for t in top} for top in tops]
         assert [set(scores) for scores in batched] == [set(scores) for scores in answers]
-        for scores, answer in zip(batched, answers, strict=True):  # other batches: float32
-            assert scores == pytest.approx(answer, abs=1e-6)
+        # Other batch sizes run other oneDNN kernels: float32 sums in another order, a
+        # probability's last digits apart (1.5e-6 seen).
+        for scores, answer in zip(batched, answers, strict=True):
+            assert scores == pytest.approx(answer, abs=1e-5)
         # A comparison of two multi-label models: right when the whole label set is.
         other = service.train(job_body(dataset["id"], backbone=LIGHT, training={"seed": 1}))
         answer = service.client.post(

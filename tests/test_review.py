@@ -89,7 +89,9 @@ def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
         # Scored as /predict scores the image kept (a capture keeps a smaller JPEG).
         assert item["suggestion"] == answer["top"][0]["label"]
         assert item["score"] == pytest.approx(answer["top"][0]["score"], abs=1e-5)
-        assert item["ood_score"] == pytest.approx(answer["ood_score"], rel=1e-4)
+        # A distance in feature space, from a batch of another size (other oneDNN kernels):
+        # its fifth digit can move (1.2e-4 relative seen), as in tests/test_predictions.py.
+        assert item["ood_score"] == pytest.approx(answer["ood_score"], rel=1e-3)
         if item["capture_id"] is not None:
             assert item["filename"] == captures[item["capture_id"]]["filename"]
     assert whole["items"][0]["margin"] == min(item["margin"] for item in whole["items"])
