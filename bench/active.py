@@ -22,7 +22,9 @@ epochs, warm-started from the previous round's weights, with a fresh optimizer.
 Per seed: 30 % of the digits, stratified, are the test set; the rest is the unlabelled pool,
 20 of it labelled at random to start. Each round labels `step` more (the first of `--steps`,
 10, is the issue's protocol), chosen by
-- queue: `review.rank(probabilities, features, step)`: margin shortlist, then k-center;
+- queue: `review.rank(probabilities, features, step, labelled=…)`: margin shortlist, then
+  k-center whose distances start from the images labelled so far (as the service's queue
+  starts from its dataset's newest labelled images);
 - random: uniformly from the pool;
 - margin: `review.rank(..., diverse=False)`: the smallest margins alone;
 then retrains the head and measures test accuracy, up to `--budget` labels.
@@ -73,23 +75,29 @@ TEST_FRACTION = 0.3
 MILESTONES = (50, 100, 150, 200, 300)
 CLASSES = 10
 
-# Picks `count` positions into the pool from the pool's probabilities and features.
-Chooser = Callable[[np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
+# Picks `count` positions into the pool from the pool's probabilities and features, and
+# the features of the images labelled so far.
+Chooser = Callable[[np.ndarray, np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
 # Test accuracy by the number of labels: one strategy, one seed.
 Curve = dict[int, float]
 
 
-def queue(probabilities: np.ndarray, features: np.ndarray, count: int, _: object) -> np.ndarray:
-    return np.array([pick.index for pick in review.rank(probabilities, features, count)])
+def queue(
+    probabilities: np.ndarray, features: np.ndarray, labelled: np.ndarray, count: int, _: object
+) -> np.ndarray:
+    picks = review.rank(probabilities, features, count, labelled=labelled)
+    return np.array([pick.index for pick in picks])
 
 
 def random(
-    probabilities: np.ndarray, _: object, count: int, rng: np.random.Generator
+    probabilities: np.ndarray, _: object, __: object, count: int, rng: np.random.Generator
 ) -> np.ndarray:
     return rng.choice(len(probabilities), size=count, replace=False)
 
 
-def margin(probabilities: np.ndarray, features: np.ndarray, count: int, _: object) -> np.ndarray:
+def margin(
+    probabilities: np.ndarray, features: np.ndarray, _: object, count: int, __: object
+) -> np.ndarray:
     picks = review.rank(probabilities, features, count, diverse=False)
     return np.array([pick.index for pick in picks])
 
@@ -207,7 +215,8 @@ def curve(
         if len(labelled) + step > budget:
             return accuracy
         rest = np.setdiff1d(pool, labelled)
-        picks = choose(head.probabilities(features[rest]), features[rest], step, rng)
+        probabilities = head.probabilities(features[rest])
+        picks = choose(probabilities, features[rest], features[labelled], step, rng)
         labelled = np.concatenate([labelled, rest[picks]])
 
 

@@ -75,7 +75,9 @@ def test_the_queue_ranks_captures_and_the_pool_and_labels_join_one_version(
     assert whole["features"] == "backbone" and whole["candidates"] == {"captures": 6, "pool": 3}
     hits = SCORES.hits
     assert queue(service, model_id) == whole  # the second time, from the model's answers kept
-    assert (SCORES.hits - hits, SCORES.misses - misses) == (9, 9)
+    # The nine candidates, and the dataset's twelve labelled images diversity starts from.
+    assert whole["labelled_compared"] == 12
+    assert (SCORES.hits - hits, SCORES.misses - misses) == (21, 21)
     listed = whole["items"] + whole["unknowns"]
     assert len(listed) == 9 and whole["labelled_since_model"] == 0
     captures = {
@@ -172,6 +174,24 @@ def test_diversity_keeps_near_identical_doubtful_images_from_filling_the_page() 
     assert sum(index < 10 for index in by_margin) >= 5
     assert sum(pick.index < 10 for pick in diverse) == 1
     assert diverse[0].index == by_margin[0] == 0 and diverse[0].distance is None
+
+
+def test_an_image_like_one_already_labelled_waits_for_those_unlike_any() -> None:
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet([1, 1, 1], size=40)
+    probabilities[0] = [0.4, 0.4, 0.2]  # the most doubtful: no margin at all
+    features = rng.normal(size=(40, 16))
+    labelled = features[:1] + rng.normal(scale=1e-3, size=(3, 16))  # the first, labelled
+    alone = review.rank(probabilities, features, 5)
+    assert alone[0].index == 0 and alone[0].distance is None
+    picks = review.rank(probabilities, features, 5, labelled=labelled)
+    assert 0 not in [pick.index for pick in picks]
+    assert picks[0].distance is not None and picks[0].distance > 0.5  # from the labelled
+    # Without labels, or with none given, the queue is margin-first as before.
+    empty = review.rank(probabilities, features, 5, labelled=np.zeros((0, 16)))
+    assert [pick.index for pick in empty] == [pick.index for pick in alone]
+    # Everything labelled: an empty queue, whatever the labelled images' features.
+    assert review.rank(np.zeros((0, 3)), np.zeros((0, 3)), 5, labelled=labelled) == []
 
 
 def test_a_multi_label_models_doubt_is_its_label_nearest_a_threshold() -> None:

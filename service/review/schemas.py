@@ -55,12 +55,13 @@ class ReviewQueue(BaseModel):
                     "score": 0.51,
                     "margin": 0.02,
                     "ood_score": 0.4,
-                    "reason": "margin 0.02 (cats 0.51, dogs 0.49); unlike those above "
-                    "(distance 0.31)",
+                    "reason": "margin 0.02 (cats 0.51, dogs 0.49); unlike those labelled or "
+                    "above (distance 0.31)",
                 }
             ],
             "unknowns": [],
             "labelled_since_model": 12,
+            "labelled_compared": 200,
         }
     )
     model_id: str
@@ -87,6 +88,10 @@ class ReviewQueue(BaseModel):
     )
     labelled_since_model: int = Field(
         description="Images the dataset's latest version holds that the model's did not."
+    )
+    labelled_compared: int = Field(
+        description="Labelled images of the dataset's latest version (the newest, up to 200) "
+        "that diversity measures distance from: an image like one of them waits."
     )
 
 

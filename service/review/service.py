@@ -1,9 +1,11 @@
 """A model's review queue: the images most worth a person's label, and marking unknowns.
 
 Candidates are the model's newest captured predictions not yet labelled into its dataset and
-the newest images of the dataset's unlabelled pool, MAX_CANDIDATES of each. The served model
-scores them in chunks (features, probabilities and ood_score in one pass), so memory stays
-one chunk of images whatever their size; its answers are remembered (scores.py). Those past
+the newest images of the dataset's unlabelled pool, MAX_CANDIDATES of each; beside them, the
+newest MAX_LABELLED images of the dataset's latest version, which diversity measures distance
+from (so an image like one labelled a page ago waits). The served model scores them in
+chunks (features, probabilities and ood_score in one pass), so memory stays one chunk of
+images whatever their size; its answers are remembered (scores.py). Those past
 the model's unknown threshold, and those a person marked unknown, are listed apart; the
 others are ranked by service/ml/review.py. The API and the console both call `review_queue`.
 """
@@ -35,12 +37,16 @@ from service.storage.tables import (
     PoolImage,
     ReviewMark,
     TrainedModel,
+    VersionImage,
 )
 
 # Unlabelled captures looked at, and as many pool images: the newest. Each costs one pass of
 # the model the first time (400 at 224 px: about 6 s on a 2-core CPU), then none
 # (service/review/scores.py).
 MAX_CANDIDATES = 200
+# The labelled images diversity starts from: the newest, those labelled since the model
+# among them. Scored once each, as candidates are.
+MAX_LABELLED = 200
 CHUNK = 32  # images decoded and scored at a time
 
 
@@ -72,6 +78,7 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
         model, dataset_id = reviewed_model(session, model_id)
         dataset = get_dataset(session, dataset_id)
         candidates = _candidates(session, model, limit)
+        labelled = _labelled(session, dataset_id)
         since = 0
         if model.dataset_version is not None:
             diff = versions.diff(session, dataset, model.dataset_version, dataset.version, limit=0)
@@ -79,7 +86,8 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
         latest = dataset.version
     loaded = serving.model(model_id)
     scored = _score(serving.database, loaded, dataset.id, candidates)
-    items, unknowns = _order(scored, loaded, limit)
+    known = _score(serving.database, loaded, dataset.id, labelled)
+    items, unknowns = _order(scored, loaded, limit, known.features)
     margin = review.MARGIN if loaded.thresholds is None else review.MULTI_LABEL_MARGIN
     return ReviewQueue(
         model_id=model.id,
@@ -87,7 +95,9 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
         dataset_version=latest,
         classes=list(model.classes),
         thresholds=loaded.thresholds,
-        method=review.METHOD.format(shortlist=review.SHORTLIST, margin=margin),
+        method=review.METHOD.format(
+            shortlist=review.SHORTLIST, margin=margin, labelled=MAX_LABELLED
+        ),
         features="backbone" if scored.from_backbone else "scores",
         candidates={
             "captures": sum(c.key.startswith("capture:") and not c.marked for c in candidates),
@@ -96,6 +106,7 @@ def review_queue(serving: Serving, model_id: str, limit: int) -> ReviewQueue:
         items=[_item(model.id, dataset.id, scored, loaded, i, reason) for i, reason in items],
         unknowns=[_item(model.id, dataset.id, scored, loaded, i, reason) for i, reason in unknowns],
         labelled_since_model=since,
+        labelled_compared=len(known.candidates),
     )
 
 
@@ -135,6 +146,18 @@ def _candidates(session: Session, model: TrainedModel, limit: int) -> list[Candi
     found += [Candidate(f"image:{image_id}", name) for image_id, name in pool]
     found += _marked(session, model, limit)
     return found
+
+
+def _labelled(session: Session, dataset_id: str) -> list[Candidate]:
+    """The newest MAX_LABELLED images of the dataset's latest version."""
+    rows = session.execute(
+        select(DatasetImage.id, DatasetImage.filename)
+        .join(VersionImage, VersionImage.image_id == DatasetImage.id)
+        .where(VersionImage.version_id == versions.version_id(session, dataset_id, None))
+        .order_by(VersionImage.image_id.desc())
+        .limit(MAX_LABELLED)
+    )
+    return [Candidate(f"image:{image_id}", name) for image_id, name in rows]
 
 
 def _marked(session: Session, model: TrainedModel, limit: int) -> list[Candidate]:
@@ -248,9 +271,10 @@ def _bytes(session: Session, dataset_id: str, chunk: list[Candidate]) -> dict[st
 
 
 def _order(
-    scored: Scored, loaded: LoadedModel, limit: int
+    scored: Scored, loaded: LoadedModel, limit: int, labelled: np.ndarray
 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """(index, reason) of the queue's images in order, and of the unknowns, strangest first."""
+    """(index, reason) of the queue's images in order, and of the unknowns, strangest first;
+    `labelled`: the features of the labelled images diversity starts from."""
     threshold = loaded.unknowns.threshold() if loaded.unknowns is not None else None
     ood = scored.ood_scores
     unknown: list[tuple[int, str]] = []
@@ -266,7 +290,11 @@ def _order(
     strangeness = ood if ood is not None else np.zeros(len(scored.candidates))
     unknown.sort(key=lambda entry: -float(strangeness[entry[0]]))
     picks = review.rank(
-        scored.probabilities[rest], scored.features[rest], limit, thresholds=loaded.thresholds
+        scored.probabilities[rest],
+        scored.features[rest],
+        limit,
+        thresholds=loaded.thresholds,
+        labelled=labelled,
     )
     items = [(rest[pick.index], _why(scored, loaded, rest[pick.index], pick)) for pick in picks]
     return items, unknown[:limit]
@@ -290,7 +318,7 @@ def _why(scored: Scored, loaded: LoadedModel, index: int, pick: review.Pick) -> 
         )
     if pick.distance is None:
         return reason + "; the least certain"
-    return reason + f"; unlike those above (distance {pick.distance:.2f})"
+    return reason + f"; unlike those labelled or above (distance {pick.distance:.2f})"
 
 
 def _item(
