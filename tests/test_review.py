@@ -228,6 +228,7 @@ def test_the_review_page_shows_the_queue_and_saves_as_the_api_does(
     ]
     assert keys == expected and len(keys) >= 2
     assert f'<strong id="review-labelled">{listed["labelled_since_model"]}</strong>' in page.text
+    assert f'<span id="review-compared">{listed["labelled_compared"]}</span>' in page.text
 
     save = f"/console/models/{model_id}/review"
     htmx = {"HX-Request": "true"}
