@@ -150,14 +150,10 @@ def _candidates(session: Session, model: TrainedModel, limit: int) -> list[Candi
 
 def _labelled(session: Session, dataset_id: str) -> list[Candidate]:
     """The newest MAX_LABELLED images of the dataset's latest version."""
-    rows = session.execute(
-        select(DatasetImage.id, DatasetImage.filename)
-        .join(VersionImage, VersionImage.image_id == DatasetImage.id)
-        .where(VersionImage.version_id == versions.version_id(session, dataset_id, None))
-        .order_by(VersionImage.image_id.desc())
-        .limit(MAX_LABELLED)
-    )
-    return [Candidate(f"image:{image_id}", name) for image_id, name in rows]
+    latest = versions.version_id(session, dataset_id, None)
+    newest = versions.version_images(latest).order_by(None).order_by(VersionImage.image_id.desc())
+    rows = session.execute(newest.limit(MAX_LABELLED))
+    return [Candidate(f"image:{image_id}", name) for image_id, _, name in rows]
 
 
 def _marked(session: Session, model: TrainedModel, limit: int) -> list[Candidate]:
